@@ -1,0 +1,1 @@
+"""proactive-async: an asyncio SDK for the Proactive Conversation API."""
