@@ -1,1 +1,103 @@
-"""proactive-async: an asyncio SDK for the Proactive Conversation API."""
+"""proactive-async: an asyncio SDK for the Proactive Conversation (WhatsApp) API.
+
+Usage::
+
+    async with AsyncClient(base_url="https://api.example.com", token=TOKEN) as client:
+        conversations = await client.create_proactive_conversation(
+            channel_id=1, bot_id=2, conversation_template_id=3, recipient=["+5511999990000"]
+        )
+"""
+
+from ._client import ApiResponse, AsyncClient, mask_phone
+from ._errors import (
+    AuthenticationError,
+    BadRequestError,
+    ClientStateError,
+    ConflictError,
+    ConnectError,
+    ConnectionLostError,
+    ConnectTimeout,
+    DecodingError,
+    HTTPStatusError,
+    InputError,
+    JournalError,
+    JournalMismatchError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProactiveError,
+    ProblemDetails,
+    RateLimitError,
+    ReadTimeout,
+    RedirectError,
+    ResponseTooLargeError,
+    ServerError,
+    ServiceUnavailableError,
+    TransportError,
+    UnprocessableEntityError,
+)
+from ._models import (
+    AgentType,
+    Conversation,
+    ConversationEvaluationStatus,
+    ConversationIntegrationType,
+    ConversationType,
+    ConversationVariable,
+    Message,
+    ProactiveConversationRequest,
+    Tag,
+    parse_datetime,
+    parse_timespan,
+)
+from ._records import Outcome, OutcomeError, OutcomeStatus, Record, Target
+from ._retry import RetryPolicy, is_safe_to_retry, parse_retry_after
+from ._version import __version__
+
+__all__ = [
+    "AgentType",
+    "ApiResponse",
+    "AsyncClient",
+    "AuthenticationError",
+    "BadRequestError",
+    "ClientStateError",
+    "ConflictError",
+    "ConnectError",
+    "ConnectTimeout",
+    "ConnectionLostError",
+    "Conversation",
+    "ConversationEvaluationStatus",
+    "ConversationIntegrationType",
+    "ConversationType",
+    "ConversationVariable",
+    "DecodingError",
+    "HTTPStatusError",
+    "InputError",
+    "JournalError",
+    "JournalMismatchError",
+    "Message",
+    "NotFoundError",
+    "Outcome",
+    "OutcomeError",
+    "OutcomeStatus",
+    "PermissionDeniedError",
+    "ProactiveConversationRequest",
+    "ProactiveError",
+    "ProblemDetails",
+    "RateLimitError",
+    "ReadTimeout",
+    "Record",
+    "RedirectError",
+    "ResponseTooLargeError",
+    "RetryPolicy",
+    "ServerError",
+    "ServiceUnavailableError",
+    "Tag",
+    "Target",
+    "TransportError",
+    "UnprocessableEntityError",
+    "__version__",
+    "is_safe_to_retry",
+    "mask_phone",
+    "parse_datetime",
+    "parse_retry_after",
+    "parse_timespan",
+]

@@ -1,0 +1,292 @@
+"""The exception hierarchy of proactive-async.
+
+Every error a send can raise says whether the request *may have been processed* by the
+server (``may_have_been_processed``): the endpoint has no idempotency key, so that answer
+decides whether resending could create a duplicate conversation.
+
+::
+
+    ProactiveError
+    ├── TransportError                      no HTTP response was read
+    │   ├── ConnectError                    connection never made (not processed)
+    │   ├── ConnectTimeout                  connection not made in time (not processed)
+    │   ├── ReadTimeout                     sent, no answer in time (ambiguous)
+    │   └── ConnectionLostError             dropped after sending (ambiguous)
+    ├── HTTPStatusError                     a non-2xx answer
+    │   ├── RedirectError                   3xx: never followed for this POST (not processed)
+    │   ├── BadRequestError                 400 (not processed)
+    │   ├── AuthenticationError             401 (not processed)
+    │   ├── PermissionDeniedError           403 (not processed)
+    │   ├── NotFoundError                   404 (not processed)
+    │   ├── ConflictError                   409 (not processed)
+    │   ├── UnprocessableEntityError        422 (not processed)
+    │   ├── RateLimitError                  429 (not processed)
+    │   └── ServerError                     5xx (ambiguous)
+    │       └── ServiceUnavailableError     503 (not processed)
+    ├── DecodingError                       a 2xx whose body does not decode (ambiguous)
+    │   └── ResponseTooLargeError           the body passed the size cap (ambiguous)
+    ├── ClientStateError                    the client was misused (closed, other event loop)
+    ├── InputError                          a targets file cannot be read at all
+    └── JournalError                        the campaign journal cannot be used
+        └── JournalMismatchError            resuming with another template or input
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "AuthenticationError",
+    "BadRequestError",
+    "ClientStateError",
+    "ConflictError",
+    "ConnectError",
+    "ConnectTimeout",
+    "ConnectionLostError",
+    "DecodingError",
+    "HTTPStatusError",
+    "InputError",
+    "JournalError",
+    "JournalMismatchError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ProactiveError",
+    "ProblemDetails",
+    "RateLimitError",
+    "ReadTimeout",
+    "RedirectError",
+    "ResponseTooLargeError",
+    "ServerError",
+    "ServiceUnavailableError",
+    "TransportError",
+    "UnprocessableEntityError",
+    "status_error_class",
+]
+
+
+class ProactiveError(Exception):
+    """Base class of every error this SDK raises.
+
+    ``may_have_been_processed`` tells whether the server may have acted on the request;
+    ``attempts`` how many attempts were made before this error was raised (0 when no
+    request was involved).
+    """
+
+    may_have_been_processed: bool = False
+
+    def __init__(self, message: str, *, attempts: int = 0) -> None:
+        super().__init__(message)
+        self.message = message
+        self.attempts = attempts
+
+    @property
+    def kind(self) -> str:
+        """A stable short name of the error class, for reports."""
+        return type(self).__name__
+
+
+class TransportError(ProactiveError):
+    """No HTTP response was read: the connection failed, timed out or was lost."""
+
+
+class ConnectError(TransportError):
+    """The connection could not be made; the request was certainly not sent."""
+
+
+class ConnectTimeout(ConnectError):
+    """The connection was not made within the connect timeout; nothing was sent."""
+
+
+class ReadTimeout(TransportError):
+    """The request was sent but no response arrived in time; it may have been processed."""
+
+    may_have_been_processed = True
+
+
+class ConnectionLostError(TransportError):
+    """The connection dropped after the request was sent; it may have been processed."""
+
+    may_have_been_processed = True
+
+
+class ProblemDetails:
+    """An RFC 7807 / ASP.NET Core ProblemDetails body, as far as the server sent one."""
+
+    __slots__ = (
+        "detail", "errors", "extensions", "instance", "status", "title", "trace_id", "type"
+    )
+
+    def __init__(self, raw: Mapping[str, Any]) -> None:
+        self.type = _str_or_none(raw.get("type"))
+        self.title = _str_or_none(raw.get("title"))
+        self.detail = _str_or_none(raw.get("detail"))
+        self.instance = _str_or_none(raw.get("instance"))
+        status = raw.get("status")
+        self.status = status if isinstance(status, int) and not isinstance(status, bool) else None
+        self.trace_id = _str_or_none(raw.get("traceId"))
+        self.errors = _errors_map(raw.get("errors"))
+        known = {"type", "title", "detail", "instance", "status", "traceId", "errors"}
+        self.extensions = {k: v for k, v in raw.items() if k not in known}
+
+    def summary(self) -> str:
+        """One line: title, detail and each field error."""
+        parts = [p for p in (self.title, self.detail) if p]
+        for field, messages in self.errors.items():
+            parts.append(f"{field}: {'; '.join(messages)}")
+        return " | ".join(parts)
+
+    def __repr__(self) -> str:
+        return (
+            f"ProblemDetails(status={self.status!r}, title={self.title!r}, "
+            f"errors={self.errors!r})"
+        )
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _errors_map(value: object) -> dict[str, list[str]]:
+    if not isinstance(value, Mapping):
+        return {}
+    out: dict[str, list[str]] = {}
+    for key, messages in value.items():
+        if isinstance(messages, list):
+            out[str(key)] = [str(m) for m in messages]
+        else:
+            out[str(key)] = [str(messages)]
+    return out
+
+
+class HTTPStatusError(ProactiveError):
+    """The server answered with a status that is not 2xx.
+
+    Carries ``status``, ``headers``, the raw ``body`` (bytes, possibly truncated to the
+    size cap) and ``problem``, the parsed ProblemDetails when the body is one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+        problem: ProblemDetails | None = None,
+        attempts: int = 0,
+    ) -> None:
+        super().__init__(message, attempts=attempts)
+        self.status = status
+        self.headers: Mapping[str, str] = headers if headers is not None else {}
+        self.body = body
+        self.problem = problem
+
+
+class RedirectError(HTTPStatusError):
+    """A 3xx answer; redirects are never followed for this POST (the token stays put)."""
+
+
+class BadRequestError(HTTPStatusError):
+    """400: the server rejected the request body; ``problem.errors`` names the fields."""
+
+
+class AuthenticationError(HTTPStatusError):
+    """401: the token is missing, expired or wrong."""
+
+
+class PermissionDeniedError(HTTPStatusError):
+    """403: the token may not do this."""
+
+
+class NotFoundError(HTTPStatusError):
+    """404: wrong base URL or path, or a referenced entity does not exist."""
+
+
+class ConflictError(HTTPStatusError):
+    """409: the request conflicts with the server's state."""
+
+
+class UnprocessableEntityError(HTTPStatusError):
+    """422: well-formed but semantically invalid."""
+
+
+class RateLimitError(HTTPStatusError):
+    """429: throttled; not processed. ``retry_after`` is the server's wait in seconds, if any."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class ServerError(HTTPStatusError):
+    """5xx: the server failed, possibly after processing the request (ambiguous)."""
+
+    may_have_been_processed = True
+
+
+class ServiceUnavailableError(ServerError):
+    """503: the server refused the work; not processed. ``retry_after`` as for 429."""
+
+    may_have_been_processed = False
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class DecodingError(ProactiveError):
+    """A 2xx whose body is not the documented JSON: the server may have processed it."""
+
+    may_have_been_processed = True
+
+    def __init__(
+        self, message: str, *, status: int = 200, body: bytes = b"", attempts: int = 0
+    ) -> None:
+        super().__init__(message, attempts=attempts)
+        self.status = status
+        self.body = body
+
+
+class ResponseTooLargeError(DecodingError):
+    """The response body passed ``max_response_bytes``; it was not read to the end."""
+
+
+class ClientStateError(ProactiveError):
+    """The client was used in a way it cannot serve: after ``aclose()``, or from another loop."""
+
+
+class InputError(ProactiveError):
+    """A targets file cannot be read at all (missing, empty, no target column)."""
+
+
+class JournalError(ProactiveError):
+    """The campaign journal cannot be opened or written."""
+
+
+class JournalMismatchError(JournalError):
+    """The journal belongs to another campaign (another template or input)."""
+
+
+_STATUS_CLASSES: dict[int, type[HTTPStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+    503: ServiceUnavailableError,
+}
+
+
+def status_error_class(status: int) -> type[HTTPStatusError]:
+    """The error class for a non-2xx status."""
+    cls = _STATUS_CLASSES.get(status)
+    if cls is not None:
+        return cls
+    if 300 <= status < 400:
+        return RedirectError
+    if status >= 500:
+        return ServerError
+    return HTTPStatusError

@@ -1,0 +1,229 @@
+"""Which failures are safe to retry, how long to wait, and the retry loop itself.
+
+The endpoint has no idempotency key, so a retry can only be automatic when the request was
+certainly not processed: the connection was never made, 429, or 503. Anything that may have
+been processed (500/502/504, a read timeout, a connection lost after sending, an
+undecodable 2xx body) is *ambiguous* and is retried only when the caller opts in.
+
+The first attempt runs without tenacity (it is the hot path: tenacity's machinery costs
+more than the rest of the SDK per call); the first failure is handed to tenacity, which
+drives every later attempt.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Protocol, TypeVar
+
+import tenacity as _t
+
+from ._errors import (
+    ConnectError,
+    ProactiveError,
+    RateLimitError,
+    ServiceUnavailableError,
+)
+
+__all__ = ["RetryPolicy", "is_safe_to_retry", "parse_retry_after", "retry_call"]
+
+_log = logging.getLogger("proactive_async")
+T = TypeVar("T")
+
+
+class Sleep(Protocol):
+    """An awaitable sleep, injectable so tests need no real waits."""
+
+    def __call__(self, seconds: float, /) -> Awaitable[None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """When and how a failed call is tried again.
+
+    Usage::
+
+        RetryPolicy(max_attempts=5, deadline=60.0)          # safe failures only (default)
+        RetryPolicy(retry_ambiguous=True)                    # opt in: may send twice
+        RetryPolicy.never()                                  # one attempt
+
+    Parameters:
+        max_attempts: attempts in all, the first included.
+        deadline: seconds from the first attempt after which no new attempt starts; a wait
+            that would end past it stops retrying. None: no overall deadline.
+        retry_ambiguous: also retry failures after which the server may have processed the
+            request (500/502/504, read timeout, connection lost, undecodable 2xx). This can
+            create duplicate conversations; off by default.
+        backoff_initial, backoff_max, jitter: exponential backoff in seconds (initial,
+            doubled per attempt up to max) plus up to ``jitter`` seconds of random jitter.
+        max_retry_after: the longest ``Retry-After`` honoured; a longer one stops retrying
+            and the 429/503 error is raised carrying the wait.
+    """
+
+    max_attempts: int = 5
+    deadline: float | None = 120.0
+    retry_ambiguous: bool = False
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    jitter: float = 0.5
+    max_retry_after: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.deadline is not None and self.deadline <= 0:
+            raise ValueError("deadline must be positive or None")
+
+    @classmethod
+    def never(cls) -> RetryPolicy:
+        """A policy that makes exactly one attempt."""
+        return cls(max_attempts=1)
+
+    def should_retry(self, exc: BaseException) -> bool:
+        """Whether ``exc`` may be retried under this policy (attempt budget aside)."""
+        if not isinstance(exc, ProactiveError):
+            return False
+        if is_safe_to_retry(exc):
+            return True
+        return self.retry_ambiguous and exc.may_have_been_processed
+
+    def backoff(self, attempt: int) -> float:
+        """The wait after failed attempt number ``attempt`` when the server named none."""
+        wait = _t.wait_exponential_jitter(
+            initial=self.backoff_initial, max=self.backoff_max, jitter=self.jitter
+        )
+        return float(wait(_state_for(attempt)))
+
+    def wait_for(self, exc: BaseException | None, attempt: int) -> float:
+        """The wait before the next attempt: the server's Retry-After, else backoff."""
+        retry_after = getattr(exc, "retry_after", None)
+        if isinstance(retry_after, float | int):
+            return max(0.0, float(retry_after))
+        return self.backoff(attempt)
+
+
+def is_safe_to_retry(exc: ProactiveError) -> bool:
+    """True for failures that certainly were not processed: no connection, 429, 503."""
+    return isinstance(exc, ConnectError | RateLimitError | ServiceUnavailableError)
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After``: integer or fractional seconds, or an HTTP-date.
+
+    Returns None when absent or unreadable; a date in the past gives 0.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        return _seconds_until_http_date(text, now)
+    if math.isnan(seconds) or math.isinf(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _seconds_until_http_date(text: str, now: float | None) -> float | None:
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def _state_for(attempt: int) -> _t.RetryCallState:
+    state = _t.RetryCallState(retry_object=_NO_RETRY, fn=None, args=(), kwargs={})
+    state.attempt_number = attempt
+    return state
+
+
+_NO_RETRY = _t.AsyncRetrying()
+
+
+class _Stop:
+    """Stops on the attempt budget, a Retry-After past the cap, or the overall deadline."""
+
+    def __init__(self, policy: RetryPolicy, started: float, clock: Callable[[], float]) -> None:
+        self._policy = policy
+        self._started = started
+        self._clock = clock
+
+    def __call__(self, state: _t.RetryCallState) -> bool:
+        policy = self._policy
+        if state.attempt_number >= policy.max_attempts:
+            return True
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(exc, "retry_after", None)
+        if isinstance(retry_after, float | int) and retry_after > policy.max_retry_after:
+            _log.info("Retry-After %.1fs passes the cap %.1fs", retry_after, policy.max_retry_after)
+            return True
+        if policy.deadline is None:
+            return False
+        ends = self._clock() + state.upcoming_sleep
+        return ends >= self._started + policy.deadline
+
+
+async def retry_call(
+    attempt_fn: Callable[[int], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    sleep: Sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> T:
+    """Run ``attempt_fn(attempt_number)`` until it succeeds or the policy stops retrying.
+
+    The error raised at the end is the last attempt's, with ``attempts`` set.
+    """
+    started = clock()
+    try:
+        return await attempt_fn(1)
+    except ProactiveError as exc:
+        exc.attempts = 1
+        if policy.max_attempts == 1 or not policy.should_retry(exc):
+            raise
+        first_failure = exc
+
+    retrying = _t.AsyncRetrying(
+        stop=_Stop(policy, started, clock),
+        wait=lambda state: policy.wait_for(
+            state.outcome.exception() if state.outcome else None, state.attempt_number
+        ),
+        retry=_t.retry_if_exception(policy.should_retry),
+        sleep=sleep,
+        reraise=True,
+        before_sleep=_log_retry,
+    )
+    attempt_number = 0
+    try:
+        async for attempt in retrying:
+            attempt_number = attempt.retry_state.attempt_number
+            with attempt:
+                if attempt_number == 1:
+                    # Replays the fast path's failure so tenacity decides the first wait.
+                    raise first_failure
+                return await attempt_fn(attempt_number)
+    except ProactiveError as exc:
+        exc.attempts = attempt_number
+        raise
+    raise AssertionError("unreachable: tenacity ends with a result or an error")  # pragma: no cover
+
+
+def _log_retry(state: _t.RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    _log.warning(
+        "attempt %d failed (%s); retrying in %.2fs",
+        state.attempt_number,
+        exc.kind if isinstance(exc, ProactiveError) else exc,
+        state.upcoming_sleep,
+    )

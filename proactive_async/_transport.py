@@ -1,0 +1,192 @@
+"""The only module that imports aiohttp: the session, one POST, and aiohttp's errors mapped to ours.
+
+The mapping decides what "may have been processed" means at the wire: only a connection
+that was never made is certainly unprocessed; once bytes may have left, a lost connection or
+a missing answer is ambiguous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+import ssl
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from ._errors import (
+    ClientStateError,
+    ConnectError,
+    ConnectionLostError,
+    ConnectTimeout,
+    ProactiveError,
+    ReadTimeout,
+    ResponseTooLargeError,
+)
+
+__all__ = ["RawResponse", "Transport", "TransportConfig", "user_agent"]
+
+
+def user_agent(version: str) -> str:
+    """``proactive-async/<v> aiohttp/<v> Python/<v>``."""
+    python = platform.python_version()
+    return f"proactive-async/{version} aiohttp/{aiohttp.__version__} Python/{python}"
+
+
+@dataclass(frozen=True, slots=True)
+class TransportConfig:
+    """Pool, timeout and TLS settings of one client's connection pool."""
+
+    max_connections: int = 100
+    max_connections_per_host: int = 0
+    keepalive_timeout: float = 15.0
+    connect_timeout: float | None = 10.0
+    read_timeout: float | None = 30.0
+    timeout: float | None = 60.0
+    verify: bool | ssl.SSLContext = True
+    proxy: str | None = None
+    max_response_bytes: int = 32 * 1024 * 1024
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RawResponse:
+    """What came back for one attempt, before decoding."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    elapsed: float
+
+
+class Transport:
+    """Owns one aiohttp ClientSession, created lazily inside the running event loop."""
+
+    def __init__(self, config: TransportConfig) -> None:
+        self._config = config
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _session_for_this_loop(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._closed:
+            raise ClientStateError("the client is closed; create a new AsyncClient")
+        if self._session is not None:
+            if loop is not self._loop:
+                raise ClientStateError(
+                    "this AsyncClient is bound to the event loop it was first used in; "
+                    "create one client per event loop (for example one per asyncio.run())"
+                )
+            return self._session
+        self._loop = loop
+        self._session = self._new_session()
+        return self._session
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        config = self._config
+        verify = config.verify
+        connector = aiohttp.TCPConnector(
+            limit=config.max_connections,
+            limit_per_host=config.max_connections_per_host,
+            keepalive_timeout=config.keepalive_timeout,
+            ssl=verify if isinstance(verify, ssl.SSLContext) else bool(verify),
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=config.timeout,
+            sock_connect=config.connect_timeout,
+            sock_read=config.read_timeout,
+        )
+        return aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            headers=dict(config.headers),
+            auto_decompress=True,
+            raise_for_status=False,
+            trust_env=False,
+        )
+
+    async def post(self, url: str, body: bytes) -> RawResponse:
+        """POST ``body`` once; redirects are never followed. Raises our TransportErrors."""
+        session = self._session_for_this_loop()
+        started = time.perf_counter()
+        try:
+            async with session.post(
+                url, data=body, allow_redirects=False, proxy=self._config.proxy
+            ) as response:
+                payload = await self._read_capped(response)
+                return RawResponse(
+                    status=response.status,
+                    headers=response.headers,
+                    body=payload,
+                    elapsed=time.perf_counter() - started,
+                )
+        except ProactiveError:
+            raise
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise ConnectTimeout(f"connecting to {_origin(url)} timed out") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise ConnectError(f"could not connect to {_origin(url)}: {exc.os_error}") from exc
+        except aiohttp.InvalidURL as exc:
+            raise ClientStateError(f"invalid URL: {exc}") from None
+        except (TimeoutError, aiohttp.SocketTimeoutError) as exc:
+            raise ReadTimeout(
+                f"no complete answer from {_origin(url)} in time; the request may have been"
+                " processed"
+            ) from exc
+        except aiohttp.ClientResponseError as exc:
+            # Its request_info holds our headers (the token): keep it out of the chain.
+            raise ConnectionLostError(
+                f"bad answer from {_origin(url)} ({exc.message}); the request may have been"
+                " processed"
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ConnectionLostError(
+                f"connection to {_origin(url)} lost ({type(exc).__name__}: {exc}); the request"
+                " may have been processed"
+            ) from exc
+
+    async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
+        cap = self._config.max_response_bytes
+        length = response.content_length
+        if length is not None and length > cap:
+            raise ResponseTooLargeError(
+                f"response of {length} bytes passes max_response_bytes={cap}",
+                status=response.status,
+            )
+        if length is not None:
+            return await response.read()
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > cap:
+                raise ResponseTooLargeError(
+                    f"response passes max_response_bytes={cap}", status=response.status
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def aclose(self) -> None:
+        """Close the pool; idempotent, and completes even if the caller is cancelled."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is None or session.closed:
+            return
+        close = asyncio.ensure_future(session.close())
+        try:
+            await asyncio.shield(close)
+        except asyncio.CancelledError:
+            await asyncio.wait([close])
+            raise
+
+
+def _origin(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}"
