@@ -266,7 +266,7 @@ _PHONE = re.compile(r"\+?\d[\d\s().-]{6,}\d")
 
 
 def mask_phone(number: str) -> str:
-    """``+5511999990000`` -> ``+551*******00``: enough to tell numbers apart in a log."""
+    """``+5511999990000`` -> ``+551********00``: enough to tell numbers apart in a log."""
     digits = [c for c in number if c.isdigit()]
     if len(digits) < 6:
         return "*" * len(number)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import hashlib
+import io
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -77,9 +78,7 @@ def read_records(path: str | os.PathLike[str]) -> Iterator[Record]:
     )
 
 
-def read_csv(
-    path: str | os.PathLike[str], *, delimiter: str | None = None
-) -> Iterator[Record]:
+def read_csv(path: str | os.PathLike[str], *, delimiter: str | None = None) -> Iterator[Record]:
     """Stream the records of a CSV file with a header row.
 
     ``delimiter`` is sniffed from the header among ``,`` ``;`` and tab when ``None``.
@@ -198,9 +197,7 @@ class _CsvLayout:
         for index, cell in enumerate(header):
             self._place(index, cell, name)
         if self.recipient is None and self.contact is None:
-            raise InputError(
-                f"{name}: no recipient or contactId column in the header {header!r}"
-            )
+            raise InputError(f"{name}: no recipient or contactId column in the header {header!r}")
         if len(set(self.var_names)) != len(self.var_names):
             raise InputError(f"{name}: the header repeats a column name: {header!r}")
 
@@ -265,7 +262,7 @@ def _parse_contact(text: str | None) -> tuple[int | None, str | None]:
     # Strict digits: int() would also take "1_000", "+5" or non-ASCII digits.
     if text.isascii() and text.isdigit():
         return int(text), None
-    return None, f"contactId {text!r} is not an integer"
+    return None, f"contactId {text!r} is not a positive integer"
 
 
 def _has_surrogates(text: str) -> bool:
@@ -308,7 +305,7 @@ def _open_text(name: str) -> IO[str]:
         raise InputError(f"{name}: cannot open the targets file: {exc.strerror or exc}") from exc
 
 
-def _open_binary(name: str) -> IO[bytes]:
+def _open_binary(name: str) -> io.BufferedReader:
     try:
         return open(name, "rb")
     except OSError as exc:

@@ -61,8 +61,12 @@ class OutcomeError(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True
     status: int | None = None
 
 
-class Outcome(msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel"):
-    """The one outcome of one input record; one JSONL report line per outcome."""
+class Outcome(msgspec.Struct, kw_only=True, rename="camel"):
+    """The one outcome of one input record; one JSONL report line per outcome.
+
+    ``recipient`` is the E.164 number that was sent (or the raw input when it was invalid);
+    ``conversation_ids`` the conversations created; ``attempts`` the calls made for it.
+    """
 
     line: int
     status: OutcomeStatus

@@ -15,6 +15,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import math
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -94,10 +95,12 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         """The wait after failed attempt number ``attempt`` when the server named none."""
-        wait = _t.wait_exponential_jitter(
-            initial=self.backoff_initial, max=self.backoff_max, jitter=self.jitter
-        )
-        return float(wait(_state_for(attempt)))
+        # Fix (tests): computed here instead of tenacity's wait_exponential_jitter, whose
+        # ``initial`` warns (DeprecationWarning) on every retry in tenacity 9.2 and whose
+        # replacement ``multiplier`` does not exist in 9.0, which pyproject allows.
+        exponent = min(max(attempt, 1) - 1, 64)  # past 2**64 any backoff_max has been hit
+        wait = self.backoff_initial * 2.0**exponent + random.uniform(0, self.jitter)
+        return max(0.0, min(wait, self.backoff_max))
 
     def wait_for(self, exc: BaseException | None, attempt: int) -> float:
         """The wait before the next attempt: the server's Retry-After, else backoff."""
@@ -140,15 +143,6 @@ def _seconds_until_http_date(text: str, now: float | None) -> float | None:
         when = when.replace(tzinfo=UTC)
     current = time.time() if now is None else now
     return max(0.0, when.timestamp() - current)
-
-
-def _state_for(attempt: int) -> _t.RetryCallState:
-    state = _t.RetryCallState(retry_object=_NO_RETRY, fn=None, args=(), kwargs={})
-    state.attempt_number = attempt
-    return state
-
-
-_NO_RETRY = _t.AsyncRetrying()
 
 
 class _Stop:

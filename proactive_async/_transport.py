@@ -48,7 +48,8 @@ class TransportConfig:
     verify: bool | ssl.SSLContext = True
     proxy: str | None = None
     max_response_bytes: int = 32 * 1024 * 1024
-    headers: Mapping[str, str] = field(default_factory=dict)
+    # repr=False (fix, tests): these headers hold the Bearer token.
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +161,9 @@ class Transport:
                 f"response of {length} bytes passes max_response_bytes={cap}",
                 status=response.status,
             )
-        if length is not None:
+        # Fix (tests): Content-Length counts the compressed bytes; a gzip body is streamed
+        # so the cap applies to what is decompressed into memory.
+        if length is not None and not response.headers.get("Content-Encoding"):
             return await response.read()
         chunks: list[bytes] = []
         size = 0

@@ -1,0 +1,108 @@
+"""Benchmark 1: calls/s of single-recipient calls through AsyncClient, 64 in flight.
+
+Measures ``AsyncClient.create_proactive_conversation`` (rate limit off, default retry policy,
+responses decoded into the SDK's Conversation) against the fast local server
+(``_fastserver.py``, pinned to core 1; the client on core 0), alternating round by round with
+two baselines in the same run: a hand-written aiohttp loop (one ClientSession,
+TCPConnector(limit=64), a semaphore, msgspec decode into bare Structs) and an
+httpx.AsyncClient loop (limits 64). The server's own ceiling is measured with wrk.
+
+Targets: SDK >= 0.9x the raw aiohttp loop; SDK >= 5x httpx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _baselines
+from _common import (
+    TOKEN,
+    alternate,
+    fast_server,
+    median,
+    pin_client,
+    rate_str,
+    row,
+    sdk_missing,
+    wrk_ceiling,
+)
+
+NAME = "1 calls/s, 64 in flight"
+CONCURRENCY = 64
+
+
+async def sdk_loop(url: str, calls: int, concurrency: int, *, warmup: int = 64) -> float:
+    """Calls/s of the SDK's AsyncClient, a semaphore keeping ``concurrency`` in flight."""
+    from proactive_async import AsyncClient
+
+    async with AsyncClient(base_url=url, token=TOKEN, max_connections=concurrency) as client:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(i: int) -> None:
+            async with gate:
+                await client.create_proactive_conversation(
+                    channel_id=1, bot_id=1, recipient=[f"+55119{10_000_000 + i:08d}"]
+                )
+
+        await asyncio.gather(*(one(i) for i in range(warmup)))
+        start = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(calls)))
+        return calls / (time.perf_counter() - start)
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Run benchmark 1; returns its rows and the per-round figures."""
+    pinned = pin_client()
+    calls = 200 if quick else 4000
+    httpx_calls = 100 if quick else 300
+    rounds = 1 if quick else 5
+    missing = sdk_missing("proactive_async:AsyncClient")
+    with fast_server() as server:
+        ceiling = wrk_ceiling(server.url, seconds=1 if quick else 3)
+        variants = {
+            "aiohttp": lambda: asyncio.run(_baselines.aiohttp_loop(server.url, calls, CONCURRENCY)),
+            "httpx": lambda: asyncio.run(_baselines.httpx_loop(server.url, httpx_calls, CONCURRENCY)),
+        }
+        if missing is None:
+            variants = {"sdk": lambda: asyncio.run(sdk_loop(server.url, calls, CONCURRENCY)),
+                        **variants}
+        figures = alternate(variants, rounds)
+    med = {name: median(values) for name, values in figures.items()}
+    raw, httpx = med["aiohttp"], med["httpx"]
+    sdk = med.get("sdk", float("nan"))
+    if missing is not None:
+        rows = [
+            row(f"{NAME} vs raw aiohttp", baseline=rate_str(raw), target=">= 0.9x", skipped=missing),
+            row(f"{NAME} vs httpx", baseline=rate_str(httpx), target=">= 5x", skipped=missing),
+        ]
+    else:
+        rows = [
+            row(f"{NAME} vs raw aiohttp", sdk=rate_str(sdk), baseline=rate_str(raw),
+                ratio=sdk / raw, target=">= 0.9x", ok=sdk >= 0.9 * raw),
+            row(f"{NAME} vs httpx", sdk=rate_str(sdk), baseline=rate_str(httpx),
+                ratio=sdk / httpx, target=">= 5x", ok=sdk >= 5 * httpx),
+        ]
+    ceiling_text = rate_str(ceiling, "req/s") if isinstance(ceiling, float) else ceiling
+    rows.append(row("1 fast server ceiling (wrk, 64 conns)", baseline=ceiling_text,
+                    target="server not the bottleneck",
+                    ok=(ceiling > 2 * max(sdk if sdk == sdk else 0.0, raw))
+                    if isinstance(ceiling, float) else None,
+                    note="" if isinstance(ceiling, float) else ceiling))
+    return {
+        "name": NAME,
+        "rows": rows,
+        "details": {"pinning": pinned, "calls_per_round": calls, "httpx_calls_per_round": httpx_calls,
+                    "rounds": rounds, "figures": figures, "medians": med, "wrk": ceiling},
+    }
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(run("--quick" in sys.argv), indent=2))

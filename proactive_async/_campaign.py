@@ -1,0 +1,564 @@
+"""Running a campaign: planned chunks dispatched under limits, one outcome per record.
+
+The order of things for one chunk is what keeps the no-duplicate promise:
+wait for the shared cooldown and the rate limiter, *then* mark the chunk's lines in flight
+in the journal (durably), *then* send. A record can only be resent by a later run when
+its journal row says it was never in flight, or when the caller asks for unknowns to be
+resent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from typing import Any, Final
+
+import msgspec
+from msgspec import UNSET
+
+from ._client import AsyncClient
+from ._errors import BadRequestError, ProactiveError, RateLimitError, ServiceUnavailableError
+from ._input import aiter_records, fingerprint_file, read_records
+from ._journal import CampaignIdentity, Journal
+from ._limits import AdaptiveRate, Cooldown, RateLimiter
+from ._models import Conversation, ProactiveConversationRequest
+from ._planner import Chunk, PlannedTarget, Planner, PlannerConfig
+from ._records import Outcome, OutcomeError, OutcomeStatus, Record
+from ._report import CampaignSummary, LatencySample, ReportWriter
+from ._retry import RetryPolicy
+
+__all__ = ["Campaign"]
+
+_log = logging.getLogger("proactive_async")
+_DONE: Final = object()
+_INTERRUPTED = OutcomeError(
+    kind="interrupted",
+    message="the campaign stopped while this record's call was in flight; it may have been sent",
+)
+
+
+class Campaign:
+    """One request template sent to a stream of targets, with one outcome per input record.
+
+    Usage::
+
+        async with AsyncClient(base_url=URL, token=TOKEN) as client:
+            campaign = Campaign(
+                client,
+                template=ProactiveConversationRequest(channel_id=1, bot_id=2,
+                                                      conversation_template_id=3),
+                targets="recipients.csv", default_region="BR",
+                journal="campaign.db", report="report.jsonl",
+            )
+            async for outcome in campaign:     # or: summary = await campaign.run()
+                ...
+
+    Parameters:
+        template: every request field but the targets (``recipient``/``contact_ids``
+            must be unset); its ``content_variables`` are merged under each record's own.
+        targets: a CSV/JSONL path, or any iterable / async iterable of phone strings,
+            contact ids (int), ``Target``s, mappings or ``Record``s.
+        chunk_size: targets per call, at most. concurrency: calls in flight, at most.
+        rate: targets per second (a token bucket of ``burst`` targets); calls_per_second:
+            an optional second bucket counting calls.
+        adaptive: find the rate the server accepts (AIMD on 429); on by default when no
+            ``rate`` is given, and bounded by ``rate`` when both are.
+        retry: the campaign's RetryPolicy; default: safe failures only, 8 attempts.
+            ``RetryPolicy(retry_ambiguous=True)`` resends ambiguous failures (duplicates
+            possible).
+        default_region, dedupe, allow_repeats_with_different_variables: planning.
+        journal: a SQLite path that makes the campaign resumable after a crash.
+        resend_unknown: on resume, resend records that ended ``unknown`` or were in
+            flight at the crash (duplicates possible).
+        report: a JSONL path, one line per input record.
+        grace_period: seconds in-flight calls get to finish once the campaign is stopped.
+    """
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        *,
+        template: ProactiveConversationRequest,
+        targets: str | os.PathLike[str] | Iterable[object] | AsyncIterable[object],
+        chunk_size: int = 50,
+        concurrency: int = 16,
+        rate: float | None = None,
+        calls_per_second: float | None = None,
+        burst: float | None = None,
+        adaptive: bool | None = None,
+        retry: RetryPolicy | None = None,
+        default_region: str | None = None,
+        dedupe: bool = True,
+        allow_repeats_with_different_variables: bool = False,
+        journal: str | os.PathLike[str] | None = None,
+        report: str | os.PathLike[str] | None = None,
+        resend_unknown: bool = False,
+        grace_period: float = 30.0,
+        flush_after: float = 0.05,
+    ) -> None:
+        if template.recipient is not UNSET or template.contact_ids is not UNSET:
+            raise ValueError("the template must not set recipient or contact_ids: give targets")
+        if chunk_size < 1 or concurrency < 1:
+            raise ValueError("chunk_size and concurrency must be at least 1")
+        self.client = client
+        self.template = template
+        self.targets = targets
+        self.concurrency = concurrency
+        self.retry = retry if retry is not None else RetryPolicy(max_attempts=8, deadline=None)
+        self.journal_path = journal
+        self.report_path = report
+        self.resend_unknown = resend_unknown
+        self.grace_period = grace_period
+        self.planner_config = PlannerConfig(
+            default_region=default_region,
+            chunk_size=chunk_size,
+            dedupe=dedupe,
+            allow_repeats_with_different_variables=allow_repeats_with_different_variables,
+            flush_after=flush_after,
+        )
+        self.summary = CampaignSummary()
+        self.total: int | None = _count_records(targets)
+        self._limiter = RateLimiter(rate, burst) if rate else None
+        self._call_limiter = RateLimiter(calls_per_second) if calls_per_second else None
+        self._adaptive: AdaptiveRate | None = None
+        if adaptive if adaptive is not None else rate is None:
+            if self._limiter is None:
+                self._limiter = RateLimiter(_ADAPTIVE_START, burst)
+            self._adaptive = AdaptiveRate(self._limiter, ceiling=rate)
+        self._cooldown = Cooldown()
+        self._latency = LatencySample()
+        self._journal: Journal | None = None
+        self._resuming = False
+        self._report: ReportWriter | None = None
+        self._sink: asyncio.Queue[object] | None = None
+        self._stopping = False
+        self._started: float | None = None
+
+    # -- public control ------------------------------------------------------------
+
+    async def run(self) -> CampaignSummary:
+        """Run to the end (or until cancelled) and return the summary."""
+        await self._run()
+        return self.summary
+
+    def __aiter__(self) -> AsyncIterator[Outcome]:
+        return self._iterate()
+
+    def stop(self) -> None:
+        """Stop dispatching new calls; calls in flight finish and are recorded."""
+        self._stopping = True
+
+    @property
+    def rate(self) -> float | None:
+        """The current targets-per-second limit (it moves in adaptive mode)."""
+        return self._limiter.rate if self._limiter is not None else None
+
+    async def _iterate(self) -> AsyncIterator[Outcome]:
+        sink: asyncio.Queue[object] = asyncio.Queue(maxsize=4096)
+        self._sink = sink
+        runner = asyncio.create_task(self._run())
+        runner.add_done_callback(lambda _: sink.put_nowait(_DONE) if not sink.full() else None)
+        try:
+            while True:
+                if runner.done() and sink.empty():
+                    break
+                item = await sink.get()
+                if item is _DONE:
+                    if runner.done() and sink.empty():
+                        break
+                    continue
+                assert isinstance(item, Outcome)
+                yield item
+            await runner
+        finally:
+            if not runner.done():
+                runner.cancel()
+                await asyncio.gather(runner, return_exceptions=True)
+
+    # -- the run -------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        self._started = time.monotonic()
+        try:
+            await self._open()
+            queue: asyncio.Queue[Chunk | None] = asyncio.Queue(maxsize=self.concurrency)
+            feeder = asyncio.create_task(self._feed(queue))
+            workers = [asyncio.create_task(self._work(queue)) for _ in range(self.concurrency)]
+            try:
+                await _first_failure([feeder, *workers])
+            except asyncio.CancelledError:
+                self.summary.interrupted = True
+                await self._wind_down(feeder, workers, queue)
+                raise
+            except BaseException:
+                for task in (feeder, *workers):
+                    task.cancel()
+                await asyncio.gather(feeder, *workers, return_exceptions=True)
+                raise
+            if self._stopping:
+                self.summary.interrupted = True
+        finally:
+            await asyncio.shield(self._close())
+
+    async def _open(self) -> None:
+        if self.report_path is not None:
+            self._report = ReportWriter(self.report_path)
+        if self.journal_path is not None:
+            self._journal = await Journal.open(self.journal_path, self._identity())
+            self._resuming = self._journal.resumed
+
+    def _identity(self) -> CampaignIdentity:
+        config = self.planner_config
+        return CampaignIdentity.build(
+            msgspec.to_builtins(self.template),
+            input_fingerprint=_fingerprint(self.targets),
+            options={
+                "default_region": config.default_region,
+                "dedupe": config.dedupe,
+                "allow_repeats_with_different_variables": (
+                    config.allow_repeats_with_different_variables
+                ),
+            },
+        )
+
+    async def _close(self) -> None:
+        summary = self.summary
+        if self._started is not None:
+            summary.elapsed = time.monotonic() - self._started
+        summary.latency_p50 = self._latency.percentile(50)
+        summary.latency_p95 = self._latency.percentile(95)
+        summary.latency_p99 = self._latency.percentile(99)
+        if self._report is not None:
+            self._report.close()
+        if self._journal is not None:
+            await self._journal.aclose()
+
+    async def _wind_down(
+        self,
+        feeder: asyncio.Task[None],
+        workers: list[asyncio.Task[None]],
+        queue: asyncio.Queue[Chunk | None],
+    ) -> None:
+        """Stop reading, let calls in flight finish within the grace period, record them."""
+        self._stopping = True
+        feeder.cancel()
+        await asyncio.gather(feeder, return_exceptions=True)
+        while not queue.empty():
+            queue.get_nowait()
+        for _ in workers:
+            queue.put_nowait(None)
+        try:
+            _, pending = await asyncio.wait(workers, timeout=self.grace_period)
+        except asyncio.CancelledError:
+            pending = {w for w in workers if not w.done()}
+        for worker in pending:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+
+    # -- reading and planning ----------------------------------------------------------
+
+    async def _feed(self, queue: asyncio.Queue[Chunk | None]) -> None:
+        planner = Planner(self.planner_config)
+        async with contextlib.aclosing(planner.plan(self._records())) as plan:
+            async for item in plan:
+                if self._stopping:
+                    break
+                if isinstance(item, Outcome):
+                    await self._settle_planned(item)
+                    continue
+                targets = await self._unfinished(item.targets) if self._resuming else item.targets
+                if targets:
+                    await queue.put(Chunk(variables=item.variables, targets=list(targets)))
+        for _ in range(self.concurrency):
+            await queue.put(None)
+
+    def _records(self) -> AsyncIterator[Record]:
+        source = self.targets
+        if isinstance(source, str | os.PathLike):
+            return _file_records(source)
+        return aiter_records(source)
+
+    async def _settle_planned(self, outcome: Outcome) -> None:
+        """A rejected or duplicate record: reported as planned (or as the journal has it)."""
+        if self._resuming and self._journal is not None:
+            entry = (await self._journal.lookup([outcome.line])).get(outcome.line)
+            if entry is not None and entry.outcome is not None:
+                await self._emit(entry.outcome, resumed=True)
+                return
+        await self._emit(outcome)
+
+    async def _unfinished(self, targets: Sequence[PlannedTarget]) -> list[PlannedTarget]:
+        """Drop targets an earlier run finished (reporting its outcome again)."""
+        assert self._journal is not None
+        known = await self._journal.lookup([t.line for t in targets])
+        if not known:
+            return list(targets)
+        keep: list[PlannedTarget] = []
+        for target in targets:
+            entry = known.get(target.line)
+            if entry is None:
+                keep.append(target)
+            elif entry.outcome is None or entry.outcome.status is OutcomeStatus.UNKNOWN:
+                if self.resend_unknown:
+                    keep.append(target)
+                elif entry.outcome is None:
+                    await self._emit(_outcome(target, OutcomeStatus.UNKNOWN, error=_INTERRUPTED))
+                else:
+                    await self._emit(entry.outcome, resumed=True)
+            else:
+                await self._emit(entry.outcome, resumed=True)
+        return keep
+
+    # -- dispatch ------------------------------------------------------------------
+
+    async def _work(self, queue: asyncio.Queue[Chunk | None]) -> None:
+        while True:
+            chunk = await queue.get()
+            if chunk is None or self._stopping:
+                return
+            await self._dispatch(chunk.targets, chunk.variables)
+
+    def _encode(self, targets: Sequence[PlannedTarget], variables: dict[str, Any] | None) -> bytes:
+        recipients = [t.recipient for t in targets if t.recipient is not None]
+        contacts = [t.contact_id for t in targets if t.contact_id is not None]
+        fields: dict[str, Any] = {
+            "recipient": recipients or UNSET,
+            "contact_ids": contacts or UNSET,
+        }
+        if variables:
+            base = self.template.content_variables
+            fields["content_variables"] = {**base, **variables} if base else variables
+        return msgspec.json.encode(msgspec.structs.replace(self.template, **fields))
+
+    async def _dispatch(
+        self, targets: Sequence[PlannedTarget], variables: dict[str, Any] | None
+    ) -> None:
+        """Send one chunk until it ends; every target in it gets its outcome here."""
+        body = self._encode(targets, variables)
+        weight = float(len(targets))
+        attempt = 0
+        sent_once = False
+        last_error: ProactiveError | None = None
+        while True:
+            await self._cooldown.wait()
+            if self._limiter is not None:
+                await self._limiter.acquire(weight)
+            if self._call_limiter is not None:
+                await self._call_limiter.acquire(1.0)
+            if self._stopping and not sent_once and attempt > 0:
+                # Only certainly-unprocessed attempts so far: report the last error.
+                await self._settle(targets, OutcomeStatus.FAILED, attempt, last_error)
+                return
+            if attempt == 0 and self._journal is not None:
+                await self._journal.mark_in_flight([t.line for t in targets])
+            attempt += 1
+            self.summary.calls += 1
+            if attempt > 1:
+                self.summary.retries += 1
+            try:
+                started = time.perf_counter()
+                response = await self.client.send_once(body, attempt=attempt)
+            except asyncio.CancelledError:
+                await self._settle(targets, OutcomeStatus.UNKNOWN, attempt, None, _INTERRUPTED)
+                raise
+            except BadRequestError as exc:
+                if len(targets) > 1:
+                    await self._bisect(targets, variables)
+                else:
+                    await self._settle(targets, OutcomeStatus.FAILED, attempt, exc)
+                return
+            except ProactiveError as exc:
+                sent_once = sent_once or exc.may_have_been_processed
+                last_error = exc
+                wait = self._on_failure(exc, attempt)
+                if wait is None:
+                    status = OutcomeStatus.UNKNOWN if sent_once else OutcomeStatus.FAILED
+                    await self._settle(targets, status, attempt, exc)
+                    return
+                if not isinstance(exc, RateLimitError | ServiceUnavailableError):
+                    await asyncio.sleep(wait)
+                continue
+            except Exception as exc:  # a bug must not lose records: they may have been sent
+                _log.exception("unexpected error while sending a chunk")
+                error = OutcomeError(kind=type(exc).__name__, message=str(exc))
+                await self._settle(targets, OutcomeStatus.UNKNOWN, attempt, None, error)
+                return
+            self._latency.add(time.perf_counter() - started)
+            if self._adaptive is not None:
+                self._adaptive.on_success(weight)
+            await self._settle_response(targets, response.value, attempt)
+            return
+
+    def _on_failure(self, exc: ProactiveError, attempt: int) -> float | None:
+        """Feed the limiters; the wait before the next attempt, or None to stop."""
+        policy = self.retry
+        wait = policy.wait_for(exc, attempt)
+        if isinstance(exc, RateLimitError | ServiceUnavailableError):
+            if isinstance(exc, RateLimitError):
+                self.summary.throttled += 1
+                if self._adaptive is not None:
+                    self._adaptive.on_throttle(exc.retry_after)
+            self._cooldown.pause(wait)
+            if exc.retry_after is not None and exc.retry_after > policy.max_retry_after:
+                return None
+        if attempt >= policy.max_attempts or not policy.should_retry(exc):
+            return None
+        return wait
+
+    async def _bisect(
+        self, targets: Sequence[PlannedTarget], variables: dict[str, Any] | None
+    ) -> None:
+        """A 400 for several targets: send each half apart to isolate the bad ones."""
+        middle = len(targets) // 2
+        await self._dispatch(targets[:middle], variables)
+        await self._dispatch(targets[middle:], variables)
+
+    # -- outcomes ------------------------------------------------------------------
+
+    async def _settle_response(
+        self, targets: Sequence[PlannedTarget], conversations: list[Conversation], attempts: int
+    ) -> None:
+        matched = match_conversations(targets, conversations)
+        for target in targets:
+            ids = matched.get(target.line)
+            if ids:
+                self.summary.targets_sent += 1
+                await self._emit(
+                    _outcome(target, OutcomeStatus.SENT, attempts=attempts, conversation_ids=ids)
+                )
+            else:
+                error = OutcomeError(
+                    kind="unmatched",
+                    message="the call succeeded but no conversation in the answer is this target's",
+                )
+                await self._emit(
+                    _outcome(target, OutcomeStatus.UNKNOWN, attempts=attempts, error=error)
+                )
+
+    async def _settle(
+        self,
+        targets: Sequence[PlannedTarget],
+        status: OutcomeStatus,
+        attempts: int,
+        exc: ProactiveError | None,
+        error: OutcomeError | None = None,
+    ) -> None:
+        if error is None and exc is not None:
+            error = OutcomeError(
+                kind=exc.kind, message=exc.message, status=getattr(exc, "status", None)
+            )
+        for target in targets:
+            await self._emit(_outcome(target, status, attempts=attempts, error=error))
+
+    async def _emit(self, outcome: Outcome, *, resumed: bool = False) -> None:
+        summary = self.summary
+        summary.counts[outcome.status] += 1
+        summary.records += 1
+        if resumed:
+            summary.resumed += 1
+        if self._report is not None:
+            self._report.write(outcome)
+        if self._journal is not None and not resumed:
+            await self._journal.record([outcome])
+        if self._sink is not None:
+            await self._sink.put(outcome)
+
+
+_ADAPTIVE_START: Final = 1_000_000.0
+
+
+def _outcome(
+    target: PlannedTarget,
+    status: OutcomeStatus,
+    *,
+    attempts: int = 0,
+    conversation_ids: list[int] | None = None,
+    error: OutcomeError | None = None,
+) -> Outcome:
+    return Outcome(
+        line=target.line,
+        status=status,
+        recipient=target.recipient,
+        contact_id=target.contact_id,
+        conversation_ids=conversation_ids or [],
+        attempts=attempts,
+        error=error,
+    )
+
+
+def match_conversations(
+    targets: Sequence[PlannedTarget], conversations: list[Conversation]
+) -> dict[int, list[int]]:
+    """Conversation ids per target line: by ``messages[].to``, then the rest in order."""
+    by_digits: dict[str, PlannedTarget] = {}
+    for target in targets:
+        if target.recipient is not None:
+            by_digits.setdefault(_digits(target.recipient), target)
+    ids: dict[int, list[int]] = {}
+    leftovers: list[int] = []
+    for conversation in conversations:
+        owner = None
+        for to in conversation.recipients:
+            owner = by_digits.get(_digits(to))
+            if owner is not None:
+                break
+        if owner is None:
+            leftovers.append(conversation.id)
+        else:
+            ids.setdefault(owner.line, []).append(conversation.id)
+    if leftovers:
+        waiting = [t for t in targets if t.line not in ids]
+        waiting.sort(key=lambda t: t.contact_id is None)  # contacts first: they have no `to`
+        for target, conversation_id in zip(waiting, leftovers, strict=False):
+            ids[target.line] = [conversation_id]
+    return ids
+
+
+def _digits(text: str) -> str:
+    return "".join(c for c in text if c.isdigit())
+
+
+async def _first_failure(tasks: list[asyncio.Task[None]]) -> None:
+    """Wait for every task; raise the first error as soon as one fails."""
+    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+    if pending:  # pragma: no cover - FIRST_EXCEPTION returns early only on an error
+        await asyncio.gather(*pending)
+
+
+async def _file_records(path: str | os.PathLike[str]) -> AsyncIterator[Record]:
+    for index, record in enumerate(read_records(path)):
+        yield record
+        if index & 255 == 255:
+            await asyncio.sleep(0)  # reading is synchronous: let the dispatchers run
+
+
+def _fingerprint(source: object) -> str:
+    if isinstance(source, str | os.PathLike):
+        return fingerprint_file(source)
+    return ""
+
+
+def _count_records(source: object) -> int | None:
+    """Records in a targets file (lines, header and blank lines aside), for progress; else None."""
+    if not isinstance(source, str | os.PathLike):
+        return len(source) if isinstance(source, list | tuple) else None
+    try:
+        with open(source, "rb") as handle:
+            lines = 0
+            last = b"\n"
+            while block := handle.read(1 << 20):
+                lines += block.count(b"\n")
+                last = block[-1:]
+    except OSError:
+        return None
+    if last != b"\n":
+        lines += 1
+    is_csv = not os.fspath(source).lower().endswith((".jsonl", ".ndjson"))
+    return max(0, lines - 1) if is_csv else lines

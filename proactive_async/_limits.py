@@ -1,0 +1,438 @@
+"""Rate limiting for the campaign runner: a weighted token bucket, a shared 429 pause, AIMD.
+
+Three pieces, each usable alone:
+
+* ``RateLimiter`` caps targets (or calls) per second with a FIFO-fair token bucket.
+* ``Cooldown`` is one pause shared by every dispatcher, set from a 429's ``Retry-After``.
+* ``AdaptiveRate`` moves a ``RateLimiter``'s rate to what the server accepts when the
+  client is not told the limit (additive increase, multiplicative decrease on 429).
+
+Time is injected (``clock``, ``sleep``) so tests run on a fake clock without real waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+__all__ = ["AdaptiveRate", "Cooldown", "RateLimiter"]
+
+Clock = Callable[[], float]
+SleepFn = Callable[[float], Awaitable[None]]
+
+# A refill computed after sleeping exactly the deficit can land a hair short of it in
+# floating point; without this slack the head waiter would loop on nanosecond sleeps.
+_EPSILON = 1e-9
+
+
+def _check_positive(name: str, value: float) -> float:
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+class _Waiter:
+    """One blocked ``acquire``: its weight and the future that wakes it."""
+
+    __slots__ = ("future", "weight")
+
+    def __init__(self, weight: float, future: asyncio.Future[None]) -> None:
+        self.weight = weight
+        self.future = future
+
+
+class RateLimiter:
+    """A weighted token bucket: ``rate`` tokens per second, at most ``burst`` saved up.
+
+    Usage::
+
+        limiter = RateLimiter(500)            # 500 targets/s, bucket of 500 (one second)
+        await limiter.acquire(len(targets))   # waits until the call may go
+
+    Waiters are served strictly in arrival order, so a heavy call is never starved by
+    light ones. A weight above ``burst`` is admitted once the bucket is full and leaves it
+    in debt, which keeps the long-run rate exact instead of blocking forever. Only the
+    waiter at the head of the queue sleeps; a cancelled waiter has taken nothing and
+    hands the head on. Taking tokens when they are there does not suspend.
+
+    Parameters:
+        rate: tokens per second (> 0).
+        burst: the bucket size. None: ``max(1, rate)``, one second's worth, and it follows
+            the rate when ``set_rate`` changes it.
+        clock: monotonic seconds; ``time.monotonic`` by default.
+        sleep: an awaitable sleep; ``asyncio.sleep`` by default.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: float | None = None,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: SleepFn = asyncio.sleep,
+    ) -> None:
+        self._rate = _check_positive("rate", rate)
+        self._burst_follows_rate = burst is None
+        self._burst = max(1.0, self._rate) if burst is None else _check_positive("burst", burst)
+        self._clock = clock
+        self._sleep = sleep
+        self._tokens = self._burst
+        self._stamp = clock()
+        self._waiters: deque[_Waiter] = deque()
+        # The head waiter's pending sleep; cancelled when the head changes or the rate does.
+        self._timer: asyncio.Future[None] | None = None
+
+    @property
+    def rate(self) -> float:
+        """Tokens added per second."""
+        return self._rate
+
+    @property
+    def burst(self) -> float:
+        """The most tokens the bucket holds."""
+        return self._burst
+
+    def set_rate(self, rate: float) -> None:
+        """Change the rate now; the waiter at the head re-plans its wait at once."""
+        rate = _check_positive("rate", rate)
+        self._refill()
+        self._rate = rate
+        if self._burst_follows_rate:
+            self._burst = max(1.0, rate)
+            self._tokens = min(self._tokens, self._burst)
+        if self._waiters:
+            self._wake_head()
+
+    def drain(self, until: float | None = None) -> None:
+        """Empty the bucket (keeping any debt) and, if given, refill nothing before ``until``.
+
+        For a server that has just answered 429: its own bucket is empty, so tokens saved
+        up here, or during the pause it asked for, would only be spent on more 429s.
+        """
+        self._refill()
+        self._tokens = min(self._tokens, 0.0)
+        if until is not None and until > self._stamp:
+            self._stamp = until
+        if self._waiters:
+            self._wake_head()
+
+    async def acquire(self, weight: float = 1.0) -> None:
+        """Wait until ``weight`` tokens can be taken, then take them.
+
+        Raises ValueError for a negative or non-finite weight.
+        """
+        if not (weight >= 0 and math.isfinite(weight)):
+            raise ValueError(f"weight must be a non-negative finite number, got {weight!r}")
+        if not self._waiters and self._try_take(weight):
+            return
+        await self._wait_in_line(weight)
+
+    async def _wait_in_line(self, weight: float) -> None:
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(weight, loop.create_future())
+        self._waiters.append(waiter)
+        try:
+            while True:
+                if self._waiters[0] is waiter:
+                    # No await between taking and returning: a cancellation can never
+                    # arrive after the tokens are gone.
+                    if self._try_take(weight):
+                        return
+                    self._arm_timer(weight)
+                await waiter.future
+                waiter.future = loop.create_future()
+        finally:
+            self._leave(waiter)
+
+    def _refill(self) -> None:
+        """Drip tokens in for the time since the last look."""
+        now = self._clock()
+        elapsed = now - self._stamp
+        if elapsed > 0:
+            self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
+            self._stamp = now
+
+    def _try_take(self, weight: float) -> bool:
+        self._refill()
+        # A weight above the bucket can never be fully saved up: a full bucket admits it.
+        if self._tokens + _EPSILON >= min(weight, self._burst):
+            self._tokens -= weight
+            return True
+        return False
+
+    def _arm_timer(self, weight: float) -> None:
+        """Sleep until the head's tokens are there, then wake it."""
+        self._cancel_timer()
+        deficit = min(weight, self._burst) - self._tokens
+        # The stamp is in the future while drained until a pause ends.
+        delay = max(0.0, self._stamp - self._clock()) + deficit / self._rate
+        timer = asyncio.ensure_future(self._sleep(delay))
+        timer.add_done_callback(self._on_timer)
+        self._timer = timer
+
+    def _on_timer(self, timer: asyncio.Future[None]) -> None:
+        if timer is self._timer:
+            self._timer = None
+            if not timer.cancelled() and self._waiters:
+                self._wake_head()
+
+    def _cancel_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _wake_head(self) -> None:
+        future = self._waiters[0].future
+        if not future.done():
+            future.set_result(None)
+
+    def _leave(self, waiter: _Waiter) -> None:
+        """Take ``waiter`` out of line; a new head re-checks the bucket."""
+        if self._waiters[0] is waiter:
+            self._waiters.popleft()
+            self._cancel_timer()
+            if self._waiters:
+                self._wake_head()
+        else:
+            self._waiters.remove(waiter)
+
+
+class Cooldown:
+    """One pause shared by every dispatcher: a 429's ``Retry-After`` pauses them all.
+
+    Usage::
+
+        cooldown = Cooldown()
+        await cooldown.wait()                 # before each call
+        cooldown.pause(exc.retry_after)       # on a 429
+
+    A pause only ever extends the current one; ``wait`` re-checks after sleeping, so a
+    pause extended meanwhile is honoured.
+
+    Parameters:
+        clock: monotonic seconds; ``time.monotonic`` by default.
+        sleep: an awaitable sleep; ``asyncio.sleep`` by default.
+    """
+
+    def __init__(self, *, clock: Clock = time.monotonic, sleep: SleepFn = asyncio.sleep) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self._until = -math.inf
+        self.count = 0
+        """How many pauses were requested."""
+
+    def pause(self, seconds: float) -> None:
+        """Pause everyone until ``seconds`` from now, unless already paused for longer."""
+        if math.isnan(seconds):
+            raise ValueError("seconds must be a number")
+        self.count += 1
+        self._until = max(self._until, self._clock() + max(0.0, seconds))
+
+    def remaining(self) -> float:
+        """Seconds left in the pause, 0.0 when not paused."""
+        return max(0.0, self._until - self._clock())
+
+    async def wait(self) -> None:
+        """Return at once when not paused, else when the (possibly extended) pause ends."""
+        while (left := self._until - self._clock()) > 0:
+            await self._sleep(left)
+
+
+class AdaptiveRate:
+    """Finds the rate a server accepts without being told it (AIMD driven by 429s).
+
+    Usage::
+
+        limiter = RateLimiter(1000)
+        adaptive = AdaptiveRate(limiter, ceiling=5000)
+        ...                                   # after each call:
+        adaptive.on_success(len(targets))     # or adaptive.on_throttle(exc.retry_after)
+
+    Before the first 429 the rate grows geometrically (slow start). A 429 sets the rate
+    to ``decrease`` times the goodput actually achieved over the last ``window`` seconds
+    (not times the configured rate, which may be far above what the server took), and
+    records that goodput as the estimated limit. Later increases close most of the gap to
+    the estimate each ``interval``, then creep above it by ``probe`` of it per interval,
+    so the rate spends its time just under the limit rather than saw-toothing down to
+    half. 429s from calls already in flight are one signal: after a decrease, further
+    429s are ignored for ``reaction_window`` seconds (or the Retry-After, if longer).
+
+    Parameters:
+        limiter: the limiter whose rate is steered.
+        initial: the starting rate; None keeps the limiter's rate.
+        ceiling: never go above this; None: no ceiling.
+        floor: never go below this.
+        clock: monotonic seconds; ``time.monotonic`` by default.
+        interval: seconds between two increases.
+        window: seconds over which the achieved goodput is measured.
+        reaction_window: seconds after a decrease during which 429s are not a new signal.
+        decrease: the fraction of achieved goodput the rate drops to on a 429.
+        slow_start: the growth factor per interval before the first 429.
+        approach: the share of the gap to the estimated limit closed per interval.
+        probe: the share of the estimated limit added per interval once at or above it.
+        busy: an increase needs this share of the rate to have been used (an idle
+            campaign must not talk itself into a huge rate).
+    """
+
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        *,
+        initial: float | None = None,
+        ceiling: float | None = None,
+        floor: float = 1.0,
+        clock: Clock = time.monotonic,
+        interval: float = 0.5,
+        window: float = 1.0,
+        reaction_window: float = 0.1,
+        decrease: float = 0.9,
+        slow_start: float = 2.0,
+        approach: float = 0.5,
+        probe: float = 0.02,
+        probe_growth: float = 1.5,
+        max_cut: float = 0.5,
+        min_sample: int = 8,
+        busy: float = 0.5,
+        drain: bool = True,
+    ) -> None:
+        self._limiter = limiter
+        self._floor = _check_positive("floor", floor)
+        self._ceiling = math.inf if ceiling is None else _check_positive("ceiling", ceiling)
+        if self._ceiling < self._floor:
+            raise ValueError("ceiling must not be below floor")
+        self._clock = clock
+        self._interval = _check_positive("interval", interval)
+        self._window = _check_positive("window", window)
+        self._reaction_window = max(0.0, reaction_window)
+        if not 0 < decrease < 1:
+            raise ValueError("decrease must be between 0 and 1")
+        self._decrease = decrease
+        self._slow_start = slow_start
+        self._approach = approach
+        self._probe = probe
+        self._probe_growth = probe_growth
+        self._max_cut = max_cut
+        self._min_sample = min_sample
+        self._busy = busy
+        self._drain = drain
+        # (time, weight) of accepted calls within the last `window` seconds.
+        self._accepted: deque[tuple[float, float]] = deque()
+        self._accepted_sum = 0.0
+        now = clock()
+        self._started = now
+        self._last_step = now
+        self._step_weight = 0.0
+        self._hold_until = -math.inf
+        # Increases in a row above the estimate without a 429.
+        self._probes = 0
+        self._last_throttle = -math.inf
+        self._paused_until = -math.inf
+        # Accepted weight since the first 429 of the current run of 429s.
+        self._episode_start = now
+        self._episode_accepted = 0.0
+        self._episode_calls = 0
+        # The goodput at the last 429: our best guess at the server's limit.
+        self._estimate: float | None = None
+        self._rate = limiter.rate
+        self._apply(limiter.rate if initial is None else initial)
+
+    @property
+    def rate(self) -> float:
+        """The rate currently set on the limiter."""
+        return self._rate
+
+    @property
+    def estimate(self) -> float | None:
+        """The estimated server limit (goodput at the last 429); None before any 429."""
+        return self._estimate
+
+    def on_success(self, weight: float) -> None:
+        """Count an accepted call; at most once per ``interval``, raise the rate."""
+        now = self._clock()
+        self._accepted.append((now, weight))
+        self._accepted_sum += weight
+        self._step_weight += weight
+        if now >= self._episode_start:
+            self._episode_accepted += weight
+            self._episode_calls += 1
+        if now - self._last_step >= self._interval:
+            self._increase(now)
+
+    def on_throttle(self, retry_after: float | None) -> None:
+        """A 429: lower the rate, unless one was already acted on in the reaction window."""
+        now = self._clock()
+        wait = retry_after if retry_after is not None and retry_after > 0 else 0.0
+        first = now - max(self._last_throttle, self._paused_until) > self._window
+        self._last_throttle = now
+        self._paused_until = max(self._paused_until, now + wait)
+        if self._drain:
+            self._limiter.drain(until=self._paused_until)
+        if now < self._hold_until:
+            return
+        rate = self._rate
+        if first:
+            # Goodput so far includes the server's burst: an overestimate, corrected by
+            # the next 429 of this run of 429s if the rate is still too high.
+            achieved = self._achieved(now)
+            basis = min(rate, achieved) if achieved > 0 else rate
+            # The server's bucket has just run dry: once the answers to calls sent before
+            # now are in, it accepts its sustained rate. The pause stays in the sample:
+            # the server refills during it and what it saved is spent right after.
+            self._episode_start = now + self._reaction_window / 2
+            self._episode_accepted = 0.0
+            self._episode_calls = 0
+            cut = basis * self._decrease
+        else:
+            basis = min(rate, self._episode_accepted / (now - self._episode_start))
+            cut = basis * self._decrease
+            if self._episode_calls < self._min_sample:
+                # A sample of a few calls can read far too low: halve at most.
+                cut = max(rate * self._max_cut, cut)
+        self._estimate = basis
+        self._apply(cut)
+        # The pause and the calls already in flight say nothing new: the next signal
+        # comes from calls sent after the pause at the new rate.
+        self._hold_until = now + wait + self._reaction_window
+        self._last_step = now
+        self._step_weight = 0.0
+        self._probes = 0
+
+    def _increase(self, now: float) -> None:
+        self._forget_before(now - self._window)
+        used = self._step_weight / (now - self._last_step)
+        self._last_step = now
+        self._step_weight = 0.0
+        if used < self._busy * self._rate:
+            return
+        estimate = self._estimate
+        if estimate is None:
+            self._apply(self._rate * self._slow_start)
+        elif self._rate < estimate * (1 - self._probe):
+            # Concave: close most of the gap while far below the limit, little near it.
+            self._apply(self._rate + (estimate - self._rate) * self._approach)
+        else:
+            # Convex: creep above the estimate, faster the longer no 429 comes.
+            self._apply(self._rate + estimate * self._probe * self._probe_growth**self._probes)
+            self._probes += 1
+
+    def _achieved(self, now: float) -> float:
+        """Accepted weight per second over the last ``window`` (or since the start)."""
+        self._forget_before(now - self._window)
+        span = min(self._window, now - self._started)
+        if span <= 0:
+            return 0.0
+        return self._accepted_sum / span
+
+    def _forget_before(self, horizon: float) -> None:
+        accepted = self._accepted
+        while accepted and accepted[0][0] < horizon:
+            self._accepted_sum -= accepted.popleft()[1]
+
+    def _apply(self, rate: float) -> None:
+        rate = min(self._ceiling, max(self._floor, rate))
+        if rate != self._rate or rate != self._limiter.rate:
+            self._rate = rate
+            self._limiter.set_rate(rate)

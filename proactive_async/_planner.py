@@ -1,0 +1,670 @@
+"""Campaign planning: records -> rejections, duplicates, and chunks of targets to send.
+
+The planner turns each ``Record`` into exactly one of: an ``Outcome`` ``rejected`` (it
+could not be read, or its target is invalid), an ``Outcome`` ``duplicate`` (its target
+already appeared on an earlier line), or a place in one ``Chunk``: up to ``chunk_size``
+targets that share equal ``contentVariables``, sent in one call.
+
+Planning is deterministic for the same input and config (the same rejections and the same
+``duplicate_of``), so a resumed campaign can replay its input through a new planner and
+skip what its journal already finished. Which targets share a chunk is not deterministic:
+it depends on timing.
+
+Memory stays flat for any input size: at most ``max_open_groups x chunk_size`` targets
+are held, and the dedupe set is an open-addressing table of 12-byte slots (``DedupeTable``)
+instead of a ``set[str]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import re
+import time
+from array import array
+from collections.abc import AsyncGenerator, AsyncIterable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+import phonenumbers
+
+from ._records import Outcome, OutcomeError, OutcomeStatus, Record
+
+__all__ = [
+    "REJECT_INVALID_INPUT",
+    "REJECT_INVALID_PHONE",
+    "Chunk",
+    "DedupeTable",
+    "PlannedTarget",
+    "Planner",
+    "PlannerConfig",
+    "PlannerStats",
+    "normalize_phone",
+]
+
+REJECT_INVALID_INPUT: Final = "invalid_input"
+"""``OutcomeError.kind`` of a record that could not be read or names no usable target."""
+REJECT_INVALID_PHONE: Final = "invalid_phone"
+"""``OutcomeError.kind`` of a recipient that is not a valid phone number."""
+
+_INT32_MAX: Final = 2**31 - 1
+# Contact keys carry this bit; phone keys (E.164 digits, < 10**17 < 2**57) never do.
+_CONTACT_TAG: Final = 1 << 62
+# Records read ahead of the planner: enough to amortise task switches, small to bound memory.
+_QUEUE_SIZE: Final = 256
+
+
+@dataclass(frozen=True)
+class PlannerConfig:
+    """How records become chunks.
+
+    Usage::
+
+        PlannerConfig(default_region="BR", chunk_size=50)
+
+    Parameters:
+        default_region: ISO region ("BR") in which a number without ``+country`` is read;
+            ``None`` requires every number to carry its country code.
+        chunk_size: the most targets in one call.
+        dedupe: report a repeated target ``duplicate`` instead of sending it again.
+        allow_repeats_with_different_variables: with ``dedupe``, a repeated target is sent
+            again when its content variables differ (same target and variables: duplicate).
+        flush_after: seconds a partly filled group waits for more targets before it is sent.
+        max_open_groups: distinct-variables groups held at once; beyond it the oldest is sent.
+    """
+
+    default_region: str | None = None
+    chunk_size: int = 50
+    dedupe: bool = True
+    allow_repeats_with_different_variables: bool = False
+    flush_after: float = 0.05
+    max_open_groups: int = 64
+
+    def __post_init__(self) -> None:
+        if self.default_region is not None and (
+            self.default_region not in phonenumbers.SUPPORTED_REGIONS
+        ):
+            raise ValueError(f"default_region {self.default_region!r} is not a known region")
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, not {self.chunk_size}")
+        if self.max_open_groups < 1:
+            raise ValueError(f"max_open_groups must be at least 1, not {self.max_open_groups}")
+        if not self.flush_after >= 0:
+            raise ValueError(f"flush_after must be >= 0 seconds, not {self.flush_after}")
+
+
+class PlannedTarget(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """One valid, first-seen target of a chunk.
+
+    ``recipient`` is the E.164 number and ``raw`` the recipient as read; a contact target
+    has ``contact_id`` and neither.
+    """
+
+    line: int
+    recipient: str | None = None
+    contact_id: int | None = None
+    raw: str | None = None
+
+
+class Chunk(msgspec.Struct, kw_only=True):
+    """Targets sent in one call: all share ``variables`` (``None``: no content variables)."""
+
+    variables: dict[str, Any] | None
+    targets: list[PlannedTarget]
+
+
+@dataclass
+class PlannerStats:
+    """Counts of one ``Planner.plan`` run so far."""
+
+    records: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    chunks: int = 0
+    targets: int = 0
+
+
+def normalize_phone(raw: str, default_region: str | None) -> str:
+    """The E.164 form of a phone number, e.g. ``"(11) 98765-4321"`` in BR -> ``"+5511987654321"``.
+
+    Raises ``ValueError`` saying why when the number cannot be parsed or is not a valid
+    number (``phonenumbers.is_valid_number``).
+    """
+    text = raw.strip()
+    if not text:
+        raise ValueError("empty phone number")
+    fast = _fast_e164(text) if text[0] == "+" else _fast_national(text, default_region)
+    if fast is not None:
+        return fast
+    return _parsed_e164(text, default_region)
+
+
+_PARSE_REASONS: Final = {
+    phonenumbers.NumberParseException.INVALID_COUNTRY_CODE: "unknown country code",
+    phonenumbers.NumberParseException.NOT_A_NUMBER: "not a phone number",
+    phonenumbers.NumberParseException.TOO_SHORT_AFTER_IDD: "too short after the "
+    "international prefix",
+    phonenumbers.NumberParseException.TOO_SHORT_NSN: "too short",
+    phonenumbers.NumberParseException.TOO_LONG: "too long",
+}
+
+
+def _parsed_e164(text: str, default_region: str | None) -> str:
+    try:
+        number = phonenumbers.parse(text, default_region)
+    except phonenumbers.NumberParseException as exc:
+        raise ValueError(_parse_failure(text, default_region, exc)) from None
+    if not phonenumbers.is_valid_number(number):
+        region = phonenumbers.region_code_for_country_code(number.country_code or 0)
+        where = f"a valid {region} number" if region != "ZZ" else "a valid number"
+        raise ValueError(f"phone number {text!r} is not {where}")
+    return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
+
+
+def _parse_failure(
+    text: str, default_region: str | None, exc: phonenumbers.NumberParseException
+) -> str:
+    if (
+        exc.error_type == phonenumbers.NumberParseException.INVALID_COUNTRY_CODE
+        and default_region is None
+        and not text.startswith("+")
+    ):
+        return (
+            f"phone number {text!r} has no country code (write it as +<country code>..., "
+            "or set a default region)"
+        )
+    reason = _PARSE_REASONS.get(exc.error_type, "cannot be parsed")
+    return f"phone number {text!r}: {reason}"
+
+
+# "+" and digits only: the shape most campaign files use, and the only one the fast path takes.
+_E164_SHAPE: Final = re.compile(r"\+([1-9][0-9]{6,16})")
+# Per country code, its national-prefix-for-parsing pattern; one that never matches when it
+# has none, and one that always matches (always the slow path) when it has no metadata.
+_NATIONAL_PREFIX: dict[int, re.Pattern[str]] = {}
+_NEVER: Final = re.compile(r"(?!)")
+_ALWAYS: Final = re.compile(r"")
+
+
+def _fast_e164(text: str) -> str | None:
+    """E.164 for a "+digits" number, without ``phonenumbers.parse``; ``None``: take the slow path.
+
+    ``parse`` would only split the country code off and, when the national-prefix pattern
+    matches or a leading zero is kept, rewrite the national number: those cases go the slow
+    way, so every answer here equals ``parse`` + ``format_number(E164)``.
+    """
+    match = _E164_SHAPE.fullmatch(text)
+    if match is None:
+        return None
+    digits = match.group(1)
+    for size in (1, 2, 3):
+        country_code = int(digits[:size])
+        if country_code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+            break
+    else:
+        return None
+    national = digits[size:]
+    if national[0] == "0" or _may_strip_national_prefix(country_code, national):
+        return None
+    number = phonenumbers.PhoneNumber(country_code=country_code, national_number=int(national))
+    if not phonenumbers.is_valid_number(number):
+        return None  # the slow path says why
+    return text
+
+
+def _may_strip_national_prefix(country_code: int, national: str) -> bool:
+    pattern = _NATIONAL_PREFIX.get(country_code)
+    if pattern is None:
+        pattern = _NATIONAL_PREFIX[country_code] = _national_prefix(country_code)
+    return pattern.match(national) is not None
+
+
+def _national_prefix(country_code: int) -> re.Pattern[str]:
+    region = phonenumbers.region_code_for_country_code(country_code)
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(country_code, region)
+    if metadata is None:
+        return _ALWAYS
+    if metadata.national_prefix_for_parsing:
+        return re.compile(metadata.national_prefix_for_parsing)
+    return _NEVER
+
+
+# Digits with the usual separators: the only national shape the fast path takes.
+_NATIONAL_SHAPE: Final = re.compile(r"[0-9 ()\-.]{6,30}")
+_SEPARATORS: Final = str.maketrans("", "", " ()-.")
+
+
+class _RegionRules(msgspec.Struct, frozen=True, gc=False):
+    """What ``parse`` looks at before it keeps a national number of a region as it is."""
+
+    country_code: int
+    country_prefix: str
+    international_prefix: re.Pattern[str]
+    national_prefix: re.Pattern[str]
+
+
+_REGION_RULES: dict[str, _RegionRules | None] = {}
+
+
+def _fast_national(text: str, default_region: str | None) -> str | None:
+    """E.164 for a national number of ``default_region`` without ``phonenumbers.parse``.
+
+    Digits that could start an international prefix, the region's own country code, a
+    national prefix or a leading zero go the slow way, where ``parse`` may rewrite them.
+    """
+    if default_region is None or _NATIONAL_SHAPE.fullmatch(text) is None:
+        return None
+    rules = _region_rules(default_region)
+    if rules is None:
+        return None
+    digits = text.translate(_SEPARATORS)
+    if (
+        not 6 <= len(digits) <= 17
+        or digits[0] == "0"
+        or digits.startswith(rules.country_prefix)
+        or rules.international_prefix.match(digits) is not None
+        or rules.national_prefix.match(digits) is not None
+    ):
+        return None
+    number = phonenumbers.PhoneNumber(country_code=rules.country_code, national_number=int(digits))
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return f"+{rules.country_code}{digits}"
+
+
+def _region_rules(region: str) -> _RegionRules | None:
+    if region in _REGION_RULES:
+        return _REGION_RULES[region]
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    rules = None
+    if metadata is not None and metadata.country_code:
+        rules = _RegionRules(
+            country_code=metadata.country_code,
+            country_prefix=str(metadata.country_code),
+            # No international prefix: "always matches" keeps every number on the slow path.
+            international_prefix=re.compile(metadata.international_prefix or ""),
+            national_prefix=(
+                re.compile(metadata.national_prefix_for_parsing)
+                if metadata.national_prefix_for_parsing
+                else _NEVER
+            ),
+        )
+    _REGION_RULES[region] = rules
+    return rules
+
+
+_M64: Final = (1 << 64) - 1
+_GOLDEN: Final = 0x9E3779B97F4A7C15  # 2**64 / golden ratio: spreads clustered keys
+_LINE_TYPECODE: Final = "I" if array("I").itemsize == 4 else "L"
+
+
+class DedupeTable:
+    """A set of nonzero signed 64-bit keys, each with the first line that added it.
+
+    Open addressing with linear probing over two flat arrays (8-byte keys, 4-byte lines),
+    at most 70% full: about 25 bytes per entry at a million entries, against ~100 for a
+    ``set[str]`` of phone numbers.
+    """
+
+    __slots__ = ("_keys", "_limit", "_lines", "_mask", "_shift", "_size")
+
+    def __init__(self, capacity: int = 1024) -> None:
+        bits = max(4, (capacity - 1).bit_length())
+        self._size = 0
+        self._allocate(bits)
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def capacity(self) -> int:
+        """Slots allocated."""
+        return len(self._keys)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the table's arrays."""
+        return len(self._keys) * self._keys.itemsize + len(self._lines) * self._lines.itemsize
+
+    def home_slot(self, key: int) -> int:
+        """The slot where the probe for ``key`` starts."""
+        return ((key * _GOLDEN) & _M64) >> self._shift
+
+    def insert(self, key: int, line: int) -> int | None:
+        """Add ``key`` first seen at ``line``: ``None`` if it is new, else the first line."""
+        if key == 0:
+            raise ValueError("0 marks an empty slot and cannot be a key")
+        keys = self._keys
+        mask = self._mask
+        slot = ((key * _GOLDEN) & _M64) >> self._shift
+        while True:
+            found = keys[slot]
+            if found == key:
+                return self._lines[slot]
+            if found == 0:
+                break
+            slot = (slot + 1) & mask
+        if self._size >= self._limit:
+            self._grow()
+            slot = self._free_slot(key)
+        self._keys[slot] = key
+        self._lines[slot] = line
+        self._size += 1
+        return None
+
+    def _allocate(self, bits: int) -> None:
+        size = 1 << bits
+        self._keys = array("q", bytes(8 * size))
+        self._lines = array(_LINE_TYPECODE, bytes(array(_LINE_TYPECODE).itemsize * size))
+        self._mask = size - 1
+        self._shift = 64 - bits
+        self._limit = size * 7 // 10
+
+    def _grow(self) -> None:
+        old_keys, old_lines = self._keys, self._lines
+        self._allocate(64 - self._shift + 1)
+        for index, key in enumerate(old_keys):
+            if key:
+                slot = self._free_slot(key)
+                self._keys[slot] = key
+                self._lines[slot] = old_lines[index]
+
+    def _free_slot(self, key: int) -> int:
+        keys = self._keys
+        slot = self.home_slot(key)
+        while keys[slot]:
+            slot = (slot + 1) & self._mask
+        return slot
+
+
+def _variables_key(key: int, encoded_variables: bytes) -> int:
+    """A 64-bit hash of a target key and its variables (0 is kept for empty slots)."""
+    digest = hashlib.blake2b(
+        key.to_bytes(8, "little", signed=True) + encoded_variables, digest_size=8
+    ).digest()
+    return int.from_bytes(digest, "little", signed=True) or 1
+
+
+_encode_variables = msgspec.json.Encoder(order="deterministic").encode
+
+
+class _Group:
+    """Targets waiting to be sent with one set of variables, and when they must go."""
+
+    __slots__ = ("deadline", "targets", "variables")
+
+    def __init__(self, variables: dict[str, Any] | None, deadline: float) -> None:
+        self.variables = variables
+        self.targets: list[PlannedTarget] = []
+        self.deadline = deadline
+
+
+class _Rejection(Exception):
+    """A record's target cannot be planned: the error kind and message of its outcome."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class _PlanState:
+    """The synchronous core of one ``plan`` run: dedupe table and open groups."""
+
+    def __init__(
+        self, config: PlannerConfig, stats: PlannerStats, clock: Callable[[], float]
+    ) -> None:
+        self._config = config
+        self._stats = stats
+        self._clock = clock
+        self._table = DedupeTable() if config.dedupe else None
+        # Insertion order is opening order, so the first group is the oldest and due first.
+        self._groups: dict[bytes, _Group] = {}
+
+    def next_deadline(self) -> float | None:
+        for group in self._groups.values():
+            return group.deadline
+        return None
+
+    def take(self, record: Record, out: list[Outcome | Chunk]) -> None:
+        """Plan one record, appending what it yields (an outcome or up to two chunks)."""
+        self._stats.records += 1
+        try:
+            key, target, variables, encoded = self._resolve(record)
+        except _Rejection as rejection:
+            self._stats.rejected += 1
+            out.append(_rejected(record, rejection.kind, rejection.message))
+            return
+        if self._table is not None:
+            if self._config.allow_repeats_with_different_variables:
+                key = _variables_key(key, encoded)
+            first = self._table.insert(key, record.line)
+            if first is not None:
+                self._stats.duplicates += 1
+                out.append(_duplicate(target, first))
+                return
+        self._add(target, variables, encoded, out)
+
+    def flush_due(self, out: list[Outcome | Chunk]) -> None:
+        now = self._clock()
+        while self._groups:
+            encoded, group = next(iter(self._groups.items()))
+            if group.deadline > now:
+                return
+            out.append(self._close(encoded))
+
+    def flush_all(self, out: list[Outcome | Chunk]) -> None:
+        while self._groups:
+            out.append(self._close(next(iter(self._groups))))
+
+    def _resolve(self, record: Record) -> tuple[int, PlannedTarget, dict[str, Any] | None, bytes]:
+        if record.error is not None:
+            raise _Rejection(REJECT_INVALID_INPUT, record.error)
+        recipient, contact_id = record.recipient, record.contact_id
+        if recipient is not None and contact_id is not None:
+            raise _Rejection(
+                REJECT_INVALID_INPUT,
+                "both recipient and contactId are set; a record names one target",
+            )
+        if contact_id is not None:
+            key = _contact_key(contact_id)
+            target = PlannedTarget(line=record.line, contact_id=contact_id)
+        elif recipient is not None:
+            e164 = _checked_phone(recipient, self._config.default_region)
+            key = int(e164[1:])
+            target = PlannedTarget(line=record.line, recipient=e164, raw=recipient)
+        else:
+            raise _Rejection(REJECT_INVALID_INPUT, "neither recipient nor contactId is set")
+        variables, encoded = _encoded_variables(record.variables)
+        return key, target, variables, encoded
+
+    def _add(
+        self,
+        target: PlannedTarget,
+        variables: dict[str, Any] | None,
+        encoded: bytes,
+        out: list[Outcome | Chunk],
+    ) -> None:
+        group = self._groups.get(encoded)
+        if group is None:
+            if len(self._groups) >= self._config.max_open_groups:
+                out.append(self._close(next(iter(self._groups))))
+            group = _Group(variables, self._clock() + self._config.flush_after)
+            self._groups[encoded] = group
+        group.targets.append(target)
+        if len(group.targets) >= self._config.chunk_size:
+            out.append(self._close(encoded))
+
+    def _close(self, encoded: bytes) -> Chunk:
+        group = self._groups.pop(encoded)
+        self._stats.chunks += 1
+        self._stats.targets += len(group.targets)
+        return Chunk(variables=group.variables, targets=group.targets)
+
+
+def _contact_key(contact_id: object) -> int:
+    if (
+        not isinstance(contact_id, int)
+        or isinstance(contact_id, bool)
+        or not 1 <= contact_id <= _INT32_MAX
+    ):
+        raise _Rejection(
+            REJECT_INVALID_INPUT,
+            f"contactId {contact_id!r} is not a positive 32-bit integer",
+        )
+    return _CONTACT_TAG | contact_id
+
+
+def _checked_phone(recipient: object, default_region: str | None) -> str:
+    if not isinstance(recipient, str):
+        raise _Rejection(
+            REJECT_INVALID_INPUT,
+            f"recipient must be a string, not {type(recipient).__name__}",
+        )
+    try:
+        return normalize_phone(recipient, default_region)
+    except ValueError as exc:
+        raise _Rejection(REJECT_INVALID_PHONE, str(exc)) from None
+
+
+def _encoded_variables(variables: object) -> tuple[dict[str, Any] | None, bytes]:
+    """The variables to send (``{}`` counts as none) and their canonical JSON for grouping."""
+    if variables is None:
+        return None, b""
+    if not isinstance(variables, dict):
+        raise _Rejection(
+            REJECT_INVALID_INPUT,
+            f"contentVariables must be a mapping, not {type(variables).__name__}",
+        )
+    if not variables:
+        return None, b""
+    try:
+        return variables, _encode_variables(variables)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise _Rejection(
+            REJECT_INVALID_INPUT, f"contentVariables cannot be sent as JSON: {exc}"
+        ) from None
+
+
+def _rejected(record: Record, kind: str, message: str) -> Outcome:
+    recipient = record.recipient if isinstance(record.recipient, str) else None
+    contact_id = record.contact_id
+    if not isinstance(contact_id, int) or isinstance(contact_id, bool):
+        contact_id = None
+    return Outcome(
+        line=record.line,
+        status=OutcomeStatus.REJECTED,
+        recipient=recipient,
+        contact_id=contact_id,
+        error=OutcomeError(kind=kind, message=message),
+    )
+
+
+def _duplicate(target: PlannedTarget, first_line: int) -> Outcome:
+    return Outcome(
+        line=target.line,
+        status=OutcomeStatus.DUPLICATE,
+        recipient=target.recipient,
+        contact_id=target.contact_id,
+        duplicate_of=first_line,
+    )
+
+
+class _End:
+    """The feeder's last queue item: the source ended, or failed with ``error``."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException | None) -> None:
+        self.error = error
+
+
+class Planner:
+    """Plans a stream of records into rejections, duplicates and chunks to send.
+
+    Usage::
+
+        planner = Planner(PlannerConfig(default_region="BR"))
+        async for item in planner.plan(aiter_records(read_records("targets.csv"))):
+            if isinstance(item, Chunk): ...   # send it
+            else: ...                         # an Outcome: record it
+
+    Parameters:
+        config: a ``PlannerConfig``.
+        clock: monotonic seconds, for the ``flush_after`` window (injectable for tests).
+
+    A planner runs one ``plan`` at a time; ``stats`` counts the current or last run.
+    """
+
+    def __init__(
+        self, config: PlannerConfig, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.config = config
+        self.stats = PlannerStats()
+        self._clock = clock
+
+    async def plan(self, records: AsyncIterable[Record]) -> AsyncGenerator[Outcome | Chunk, None]:
+        """Yield one ``Outcome`` per rejected or duplicate record, and ``Chunk``\\ s of the rest.
+
+        Every record is accounted exactly once. A group waiting ``flush_after`` seconds is
+        yielded even while the source is stalled; at the end every open group is yielded.
+        The source is read ahead by at most a few hundred records (backpressure). An error
+        raised by the source is raised here, without flushing the open groups.
+        """
+        self.stats = PlannerStats()
+        state = _PlanState(self.config, self.stats, self._clock)
+        queue: asyncio.Queue[Record | _End] = asyncio.Queue(maxsize=_QUEUE_SIZE)
+        feeder = asyncio.get_running_loop().create_task(_feed(records, queue))
+        out: list[Outcome | Chunk] = []
+        try:
+            while True:
+                item = await self._next(queue, state)
+                if isinstance(item, _End):
+                    if item.error is not None:
+                        raise item.error
+                    break
+                if item is not None:
+                    state.take(item, out)
+                state.flush_due(out)
+                if out:
+                    for result in out:
+                        yield result
+                    out.clear()
+            state.flush_all(out)
+            for result in out:
+                yield result
+        finally:
+            feeder.cancel()
+            # wait() rather than await: a cancellation of this task must not be swallowed.
+            await asyncio.wait([feeder])
+
+    async def _next(
+        self, queue: asyncio.Queue[Record | _End], state: _PlanState
+    ) -> Record | _End | None:
+        """The next queued item, or ``None`` when the oldest open group fell due first."""
+        with contextlib.suppress(asyncio.QueueEmpty):
+            return queue.get_nowait()
+        deadline = state.next_deadline()
+        if deadline is None:
+            return await queue.get()
+        wait = deadline - self._clock()
+        if wait <= 0:
+            return None
+        try:
+            async with asyncio.timeout(wait):
+                return await queue.get()
+        except TimeoutError:
+            return None
+
+
+async def _feed(records: AsyncIterable[Record], queue: asyncio.Queue[Record | _End]) -> None:
+    """Move the source into the bounded queue; its end or error goes in last."""
+    try:
+        async for record in records:
+            await queue.put(record)
+    except Exception as exc:
+        await queue.put(_End(exc))
+        return
+    await queue.put(_End(None))

@@ -1,0 +1,817 @@
+"""The ``proactive-async`` command: run a campaign, serve the simulator, or run the demo.
+
+Usage::
+
+    export PROACTIVE_BASE_URL=https://api.example.com PROACTIVE_TOKEN=...
+    proactive-async campaign recipients.csv --channel-id 1 --bot-id 2 --template-id 3 \\
+        --default-region BR --journal campaign.db
+    proactive-async simulate --port 0
+    proactive-async demo
+
+The token is read from ``PROACTIVE_TOKEN`` or ``--token-file`` only, never from a flag:
+a flag would show in process lists and shell history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import secrets
+import signal
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Final, NoReturn
+
+import msgspec
+from rich.console import Console
+from rich.table import Table
+
+from ._campaign import Campaign
+from ._client import AsyncClient
+from ._errors import ClientStateError, InputError, JournalError
+from ._input import read_records
+from ._models import ProactiveConversationRequest
+from ._progress import PlainProgress, ProgressDisplay, ProgressWatcher, RichProgress
+from ._records import Outcome, OutcomeStatus
+from ._report import CampaignSummary, ReportWriter
+from ._retry import RetryPolicy
+from ._version import __version__
+
+__all__ = ["CampaignSettings", "main", "run_campaign"]
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_UNKNOWN: Final = 3
+EXIT_INTERRUPTED: Final = 130
+
+_PROG: Final = "proactive-async"
+_EXIT_CODES_HELP: Final = """\
+exit codes:
+  0    every record ended sent, rejected (invalid input) or duplicate
+  1    some records failed (certainly not sent) and none is unknown
+  2    usage, configuration, input-file or journal error (one line on stderr)
+  3    some records ended unknown: they MAY have been sent. Do not re-run blindly;
+       resume with the same --journal (unknowns are not resent unless --resend-unknown)
+  130  interrupted (Ctrl-C / SIGTERM): calls in flight were finished and recorded; resume
+       with the same --journal. A second Ctrl-C exits at once (the journal stays consistent)
+"""
+
+
+class UsageError(Exception):
+    """A problem the user can fix: reported as one line, exit code 2, no traceback."""
+
+
+# -- settings ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CampaignSettings:
+    """Everything one CLI campaign run needs, resolved and checked."""
+
+    targets: str
+    base_url: str
+    token: str
+    template: ProactiveConversationRequest
+    chunk_size: int = 50
+    concurrency: int = 16
+    rate: float | None = None
+    calls_per_second: float | None = None
+    burst: float | None = None
+    adaptive: bool | None = None
+    retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(max_attempts=8, deadline=None))
+    default_region: str | None = None
+    dedupe: bool = True
+    allow_repeats: bool = False
+    journal: str | None = None
+    report: str | None = None
+    resend_unknown: bool = False
+    grace_period: float = 10.0
+    progress: bool = True
+
+
+def _settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> CampaignSettings:
+    base_url = args.base_url or env.get("PROACTIVE_BASE_URL")
+    if not base_url:
+        raise UsageError("no API base URL: pass --base-url URL or set PROACTIVE_BASE_URL")
+    token = _read_token(args.token_file, env)
+    return CampaignSettings(
+        targets=args.recipients_file,
+        base_url=base_url,
+        token=token,
+        template=_template_from_args(args),
+        chunk_size=args.chunk_size,
+        concurrency=args.concurrency,
+        rate=args.rate,
+        calls_per_second=args.calls_per_second,
+        burst=args.burst,
+        adaptive=False if args.no_adaptive else None,
+        retry=RetryPolicy(
+            max_attempts=args.max_attempts, deadline=None, retry_ambiguous=args.retry_ambiguous
+        ),
+        default_region=args.default_region.upper() if args.default_region else None,
+        dedupe=not args.no_dedupe,
+        allow_repeats=args.allow_repeats,
+        journal=args.journal,
+        report=args.report if args.report else _default_report_path(args.recipients_file),
+        resend_unknown=args.resend_unknown,
+        grace_period=args.grace_period,
+        progress=not args.no_progress,
+    )
+
+
+def _read_token(token_file: str | None, env: Mapping[str, str]) -> str:
+    """The token from --token-file (first) or PROACTIVE_TOKEN; never from a flag."""
+    if token_file is not None:
+        try:
+            token = Path(token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UsageError(
+                f"{token_file}: cannot read the token file: {exc.strerror or exc}"
+            ) from exc
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"{token_file}: the token file is not UTF-8 text") from exc
+        if not token:
+            raise UsageError(f"{token_file}: the token file is empty")
+        return token
+    token = env.get("PROACTIVE_TOKEN", "").strip()
+    if not token:
+        raise UsageError(
+            "no API token: set PROACTIVE_TOKEN or pass --token-file PATH "
+            "(there is no token flag: it would show in process lists and shell history)"
+        )
+    return token
+
+
+def _template_from_args(args: argparse.Namespace) -> ProactiveConversationRequest:
+    fields: dict[str, Any] = {
+        "channel_id": args.channel_id,
+        "bot_id": args.bot_id,
+        "conversation_template_id": args.template_id,
+    }
+    optional = {
+        "queue_id": args.queue_id,
+        "user_id": args.user_id,
+        "counterpart_user_id": args.counterpart_user_id,
+        "conversation_integration_type": args.integration_type,
+    }
+    fields.update({name: value for name, value in optional.items() if value is not None})
+    if args.live_agent:
+        fields["live_agent"] = True
+    if args.account_id:
+        fields["account_ids"] = list(args.account_id)
+    if args.var:
+        fields["content_variables"] = dict(args.var)
+    return ProactiveConversationRequest(**fields)
+
+
+def _default_report_path(targets: str) -> str:
+    """``recipients.csv`` -> ``recipients.report.jsonl``, next to the input."""
+    path = Path(targets)
+    return str(path.with_name(path.stem + ".report.jsonl"))
+
+
+def _check_targets_file(path: str) -> None:
+    """Fail fast (before any report or journal is touched) when the file cannot be read at all."""
+    records = read_records(path)
+    try:
+        next(records, None)
+    finally:
+        close: Callable[[], None] | None = getattr(records, "close", None)
+        if close is not None:
+            close()
+
+
+# -- running a campaign ------------------------------------------------------------
+
+
+@dataclass
+class CampaignResult:
+    """How a run ended: the summary, and whether it was interrupted."""
+
+    summary: CampaignSummary
+    interrupted: bool
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted or self.summary.interrupted:
+            return EXIT_INTERRUPTED
+        if self.summary.counts[OutcomeStatus.UNKNOWN]:
+            return EXIT_UNKNOWN
+        if self.summary.counts[OutcomeStatus.FAILED]:
+            return EXIT_FAILED
+        return EXIT_OK
+
+
+async def run_campaign(settings: CampaignSettings, *, stderr: Console) -> CampaignResult:
+    """Run one campaign with progress and signal handling; user-fixable errors: UsageError."""
+    client = _make_client(settings)
+    async with client:
+        campaign = _make_campaign(client, settings)
+        display = _make_display(settings.progress, campaign.total, stderr)
+        try:
+            interrupted = await _drive(campaign, display, settings.grace_period)
+        except InputError as exc:
+            raise UsageError(str(exc)) from exc
+        except JournalError as exc:
+            raise UsageError(str(exc)) from exc
+        except OSError as exc:
+            raise UsageError(_os_error_text(exc)) from exc
+    return CampaignResult(campaign.summary, interrupted)
+
+
+def _make_client(settings: CampaignSettings) -> AsyncClient:
+    try:
+        return AsyncClient(
+            settings.base_url,
+            settings.token,
+            max_connections=max(100, settings.concurrency),
+        )
+    except ClientStateError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _make_campaign(client: AsyncClient, settings: CampaignSettings) -> Campaign:
+    try:
+        return Campaign(
+            client,
+            template=settings.template,
+            targets=settings.targets,
+            chunk_size=settings.chunk_size,
+            concurrency=settings.concurrency,
+            rate=settings.rate,
+            calls_per_second=settings.calls_per_second,
+            burst=settings.burst,
+            adaptive=settings.adaptive,
+            retry=settings.retry,
+            default_region=settings.default_region,
+            dedupe=settings.dedupe,
+            allow_repeats_with_different_variables=settings.allow_repeats,
+            journal=settings.journal,
+            report=settings.report,
+            resend_unknown=settings.resend_unknown,
+            grace_period=settings.grace_period,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _make_display(progress: bool, total: int | None, stderr: Console) -> ProgressDisplay:
+    if progress and stderr.is_terminal:
+        return RichProgress(stderr, total)
+    return PlainProgress(stderr.file)
+
+
+def _os_error_text(exc: OSError) -> str:
+    name = exc.filename if exc.filename is not None else "file"
+    return f"{name}: {exc.strerror or exc}"
+
+
+async def _drive(campaign: Campaign, display: ProgressDisplay, grace_period: float) -> bool:
+    """Run the campaign under progress and signal handlers; True when it was interrupted."""
+    loop = asyncio.get_running_loop()
+    runner = asyncio.create_task(campaign.run())
+    watcher = ProgressWatcher(campaign.summary, campaign.total, display)
+    watcher.start()
+
+    def stop() -> None:
+        display.note(
+            f"interrupted: no new calls; calls in flight get up to {grace_period:g}s to finish "
+            "(interrupt again to exit at once)"
+        )
+        campaign.stop()
+        # stop() alone only ends the run once the feeder drains; cancelling runs the
+        # campaign's own wind-down: feeder stopped, in-flight calls awaited, all recorded.
+        runner.cancel()
+
+    interrupts = _Interrupts(stop, lambda: _exit_now(campaign, display))
+    interrupts.install(loop)
+    try:
+        await asyncio.wait([runner])
+    finally:
+        interrupts.remove(loop)
+        await watcher.finish()
+    if runner.cancelled():
+        return True
+    runner.result()  # raises what the run raised
+    return interrupts.fired > 0
+
+
+class _Interrupts:
+    """SIGINT / SIGTERM: the first calls ``first``; any later one calls ``again``."""
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, first: Callable[[], None], again: Callable[[], None]) -> None:
+        self._first = first
+        self._again = again
+        self.fired = 0
+        self._installed: list[signal.Signals] = []
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in self.signals:
+            try:
+                loop.add_signal_handler(sig, self._fire)
+            except (NotImplementedError, RuntimeError, ValueError):
+                continue  # not the main thread, or no signal support: Ctrl-C stays default
+            self._installed.append(sig)
+
+    def remove(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in self._installed:
+            loop.remove_signal_handler(sig)
+        self._installed.clear()
+
+    def _fire(self) -> None:
+        self.fired += 1
+        (self._first if self.fired == 1 else self._again)()
+
+
+def _exit_now(campaign: Campaign, display: ProgressDisplay) -> NoReturn:
+    """The second interrupt: flush what is cheap to flush, then leave at once."""
+    # The report writer is the campaign's own; flushing its buffer here keeps the lines of
+    # outcomes already decided. The journal needs nothing: each SQLite commit is atomic,
+    # and a line left in flight is reported unknown on resume, never resent.
+    report = getattr(campaign, "_report", None)
+    if isinstance(report, ReportWriter):
+        with contextlib.suppress(OSError, ValueError):
+            report.flush()
+    display.close()
+    sys.stderr.write(
+        "interrupted again: exiting now. Resume with the same --journal; records that "
+        "were in flight are reported unknown, not resent.\n"
+    )
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
+
+
+# -- the summary -------------------------------------------------------------------
+
+
+def summary_table(
+    summary: CampaignSummary, *, report: str | None, journal: str | None
+) -> Table:
+    """The end-of-campaign table: counts per status, rates, calls, latency, files."""
+    table = Table(title="campaign summary", show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value", justify="right")
+    for status in OutcomeStatus:
+        table.add_row(str(status), f"{summary.counts[status]:,}")
+    table.add_row("records", f"{summary.records:,}")
+    if summary.resumed:
+        table.add_row("from the journal", f"{summary.resumed:,}")
+    table.add_row("elapsed", f"{summary.elapsed:.2f} s")
+    table.add_row("targets/s", f"{summary.targets_per_second:,.0f}")
+    table.add_row("calls", f"{summary.calls:,}")
+    table.add_row("retries", f"{summary.retries:,}")
+    table.add_row("429s", f"{summary.throttled:,}")
+    for label, value in (
+        ("latency p50", summary.latency_p50),
+        ("latency p95", summary.latency_p95),
+        ("latency p99", summary.latency_p99),
+    ):
+        table.add_row(label, "-" if value is None else f"{value * 1e3:.1f} ms")
+    table.add_row("report", report or "-")
+    table.add_row("journal", journal or "-")
+    return table
+
+
+def _advice(result: CampaignResult, journal: str | None) -> str | None:
+    """What to do next, for the exit codes that need a decision."""
+    unknown = result.summary.counts[OutcomeStatus.UNKNOWN]
+    resume = "resume with the same --journal" if journal else "add --journal to make runs resumable"
+    if result.exit_code == EXIT_INTERRUPTED:
+        return f"interrupted: the report covers the records handled so far; {resume}."
+    if unknown:
+        return (
+            f"{unknown:,} record(s) ended unknown: they may have been sent. Do not re-run "
+            "blindly; check the report (status \"unknown\")."
+        )
+    return None
+
+
+def _print_summary(
+    result: CampaignResult, settings: CampaignSettings, *, json_summary: bool, stderr: Console
+) -> None:
+    table = summary_table(result.summary, report=settings.report, journal=settings.journal)
+    if json_summary:
+        stderr.print(table)
+        sys.stdout.write(msgspec.json.encode(result.summary.as_dict()).decode() + "\n")
+        sys.stdout.flush()
+    else:
+        _console(sys.stdout).print(table)
+    advice = _advice(result, settings.journal)
+    if advice:
+        stderr.print(advice, highlight=False)
+
+
+# -- subcommands -------------------------------------------------------------------
+
+
+def _campaign_command(args: argparse.Namespace) -> int:
+    settings = _settings_from_args(args, os.environ)
+    try:
+        _check_targets_file(settings.targets)
+    except InputError as exc:
+        raise UsageError(str(exc)) from exc
+    stderr = _stderr_console()
+    result = asyncio.run(run_campaign(settings, stderr=stderr))
+    _print_summary(result, settings, json_summary=args.json_summary, stderr=stderr)
+    return result.exit_code
+
+
+def _simulate_command(argv: Sequence[str]) -> int:
+    from .simulator import main as simulator_main
+
+    return int(simulator_main(list(argv)) or 0)
+
+
+def _stderr_console() -> Console:
+    return _console(sys.stderr)
+
+
+def _console(file: IO[str]) -> Console:
+    # soft_wrap: a long message stays one line in a log instead of breaking at 80 columns.
+    return Console(file=file, highlight=False, soft_wrap=True)
+
+
+# -- the demo ----------------------------------------------------------------------
+
+_DEMO_NAMES: Final = (
+    "Ana", "Bruno", "Camila", "Diego", "Eduarda", "Felipe", "Gabriela", "Henrique",
+    "Isabela", "João", "Larissa", "Marcos", "Natália", "Otávio", "Patrícia", "Rafael",
+    "Sofia", "Thiago", "Vitória", "Wagner",
+)
+_DEMO_AREA_CODES: Final = (11, 21, 31, 41, 47, 51, 61, 71, 81, 85, 91, 92)
+_DEMO_INVALID: Final = ("12345", "+55 11 1234", "0000", "+999 123456789", "not-a-number")
+
+
+def write_demo_recipients(path: Path, records: int, seed: int) -> None:
+    """A CSV of Brazilian mobiles with a ``name`` column.
+
+    About 20% lack the +55 prefix (so --default-region BR matters), 0.5% are invalid and
+    0.5% repeat an earlier number in another spelling.
+    """
+    rng = random.Random(seed)
+    numbers = rng.sample(range(10**8), records)
+    lines = ["phone,name"]
+    written: list[tuple[int, int]] = []
+    for index in range(records):
+        name = _DEMO_NAMES[index % len(_DEMO_NAMES)]
+        draw = rng.random()
+        if draw < 0.005:
+            lines.append(f"{rng.choice(_DEMO_INVALID)},{name}")
+            continue
+        if draw < 0.01 and written:
+            area, number = rng.choice(written)
+            lines.append(f"({area}) 9{number // 10**4:04d}-{number % 10**4:04d},{name}")
+            continue
+        area = rng.choice(_DEMO_AREA_CODES)
+        number = numbers[index]
+        written.append((area, number))
+        if draw < 0.2:
+            lines.append(f"{area} 9{number:08d},{name}")
+        else:
+            lines.append(f"+55{area}9{number:08d},{name}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _demo_simulator_config(seed: int) -> Any:
+    from .simulator import Faults, SimulatorConfig
+
+    return SimulatorConfig(
+        token=secrets.token_urlsafe(24),
+        rate_limit=4000.0,  # not told to the client: adaptive mode has to find it
+        retry_after_style="fractional",
+        faults=Faults(
+            rate_429=0.02,
+            rate_503=0.01,
+            rate_500=0.005,
+            drop_before=0.005,
+            drop_after=0.003,
+            truncate_after=0.003,
+            latency=0.004,
+            latency_jitter=0.003,
+            retry_after=0.2,
+            seed=seed,
+        ),
+    )
+
+
+@dataclass
+class AuditResult:
+    """The simulator's audit held against the campaign's report."""
+
+    records: int
+    lost: list[str] = field(default_factory=list)
+    duplicated: list[str] = field(default_factory=list)
+    missing_lines: list[int] = field(default_factory=list)
+    repeated_lines: list[int] = field(default_factory=list)
+    unknown: int = 0
+    unknown_processed: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.duplicated or self.missing_lines or self.repeated_lines)
+
+    def text(self) -> str:
+        head = (
+            f"audit: {self.records:,} records, {len(self.lost)} lost, "
+            f"{len(self.duplicated)} duplicated, {len(self.missing_lines)} without a report "
+            f"line, {len(self.repeated_lines)} with several"
+        )
+        note = ""
+        if self.unknown:
+            note = (
+                f"; {self.unknown} unknown, of which the server processed "
+                f"{self.unknown_processed} (why unknowns are never resent blindly)"
+            )
+        verdict = " ... OK" if self.ok else " ... DISCREPANCIES"
+        details = [f"  lost: {x}" for x in self.lost[:20]]
+        details += [f"  duplicated: {x}" for x in self.duplicated[:20]]
+        details += [f"  no report line: line {n}" for n in self.missing_lines[:20]]
+        details += [f"  several report lines: line {n}" for n in self.repeated_lines[:20]]
+        return "\n".join([head + note + verdict, *details])
+
+
+def audit_report(
+    outcomes: Sequence[Outcome], processed: Mapping[str, int], records: int
+) -> AuditResult:
+    """Check a report against what the server processed, per number and per input line.
+
+    ``sent`` -> processed exactly once; ``failed`` / ``rejected`` / ``duplicate`` -> not
+    processed (unless another line with the number was sent); ``unknown`` -> at most once.
+    """
+    result = AuditResult(records=records)
+    lines = Counter(outcome.line for outcome in outcomes)
+    result.missing_lines = [n for n in range(1, records + 1) if n not in lines]
+    result.repeated_lines = sorted(n for n, count in lines.items() if count > 1)
+    sent: Counter[str] = Counter()
+    unknown: Counter[str] = Counter()
+    for outcome in outcomes:
+        key = _audit_key(outcome)
+        if outcome.status is OutcomeStatus.SENT:
+            sent[key] += 1
+        elif outcome.status is OutcomeStatus.UNKNOWN:
+            unknown[key] += 1
+    counts = {_digits(target): n for target, n in processed.items()}
+    for key, n in sent.items():
+        if counts.get(key, 0) < n:
+            result.lost.append(f"{key} reported sent, processed {counts.get(key, 0)} time(s)")
+    for key, count in counts.items():
+        allowed = sent[key] + unknown[key]
+        if count > allowed:
+            result.duplicated.append(f"{key} processed {count} time(s), {allowed} allowed")
+    result.unknown = sum(unknown.values())
+    result.unknown_processed = sum(min(counts.get(k, 0), n) for k, n in unknown.items())
+    return result
+
+
+def _audit_key(outcome: Outcome) -> str:
+    if outcome.contact_id is not None:
+        return f"contact:{outcome.contact_id}"
+    return _digits(outcome.recipient or "")
+
+
+def _digits(target: str) -> str:
+    if target.startswith("contact:"):
+        return target
+    return "".join(c for c in target if c.isdigit())
+
+
+def _read_report(path: str) -> list[Outcome]:
+    decoder = msgspec.json.Decoder(Outcome)
+    with open(path, "rb") as handle:
+        return [decoder.decode(line) for line in handle if line.strip()]
+
+
+async def _run_demo(args: argparse.Namespace, workdir: Path, stderr: Console) -> int:
+    from .simulator import Simulator
+
+    recipients = workdir / "recipients.csv"
+    write_demo_recipients(recipients, args.records, args.seed)
+    config = _demo_simulator_config(args.seed)
+    async with Simulator(config) as simulator:
+        settings = CampaignSettings(
+            targets=str(recipients),
+            base_url=simulator.url,
+            token=config.token,
+            template=ProactiveConversationRequest(
+                channel_id=1,
+                bot_id=2,
+                conversation_template_id=3,
+                content_variables={"company": "Acme"},
+            ),
+            default_region="BR",
+            journal=str(workdir / "journal.db"),
+            report=str(workdir / "report.jsonl"),
+            progress=not args.no_progress,
+        )
+        stderr.print(
+            f"demo: {args.records:,} recipients in {recipients}; simulator at {simulator.url} "
+            "(server limit 4,000 targets/s, not told to the client; ~4% faulty calls)"
+        )
+        result = await run_campaign(settings, stderr=stderr)
+        processed = simulator.audit.snapshot()
+    _print_summary(result, settings, json_summary=False, stderr=stderr)
+    if result.exit_code == EXIT_INTERRUPTED:
+        return EXIT_INTERRUPTED
+    assert settings.report is not None
+    audit = audit_report(_read_report(settings.report), processed, args.records)
+    _console(sys.stdout).print(audit.text())
+    return EXIT_OK if audit.ok else EXIT_FAILED
+
+
+def _demo_command(args: argparse.Namespace) -> int:
+    stderr = _stderr_console()
+    if args.workdir:
+        workdir = Path(args.workdir)
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(_os_error_text(exc)) from exc
+        for stale in ("journal.db", "journal.db-wal", "journal.db-shm", "report.jsonl"):
+            (workdir / stale).unlink(missing_ok=True)  # a demo always starts afresh
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="proactive-async-demo-"))
+    stderr.print(f"demo: working in {workdir}")
+    return asyncio.run(_run_demo(args, workdir, stderr))
+
+
+# -- the parser --------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog=_PROG,
+        description="Send WhatsApp proactive conversations at scale, safely.",
+        epilog=_EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_campaign_parser(commands)
+    commands.add_parser(
+        "simulate",
+        help="serve the API simulator (see: proactive-async simulate --help)",
+        add_help=False,
+    )
+    _add_demo_parser(commands)
+    return parser
+
+
+def _add_campaign_parser(commands: Any) -> None:
+    p = commands.add_parser(
+        "campaign",
+        help="send one template to every recipient of a CSV/JSONL file",
+        description="Send one template to every recipient of a CSV/JSONL file. The base URL "
+        "comes from --base-url or PROACTIVE_BASE_URL; the token from PROACTIVE_TOKEN or "
+        "--token-file (never a flag).",
+        epilog=_EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("recipients_file", metavar="RECIPIENTS_FILE", help=".csv, .tsv, .txt, .jsonl")
+    p.set_defaults(handler=_campaign_command)
+    req = p.add_argument_group("the template")
+    req.add_argument("--channel-id", type=_int, required=True, metavar="N")
+    req.add_argument("--bot-id", type=_int, required=True, metavar="N")
+    req.add_argument("--template-id", type=_int, required=True, metavar="N")
+    req.add_argument(
+        "--var", type=_key_value, action="append", metavar="KEY=VALUE",
+        help="a content variable for every record (a CSV column of the same name wins)",
+    )
+    req.add_argument("--live-agent", action="store_true")
+    for flag in ("--queue-id", "--user-id", "--counterpart-user-id", "--integration-type"):
+        req.add_argument(flag, type=_int, metavar="N")
+    req.add_argument("--account-id", type=_int, action="append", metavar="N",
+                     help="repeat for several accounts")
+    _add_pace_options(p)
+    _add_safety_options(p)
+    out = p.add_argument_group("connection and output")
+    out.add_argument("--base-url", metavar="URL", help="default: $PROACTIVE_BASE_URL")
+    out.add_argument("--token-file", metavar="PATH",
+                     help="a file holding the token (default: $PROACTIVE_TOKEN)")
+    out.add_argument("--no-progress", action="store_true",
+                     help="plain progress lines instead of a live bar")
+    out.add_argument("--json-summary", action="store_true",
+                     help="print the summary as JSON on stdout (the table goes to stderr)")
+
+
+def _add_pace_options(p: argparse.ArgumentParser) -> None:
+    pace = p.add_argument_group("pace")
+    pace.add_argument("--chunk-size", type=_positive_int, default=50, metavar="N",
+                      help="targets per call (default 50)")
+    pace.add_argument("--concurrency", type=_positive_int, default=16, metavar="N",
+                      help="calls in flight (default 16)")
+    pace.add_argument("--rate", type=_positive_float, metavar="TARGETS_PER_S",
+                      help="target rate cap; without it the rate adapts to the server's 429s")
+    pace.add_argument("--calls-per-second", type=_positive_float, metavar="N")
+    pace.add_argument("--burst", type=_positive_float, metavar="N",
+                      help="token bucket size in targets (default: one second of --rate)")
+    pace.add_argument("--no-adaptive", action="store_true",
+                      help="do not adapt the rate to 429s (with no --rate: no limit)")
+
+
+def _add_safety_options(p: argparse.ArgumentParser) -> None:
+    safe = p.add_argument_group("records, retries and resuming")
+    safe.add_argument("--journal", metavar="PATH",
+                      help="SQLite journal: makes the campaign resumable (re-run to resume)")
+    safe.add_argument("--report", metavar="PATH",
+                      help="JSONL report, one line per record (default: "
+                      "RECIPIENTS_FILE's name with .report.jsonl)")
+    safe.add_argument("--resend-unknown", action="store_true",
+                      help="on resume, resend records that may have been sent (duplicates!)")
+    safe.add_argument("--retry-ambiguous", action="store_true",
+                      help="retry failures after which the server may have processed the "
+                      "call (duplicates!)")
+    safe.add_argument("--max-attempts", type=_positive_int, default=8, metavar="N",
+                      help="attempts per call (default 8)")
+    safe.add_argument("--default-region", metavar="XX",
+                      help="region of numbers written without +country (e.g. BR)")
+    safe.add_argument("--no-dedupe", action="store_true",
+                      help="send a number again each time it appears")
+    safe.add_argument("--allow-repeats", action="store_true",
+                      help="send a repeated number again when its variables differ")
+    safe.add_argument("--grace-period", type=_positive_float, default=10.0, metavar="SECONDS",
+                      help="on Ctrl-C, how long calls in flight may take to finish (default 10)")
+
+
+def _add_demo_parser(commands: Any) -> None:
+    p = commands.add_parser(
+        "demo",
+        help="a 20,000-recipient campaign against the embedded simulator, then an audit",
+        description="Start the simulator with realistic faults and a hidden rate limit, run "
+        "a campaign against it and check the simulator's audit against the report: nothing "
+        "lost, nothing sent twice.",
+    )
+    p.add_argument("--records", type=_positive_int, default=20_000, metavar="N")
+    p.add_argument("--seed", type=_int, default=1, metavar="N")
+    p.add_argument("--workdir", metavar="DIR", help="default: a fresh temporary directory")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_demo_command)
+
+
+# -- entry point -------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args_list[:1] == ["simulate"]:
+            # The simulator owns its options; argparse here would only get in the way.
+            return _simulate_command(args_list[1:])
+        try:
+            args = build_parser().parse_args(args_list)
+        except SystemExit as exc:  # --help, --version and usage errors
+            return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
+    except UsageError as exc:
+        sys.stderr.write(f"{_PROG}: error: {exc}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{_PROG}: interrupted\n")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Shared fixtures. Keep each small and clearly named: several test modules use this file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import aioresponses.core as aioresponses_core
+import pytest
+from aioresponses import aioresponses
+
+
+class FakeTime:
+    """An injectable ``clock`` and ``sleep``: sleeping advances the clock and is recorded."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float, /) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def fake_time() -> FakeTime:
+    """A FakeTime for ``AsyncClient(sleep=fake_time.sleep, clock=fake_time.clock)``."""
+    return FakeTime()
+
+
+@pytest.fixture
+def no_proactive_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Unset PROACTIVE_BASE_URL / PROACTIVE_TOKEN so the developer's shell cannot leak in."""
+    monkeypatch.delenv("PROACTIVE_BASE_URL", raising=False)
+    monkeypatch.delenv("PROACTIVE_TOKEN", raising=False)
+    yield
+
+
+class _AiohttpCompatResponse(aiohttp.ClientResponse):
+    """aioresponses 0.7.9 builds responses without the ``stream_writer`` aiohttp 3.12+ needs."""
+
+    def __init__(self, method: str, url: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("stream_writer", SimpleNamespace(output_size=0))
+        super().__init__(method, url, **kwargs)
+
+
+@pytest.fixture
+def mock_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[aioresponses]:
+    """An ``aioresponses`` mock that works with the installed aiohttp (see above)."""
+    monkeypatch.setattr(aioresponses_core, "ClientResponse", _AiohttpCompatResponse)
+    with aioresponses() as mocked:
+        yield mocked
