@@ -208,7 +208,9 @@ class Campaign:
         if self.report_path is not None:
             self._report = ReportWriter(self.report_path)
         if self.journal_path is not None:
-            self._journal = await Journal.open(self.journal_path, self._identity())
+            self._journal = await Journal.open(
+                self.journal_path, self._identity(), secrets=[self.client._token]
+            )
             self._resuming = self._journal.resumed
 
     def _identity(self) -> CampaignIdentity:

@@ -110,6 +110,7 @@ class AsyncClient:
         self.base_url = base_url.rstrip("/")
         self.retry = retry if retry is not None else RetryPolicy()
         self.mask_phone_numbers = mask_phone_numbers
+        self._token = token  # kept only so a journal can refuse to store it
         self._url = self.base_url + PATH
         self._sleep: Sleep = sleep if sleep is not None else asyncio.sleep
         self._clock = clock if clock is not None else time.monotonic

@@ -329,7 +329,11 @@ class Journal:
         await self._flush()
 
     def counts(self) -> dict[str, int]:
-        """Committed rows per state (``in_flight`` or an outcome status); flush first."""
+        """Committed rows per state (``in_flight`` or an outcome status); flush first.
+
+        Blocks while a commit holds the connection (milliseconds at most): meant for
+        summaries and tests, not for every record.
+        """
         if self._closed_counts is not None:
             return dict(self._closed_counts)
         self._check_usable()

@@ -83,7 +83,7 @@ class RateLimiter:
         self._stamp = clock()
         self._waiters: deque[_Waiter] = deque()
         # The head waiter's pending sleep; cancelled when the head changes or the rate does.
-        self._timer: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | asyncio.Future[None] | None = None
 
     @property
     def rate(self) -> float:
@@ -169,15 +169,27 @@ class RateLimiter:
         deficit = min(weight, self._burst) - self._tokens
         # The stamp is in the future while drained until a pause ends.
         delay = max(0.0, self._stamp - self._clock()) + deficit / self._rate
+        if self._sleep is asyncio.sleep:
+            # The default sleep needs no task: a loop timer is cheaper and does the same.
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer_handle)
+            return
         timer = asyncio.ensure_future(self._sleep(delay))
-        timer.add_done_callback(self._on_timer)
+        timer.add_done_callback(self._on_timer_future)
         self._timer = timer
 
-    def _on_timer(self, timer: asyncio.Future[None]) -> None:
+    def _on_timer_handle(self) -> None:
+        self._timer = None
+        if self._waiters:
+            self._wake_head()
+
+    def _on_timer_future(self, timer: asyncio.Future[None]) -> None:
+        if timer.cancelled():
+            return
+        # A failing injected sleep must not be logged as never retrieved; the head
+        # re-plans its wait either way.
+        timer.exception()
         if timer is self._timer:
-            self._timer = None
-            if not timer.cancelled() and self._waiters:
-                self._wake_head()
+            self._on_timer_handle()
 
     def _cancel_timer(self) -> None:
         timer, self._timer = self._timer, None
@@ -251,14 +263,18 @@ class AdaptiveRate:
         ...                                   # after each call:
         adaptive.on_success(len(targets))     # or adaptive.on_throttle(exc.retry_after)
 
-    Before the first 429 the rate grows geometrically (slow start). A 429 sets the rate
-    to ``decrease`` times the goodput actually achieved over the last ``window`` seconds
-    (not times the configured rate, which may be far above what the server took), and
-    records that goodput as the estimated limit. Later increases close most of the gap to
-    the estimate each ``interval``, then creep above it by ``probe`` of it per interval,
-    so the rate spends its time just under the limit rather than saw-toothing down to
-    half. 429s from calls already in flight are one signal: after a decrease, further
-    429s are ignored for ``reaction_window`` seconds (or the Retry-After, if longer).
+    Before the first 429 the rate doubles every half ``interval`` (slow start). A 429
+    drops the rate to ``decrease`` times the goodput actually achieved over the last
+    ``window`` (not times the configured rate, which may be far above what the server
+    took); when that window was a clean one (no pause in it, not the first second), the
+    goodput also becomes the estimate of the server's limit. Increases then close half
+    the gap to just under the estimate each ``interval`` (concave), hold there for a
+    ``plateau`` that doubles each time a 429 confirms the same limit, and only then probe
+    above it, slowly at first (convex). So the rate spends its time just under the limit
+    instead of saw-toothing down to half of it. 429s from calls already in flight are one
+    signal: after a decrease, further 429s only extend the pause until the Retry-After
+    plus ``reaction_window`` has passed. Each 429 also empties the limiter's bucket until
+    the pause ends, so the first calls after a pause are paced, not a burst.
 
     Parameters:
         limiter: the limiter whose rate is steered.
@@ -268,13 +284,22 @@ class AdaptiveRate:
         clock: monotonic seconds; ``time.monotonic`` by default.
         interval: seconds between two increases.
         window: seconds over which the achieved goodput is measured.
-        reaction_window: seconds after a decrease during which 429s are not a new signal.
-        decrease: the fraction of achieved goodput the rate drops to on a 429.
-        slow_start: the growth factor per interval before the first 429.
-        approach: the share of the gap to the estimated limit closed per interval.
-        probe: the share of the estimated limit added per interval once at or above it.
-        busy: an increase needs this share of the rate to have been used (an idle
-            campaign must not talk itself into a huge rate).
+        reaction_window: seconds after a pause during which 429s are not a new signal.
+        decrease: the share of achieved goodput the rate drops to on a 429.
+        slow_start: the growth factor per half interval before the first 429.
+        approach: the share of the gap to the estimate closed per interval.
+        probe: the first step above the estimate, as a share of the rate; each further
+            step without a 429 is ``probe_growth`` times larger.
+        max_cut: the rate is multiplied by this on a 429 when nothing was accepted lately.
+        busy: an increase needs this share of the rate to have been used, so an idle
+            campaign does not talk itself into a huge rate.
+        drain: empty the limiter's bucket on each 429 until its pause ends.
+        margin: the rate settles this share below the estimate.
+        plateau, max_plateau: seconds spent just under the estimate before probing, at
+            first and at most.
+        confirm: a new estimate within this share of the last one confirms it.
+        unknown_pause: the pause assumed for a 429 without Retry-After (the caller backs
+            off for a time we are not told).
     """
 
     def __init__(
@@ -294,9 +319,13 @@ class AdaptiveRate:
         probe: float = 0.02,
         probe_growth: float = 1.5,
         max_cut: float = 0.5,
-        min_sample: int = 8,
         busy: float = 0.5,
         drain: bool = True,
+        margin: float = 0.05,
+        plateau: float = 2.0,
+        max_plateau: float = 60.0,
+        confirm: float = 0.15,
+        unknown_pause: float = 0.5,
     ) -> None:
         self._limiter = limiter
         self._floor = _check_positive("floor", floor)
@@ -315,9 +344,15 @@ class AdaptiveRate:
         self._probe = probe
         self._probe_growth = probe_growth
         self._max_cut = max_cut
-        self._min_sample = min_sample
         self._busy = busy
         self._drain = drain
+        self._margin = margin
+        self._plateau = plateau
+        self._max_plateau = max_plateau
+        self._confirm = confirm
+        self._unknown_pause = max(0.0, unknown_pause)
+        # When the rate came up to just under the estimate (inf: not since the last 429).
+        self._reached = math.inf
         # (time, weight) of accepted calls within the last `window` seconds.
         self._accepted: deque[tuple[float, float]] = deque()
         self._accepted_sum = 0.0
@@ -328,12 +363,8 @@ class AdaptiveRate:
         self._hold_until = -math.inf
         # Increases in a row above the estimate without a 429.
         self._probes = 0
-        self._last_throttle = -math.inf
+        # The end of the latest pause a 429 asked for.
         self._paused_until = -math.inf
-        # Accepted weight since the first 429 of the current run of 429s.
-        self._episode_start = now
-        self._episode_accepted = 0.0
-        self._episode_calls = 0
         # The goodput at the last 429: our best guess at the server's limit.
         self._estimate: float | None = None
         self._rate = limiter.rate
@@ -346,7 +377,7 @@ class AdaptiveRate:
 
     @property
     def estimate(self) -> float | None:
-        """The estimated server limit (goodput at the last 429); None before any 429."""
+        """The estimated server limit (goodput measured at a 429); None before any."""
         return self._estimate
 
     def on_success(self, weight: float) -> None:
@@ -355,44 +386,38 @@ class AdaptiveRate:
         self._accepted.append((now, weight))
         self._accepted_sum += weight
         self._step_weight += weight
-        if now >= self._episode_start:
-            self._episode_accepted += weight
-            self._episode_calls += 1
-        if now - self._last_step >= self._interval:
+        # Before the first 429 there is nothing to be careful of: grow twice as often.
+        interval = self._interval if self._estimate is not None else self._interval / 2
+        if now - self._last_step >= interval:
             self._increase(now)
 
     def on_throttle(self, retry_after: float | None) -> None:
         """A 429: lower the rate, unless one was already acted on in the reaction window."""
         now = self._clock()
-        wait = retry_after if retry_after is not None and retry_after > 0 else 0.0
-        first = now - max(self._last_throttle, self._paused_until) > self._window
-        self._last_throttle = now
+        # Without a Retry-After the caller backs off for some time we are not told.
+        wait = self._unknown_pause if retry_after is None else max(0.0, retry_after)
+        last_pause_end = self._paused_until
         self._paused_until = max(self._paused_until, now + wait)
         if self._drain:
             self._limiter.drain(until=self._paused_until)
         if now < self._hold_until:
             return
         rate = self._rate
-        if first:
-            # Goodput so far includes the server's burst: an overestimate, corrected by
-            # the next 429 of this run of 429s if the rate is still too high.
-            achieved = self._achieved(now)
-            basis = min(rate, achieved) if achieved > 0 else rate
-            # The server's bucket has just run dry: once the answers to calls sent before
-            # now are in, it accepts its sustained rate. The pause stays in the sample:
-            # the server refills during it and what it saved is spent right after.
-            self._episode_start = now + self._reaction_window / 2
-            self._episode_accepted = 0.0
-            self._episode_calls = 0
-            cut = basis * self._decrease
-        else:
-            basis = min(rate, self._episode_accepted / (now - self._episode_start))
-            cut = basis * self._decrease
-            if self._episode_calls < self._min_sample:
-                # A sample of a few calls can read far too low: halve at most.
-                cut = max(rate * self._max_cut, cut)
-        self._estimate = basis
-        self._apply(cut)
+        self._forget_before(now - self._window)
+        # Accepted per second over a whole window, even when less time has passed: right
+        # after the start or a pause that reads low, which is the safe side.
+        achieved = self._accepted_sum / self._window
+        basis = min(rate, achieved) if achieved > 0 else rate * self._max_cut
+        # Only a window of unpaused sending measures the server's sustained rate.
+        if now - max(self._started, last_pause_end) >= self._window:
+            previous, self._estimate = self._estimate, basis
+            if previous is not None and abs(basis - previous) <= self._confirm * previous:
+                # The same limit again: it is real, so probe above it less often.
+                self._plateau = min(self._max_plateau, self._plateau * 2)
+        elif self._estimate is not None:
+            self._estimate = min(self._estimate, rate)
+        self._reached = math.inf
+        self._apply(basis * self._decrease)
         # The pause and the calls already in flight say nothing new: the next signal
         # comes from calls sent after the pause at the new rate.
         self._hold_until = now + wait + self._reaction_window
@@ -408,23 +433,24 @@ class AdaptiveRate:
         if used < self._busy * self._rate:
             return
         estimate = self._estimate
+        rate = self._rate
         if estimate is None:
-            self._apply(self._rate * self._slow_start)
-        elif self._rate < estimate * (1 - self._probe):
+            self._apply(rate * self._slow_start)
+            return
+        target = estimate * (1 - self._margin)
+        if rate < target * (1 - self._probe):
             # Concave: close most of the gap while far below the limit, little near it.
-            self._apply(self._rate + (estimate - self._rate) * self._approach)
+            self._apply(rate + (target - rate) * self._approach)
+            return
+        if self._reached == math.inf:
+            self._reached = now
+        if now - self._reached < self._plateau:
+            # Just under the limit: stay; the more often the limit was confirmed, the longer.
+            self._apply(max(rate, target))
         else:
             # Convex: creep above the estimate, faster the longer no 429 comes.
-            self._apply(self._rate + estimate * self._probe * self._probe_growth**self._probes)
+            self._apply(rate * (1 + self._probe * self._probe_growth**self._probes))
             self._probes += 1
-
-    def _achieved(self, now: float) -> float:
-        """Accepted weight per second over the last ``window`` (or since the start)."""
-        self._forget_before(now - self._window)
-        span = min(self._window, now - self._started)
-        if span <= 0:
-            return 0.0
-        return self._accepted_sum / span
 
     def _forget_before(self, horizon: float) -> None:
         accepted = self._accepted

@@ -10,19 +10,20 @@ import asyncio
 import dataclasses
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import IO, Protocol
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
     TaskID,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from ._records import OutcomeStatus
 from ._report import CampaignSummary
@@ -96,37 +97,45 @@ def take_snapshot(summary: CampaignSummary, total: int | None, meter: RateMeter)
     )
 
 
+class _TwoLineProgress(Progress):
+    """The bar on one line and the counts per status under it: both fit in 80 columns."""
+
+    counts = ""
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        yield Text(self.counts)
+
+
 class RichProgress:
     """A progress bar on a terminal: records done of total, targets/s, ETA, counts per status."""
 
     interval = 0.2
 
     def __init__(self, console: Console, total: int | None) -> None:
-        self._progress = Progress(
+        self._progress = _TwoLineProgress(
             TextColumn("[bold]campaign"),
-            BarColumn(),
+            BarColumn(bar_width=24),
             MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
-            TextColumn("{task.fields[counts]}"),
             console=console,
             auto_refresh=False,  # refreshed by our poll, in the event loop's thread
             redirect_stdout=False,
             redirect_stderr=False,
         )
-        self._task: TaskID = self._progress.add_task(
-            "campaign", total=total, rate="", counts=""
-        )
+        self._task: TaskID = self._progress.add_task("campaign", total=total, rate="")
         self._progress.start()
 
     def show(self, snapshot: Snapshot) -> None:
+        self._progress.counts = "  ".join(
+            f"{status} {snapshot.counts.get(status, 0):,}" for status in OutcomeStatus
+        )
         self._progress.update(
             self._task,
             completed=snapshot.records,
             rate=f"{snapshot.targets_per_second:,.0f} targets/s",
-            counts=snapshot.counts_text(),
         )
         self._progress.refresh()
 

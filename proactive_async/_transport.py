@@ -143,18 +143,23 @@ class Transport:
             ) from exc
         except aiohttp.ClientResponseError as exc:
             # Its request_info holds our headers (the token): keep it out of the chain.
-            raise ConnectionLostError(
+            # Fix (tests): raised after the except block, since ``from None`` only hides
+            # the original from tracebacks; ``__context__`` still held it.
+            lost = ConnectionLostError(
                 f"bad answer from {_origin(url)} ({exc.message}); the request may have been"
                 " processed"
-            ) from None
+            )
         except (aiohttp.ClientError, OSError) as exc:
             raise ConnectionLostError(
                 f"connection to {_origin(url)} lost ({type(exc).__name__}: {exc}); the request"
                 " may have been processed"
             ) from exc
+        raise lost
 
     async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
         cap = self._config.max_response_bytes
+        if not 200 <= response.status < 300:
+            return await _read_head(response, cap)
         length = response.content_length
         if length is not None and length > cap:
             raise ResponseTooLargeError(
@@ -188,6 +193,18 @@ class Transport:
         except asyncio.CancelledError:
             await asyncio.wait([close])
             raise
+
+
+async def _read_head(response: aiohttp.ClientResponse, cap: int) -> bytes:
+    """An error answer's body cut to ``cap`` bytes: the status is what matters, never lost."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        chunks.append(chunk[: cap - size])
+        size += len(chunks[-1])
+        if size >= cap:
+            break
+    return b"".join(chunks)
 
 
 def _origin(url: str) -> str:

@@ -130,6 +130,11 @@ def _settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Cam
 def _read_token(token_file: str | None, env: Mapping[str, str]) -> str:
     """The token from --token-file (first) or PROACTIVE_TOKEN; never from a flag."""
     if token_file is not None:
+        if not os.path.exists(token_file):
+            # Not echoed: a token pasted where its file's path belongs must not reach logs.
+            raise UsageError(
+                "--token-file: no such file (give the path of a file holding the token)"
+            )
         try:
             token = Path(token_file).read_text(encoding="utf-8").strip()
         except OSError as exc:
@@ -360,7 +365,7 @@ def summary_table(
     """The end-of-campaign table: counts per status, rates, calls, latency, files."""
     table = Table(title="campaign summary", show_header=False, title_justify="left")
     table.add_column("what", style="bold")
-    table.add_column("value", justify="right")
+    table.add_column("value", justify="right", overflow="fold")  # paths shown whole
     for status in OutcomeStatus:
         table.add_row(str(status), f"{summary.counts[status]:,}")
     table.add_row("records", f"{summary.records:,}")
@@ -429,7 +434,10 @@ def _campaign_command(args: argparse.Namespace) -> int:
 def _simulate_command(argv: Sequence[str]) -> int:
     from .simulator import main as simulator_main
 
-    return int(simulator_main(list(argv)) or 0)
+    try:
+        return int(simulator_main(list(argv)) or 0)
+    except SystemExit as exc:  # its argparse: --help and usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
 
 
 def _stderr_console() -> Console:
@@ -685,6 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Send WhatsApp proactive conversations at scale, safely.",
         epilog=_EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -707,6 +716,7 @@ def _add_campaign_parser(commands: Any) -> None:
         "--token-file (never a flag).",
         epilog=_EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # "--token" must not be taken for "--token-file"
     )
     p.add_argument("recipients_file", metavar="RECIPIENTS_FILE", help=".csv, .tsv, .txt, .jsonl")
     p.set_defaults(handler=_campaign_command)
@@ -781,6 +791,7 @@ def _add_demo_parser(commands: Any) -> None:
         description="Start the simulator with realistic faults and a hidden rate limit, run "
         "a campaign against it and check the simulator's audit against the report: nothing "
         "lost, nothing sent twice.",
+        allow_abbrev=False,
     )
     p.add_argument("--records", type=_positive_int, default=20_000, metavar="N")
     p.add_argument("--seed", type=_int, default=1, metavar="N")
@@ -792,6 +803,15 @@ def _add_demo_parser(commands: Any) -> None:
 # -- entry point -------------------------------------------------------------------
 
 
+def _refuse_token_flag(argv: Sequence[str]) -> None:
+    """A ``--token`` flag gets its own message: argparse's would echo the secret after it."""
+    if any(arg == "--token" or arg.startswith("--token=") for arg in argv):
+        raise UsageError(
+            "there is no --token flag (a token on the command line shows in process lists "
+            "and shell history): set PROACTIVE_TOKEN or pass --token-file PATH"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -799,6 +819,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args_list[:1] == ["simulate"]:
             # The simulator owns its options; argparse here would only get in the way.
             return _simulate_command(args_list[1:])
+        _refuse_token_flag(args_list)
         try:
             args = build_parser().parse_args(args_list)
         except SystemExit as exc:  # --help, --version and usage errors

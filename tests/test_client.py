@@ -4,6 +4,7 @@ and where the token and phone numbers must never show."""
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import logging
 import platform
@@ -211,7 +212,7 @@ async def test_requests_carry_bearer_token_user_agent_json_and_extra_headers(
 def test_the_user_agent_names_three_versions() -> None:
     agent = AsyncClient(BASE, TOKEN)._transport._config.headers["User-Agent"]
     assert re.fullmatch(r"proactive-async/\S+ aiohttp/\S+ Python/\d+\.\d+\.\d+\S*", agent)
-    assert proactive_async.__version__ == "0.1.0"
+    assert proactive_async.__version__ == importlib.metadata.version("proactive-async")
 
 
 # --- calls ----------------------------------------------------------------------------
@@ -445,7 +446,8 @@ def test_problem_details_tolerates_odd_shapes() -> None:
 def _connector_error() -> aiohttp.ClientConnectorError:
     from types import SimpleNamespace
 
-    key = SimpleNamespace(host="api.test", port=80, ssl=True)
+    # A stand-in ConnectionKey: the error reads only host, port and ssl from it.
+    key: Any = SimpleNamespace(host="api.test", port=80, ssl=True)
     return aiohttp.ClientConnectorError(key, ConnectionRefusedError(111, "refused"))
 
 
@@ -496,11 +498,15 @@ def _all_text(exc: BaseException) -> str:
     """Everything an exception can show: str, repr, args, and the formatted chain."""
     parts = ["".join(traceback.format_exception(exc))]
     seen: set[int] = set()
-    node: BaseException | None = exc
-    while node is not None and id(node) not in seen:
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        node = todo.pop()
+        if node is None or id(node) in seen:
+            continue
         seen.add(id(node))
         parts += [str(node), repr(node), repr(node.args), repr(vars(node))]
-        node = node.__cause__ or (None if node.__suppress_context__ else node.__context__)
+        # Suppressed contexts too: an error reporter may walk them.
+        todo += [node.__cause__, node.__context__]
     return "\n".join(parts)
 
 

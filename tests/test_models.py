@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import re
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -283,7 +283,7 @@ def test_an_unreadable_date_decodes_as_none_without_failing(text: str) -> None:
 def test_parse_datetime_reads_epoch_seconds_and_refuses_other_types() -> None:
     assert parse_datetime(1714557600) == UTC_10H
     assert parse_datetime(1e20) is None
-    assert parse_datetime(True) is None  # type: ignore[arg-type]
+    assert parse_datetime(True) is None  # a bool is not a timestamp
     assert parse_datetime("/Date(99999999999999999999)/") is None
 
 
@@ -316,7 +316,9 @@ def test_duration_is_available_as_a_timedelta(text: str, expected: timedelta) ->
     assert conv.duration_timedelta == expected
 
 
-@pytest.mark.parametrize("text", ["<string>", "", "5 minutes", "P", "PT", "-P", "-PT", "P1DT", "1:2", "1:2:3:4"])
+@pytest.mark.parametrize(
+    "text", ["<string>", "", "5 minutes", "P", "PT", "-P", "-PT", "P1DT", "1:2", "1:2:3:4"]
+)
 def test_an_unreadable_duration_keeps_the_text_and_gives_no_timedelta(text: str) -> None:
     [conv] = decode_conversations(json.dumps([{"id": 1, "duration": text}]).encode())
     assert conv.duration == text
@@ -360,7 +362,7 @@ def test_an_enum_refuses_non_int_values() -> None:
     with pytest.raises(ValueError):
         ConversationType("x")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
-        ConversationType(1.5)
+        ConversationType(1.5)  # type: ignore[arg-type]
 
 
 # --- tolerance and failures ----------------------------------------------------------
@@ -516,7 +518,7 @@ def test_the_reference_page_example_decodes_unchanged() -> None:
 # --- property: anything that fits the schema decodes -----------------------------------
 
 INT32 = st.integers(-(2**31), 2**31 - 1)
-TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
+TEXT = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=12)
 JSON_LEAF = st.none() | st.booleans() | INT32 | st.floats(allow_nan=False) | TEXT
 JSON_VALUE = st.recursive(
     JSON_LEAF,
@@ -528,8 +530,9 @@ JSON_VALUE = st.recursive(
 @st.composite
 def _datetime_form(draw: st.DrawFn) -> tuple[str, datetime]:
     """A valid date-time text in one of the forms servers send, and the moment it names."""
-    day = draw(st.dates(min_value=datetime(1971, 1, 1).date(), max_value=datetime(9998, 1, 1).date()))
-    hour, minute, second = draw(st.integers(0, 23)), draw(st.integers(0, 59)), draw(st.integers(0, 59))
+    day = draw(st.dates(min_value=date(1971, 1, 1), max_value=date(9998, 1, 1)))
+    hour, minute = draw(st.integers(0, 23)), draw(st.integers(0, 59))
+    second = draw(st.integers(0, 59))
     digits = draw(st.sampled_from(["", "1", "123", "123456", "1234567", "123456789"]))
     micro = int((digits + "000000")[:6]) if digits else 0
     frac = f".{digits}" if digits else ""
@@ -661,3 +664,16 @@ def test_any_value_fitting_the_response_schema_decodes(
     body = msgspec.json.encode([wire for wire, _ in items])
     decoded = decode_conversations(body)
     _assert_matches(decoded, [expected for _, expected in items])
+
+
+@pytest.mark.parametrize(
+    ("data", "path"),
+    [({"a": 1}, "$"), ({"a": {"b": 1}}, "$.x.b"), ({"a": [1]}, "$.a[5]"), ({"a": 1}, "$.z")],
+)
+def test_the_repair_step_refuses_a_path_it_cannot_follow(data: object, path: str) -> None:
+    """Without this refusal the tolerant loop would spin on an error it cannot fix."""
+    from proactive_async._models import _drop_at
+
+    before = json.dumps(data)
+    assert _drop_at(data, path) is False
+    assert json.dumps(data) == before

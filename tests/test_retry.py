@@ -3,7 +3,6 @@ are recorded by an injected ``sleep`` that advances an injected ``clock``."""
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import logging
 import time
@@ -39,11 +38,11 @@ from proactive_async._retry import retry_call
 BASE = "http://api.test"
 URL = BASE + "/api/Conversation/proactive-conversation"
 OK_BODY = b'[{"id": 1}]'
-NO_JITTER = {"jitter": 0.0}
 
 
 def refused() -> aiohttp.ClientConnectorError:
-    key = SimpleNamespace(host="api.test", port=80, ssl=True)
+    # A stand-in ConnectionKey: the error reads only host, port and ssl from it.
+    key: Any = SimpleNamespace(host="api.test", port=80, ssl=True)
     return aiohttp.ClientConnectorError(key, ConnectionRefusedError(111, "Connection refused"))
 
 
@@ -56,7 +55,7 @@ def mocked(mock_api: aioresponses) -> aioresponses:
 async def client(fake_time: FakeTime) -> AsyncIterator[AsyncClient]:
     async with AsyncClient(
         BASE, "tok", sleep=fake_time.sleep, clock=fake_time.clock,
-        retry=RetryPolicy(**NO_JITTER),
+        retry=RetryPolicy(jitter=0.0),
     ) as c:
         yield c
 
@@ -98,7 +97,7 @@ async def test_a_safe_failure_is_retried_by_default(
         ({"status": 502}, ServerError),
         ({"status": 504}, ServerError),
         ({"exception": aiohttp.SocketTimeoutError()}, ReadTimeout),
-        ({"exception": asyncio.TimeoutError()}, ReadTimeout),
+        ({"exception": TimeoutError()}, ReadTimeout),
         ({"exception": aiohttp.ServerDisconnectedError()}, ConnectionLostError),
         ({"exception": aiohttp.ClientPayloadError("truncated")}, ConnectionLostError),
         ({"body": b"<html>oops</html>"}, DecodingError),
@@ -141,7 +140,7 @@ async def test_an_ambiguous_failure_is_retried_when_the_caller_opts_in(
 ) -> None:
     mocked.post(URL, **failure)
     mocked.post(URL, body=OK_BODY)
-    policy = RetryPolicy(retry_ambiguous=True, **NO_JITTER)
+    policy = RetryPolicy(retry_ambiguous=True, jitter=0.0)
     response = await client.create_proactive_conversation_with_response(
         retry=policy, channel_id=1
     )
@@ -266,7 +265,7 @@ async def test_max_attempts_bounds_the_attempts_and_the_error_counts_them(
     mocked.post(URL, status=503, repeat=True)
     with pytest.raises(ServiceUnavailableError) as info:
         await client.create_proactive_conversation(
-            retry=RetryPolicy(max_attempts=3, **NO_JITTER), channel_id=1
+            retry=RetryPolicy(max_attempts=3, jitter=0.0), channel_id=1
         )
     assert info.value.attempts == 3
     assert posts(mocked) == 3
@@ -277,7 +276,7 @@ async def test_backoff_doubles_up_to_its_maximum(
     mocked: Any, client: AsyncClient, fake_time: FakeTime
 ) -> None:
     mocked.post(URL, exception=refused(), repeat=True)
-    policy = RetryPolicy(max_attempts=7, deadline=None, backoff_max=5.0, **NO_JITTER)
+    policy = RetryPolicy(max_attempts=7, deadline=None, backoff_max=5.0, jitter=0.0)
     with pytest.raises(ConnectError) as info:
         await client.create_proactive_conversation(retry=policy, channel_id=1)
     assert fake_time.sleeps == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
@@ -397,7 +396,7 @@ async def test_retry_call_numbers_the_attempts(fake_time: FakeTime) -> None:
         return "done"
 
     result = await retry_call(
-        attempt, RetryPolicy(**NO_JITTER), sleep=fake_time.sleep, clock=fake_time.clock
+        attempt, RetryPolicy(jitter=0.0), sleep=fake_time.sleep, clock=fake_time.clock
     )
     assert result == "done"
     assert calls == [1, 2, 3]

@@ -1,0 +1,504 @@
+"""The ``proactive-async`` command, run in-process against a real simulator on 127.0.0.1.
+
+``main()`` runs its own event loop, so the simulator serves from a thread of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from rich.console import Console
+
+from proactive_async import Outcome, OutcomeStatus
+from proactive_async._progress import PlainProgress, RateMeter, RichProgress, Snapshot
+from proactive_async.cli import audit_report, main
+from proactive_async.simulator import Faults, Simulator, SimulatorConfig
+
+TOKEN = "cli-test-token"
+
+
+class ThreadedSimulator:
+    """A Simulator serving from its own thread and event loop."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.simulator = Simulator(config)
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(),), daemon=True)
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with self.simulator:
+            self._ready.set()
+            await self._stop.wait()
+
+    def __enter__(self) -> ThreadedSimulator:
+        self._thread.start()
+        assert self._ready.wait(10), "the simulator did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None and self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    @property
+    def url(self) -> str:
+        return self.simulator.url
+
+    @property
+    def audit(self):  # type: ignore[no-untyped-def]
+        return self.simulator.audit
+
+
+@pytest.fixture
+def sim() -> Iterator[ThreadedSimulator]:
+    with ThreadedSimulator(SimulatorConfig(token=TOKEN)) as server:
+        yield server
+
+
+@pytest.fixture
+def token_env(monkeypatch: pytest.MonkeyPatch, no_proactive_env: None) -> None:
+    monkeypatch.setenv("PROACTIVE_TOKEN", TOKEN)
+
+
+def phones(n: int, start: int = 0) -> list[str]:
+    return [f"+55119{70000000 + start + i:08d}" for i in range(n)]
+
+
+def write_csv(path: Path, rows: list[str], header: str = "phone,name") -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    return path
+
+
+def campaign_args(targets: Path, url: str, *extra: str) -> list[str]:
+    return [
+        "campaign", str(targets),
+        "--channel-id", "1", "--bot-id", "2", "--template-id", "3",
+        "--base-url", url, "--report", str(targets.with_suffix(".report.jsonl")),
+        "--no-progress", *extra,
+    ]
+
+
+def read_report(targets: Path) -> list[Outcome]:
+    decoder = msgspec.json.Decoder(Outcome)
+    text = targets.with_suffix(".report.jsonl").read_bytes()
+    return [decoder.decode(line) for line in text.splitlines() if line.strip()]
+
+
+def assert_one_outcome_per_line(outcomes: list[Outcome], records: int) -> None:
+    assert sorted(o.line for o in outcomes) == list(range(1, records + 1))
+
+
+# -- campaigns ---------------------------------------------------------------------
+
+
+def test_all_sent_exits_0_and_prints_the_summary(
+    tmp_path: Path, sim: ThreadedSimulator, token_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    targets = write_csv(tmp_path / "r.csv", [f"{p},Ana" for p in phones(120)])
+
+    code = main(campaign_args(targets, sim.url, "--var", "company=Acme", "--chunk-size", "25"))
+
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "campaign summary" in out and "120" in out and "targets/s" in out
+    outcomes = read_report(targets)
+    assert_one_outcome_per_line(outcomes, 120)
+    assert {o.status for o in outcomes} == {OutcomeStatus.SENT}
+    assert sim.audit.total_processed == 120 and sim.audit.duplicates() == {}
+    assert "Traceback" not in err
+
+
+def test_bad_rows_and_invalid_numbers_are_rejected_one_by_one_nothing_lost(
+    tmp_path: Path, sim: ThreadedSimulator, token_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = phones(5)
+    path = tmp_path / "mixed.csv"
+    path.write_bytes(
+        b"phone,name\n"
+        + f"{good[0]},Ana\n".encode()
+        + b"12345,Bob\n"  # invalid number
+        + f"{good[1]},Caio,extra\n".encode()  # too many fields
+        + f"{good[2]},Jos".encode() + b"\xe9\n"  # not UTF-8 (latin-1)
+        + f"{good[3]},Dani\n".encode()
+        + f"{good[3]},Dani\n".encode()  # duplicate of the line before
+        + b",Eva\n"  # no target
+        + f"{good[4]},Fabi\n".encode()
+    )
+
+    code = main(campaign_args(path, sim.url))
+
+    _, err = capsys.readouterr()
+    assert code == 0, err  # rejected and duplicate records are not failures
+    outcomes = {o.line: o for o in read_report(path)}
+    assert_one_outcome_per_line(list(outcomes.values()), 8)
+    status = {line: o.status for line, o in outcomes.items()}
+    assert [status[n] for n in (1, 5, 8)] == [OutcomeStatus.SENT] * 3
+    assert [status[n] for n in (2, 3, 4, 7)] == [OutcomeStatus.REJECTED] * 4
+    assert status[6] is OutcomeStatus.DUPLICATE and outcomes[6].duplicate_of == 5
+    assert outcomes[4].error is not None and "UTF-8" in outcomes[4].error.message
+    assert sim.audit.total_processed == 3
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "empty"),
+        (b"name,city\nAna,Rio\n", "no recipient or contactId column"),
+        (b"ph\xf6ne,name\n+5511970000000,Ana\n", "UTF-8"),
+    ],
+    ids=["empty", "missing-column", "non-utf8-header"],
+)
+def test_an_unreadable_file_exits_2_with_one_line_naming_it(
+    tmp_path: Path,
+    sim: ThreadedSimulator,
+    token_env: None,
+    capsys: pytest.CaptureFixture[str],
+    content: bytes,
+    reason: str,
+) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+
+    code = main(campaign_args(path, sim.url))
+
+    _, err = capsys.readouterr()
+    assert code == 2
+    assert err.count("\n") == 1 and str(path) in err and reason in err
+    assert "Traceback" not in err
+    assert not path.with_suffix(".report.jsonl").exists()  # checked before anything is written
+    assert sim.audit.calls == 0
+
+
+def test_a_missing_file_exits_2_naming_it(
+    tmp_path: Path, sim: ThreadedSimulator, token_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "nope.csv"
+    assert main(campaign_args(path, sim.url)) == 2
+    assert str(path) in capsys.readouterr().err
+
+
+def test_an_unwritable_report_path_exits_2_without_traceback(
+    tmp_path: Path, sim: ThreadedSimulator, token_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    targets = write_csv(tmp_path / "r.csv", [f"{p},Ana" for p in phones(3)])
+    args = campaign_args(targets, sim.url, "--report", str(tmp_path / "no" / "dir" / "r.jsonl"))
+
+    code = main(args)
+
+    err = capsys.readouterr().err
+    assert code == 2 and "r.jsonl" in err and "Traceback" not in err
+
+
+# -- the token and the base URL ------------------------------------------------------------
+
+
+def test_the_token_can_come_from_a_file(
+    tmp_path: Path, sim: ThreadedSimulator, no_proactive_env: None
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n", encoding="utf-8")
+    targets = write_csv(tmp_path / "r.csv", [f"{p},Ana" for p in phones(4)])
+
+    assert main(campaign_args(targets, sim.url, "--token-file", str(token_file))) == 0
+    assert sim.audit.total_processed == 4
+
+
+def test_no_token_is_refused_with_exit_2_and_nothing_is_sent(
+    tmp_path: Path, sim: ThreadedSimulator, no_proactive_env: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    targets = write_csv(tmp_path / "r.csv", [f"{p},Ana" for p in phones(4)])
+
+    code = main(campaign_args(targets, sim.url))
+
+    err = capsys.readouterr().err
+    assert code == 2 and "PROACTIVE_TOKEN" in err and "--token-file" in err
+    assert sim.audit.calls == 0
+
+
+def test_an_empty_token_file_is_refused(
+    tmp_path: Path, sim: ThreadedSimulator, no_proactive_env: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "token").write_text("\n", encoding="utf-8")
+    targets = write_csv(tmp_path / "r.csv", [f"{p},Ana" for p in phones(1)])
+
+    assert main(campaign_args(targets, sim.url, "--token-file", str(tmp_path / "token"))) == 2
+    assert "empty" in capsys.readouterr().err
+
+
+def test_there_is_no_token_flag_not_even_as_an_abbreviation(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["campaign", "x.csv", "--channel-id", "1", "--bot-id", "2",
+                 "--template-id", "3", "--base-url", "http://127.0.0.1:9", "--token", "s3cr3t"])
+    err = capsys.readouterr().err
+    assert code == 2 and "there is no --token flag" in err and "s3cr3t" not in err
+
+
+def test_a_token_given_as_the_token_file_is_not_echoed(
+    tmp_path: Path, sim: ThreadedSimulator, no_proactive_env: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    targets = write_csv(tmp_path / "r.csv", [f"{p},Ana" for p in phones(1)])
+
+    assert main(campaign_args(targets, sim.url, "--token-file", "s3cr3t-t0ken")) == 2
+    err = capsys.readouterr().err
+    assert "no such file" in err and "s3cr3t" not in err
+
+
+def test_no_base_url_exits_2(
+    tmp_path: Path, token_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    targets = write_csv(tmp_path / "r.csv", [f"{p},Ana" for p in phones(1)])
+    args = ["campaign", str(targets), "--channel-id", "1", "--bot-id", "2", "--template-id", "3"]
+
+    assert main(args) == 2
+    assert "PROACTIVE_BASE_URL" in capsys.readouterr().err
+
+
+def test_a_wrong_token_ends_every_record_failed_with_exit_1(
+    tmp_path: Path, sim: ThreadedSimulator, no_proactive_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PROACTIVE_TOKEN", "wrong")
+    targets = write_csv(tmp_path / "r.csv", [f"{p},Ana" for p in phones(6)])
+
+    assert main(campaign_args(targets, sim.url)) == 1
+    outcomes = read_report(targets)
+    assert {o.status for o in outcomes} == {OutcomeStatus.FAILED} and len(outcomes) == 6
+    assert sim.audit.total_processed == 0
+
+
+# -- options and output ----------------------------------------------------------------
+
+
+def test_json_summary_goes_to_stdout_and_the_table_to_stderr(
+    tmp_path: Path, sim: ThreadedSimulator, token_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    targets = write_csv(tmp_path / "r.csv", [f"{p},Ana" for p in [*phones(7), "123"]])
+
+    code = main(campaign_args(targets, sim.url, "--json-summary"))
+
+    out, err = capsys.readouterr()
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["records"] == 8
+    assert summary["counts"] == {
+        "sent": 7, "failed": 0, "unknown": 0, "rejected": 1, "duplicate": 0
+    }
+    assert "campaign summary" in err
+
+
+def test_outcomes_that_may_have_been_sent_exit_3_and_say_so(
+    tmp_path: Path, token_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = SimulatorConfig(token=TOKEN, faults=Faults(rate_500=1.0, seed=1))
+    targets = write_csv(tmp_path / "r.csv", [f"{p},Ana" for p in phones(10)])
+    with ThreadedSimulator(config) as server:
+        code = main(campaign_args(targets, server.url))
+
+    err = capsys.readouterr().err
+    assert code == 3
+    assert "may have been sent" in err
+    outcomes = read_report(targets)
+    assert {o.status for o in outcomes} == {OutcomeStatus.UNKNOWN} and len(outcomes) == 10
+    assert server.audit.duplicates() == {}  # not resent: each processed exactly once
+
+
+def test_the_template_options_reach_the_request(
+    tmp_path: Path, token_env: None
+) -> None:
+    config = SimulatorConfig(token=TOKEN, faults=Faults(seed=1))
+    targets = write_csv(tmp_path / "r.csv", [f"{p},Ana" for p in phones(2)])
+    with ThreadedSimulator(config) as server:
+        code = main(campaign_args(
+            targets, server.url, "--live-agent", "--queue-id", "4", "--user-id", "5",
+            "--counterpart-user-id", "6", "--account-id", "7", "--account-id", "8",
+            "--integration-type", "2", "--rate", "1000", "--calls-per-second", "50",
+            "--no-adaptive", "--no-dedupe", "--max-attempts", "2",
+        ))
+    assert code == 0
+    assert server.audit.total_processed == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--var", "novalue"], "KEY=VALUE"),
+        (["--chunk-size", "0"], "at least 1"),
+        (["--rate", "fast"], "not a number"),
+        (["--default-region", "ZZ"], "ZZ"),
+    ],
+)
+def test_bad_options_exit_2_with_a_message(
+    tmp_path: Path, sim: ThreadedSimulator, token_env: None,
+    capsys: pytest.CaptureFixture[str], extra: list[str], message: str,
+) -> None:
+    targets = write_csv(tmp_path / "r.csv", [f"{p},Ana" for p in phones(1)])
+
+    assert main(campaign_args(targets, sim.url, *extra)) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert sim.audit.calls == 0
+
+
+def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["campaign", "--help"]) == 0
+    out = capsys.readouterr().out
+    for code in ("0 ", "1 ", "2 ", "3 ", "130"):
+        assert f"\n  {code}" in out
+    assert "MAY have been sent" in out
+
+
+def test_simulate_delegates_to_the_simulator(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "--help"]) == 0
+    assert "proactive-async simulate" in capsys.readouterr().out
+
+
+def test_an_interrupt_stops_gracefully_with_exit_130_and_the_journal_resumes(
+    tmp_path: Path, token_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C: in-flight calls are recorded, exit 130; a resume finishes with nothing resent."""
+    config = SimulatorConfig(token=TOKEN, faults=Faults(latency=0.02, seed=1))
+    numbers = phones(600)
+    targets = write_csv(tmp_path / "r.csv", [f"{p},Ana" for p in numbers])
+    args = campaign_args(targets, "", "--journal", str(tmp_path / "j.db"),
+                         "--concurrency", "2", "--chunk-size", "10", "--rate", "2000")
+    with ThreadedSimulator(config) as server:
+        args[args.index("--base-url") + 1] = server.url
+        interrupter = threading.Thread(target=interrupt_when, args=(server, 100))
+        interrupter.start()
+        first = main(args)
+        interrupter.join()
+        processed_first = server.audit.snapshot()
+        first_report = read_report(targets)
+        out, err = capsys.readouterr()
+        second = main(args)
+        processed = server.audit.snapshot()
+
+    assert first == 130, err
+    assert "interrupted" in err and "campaign summary" in out
+    assert 100 <= len(first_report) < 600
+    assert len({o.line for o in first_report}) == len(first_report)
+    reported = {o.recipient for o in first_report if o.status in SENT_OR_UNKNOWN}
+    assert set(processed_first) <= reported  # whatever the server processed has its outcome
+    assert second in (0, 3)
+    outcomes = read_report(targets)
+    assert_one_outcome_per_line(outcomes, 600)
+    assert {o.status for o in outcomes} <= SENT_OR_UNKNOWN
+    assert max(processed.values()) == 1  # nothing sent twice over both runs
+    sent = {o.recipient for o in outcomes if o.status is OutcomeStatus.SENT}
+    assert sent <= set(processed)
+
+
+SENT_OR_UNKNOWN = {OutcomeStatus.SENT, OutcomeStatus.UNKNOWN}
+
+
+def interrupt_when(server: ThreadedSimulator, processed: int) -> None:
+    """SIGINT this process once the server has processed ``processed`` targets."""
+    deadline = time.monotonic() + 20
+    while server.audit.total_processed < processed and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+# -- the demo and its audit ------------------------------------------------------------
+
+
+def test_demo_passes_its_own_audit(
+    tmp_path: Path, no_proactive_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["demo", "--records", "600", "--workdir", str(tmp_path), "--no-progress"])
+
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    assert "audit: 600 records, 0 lost, 0 duplicated" in out and "OK" in out
+    assert len((tmp_path / "report.jsonl").read_bytes().splitlines()) == 600
+
+
+def outcome(line: int, status: OutcomeStatus, recipient: str) -> Outcome:
+    return Outcome(line=line, status=status, recipient=recipient)
+
+
+def test_the_audit_finds_a_record_sent_twice() -> None:
+    report = [outcome(1, OutcomeStatus.SENT, "+5511970000000")]
+    result = audit_report(report, {"+5511970000000": 2}, records=1)
+    assert not result.ok and len(result.duplicated) == 1
+
+
+def test_the_audit_finds_a_sent_record_the_server_never_processed() -> None:
+    report = [outcome(1, OutcomeStatus.SENT, "+5511970000000")]
+    result = audit_report(report, {}, records=1)
+    assert not result.ok and len(result.lost) == 1
+
+
+def test_the_audit_finds_lines_without_or_with_several_report_lines() -> None:
+    report = [outcome(1, OutcomeStatus.FAILED, "+1"), outcome(1, OutcomeStatus.FAILED, "+1")]
+    result = audit_report(report, {}, records=2)
+    assert result.missing_lines == [2] and result.repeated_lines == [1]
+
+
+def test_the_audit_allows_an_unknown_record_processed_at_most_once() -> None:
+    report = [outcome(1, OutcomeStatus.UNKNOWN, "+5511970000000"),
+              outcome(2, OutcomeStatus.DUPLICATE, "+5511970000000")]
+    assert audit_report(report, {"+5511970000000": 1}, records=2).ok
+    assert not audit_report(report, {"+5511970000000": 2}, records=2).ok
+
+
+# -- progress ------------------------------------------------------------------------
+
+
+def test_plain_progress_prints_records_rate_and_counts_and_skips_repeats() -> None:
+    lines: list[str] = []
+
+    class Sink:
+        def write(self, text: str) -> None:
+            lines.append(text)
+
+        def flush(self) -> None:
+            pass
+
+    display = PlainProgress(Sink())  # type: ignore[arg-type]
+    snap = Snapshot(records=12, total=20, targets_per_second=950.4,
+                    counts=dict.fromkeys(OutcomeStatus, 0) | {OutcomeStatus.SENT: 12})
+    display.show(snap)
+    display.show(snap)
+    assert lines == [
+        "12/20 records, 950 targets/s, sent=12, failed=0, unknown=0, rejected=0, duplicate=0\n"
+    ]
+
+
+def test_the_rate_meter_measures_over_a_recent_window() -> None:
+    meter = RateMeter(window=3.0)
+    meter.add(0.0, 0)
+    assert meter.add(1.0, 1000) == 1000.0
+    meter.add(10.0, 1000)  # idle: the old points fall out of the window
+    assert meter.add(14.0, 3000) == pytest.approx(500.0)
+
+
+def test_the_terminal_progress_shows_the_bar_the_rate_and_the_counts() -> None:
+    stream = io.StringIO()
+    display = RichProgress(Console(file=stream, force_terminal=True, width=80), total=20)
+    display.show(Snapshot(records=12, total=20, targets_per_second=950.0,
+                          counts=dict.fromkeys(OutcomeStatus, 0) | {OutcomeStatus.SENT: 12}))
+    display.note("a message")
+    display.close()
+    text = stream.getvalue()
+    assert "12/20" in text and "950 targets/s" in text and "sent 12" in text
+    assert "a message" in text

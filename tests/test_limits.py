@@ -1,0 +1,581 @@
+"""RateLimiter, Cooldown and AdaptiveRate, all on virtual time.
+
+Every test runs on an event loop whose clock is virtual: when nothing is ready to run,
+the loop jumps its clock to the next timer instead of blocking. ``asyncio.sleep`` (or the
+injected ``fake_sleep``, which goes through the task path of the limiter) therefore
+advances the fake clock exactly, and the results do not depend on the machine's speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import math
+import random
+import selectors
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pytest
+
+from proactive_async._limits import AdaptiveRate, Cooldown, RateLimiter
+
+T = TypeVar("T")
+
+
+# -- virtual time ------------------------------------------------------------------------
+
+
+class VirtualClock:
+    """Seconds of virtual time; the loop below moves it forward."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _JumpingSelector(selectors.DefaultSelector):
+    """Instead of blocking for ``timeout``, jump the clock to the next timer."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__()
+        self._clock = clock
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        if timeout is None:
+            raise RuntimeError("deadlock: every task waits and no timer is set")
+        if timeout > 0:
+            self._clock.now += timeout
+        return super().select(0)
+
+
+class VirtualLoop(asyncio.SelectorEventLoop):
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__(_JumpingSelector(clock))
+        self._virtual = clock
+
+    def time(self) -> float:
+        return self._virtual.now
+
+
+def run_virtual(main: Callable[[VirtualClock], Awaitable[T]]) -> T:
+    """Run ``main(clock)`` to the end on a fresh virtual-time loop."""
+    clock = VirtualClock()
+
+    async def runner() -> T:
+        return await main(clock)
+
+    with asyncio.Runner(loop_factory=lambda: VirtualLoop(clock)) as loop_runner:
+        return loop_runner.run(runner())
+
+
+async def fake_sleep(seconds: float) -> None:
+    """An injected sleep (not ``asyncio.sleep`` itself, so the limiter uses a task)."""
+    await asyncio.sleep(seconds)
+
+
+SLEEPS = pytest.mark.parametrize("sleep", [fake_sleep, asyncio.sleep], ids=["injected", "loop"])
+
+
+async def acquire_at(limiter: RateLimiter, clock: VirtualClock, weight: float = 1.0) -> float:
+    await limiter.acquire(weight)
+    return clock()
+
+
+def finishes_without_suspending(awaitable: Any) -> bool:
+    """True when a coroutine runs to its end on the first step (no await that yields)."""
+    try:
+        awaitable.send(None)
+    except StopIteration:
+        return True
+    awaitable.close()
+    return False
+
+
+def suspends(make: Callable[[], Any]) -> bool:
+    """True when the coroutine ``make()`` returns has to wait (checked inside a loop)."""
+
+    async def main(_: VirtualClock) -> bool:
+        return not finishes_without_suspending(make())
+
+    return run_virtual(main)
+
+
+# -- RateLimiter -----------------------------------------------------------------------------
+
+
+def test_acquire_with_tokens_available_does_not_suspend() -> None:
+    clock = VirtualClock()
+    limiter = RateLimiter(10, 5, clock=clock)
+    # No running loop at all: the fast path creates no task, future or sleep.
+    assert all(finishes_without_suspending(limiter.acquire()) for _ in range(5))
+    assert suspends(limiter.acquire)
+
+
+def test_default_burst_is_one_second_and_at_least_one() -> None:
+    assert RateLimiter(500).burst == 500
+    assert RateLimiter(0.2).burst == 1
+    assert RateLimiter(500, 50).burst == 50
+
+
+@pytest.mark.parametrize(
+    ("rate", "burst"), [(0, None), (-1, None), (math.inf, None), (math.nan, None), (10, 0)]
+)
+def test_invalid_rate_or_burst_is_refused(rate: float, burst: float | None) -> None:
+    with pytest.raises(ValueError):
+        RateLimiter(rate, burst)
+
+
+@pytest.mark.parametrize("weight", [-1.0, math.nan, math.inf])
+def test_invalid_weight_is_refused(weight: float) -> None:
+    limiter = RateLimiter(10)
+    with pytest.raises(ValueError):
+        finishes_without_suspending(limiter.acquire(weight))
+
+
+@SLEEPS
+def test_bucket_refills_at_rate_after_the_burst(sleep: Any) -> None:
+    async def main(clock: VirtualClock) -> list[float]:
+        limiter = RateLimiter(10, 5, clock=clock, sleep=sleep)
+        return [await acquire_at(limiter, clock) for _ in range(8)]
+
+    times = run_virtual(main)
+    assert times[:5] == [0.0] * 5
+    assert times[5:] == pytest.approx([0.1, 0.2, 0.3])
+
+
+def test_saved_tokens_are_capped_at_burst() -> None:
+    async def main(clock: VirtualClock) -> list[float]:
+        limiter = RateLimiter(10, 5, clock=clock, sleep=fake_sleep)
+        await asyncio.sleep(60)  # idle for a minute: still only 5 saved
+        return [await acquire_at(limiter, clock) - 60 for _ in range(7)]
+
+    times = run_virtual(main)
+    assert times[:5] == [0.0] * 5
+    assert times[5:] == pytest.approx([0.1, 0.2])
+
+
+def test_weighted_acquire_waits_for_its_whole_weight() -> None:
+    async def main(clock: VirtualClock) -> list[float]:
+        limiter = RateLimiter(10, 10, clock=clock, sleep=fake_sleep)
+        return [await acquire_at(limiter, clock, w) for w in (10, 4, 0.5)]
+
+    assert run_virtual(main) == pytest.approx([0.0, 0.4, 0.45])
+
+
+def test_waiters_are_served_in_arrival_order_and_a_big_one_is_not_starved() -> None:
+    async def main(clock: VirtualClock) -> list[tuple[str, float]]:
+        limiter = RateLimiter(10, 10, clock=clock, sleep=fake_sleep)
+        await limiter.acquire(10)
+        done: list[tuple[str, float]] = []
+
+        async def one(name: str, weight: float, delay: float) -> None:
+            await asyncio.sleep(delay)
+            await limiter.acquire(weight)
+            done.append((name, clock()))
+
+        # The big call arrives first; small ones keep arriving and would each fit sooner.
+        smalls = [one(f"small{i}", 1, 0.01 * (i + 1)) for i in range(4)]
+        await asyncio.gather(one("big", 8, 0.0), *smalls)
+        return done
+
+    done = run_virtual(main)
+    assert [name for name, _ in done] == ["big", "small0", "small1", "small2", "small3"]
+    assert [t for _, t in done] == pytest.approx([0.8, 0.9, 1.0, 1.1, 1.2])
+
+
+def test_weight_above_burst_is_admitted_from_a_full_bucket_and_leaves_debt() -> None:
+    async def main(clock: VirtualClock) -> list[float]:
+        limiter = RateLimiter(10, 5, clock=clock, sleep=fake_sleep)
+        first = await acquire_at(limiter, clock, 20)  # full bucket: admitted, 15 in debt
+        second = await acquire_at(limiter, clock, 1)  # 16 tokens to refill
+        await limiter.acquire(4)  # bucket at 0 (refilled 0.4 s later)
+        third = await acquire_at(limiter, clock, 20)  # waits only until the bucket is full
+        return [first, second, third]
+
+    assert run_virtual(main) == pytest.approx([0.0, 1.6, 2.5])
+
+
+@SLEEPS
+def test_set_rate_up_mid_wait_shortens_the_current_wait(sleep: Any) -> None:
+    async def main(clock: VirtualClock) -> float:
+        limiter = RateLimiter(1, 1, clock=clock, sleep=sleep)
+        await limiter.acquire()
+        waiter = asyncio.create_task(acquire_at(limiter, clock))
+        await asyncio.sleep(0.1)  # 0.1 token saved at 1/s
+        limiter.set_rate(10)  # the remaining 0.9 token takes 0.09 s
+        assert limiter.rate == 10
+        return await waiter
+
+    assert run_virtual(main) == pytest.approx(0.19)
+
+
+def test_set_rate_down_mid_wait_lengthens_the_current_wait() -> None:
+    async def main(clock: VirtualClock) -> float:
+        limiter = RateLimiter(10, 10, clock=clock, sleep=fake_sleep)
+        await limiter.acquire(10)
+        waiter = asyncio.create_task(acquire_at(limiter, clock, 2))
+        await asyncio.sleep(0.1)  # 1 of 2 tokens saved
+        limiter.set_rate(1)  # the other one takes 1 s
+        return await waiter
+
+    assert run_virtual(main) == pytest.approx(1.1)
+
+
+def test_default_burst_follows_set_rate_and_saved_tokens_shrink_with_it() -> None:
+    async def main(clock: VirtualClock) -> list[float]:
+        limiter = RateLimiter(100, clock=clock, sleep=fake_sleep)
+        limiter.set_rate(10)
+        assert limiter.burst == 10
+        return [await acquire_at(limiter, clock) for _ in range(11)]
+
+    times = run_virtual(main)
+    assert times[:10] == [0.0] * 10
+    assert times[10] == pytest.approx(0.1)
+
+
+def test_cancelled_head_waiter_takes_nothing_and_the_next_goes_on() -> None:
+    async def main(clock: VirtualClock) -> list[float]:
+        limiter = RateLimiter(10, 10, clock=clock, sleep=fake_sleep)
+        await limiter.acquire(10)
+        head = asyncio.create_task(limiter.acquire(10))
+        second = asyncio.create_task(acquire_at(limiter, clock, 1))
+        await asyncio.sleep(0.25)
+        head.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await head
+        first_after = await second  # 2.5 tokens were saved: goes at once
+        # The cancelled waiter took nothing: 1.5 tokens remain, the next 2 need 0.05 s.
+        return [first_after, await acquire_at(limiter, clock, 2)]
+
+    assert run_virtual(main) == pytest.approx([0.25, 0.3])
+
+
+def test_cancelled_middle_waiter_leaves_the_line_without_blocking_it() -> None:
+    async def main(clock: VirtualClock) -> list[float]:
+        limiter = RateLimiter(10, 10, clock=clock, sleep=fake_sleep)
+        await limiter.acquire(10)
+        first = asyncio.create_task(acquire_at(limiter, clock, 1))
+        middle = asyncio.create_task(limiter.acquire(5))
+        last = asyncio.create_task(acquire_at(limiter, clock, 1))
+        await asyncio.sleep(0.05)
+        middle.cancel()
+        await asyncio.gather(middle, return_exceptions=True)
+        return [await first, await last]
+
+    assert run_virtual(main) == pytest.approx([0.1, 0.2])
+
+
+def test_waiter_cancelled_right_after_being_woken_takes_nothing() -> None:
+    async def main(clock: VirtualClock) -> float:
+        limiter = RateLimiter(1, 1, clock=clock, sleep=fake_sleep)
+        await limiter.acquire()
+        head = asyncio.create_task(limiter.acquire())
+        await asyncio.sleep(0.5)
+        limiter.set_rate(1000)  # wakes the head ...
+        head.cancel()  # ... which is cancelled before it runs again
+        await asyncio.gather(head, return_exceptions=True)
+        assert head.cancelled()
+        # A full token is there (0.5 saved + refill at 1000/s): nothing was taken by head.
+        return await acquire_at(limiter, clock, 1)
+
+    assert run_virtual(main) == pytest.approx(0.5, abs=1e-3)
+
+
+def test_drain_empties_the_bucket_and_holds_refill_until_the_given_time() -> None:
+    async def main(clock: VirtualClock) -> list[float]:
+        limiter = RateLimiter(10, 10, clock=clock, sleep=fake_sleep)
+        waiter = asyncio.create_task(acquire_at(limiter, clock, 10.5))
+        await asyncio.sleep(0)
+        limiter.drain(until=1.0)  # wakes the waiter, which re-plans its wait
+        first = await waiter  # the bucket must fill from 0 at t=1
+        limiter.drain()
+        return [first, await acquire_at(limiter, clock, 1)]
+
+    # 10.5 > burst: admitted from a full bucket at 2.0; debt 0.5 + 1 token = 0.15 s.
+    assert run_virtual(main) == pytest.approx([2.0, 2.15])
+
+
+@SLEEPS
+@pytest.mark.parametrize("weight", [1, 10])
+def test_500_per_second_for_10_seconds_is_accurate_with_no_window_above_rate_plus_burst(
+    sleep: Any, weight: int
+) -> None:
+    rate, burst, total, workers = 500.0, 50.0, 5000, 64
+
+    async def main(clock: VirtualClock) -> list[float]:
+        limiter = RateLimiter(rate, burst, clock=clock, sleep=sleep)
+        stamps: list[float] = []
+        left = total // weight
+
+        async def worker() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                await limiter.acquire(weight)
+                stamps.extend([clock()] * weight)
+                await asyncio.sleep(0.003)  # the call itself
+
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        return stamps
+
+    stamps = sorted(run_virtual(main))
+    steady = (len(stamps) - burst) / (stamps[-1] - stamps[0])
+    assert steady == pytest.approx(rate, rel=0.02)
+    busiest = max(bisect.bisect_left(stamps, t + 1.0) - i for i, t in enumerate(stamps))
+    assert busiest <= rate + burst
+
+
+# -- Cooldown ------------------------------------------------------------------------------
+
+
+def test_cooldown_wait_returns_at_once_when_not_paused() -> None:
+    cooldown = Cooldown(clock=VirtualClock())
+    assert cooldown.remaining() == 0.0
+    assert finishes_without_suspending(cooldown.wait())
+
+
+def test_cooldown_pause_extends_but_never_shortens() -> None:
+    clock = VirtualClock()
+    cooldown = Cooldown(clock=clock)
+    cooldown.pause(2.0)
+    cooldown.pause(0.5)
+    assert cooldown.remaining() == 2.0
+    clock.now = 1.0
+    cooldown.pause(3.0)
+    assert cooldown.remaining() == 3.0
+    cooldown.pause(-5.0)
+    assert cooldown.remaining() == 3.0
+    assert cooldown.count == 4
+    clock.now = 10.0
+    assert cooldown.remaining() == 0.0
+    with pytest.raises(ValueError):
+        cooldown.pause(math.nan)
+
+
+@SLEEPS
+def test_cooldown_wait_sleeps_to_the_end_and_honours_an_extension(sleep: Any) -> None:
+    async def main(clock: VirtualClock) -> list[float]:
+        cooldown = Cooldown(clock=clock, sleep=sleep)
+        cooldown.pause(1.0)
+
+        async def waiter() -> float:
+            await cooldown.wait()
+            return clock()
+
+        first = asyncio.create_task(waiter())
+        await asyncio.sleep(0.5)
+        cooldown.pause(1.5)  # now until 2.0
+        late = asyncio.create_task(waiter())
+        return list(await asyncio.gather(first, late))
+
+    assert run_virtual(main) == [2.0, 2.0]
+
+
+# -- AdaptiveRate: unit behaviour ------------------------------------------------------------
+
+
+@dataclass
+class Steering:
+    clock: VirtualClock = field(default_factory=VirtualClock)
+    limiter: RateLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limiter = RateLimiter(100, clock=self.clock)
+
+    def adaptive(self, **kwargs: Any) -> AdaptiveRate:
+        return AdaptiveRate(self.limiter, clock=self.clock, **kwargs)
+
+    def succeed(self, adaptive: AdaptiveRate, per_second: float, seconds: float) -> None:
+        """Report one success of weight 1 every 1/per_second seconds."""
+        for _ in range(round(per_second * seconds)):
+            self.clock.now += 1 / per_second
+            adaptive.on_success(1)
+
+
+def test_initial_floor_and_ceiling_bound_the_rate() -> None:
+    s = Steering()
+    adaptive = s.adaptive(initial=5000, ceiling=400)
+    assert adaptive.rate == s.limiter.rate == 400
+    assert s.adaptive(initial=0.01, floor=2).rate == 2
+    assert s.adaptive().rate == 400  # None: the limiter's current rate
+    with pytest.raises(ValueError):
+        s.adaptive(floor=10, ceiling=5)
+
+
+def test_slow_start_doubles_while_busy_but_not_while_idle() -> None:
+    s = Steering()
+    adaptive = s.adaptive(initial=100)
+    s.succeed(adaptive, 100, 0.26)  # the whole rate used: one doubling per 0.25 s
+    assert adaptive.rate == 200
+    s.succeed(adaptive, 20, 2.0)  # a tenth of the rate used: no growth
+    assert adaptive.rate == 200
+
+
+def test_throttle_drops_to_a_share_of_achieved_goodput_not_of_the_configured_rate() -> None:
+    s = Steering()
+    adaptive = s.adaptive(initial=10_000, decrease=0.9)
+    s.succeed(adaptive, 300, 2.0)  # 10 000/s configured, 300/s accepted (and not busy)
+    adaptive.on_throttle(None)
+    assert adaptive.rate == pytest.approx(270, rel=0.01)
+    assert adaptive.estimate == pytest.approx(300, rel=0.01)
+
+
+def test_a_burst_of_429s_within_the_reaction_window_counts_once() -> None:
+    s = Steering()
+    adaptive = s.adaptive(initial=500, reaction_window=0.1)
+    s.succeed(adaptive, 400, 2.0)
+    adaptive.on_throttle(0.0)
+    after_one = adaptive.rate
+    for _ in range(20):  # the calls already in flight
+        s.clock.now += 0.004
+        adaptive.on_throttle(0.0)
+    assert adaptive.rate == after_one
+    s.clock.now += 0.1
+    adaptive.on_throttle(0.0)  # past the window: a new signal
+    assert adaptive.rate < after_one
+
+
+def test_retry_after_extends_the_reaction_window_and_holds_the_limiter_empty() -> None:
+    s = Steering()
+    adaptive = s.adaptive(initial=100)
+    s.succeed(adaptive, 100, 2.0)
+    adaptive.on_throttle(1.0)
+    rate = adaptive.rate
+    s.clock.now += 0.9
+    adaptive.on_throttle(1.0)  # inside pause + reaction window: only extends the pause
+    assert adaptive.rate == rate
+    # Drained until the pause ends (now + 1 s): nothing may go before then.
+    assert suspends(lambda: s.limiter.acquire(0.5))
+
+
+def test_increase_closes_the_gap_then_slows_then_holds_just_under_the_estimate() -> None:
+    s = Steering()
+    adaptive = s.adaptive(initial=300, margin=0.05, plateau=2.0, interval=0.5)
+    s.succeed(adaptive, 300, 1.5)
+    adaptive.on_throttle(0.0)
+    assert adaptive.estimate == pytest.approx(300, rel=0.01)
+    rates = [adaptive.rate]
+    for _ in range(8):
+        s.succeed(adaptive, adaptive.rate, 0.5)
+        rates.append(adaptive.rate)
+    steps = [b - a for a, b in zip(rates, rates[1:], strict=False)]
+    assert rates[0] == pytest.approx(270, rel=0.01)
+    assert all(b <= a for a, b in zip(steps, steps[1:], strict=False))  # concave
+    assert max(rates) <= 300 * 0.95 + 1e-6  # holds under the estimate on the plateau
+
+
+def test_probing_above_the_estimate_starts_after_the_plateau() -> None:
+    s = Steering()
+    adaptive = s.adaptive(initial=300, plateau=2.0, interval=0.5)
+    s.succeed(adaptive, 300, 1.5)
+    adaptive.on_throttle(0.0)
+    for _ in range(20):  # 10 s without a 429
+        s.succeed(adaptive, adaptive.rate, 0.5)
+    assert adaptive.rate > 300
+
+
+# -- AdaptiveRate against a simulated server ---------------------------------------------------
+
+
+class SimulatedServer:
+    """A token bucket of targets the client is not told about; 429 + Retry-After."""
+
+    def __init__(self, clock: VirtualClock, rate: float, burst: float, style: str) -> None:
+        self._clock = clock
+        self._rate = rate
+        self._burst = burst
+        self._tokens = burst
+        self._stamp = clock()
+        self._style = style
+
+    def admit(self, weight: float) -> float | None:
+        """None when accepted, else the Retry-After in seconds it announces."""
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        needed = min(weight, self._burst)
+        if self._tokens >= needed:
+            self._tokens -= weight
+            return None
+        wait = (needed - self._tokens) / self._rate
+        if self._style == "seconds":
+            return float(math.ceil(wait))
+        return math.ceil(wait * 1000) / 1000
+
+
+@dataclass
+class SimulationResult:
+    goodput: float
+    """Accepted targets per second over the whole run, ramp-up included."""
+    throttled_share: float
+    calls: int
+
+
+def simulate(
+    limit: float,
+    initial: float,
+    *,
+    style: str = "seconds",
+    weight: float = 1,
+    duration: float = 20.0,
+    in_flight: int = 64,
+    rtt: float = 0.004,
+) -> SimulationResult:
+    """A campaign runner as the SDK's: cooldown, limiter, call; 429s paused and retried."""
+
+    async def main(clock: VirtualClock) -> SimulationResult:
+        server = SimulatedServer(clock, limit, limit, style)
+        limiter = RateLimiter(initial, clock=clock, sleep=fake_sleep)
+        adaptive = AdaptiveRate(limiter, clock=clock)
+        cooldown = Cooldown(clock=clock, sleep=fake_sleep)
+        jitter = random.Random(7)
+        accepted = calls = throttled = 0
+
+        async def worker() -> None:
+            nonlocal accepted, calls, throttled
+            while True:
+                await cooldown.wait()
+                await limiter.acquire(weight)
+                if clock() >= duration:
+                    return
+                calls += 1
+                await asyncio.sleep(rtt / 2 * jitter.uniform(0.5, 1.5))
+                retry_after = server.admit(weight)
+                await asyncio.sleep(rtt / 2 * jitter.uniform(0.5, 1.5))
+                if retry_after is None:
+                    accepted += weight
+                    adaptive.on_success(weight)
+                else:
+                    throttled += 1
+                    adaptive.on_throttle(retry_after)
+                    cooldown.pause(retry_after)
+
+        await asyncio.gather(*(worker() for _ in range(in_flight)))
+        return SimulationResult(accepted / duration, throttled / max(1, calls), calls)
+
+    return run_virtual(main)
+
+
+@pytest.mark.parametrize(
+    ("limit", "initial", "style"),
+    [
+        (300, 50, "seconds"),
+        (300, 2000, "seconds"),
+        (300, 1_000_000, "seconds"),
+        (300, 50, "fractional"),
+        (300, 2000, "fractional"),
+        (100, 2000, "fractional"),
+        (1000, 50, "seconds"),
+    ],
+)
+def test_adaptive_finds_an_untold_limit_with_high_goodput_and_few_429s(
+    limit: float, initial: float, style: str
+) -> None:
+    result = simulate(limit, initial, style=style)
+    assert result.goodput >= 0.9 * limit
+    assert result.throttled_share <= 0.05
+
