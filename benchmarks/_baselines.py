@@ -14,7 +14,6 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-
 from _common import PATH, TOKEN
 
 
@@ -130,8 +129,6 @@ def pydantic_adapter() -> Any:
     class _Base(BaseModel):
         model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
 
-    fields: dict[type[msgspec.Struct], type[BaseModel]] = {}
-
     def model_of(struct: type[msgspec.Struct]) -> type[BaseModel]:
         # Build each model from the bare Struct's annotations, so the two can never drift.
         import typing
@@ -149,11 +146,9 @@ def pydantic_adapter() -> Any:
             elif name == "is_nps":
                 namespace[name] = Field(alias="isNPS")
         namespace["__annotations__"] = annotations
-        model = type("P" + struct.__name__, (_Base,), namespace)
-        fields[struct] = model
-        return model
+        return type("P" + struct.__name__, (_Base,), namespace)
 
-    return TypeAdapter(list[model_of(BareConversation)])  # type: ignore[misc]
+    return TypeAdapter(list[model_of(BareConversation)])  # type: ignore[misc,arg-type]
 
 
 def _nested_struct(hint: Any) -> type[msgspec.Struct] | None:

@@ -16,6 +16,7 @@ import asyncio
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -58,7 +59,9 @@ def conversation(index: int = 1, to: str = _MARK) -> dict[str, Any]:
         "agentType": 1, "conversationType": 2, "applicationStatusId": 0,
         "overallSentiment": None, "callStatus": None, "disconnectionReason": None,
         "callSuccessful": False, "totalUnreadedMessagesByUser": 0,
-        "dynamicVariables": [{"id": 1, "name": "name", "value": "Ana", "conversationId": 1000 + index}],
+        "dynamicVariables": [
+            {"id": 1, "name": "name", "value": "Ana", "conversationId": 1000 + index}
+        ],
         "dataCollection": [], "agentId": 0,
     }
 
@@ -124,9 +127,8 @@ def _content_length(head: bytes) -> int:
     return int(lower[index + 17:end if end >= 0 else None].strip())
 
 
-async def _serve(host: str, port: int, stamps_path: str | None) -> None:
+async def _serve(host: str, port: int, stamps: list[float] | None) -> None:
     loop = asyncio.get_running_loop()
-    stamps: list[float] | None = [] if stamps_path else None
     server = await loop.create_server(lambda: _Http(stamps), host, port, backlog=1024)
     bound = server.sockets[0].getsockname()
     print(f"listening on http://{bound[0]}:{bound[1]}", flush=True)
@@ -135,9 +137,6 @@ async def _serve(host: str, port: int, stamps_path: str | None) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with server:
         await stop.wait()
-    if stamps_path and stamps is not None:
-        with open(stamps_path, "w") as handle:
-            handle.write("\n".join(f"{t:.6f}" for t in stamps))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--timestamps", default=None)
     args = parser.parse_args(argv)
-    asyncio.run(_serve(args.host, args.port, args.timestamps))
+    stamps: list[float] | None = [] if args.timestamps else None
+    asyncio.run(_serve(args.host, args.port, stamps))
+    if args.timestamps and stamps is not None:
+        Path(args.timestamps).write_text("\n".join(f"{t:.6f}" for t in stamps))
     return 0
 
 

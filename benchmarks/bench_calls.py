@@ -66,8 +66,10 @@ def run(quick: bool = False) -> dict[str, Any]:
     with fast_server() as server:
         ceiling = wrk_ceiling(server.url, seconds=1 if quick else 3)
         variants = {
-            "aiohttp": lambda: asyncio.run(_baselines.aiohttp_loop(server.url, calls, CONCURRENCY)),
-            "httpx": lambda: asyncio.run(_baselines.httpx_loop(server.url, httpx_calls, CONCURRENCY)),
+            "aiohttp": lambda: asyncio.run(
+                _baselines.aiohttp_loop(server.url, calls, CONCURRENCY)),
+            "httpx": lambda: asyncio.run(
+                _baselines.httpx_loop(server.url, httpx_calls, CONCURRENCY)),
         }
         if missing is None:
             variants = {"sdk": lambda: asyncio.run(sdk_loop(server.url, calls, CONCURRENCY)),
@@ -78,7 +80,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     sdk = med.get("sdk", float("nan"))
     if missing is not None:
         rows = [
-            row(f"{NAME} vs raw aiohttp", baseline=rate_str(raw), target=">= 0.9x", skipped=missing),
+            row(f"{NAME} vs raw aiohttp", baseline=rate_str(raw), target=">= 0.9x",
+                skipped=missing),
             row(f"{NAME} vs httpx", baseline=rate_str(httpx), target=">= 5x", skipped=missing),
         ]
     else:
@@ -97,8 +100,9 @@ def run(quick: bool = False) -> dict[str, Any]:
     return {
         "name": NAME,
         "rows": rows,
-        "details": {"pinning": pinned, "calls_per_round": calls, "httpx_calls_per_round": httpx_calls,
-                    "rounds": rounds, "figures": figures, "medians": med, "wrk": ceiling},
+        "details": {"pinning": pinned, "calls_per_round": calls,
+                    "httpx_calls_per_round": httpx_calls, "rounds": rounds,
+                    "figures": figures, "medians": med, "wrk": ceiling},
     }
 
 

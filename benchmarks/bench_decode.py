@@ -13,6 +13,7 @@ json.loads.
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import sys
@@ -95,10 +96,11 @@ def run(quick: bool = False) -> dict[str, Any]:
     details: dict[str, Any] = {"pinning": pinned, "rounds": rounds, "unit": "us/conversation"}
     for size in sizes:
         body = body_of(size)
-        for name, decode in found.items():  # every decoder reads the same body
+        for decode in found.values():  # every decoder reads the same body
             decode(body)
-        figures = alternate({name: (lambda d=decode, b=body, n=size: per_conversation_us(
-            d, b, n, budget)) for name, decode in found.items()}, rounds)
+        figures = alternate({name: functools.partial(per_conversation_us, decode, body, size,
+                                                     budget) for name, decode in found.items()},
+                            rounds)
         med = {name: median(values) for name, values in figures.items()}
         details[str(size)] = {"figures": figures, "medians": med, "body_bytes": len(body)}
         label = f"{NAME} {size} conversations"

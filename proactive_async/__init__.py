@@ -8,6 +8,7 @@ Usage::
         )
 """
 
+from ._campaign import Campaign
 from ._client import ApiResponse, AsyncClient, mask_phone
 from ._errors import (
     AuthenticationError,
@@ -49,6 +50,7 @@ from ._models import (
     parse_timespan,
 )
 from ._records import Outcome, OutcomeError, OutcomeStatus, Record, Target
+from ._report import CampaignSummary
 from ._retry import RetryPolicy, is_safe_to_retry, parse_retry_after
 from ._version import __version__
 
@@ -58,6 +60,8 @@ __all__ = [
     "AsyncClient",
     "AuthenticationError",
     "BadRequestError",
+    "Campaign",
+    "CampaignSummary",
     "ClientStateError",
     "ConflictError",
     "ConnectError",

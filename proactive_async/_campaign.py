@@ -136,6 +136,7 @@ class Campaign:
         self._report: ReportWriter | None = None
         self._sink: asyncio.Queue[object] | None = None
         self._stopping = False
+        self._feeder: asyncio.Task[None] | None = None
         self._started: float | None = None
 
     # -- public control ------------------------------------------------------------
@@ -151,6 +152,8 @@ class Campaign:
     def stop(self) -> None:
         """Stop dispatching new calls; calls in flight finish and are recorded."""
         self._stopping = True
+        if self._feeder is not None and not self._feeder.done():
+            self._feeder.cancel()  # wakes it wherever it waits; it then releases the workers
 
     @property
     def rate(self) -> float | None:
@@ -186,13 +189,13 @@ class Campaign:
         try:
             await self._open()
             queue: asyncio.Queue[Chunk | None] = asyncio.Queue(maxsize=self.concurrency)
-            feeder = asyncio.create_task(self._feed(queue))
+            feeder = self._feeder = asyncio.create_task(self._feed(queue))
             workers = [asyncio.create_task(self._work(queue)) for _ in range(self.concurrency)]
             try:
                 await _first_failure([feeder, *workers])
             except asyncio.CancelledError:
                 self.summary.interrupted = True
-                await self._wind_down(feeder, workers, queue)
+                await self._wind_down(feeder, workers)
                 raise
             except BaseException:
                 for task in (feeder, *workers):
@@ -205,13 +208,14 @@ class Campaign:
             await asyncio.shield(self._close())
 
     async def _open(self) -> None:
-        if self.report_path is not None:
-            self._report = ReportWriter(self.report_path)
+        # The journal first: a refused resume must leave the earlier report untouched.
         if self.journal_path is not None:
             self._journal = await Journal.open(
                 self.journal_path, self._identity(), secrets=[self.client._token]
             )
             self._resuming = self._journal.resumed
+        if self.report_path is not None:
+            self._report = ReportWriter(self.report_path)
 
     def _identity(self) -> CampaignIdentity:
         config = self.planner_config
@@ -240,19 +244,11 @@ class Campaign:
             await self._journal.aclose()
 
     async def _wind_down(
-        self,
-        feeder: asyncio.Task[None],
-        workers: list[asyncio.Task[None]],
-        queue: asyncio.Queue[Chunk | None],
+        self, feeder: asyncio.Task[None], workers: list[asyncio.Task[None]]
     ) -> None:
         """Stop reading, let calls in flight finish within the grace period, record them."""
-        self._stopping = True
-        feeder.cancel()
+        self.stop()
         await asyncio.gather(feeder, return_exceptions=True)
-        while not queue.empty():
-            queue.get_nowait()
-        for _ in workers:
-            queue.put_nowait(None)
         try:
             _, pending = await asyncio.wait(workers, timeout=self.grace_period)
         except asyncio.CancelledError:
@@ -264,6 +260,18 @@ class Campaign:
     # -- reading and planning ----------------------------------------------------------
 
     async def _feed(self, queue: asyncio.Queue[Chunk | None]) -> None:
+        try:
+            await self._plan_into(queue)
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+            # stop(): chunks not yet taken were never sent; the journal still has them pending.
+            while not queue.empty():
+                queue.get_nowait()
+        for _ in range(self.concurrency):
+            await queue.put(None)
+
+    async def _plan_into(self, queue: asyncio.Queue[Chunk | None]) -> None:
         planner = Planner(self.planner_config)
         async with contextlib.aclosing(planner.plan(self._records())) as plan:
             async for item in plan:
@@ -275,8 +283,6 @@ class Campaign:
                 targets = await self._unfinished(item.targets) if self._resuming else item.targets
                 if targets:
                     await queue.put(Chunk(variables=item.variables, targets=list(targets)))
-        for _ in range(self.concurrency):
-            await queue.put(None)
 
     def _records(self) -> AsyncIterator[Record]:
         source = self.targets
@@ -343,8 +349,8 @@ class Campaign:
         body = self._encode(targets, variables)
         weight = float(len(targets))
         attempt = 0
+        throttles = 0
         sent_once = False
-        last_error: ProactiveError | None = None
         while True:
             await self._cooldown.wait()
             if self._limiter is not None:
@@ -352,8 +358,11 @@ class Campaign:
             if self._call_limiter is not None:
                 await self._call_limiter.acquire(1.0)
             if self._stopping and not sent_once and attempt > 0:
-                # Only certainly-unprocessed attempts so far: report the last error.
-                await self._settle(targets, OutcomeStatus.FAILED, attempt, last_error)
+                # Stopped between attempts that were certainly not processed: the records
+                # stay pending (no outcome) so that a resume sends them.
+                if self._journal is not None:
+                    await self._journal.release([t.line for t in targets])
+                self.summary.pending += len(targets)
                 return
             if attempt == 0 and self._journal is not None:
                 await self._journal.mark_in_flight([t.line for t in targets])
@@ -375,8 +384,9 @@ class Campaign:
                 return
             except ProactiveError as exc:
                 sent_once = sent_once or exc.may_have_been_processed
-                last_error = exc
-                wait = self._on_failure(exc, attempt)
+                if isinstance(exc, RateLimitError):
+                    throttles += 1
+                wait = self._on_failure(exc, attempt - throttles, throttles)
                 if wait is None:
                     status = OutcomeStatus.UNKNOWN if sent_once else OutcomeStatus.FAILED
                     await self._settle(targets, status, attempt, exc)
@@ -395,10 +405,14 @@ class Campaign:
             await self._settle_response(targets, response.value, attempt)
             return
 
-    def _on_failure(self, exc: ProactiveError, attempt: int) -> float | None:
-        """Feed the limiters; the wait before the next attempt, or None to stop."""
+    def _on_failure(self, exc: ProactiveError, attempt: int, throttles: int) -> float | None:
+        """Feed the limiters; the wait before the next attempt, or None to stop.
+
+        ``attempt`` counts the attempts that were not throttled: a 429 is the limiter's
+        business and does not use the policy's attempts (up to MAX_THROTTLES a chunk).
+        """
         policy = self.retry
-        wait = policy.wait_for(exc, attempt)
+        wait = policy.wait_for(exc, max(1, attempt))
         if isinstance(exc, RateLimitError | ServiceUnavailableError):
             if isinstance(exc, RateLimitError):
                 self.summary.throttled += 1
@@ -407,6 +421,8 @@ class Campaign:
             self._cooldown.pause(wait)
             if exc.retry_after is not None and exc.retry_after > policy.max_retry_after:
                 return None
+            if isinstance(exc, RateLimitError):
+                return wait if throttles < MAX_THROTTLES else None
         if attempt >= policy.max_attempts or not policy.should_retry(exc):
             return None
         return wait
@@ -471,6 +487,8 @@ class Campaign:
 
 
 _ADAPTIVE_START: Final = 1_000_000.0
+MAX_THROTTLES: Final = 100
+"""429s one chunk may meet before it ends ``failed`` (each waits out the shared cooldown)."""
 
 
 def _outcome(

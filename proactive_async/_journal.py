@@ -86,6 +86,10 @@ _SCHEMA: Final = (
 # Each write is one statement over a JSON array: the rows are built by SQLite in one
 # sqlite3_step, which runs without the GIL, instead of one Python bind per row.
 _MARK_SQL: Final = "INSERT OR REPLACE INTO lines (line, state) SELECT value, 0 FROM json_each(?)"
+_MIN_SECRET: Final = 8
+_RELEASE_SQL: Final = (
+    "DELETE FROM lines WHERE state = 0 AND line IN (SELECT value FROM json_each(?))"
+)
 _STATE_CASE: Final = " ".join(
     f"WHEN '{status.value}' THEN {code}" for status, code in _STATE_CODES.items()
 )
@@ -229,6 +233,7 @@ class Journal:
         # Outcomes recorded since the last commit, each as its JSON object.
         self._records: list[bytes] = []
         self._marks: list[int] = []
+        self._releases: list[int] = []
         # Futures of mark_in_flight and flush callers, resolved by the next commit.
         self._waiters: list[asyncio.Future[None]] = []
         self._records_due = False
@@ -248,7 +253,8 @@ class Journal:
         secrets: Collection[str] = (),
     ) -> Journal:
         """Create the journal at ``path``, or resume it when it is this campaign's."""
-        kept = tuple(secret for secret in secrets if secret)
+        # A string this short is no credible token and would match ordinary text.
+        kept = tuple(secret for secret in secrets if len(secret) >= _MIN_SECRET)
         _refuse_secrets(identity, kept)
         path_str = os.fspath(path)
         executor = concurrent.futures.ThreadPoolExecutor(
@@ -311,6 +317,19 @@ class Journal:
         self._marks.extend(lines)
         await self._wait_for_commit()
 
+    async def release(self, lines: Sequence[int]) -> None:
+        """Withdraw in-flight marks of lines whose call was certainly never processed.
+
+        Buffered like outcomes: if the release is lost in a crash the lines stay in
+        flight and a resume reports them ``unknown``, the safe side.
+        """
+        self._check_usable()
+        if not lines:
+            return
+        if self._timer is None and not self._records:
+            self._timer = asyncio.get_running_loop().call_later(_FLUSH_SECONDS, self._on_timer)
+        self._releases.extend(lines)
+
     async def record(self, outcomes: Sequence[Outcome]) -> None:
         """Buffer final outcomes; committed with the next commit, by size, or by time."""
         self._check_usable()
@@ -363,7 +382,7 @@ class Journal:
         await waiter
 
     async def _flush(self) -> None:
-        if self._records or self._writer is not None:
+        if self._records or self._releases or self._writer is not None:
             await self._wait_for_commit()
 
     def _on_timer(self) -> None:
@@ -385,12 +404,13 @@ class Journal:
             while self._waiters or self._records_due:
                 rows, self._records = self._records, []
                 marks, self._marks = self._marks, []
+                releases, self._releases = self._releases, []
                 waiters, self._waiters = self._waiters, []
                 self._records_due = False
                 self._cancel_timer()
-                if rows or marks:
+                if rows or marks or releases:
                     try:
-                        await self._run(self._write_sync, rows, marks)
+                        await self._run(self._write_sync, rows, marks, releases)
                     except JournalError as exc:
                         self._fail(exc, waiters)
                         return
@@ -406,6 +426,7 @@ class Journal:
         self._failure = exc
         self._records.clear()
         self._marks.clear()
+        self._releases.clear()
         for waiter in (*waiters, *self._waiters):
             if not waiter.done():
                 waiter.set_exception(exc)
@@ -422,7 +443,9 @@ class Journal:
 
     # The *_sync methods run in the worker thread.
 
-    def _write_sync(self, records: list[bytes], marks: list[int]) -> None:
+    def _write_sync(
+        self, records: list[bytes], marks: list[int], releases: list[int] | None = None
+    ) -> None:
         conn = self._conn
         with self._lock:
             try:
@@ -433,6 +456,8 @@ class Journal:
                     conn.execute(_RECORD_SQL, (self._redact(b"[" + b",".join(records) + b"]"),))
                 if marks:
                     conn.execute(_MARK_SQL, (_ENCODER.encode(marks).decode(),))
+                if releases:
+                    conn.execute(_RELEASE_SQL, (_ENCODER.encode(releases).decode(),))
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 if conn.in_transaction:

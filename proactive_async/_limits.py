@@ -183,13 +183,20 @@ class RateLimiter:
             self._wake_head()
 
     def _on_timer_future(self, timer: asyncio.Future[None]) -> None:
-        if timer.cancelled():
+        if timer.cancelled() or timer is not self._timer:
             return
-        # A failing injected sleep must not be logged as never retrieved; the head
-        # re-plans its wait either way.
-        timer.exception()
-        if timer is self._timer:
-            self._on_timer_handle()
+        self._timer = None
+        error = timer.exception()
+        if not self._waiters:
+            return
+        future = self._waiters[0].future
+        if future.done():
+            return
+        if error is not None:
+            # The injected sleep failed: the head's acquire raises it rather than retrying.
+            future.set_exception(error)
+        else:
+            future.set_result(None)
 
     def _cancel_timer(self) -> None:
         timer, self._timer = self._timer, None
@@ -363,12 +370,16 @@ class AdaptiveRate:
         self._hold_until = -math.inf
         # Increases in a row above the estimate without a 429.
         self._probes = 0
-        # The end of the latest pause a 429 asked for.
+        # The latest pause a 429 asked for.
+        self._pause_start = -math.inf
         self._paused_until = -math.inf
         # The goodput at the last 429: our best guess at the server's limit.
         self._estimate: float | None = None
         self._rate = limiter.rate
         self._apply(limiter.rate if initial is None else initial)
+        if drain:
+            # Pace the first calls at the starting rate instead of one bucket-sized burst.
+            limiter.drain()
 
     @property
     def rate(self) -> float:
@@ -396,7 +407,11 @@ class AdaptiveRate:
         now = self._clock()
         # Without a Retry-After the caller backs off for some time we are not told.
         wait = self._unknown_pause if retry_after is None else max(0.0, retry_after)
-        last_pause_end = self._paused_until
+        # Paused time in the window, before this 429: only the latest pause can overlap
+        # it, since a decrease holds off the next one for a while.
+        paused = max(0.0, min(self._paused_until, now) - max(self._pause_start, now - self._window))
+        if now >= self._paused_until:
+            self._pause_start = now
         self._paused_until = max(self._paused_until, now + wait)
         if self._drain:
             self._limiter.drain(until=self._paused_until)
@@ -408,8 +423,8 @@ class AdaptiveRate:
         # after the start or a pause that reads low, which is the safe side.
         achieved = self._accepted_sum / self._window
         basis = min(rate, achieved) if achieved > 0 else rate * self._max_cut
-        # Only a window of unpaused sending measures the server's sustained rate.
-        if now - max(self._started, last_pause_end) >= self._window:
+        # Only a window of (nearly) unpaused sending measures the server's sustained rate.
+        if now - self._started >= self._window and paused <= self._window / 10:
             previous, self._estimate = self._estimate, basis
             if previous is not None and abs(basis - previous) <= self._confirm * previous:
                 # The same limit again: it is real, so probe above it less often.
@@ -449,7 +464,9 @@ class AdaptiveRate:
             self._apply(max(rate, target))
         else:
             # Convex: creep above the estimate, faster the longer no 429 comes.
-            self._apply(rate * (1 + self._probe * self._probe_growth**self._probes))
+            step = self._probe * self._probe_growth**self._probes
+            # Long without a 429 the estimate was just low: grow as in slow start, no faster.
+            self._apply(rate * min(self._slow_start, 1 + step))
             self._probes += 1
 
     def _forget_before(self, horizon: float) -> None:

@@ -188,11 +188,14 @@ class ProgressWatcher:
         self._meter.add(time.monotonic(), self._summary.targets_sent)
         self._task = asyncio.create_task(self._poll())
 
-    async def finish(self) -> None:
+    async def finish(self, *, show: bool = True) -> None:
         """Stop polling; show the end state (the whole run's rate) and close the display."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if not show:
+            self.display.close()
+            return
         summary = self._summary
         final = take_snapshot(summary, self._total, self._meter)
         if summary.elapsed > 0:

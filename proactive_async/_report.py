@@ -91,6 +91,8 @@ class CampaignSummary:
     """Outcomes taken from the journal of an earlier run rather than sent now."""
     interrupted: bool = False
     """The campaign was stopped before the whole input was read and sent."""
+    pending: int = 0
+    """Records left unsent by a stop after certainly-unprocessed attempts (a resume sends them)."""
     latency_p50: float | None = None
     latency_p95: float | None = None
     latency_p99: float | None = None
@@ -118,6 +120,7 @@ class CampaignSummary:
             "elapsed": round(self.elapsed, 3),
             "resumed": self.resumed,
             "interrupted": self.interrupted,
+            "pending": self.pending,
             "latency_ms": {
                 "p50": _ms(self.latency_p50),
                 "p95": _ms(self.latency_p95),

@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Final, NoReturn
+from typing import IO, TYPE_CHECKING, Any, Final, NoReturn
 
 import msgspec
 from rich.console import Console
@@ -37,12 +37,16 @@ from ._campaign import Campaign
 from ._client import AsyncClient
 from ._errors import ClientStateError, InputError, JournalError
 from ._input import read_records
+from ._journal import Journal
 from ._models import ProactiveConversationRequest
 from ._progress import PlainProgress, ProgressDisplay, ProgressWatcher, RichProgress
 from ._records import Outcome, OutcomeStatus
 from ._report import CampaignSummary, ReportWriter
 from ._retry import RetryPolicy
 from ._version import __version__
+
+if TYPE_CHECKING:  # the simulator (aiohttp.web) is imported only by the commands using it
+    from .simulator import SimulatorConfig
 
 __all__ = ["CampaignSettings", "main", "run_campaign"]
 
@@ -220,8 +224,9 @@ async def run_campaign(settings: CampaignSettings, *, stderr: Console) -> Campai
     client = _make_client(settings)
     async with client:
         campaign = _make_campaign(client, settings)
-        display = _make_display(settings.progress, campaign.total, stderr)
         try:
+            await _check_journal(campaign, settings.journal)
+            display = _make_display(settings.progress, campaign.total, stderr)
             interrupted = await _drive(campaign, display, settings.grace_period)
         except InputError as exc:
             raise UsageError(str(exc)) from exc
@@ -268,6 +273,20 @@ def _make_campaign(client: AsyncClient, settings: CampaignSettings) -> Campaign:
         raise UsageError(str(exc)) from exc
 
 
+async def _check_journal(campaign: Campaign, path: str | None) -> None:
+    """Refuse another campaign's journal before the run opens (and truncates) the report.
+
+    ``Campaign.run`` opens the report before the journal, so a refused resume would
+    otherwise empty the report of the run being resumed.
+    """
+    if path is None or not await asyncio.to_thread(os.path.exists, path):
+        return
+    # The identity is the campaign's own (a private method): the check must be the one
+    # the run makes, or it could refuse what the run accepts.
+    journal = await Journal.open(path, campaign._identity())
+    await journal.aclose()
+
+
 def _make_display(progress: bool, total: int | None, stderr: Console) -> ProgressDisplay:
     if progress and stderr.is_terminal:
         return RichProgress(stderr, total)
@@ -302,11 +321,12 @@ async def _drive(campaign: Campaign, display: ProgressDisplay, grace_period: flo
         await asyncio.wait([runner])
     finally:
         interrupts.remove(loop)
-        await watcher.finish()
+        failed = runner.done() and not runner.cancelled() and runner.exception() is not None
+        await watcher.finish(show=not failed)  # an error message, not "0/N records", last
     if runner.cancelled():
         return True
     runner.result()  # raises what the run raised
-    return interrupts.fired > 0
+    return False  # a signal that came after the end changes nothing
 
 
 class _Interrupts:
@@ -396,7 +416,8 @@ def _advice(result: CampaignResult, journal: str | None) -> str | None:
     if unknown:
         return (
             f"{unknown:,} record(s) ended unknown: they may have been sent. Do not re-run "
-            "blindly; check the report (status \"unknown\")."
+            "blindly; check the report (status \"unknown\")"
+            + ("; a resume with the same --journal does not resend them." if journal else ".")
         )
     return None
 
@@ -490,7 +511,7 @@ def write_demo_recipients(path: Path, records: int, seed: int) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _demo_simulator_config(seed: int) -> Any:
+def _demo_simulator_config(seed: int) -> SimulatorConfig:
     from .simulator import Faults, SimulatorConfig
 
     return SimulatorConfig(
@@ -791,6 +812,8 @@ def _add_demo_parser(commands: Any) -> None:
         description="Start the simulator with realistic faults and a hidden rate limit, run "
         "a campaign against it and check the simulator's audit against the report: nothing "
         "lost, nothing sent twice.",
+        epilog="exit codes: 0 the audit found no discrepancy, 1 it found one (listed), "
+        "130 interrupted.",
         allow_abbrev=False,
     )
     p.add_argument("--records", type=_positive_int, default=20_000, metavar="N")

@@ -58,6 +58,13 @@ class ThreadedSimulator:
     def url(self) -> str:
         return self.simulator.url
 
+    def configure(self, config: SimulatorConfig) -> None:
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(self._configure(config), self._loop).result(10)
+
+    async def _configure(self, config: SimulatorConfig) -> None:
+        self.simulator.configure(config)
+
     @property
     def audit(self):  # type: ignore[no-untyped-def]
         return self.simulator.audit
@@ -416,6 +423,42 @@ def interrupt_when(server: ThreadedSimulator, processed: int) -> None:
     while server.audit.total_processed < processed and time.monotonic() < deadline:
         time.sleep(0.005)
     os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_resume_does_not_resend_unknowns_unless_asked(
+    tmp_path: Path, token_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    targets = write_csv(tmp_path / "r.csv", [f"{p},Ana" for p in phones(20)])
+    args = campaign_args(targets, "", "--journal", str(tmp_path / "j.db"))
+    with ThreadedSimulator(SimulatorConfig(token=TOKEN, faults=Faults(rate_500=1.0))) as server:
+        args[args.index("--base-url") + 1] = server.url
+        assert main(args) == 3
+        server.configure(SimulatorConfig(token=TOKEN))
+        assert main(args) == 3  # still unknown: read from the journal, not resent
+        once = server.audit.snapshot()
+        assert main([*args, "--resend-unknown"]) == 0
+        twice = server.audit.snapshot()
+
+    assert set(once.values()) == {1} and len(once) == 20
+    assert set(twice.values()) == {2}  # what --resend-unknown warns about
+    assert {o.status for o in read_report(targets)} == {OutcomeStatus.SENT}
+
+
+def test_resuming_with_another_template_exits_2_and_keeps_the_report(
+    tmp_path: Path, sim: ThreadedSimulator, token_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    targets = write_csv(tmp_path / "r.csv", [f"{p},Ana" for p in phones(10)])
+    args = campaign_args(targets, sim.url, "--journal", str(tmp_path / "j.db"))
+    assert main(args) == 0
+    capsys.readouterr()
+
+    args[args.index("--template-id") + 1] = "99"
+    assert main(args) == 2
+
+    err = capsys.readouterr().err
+    assert "j.db" in err and "template" in err and err.count("\n") == 1
+    assert len(read_report(targets)) == 10
+    assert sim.audit.total_processed == 10
 
 
 # -- the demo and its audit ------------------------------------------------------------

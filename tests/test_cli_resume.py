@@ -160,6 +160,7 @@ def test_kill_9_then_resume_sends_nothing_twice_and_finishes_every_record(
     refused = campaign.run(env, template_id="4")
     assert refused.returncode == 2
     assert str(campaign.journal) in refused.stderr and "Traceback" not in refused.stderr
+    assert len(campaign.outcomes()) == 3000  # the refused run left the report alone
 
     audit = sim.stop()
     assert audit.duplicates == 0  # no number was processed twice over the three runs

@@ -402,3 +402,27 @@ async def test_a_journal_of_many_lines_stays_small_on_disk(path: Path) -> None:
     assert 0 < len(journal_files_bytes(path)) < 6_000_000
     assert [p.name for p in path.parent.iterdir()] == [path.name]
 
+
+
+async def test_release_withdraws_in_flight_marks_but_never_an_outcome(tmp_path: Path) -> None:
+    """Released lines are pending again (a resume sends them); finished lines stay finished."""
+    path = tmp_path / "release.journal"
+    journal = await Journal.open(path, _identity_for_release())
+    await journal.mark_in_flight([1, 2, 3])
+    await journal.record([Outcome(line=3, status=OutcomeStatus.SENT, conversation_ids=[9])])
+    await journal.flush()
+    await journal.release([1, 3])
+    await journal.aclose()
+
+    reopened = await Journal.open(path, _identity_for_release())
+    try:
+        entries = await reopened.lookup([1, 2, 3])
+    finally:
+        await reopened.aclose()
+    assert 1 not in entries
+    assert entries[2].state == "in_flight"
+    assert entries[3].outcome is not None and entries[3].outcome.status is OutcomeStatus.SENT
+
+
+def _identity_for_release() -> CampaignIdentity:
+    return CampaignIdentity(template='{"channelId":1}', input_fingerprint="sha256:release")

@@ -1,0 +1,100 @@
+"""Run the benchmark suite: ``make bench`` (all seven), ``--only N``, ``--quick`` (smoke size).
+
+Installs wrk and nginx first (``setup.sh``, only if missing, never fatal), runs each
+``bench_<topic>.run(quick)``, writes ``benchmarks/results.json`` with the machine it ran on,
+prints the markdown table and writes it to ``benchmarks/RESULTS.md``. A benchmark that
+crashes becomes a skipped row with its error; the run goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import HERE, machine_info, row
+
+BENCHMARKS = {
+    1: "bench_calls",
+    2: "bench_campaign",
+    3: "bench_decode",
+    4: "bench_memory",
+    5: "bench_rate",
+    6: "bench_adaptive",
+    7: "bench_latency",
+}
+
+
+def run_one(number: int, quick: bool) -> dict[str, Any]:
+    """One benchmark's result dict; a crash becomes a skipped row carrying the error."""
+    name = BENCHMARKS[number]
+    start = time.monotonic()
+    try:
+        module = importlib.import_module(name)
+        result: dict[str, Any] = module.run(quick)
+    except Exception as exc:  # one broken benchmark must not lose the others' results
+        traceback.print_exc()
+        result = {"name": name, "details": {},
+                  "rows": [row(f"{number} {name}", skipped=f"error: {type(exc).__name__}: {exc}")]}
+    result["number"] = number
+    result["seconds"] = round(time.monotonic() - start, 1)
+    return result
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """The markdown table: benchmark, SDK, baseline, ratio, target, pass/miss, note."""
+    lines = ["| benchmark | SDK | baseline | ratio | target | result | note |",
+             "|---|---|---|---|---|---|---|"]
+    for result in results:
+        for r in result["rows"]:
+            verdict = ("skipped" if r["skipped"] else
+                       "pass" if r["ok"] is True else "MISS" if r["ok"] is False else "info")
+            ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else ""
+            note = r["skipped"] or r["note"]
+            cells = [r["benchmark"], r["sdk"], r["baseline"], ratio, r["target"], verdict, note]
+            lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def machine_line(machine: dict[str, Any]) -> str:
+    return (f"{machine['cpu']}, {machine['cores']} cores, {machine['memory']}, Python "
+            f"{machine['python']}, aiohttp {machine['aiohttp']}, msgspec {machine['msgspec']}, "
+            f"{'client core 0 / server core 1' if machine['pinned'] else 'not pinned'}, "
+            f"{machine['date']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the proactive-async benchmarks.")
+    parser.add_argument("--only", type=int, action="append", choices=sorted(BENCHMARKS),
+                        help="run only benchmark N (repeatable)")
+    parser.add_argument("--quick", action="store_true", help="tiny smoke sizes")
+    parser.add_argument("--output", default=str(HERE / "results.json"))
+    parser.add_argument("--no-setup", action="store_true", help="skip setup.sh (wrk, nginx)")
+    args = parser.parse_args(argv)
+    if not args.no_setup:
+        subprocess.run(["bash", str(HERE / "setup.sh")], check=False)
+    machine = machine_info()
+    results = []
+    for number in args.only or sorted(BENCHMARKS):
+        print(f"-- benchmark {number}: {BENCHMARKS[number]}", file=sys.stderr, flush=True)
+        results.append(run_one(number, args.quick))
+    output = {"machine": machine, "quick": args.quick, "results": results}
+    Path(args.output).write_text(json.dumps(output, indent=2, default=str) + "\n")
+    markdown = f"Machine: {machine_line(machine)}\n\n{table(results)}\n"
+    if not args.quick and not args.only:
+        (HERE / "RESULTS.md").write_text(
+            "# Latest `make bench` results\n\nWritten by `benchmarks/run.py`.\n\n" + markdown)
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Smoke runs of the benchmarks at their tiny ``--quick`` size: they run and report rows.
+
+These check shape only, never timing: a benchmark is a measurement, not a test. Benchmarks
+4 (CLI over CSV files) and 6 (adaptive behind nginx) take longer than this file's budget
+of ~10 s and are exercised by ``benchmarks/run.py --quick`` instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+ROW_KEYS = {"benchmark", "sdk", "baseline", "ratio", "target", "ok", "note", "skipped"}
+
+
+@pytest.fixture(autouse=True)
+def _restore_affinity() -> Iterator[None]:
+    """The benchmarks pin their process to core 0; the rest of the test run must not stay pinned."""
+    saved = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+        if saved is not None:
+            os.sched_setaffinity(0, saved)
+
+
+def _quick(module_name: str) -> dict[str, Any]:
+    module = importlib.import_module(module_name)
+    assert (module.__doc__ or "").strip(), f"{module_name} opens with no docstring"
+    result: dict[str, Any] = module.run(True)
+    return result
+
+
+@pytest.mark.parametrize(
+    "module_name", ["bench_calls", "bench_campaign", "bench_decode", "bench_rate", "bench_latency"]
+)
+def test_quick_benchmark_reports_rows_with_every_table_column(module_name: str) -> None:
+    result = _quick(module_name)
+    assert result["name"]
+    assert result["rows"], "a benchmark must report at least one row"
+    for row in result["rows"]:
+        assert set(row) == ROW_KEYS
+        assert row["benchmark"] and row["target"]
+        # A row is judged, or says why not.
+        assert row["ok"] is not None or row["skipped"] or row["target"] == "(info)"
+    assert isinstance(result["details"], dict)
+
+
+def test_results_table_has_a_line_per_row_and_marks_skips() -> None:
+    run = importlib.import_module("run")
+    common = importlib.import_module("_common")
+    results = [{"rows": [
+        common.row("a", sdk="1", baseline="2", ratio=0.5, target=">= 0.9x", ok=False),
+        common.row("b", target="t", skipped="not available: ImportError: x"),
+    ]}]
+    lines = run.table(results).splitlines()
+    assert len(lines) == 4
+    assert "MISS" in lines[2] and "0.50x" in lines[2]
+    assert "skipped" in lines[3] and "not available" in lines[3]
+
+
+def test_max_window_counts_the_busiest_second() -> None:
+    bench_rate = importlib.import_module("bench_rate")
+    assert bench_rate.max_window([0.0, 0.1, 0.5, 0.99, 1.0, 1.5, 1.6, 1.7]) == 5

@@ -1,0 +1,817 @@
+"""Campaign: one outcome per record against the real simulator, limits, bisection, resume."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from proactive_async import (
+    ApiResponse,
+    AsyncClient,
+    Campaign,
+    Conversation,
+    JournalMismatchError,
+    Outcome,
+    OutcomeStatus,
+    ProactiveConversationRequest,
+    RetryPolicy,
+    Target,
+)
+from proactive_async._journal import Journal
+from proactive_async.simulator import Faults, Simulator, SimulatorConfig
+from proactive_async.simulator._render import phone_of_contact
+
+TEMPLATE = ProactiveConversationRequest(channel_id=1, bot_id=2, conversation_template_id=3)
+# Retries without real backoff: the campaign sleeps with asyncio, so keep every wait tiny.
+FAST_RETRY = RetryPolicy(max_attempts=8, deadline=None, backoff_initial=0.001, jitter=0.0)
+ALL_FAULTS = Faults(
+    rate_429=0.04,
+    rate_503=0.04,
+    rate_500=0.03,
+    drop_before=0.03,
+    drop_after=0.03,
+    truncate_after=0.03,
+    latency=0.0005,
+    latency_jitter=0.0005,
+    retry_after=0.005,
+    seed=11,
+)
+
+
+def phone(index: int) -> str:
+    """A valid, distinct Brazilian mobile number in E.164."""
+    return f"+5511{910000000 + index}"
+
+
+def mixed_input(count: int) -> list[object]:
+    """Phones, contact ids, invalid numbers and repeats, in a fixed interleaving."""
+    items: list[object] = []
+    for i in range(count):
+        if i % 97 == 13:
+            items.append("12345")  # too short: rejected by the planner
+        elif i % 89 == 7:
+            items.append("not a phone")
+        elif i % 53 == 5 and i > 60:
+            items.append(phone(i - 50))  # a repeat of an earlier line
+        elif i % 41 == 3:
+            items.append(7_000_000 + i)  # a contact id
+        else:
+            items.append(phone(i))
+    return items
+
+
+def client_for(url: str, token: str = "simulator-token") -> AsyncClient:
+    return AsyncClient(base_url=url, token=token, read_timeout=5.0)
+
+
+def audit_key(outcome: Outcome) -> str:
+    if outcome.contact_id is not None:
+        return f"contact:{outcome.contact_id}"
+    assert outcome.recipient is not None
+    return outcome.recipient
+
+
+def read_report(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def assert_one_outcome_per_line(rows: list[dict[str, Any]], count: int) -> None:
+    lines = [row["line"] for row in rows]
+    assert len(lines) == count
+    assert sorted(lines) == list(range(1, count + 1))
+
+
+class SendSpy:
+    """Wraps ``client.send_once`` to keep what the server answered, by message ``to``."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self.ids_by_to: dict[str, list[int]] = {}
+        self._send = client.send_once
+        client.send_once = self  # type: ignore[method-assign]
+
+    async def __call__(self, body: bytes, *, attempt: int = 1) -> ApiResponse[list[Conversation]]:
+        response = await self._send(body, attempt=attempt)
+        for conversation in response.value:
+            for to in conversation.recipients:
+                self.ids_by_to.setdefault(to, []).append(conversation.id)
+        return response
+
+
+def check_against_audit(
+    rows: list[dict[str, Any]], sim: Simulator, spy: SendSpy | None = None
+) -> dict[str, int]:
+    """Every guarantee of one outcome per record that the server's audit can confirm."""
+    by_line = {row["line"]: row for row in rows}
+    counts = {status.value: 0 for status in OutcomeStatus}
+    for row in rows:
+        outcome = Outcome(
+            line=row["line"],
+            status=OutcomeStatus(row["status"]),
+            recipient=row["recipient"],
+            contact_id=row["contactId"],
+        )
+        counts[row["status"]] += 1
+        status = outcome.status
+        if status is OutcomeStatus.REJECTED:
+            assert row["error"]["kind"] in {"invalid_phone", "invalid_input"}
+            if outcome.recipient is not None:
+                assert sim.audit.count(outcome.recipient) == 0
+            continue
+        processed = sim.audit.count(audit_key(outcome))
+        if status is OutcomeStatus.SENT:
+            assert processed == 1, row
+            assert row["conversationIds"], row
+            if spy is not None:
+                to = outcome.recipient or phone_of_contact(outcome.contact_id or 0)
+                assert row["conversationIds"] == spy.ids_by_to[to], row
+        elif status is OutcomeStatus.FAILED:
+            assert processed == 0, row
+            assert row["error"] is not None
+        elif status is OutcomeStatus.UNKNOWN:
+            assert processed <= 1, row
+            assert row["error"] is not None
+        else:
+            first = by_line[row["duplicateOf"]]
+            assert first["line"] < row["line"]
+            assert audit_key(outcome) == audit_key(
+                Outcome(
+                    line=0,
+                    status=OutcomeStatus.SENT,
+                    recipient=first["recipient"],
+                    contact_id=first["contactId"],
+                )
+            )
+            expected = {"sent": 1, "failed": 0}.get(first["status"])
+            assert processed == expected if expected is not None else processed <= 1
+    return counts
+
+
+@asynccontextmanager
+async def custom_server(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[str]:
+    """A bare aiohttp server on 127.0.0.1, port 0, answering the endpoint with ``handler``."""
+    app = web.Application()
+    app.router.add_post("/api/Conversation/proactive-conversation", handler)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+def conversations_for(body: dict[str, Any], first_id: int) -> list[dict[str, Any]]:
+    targets = [*(body.get("recipient") or []), *map(phone_of_contact, body.get("contactIds") or [])]
+    return [
+        {"id": first_id + i, "messages": [{"to": to}]} for i, to in enumerate(targets)
+    ]
+
+
+def campaign_tasks() -> list[asyncio.Task[Any]]:
+    """Tasks still running code of the campaign or the planner."""
+    left = []
+    for task in asyncio.all_tasks():
+        name = getattr(task.get_coro(), "__qualname__", "")
+        if name.startswith(("Campaign.", "Planner.", "_feed", "Journal.")):
+            left.append(task)
+    return left
+
+
+# -- every fault on: one outcome per record, no duplicate ----------------------------
+
+
+@pytest.mark.parametrize("chunk_size", [1, 20])
+async def test_every_fault_kind_gives_one_outcome_per_record_and_no_duplicate_send(
+    tmp_path: Path, chunk_size: int
+) -> None:
+    """3000 records through every injected fault: each line once, audit-consistent, no dups."""
+    items = mixed_input(3000)
+    config = SimulatorConfig(faults=ALL_FAULTS, retry_after_style="fractional")
+    report = tmp_path / "report.jsonl"
+    async with Simulator(config) as sim, client_for(sim.url) as client:
+        spy = SendSpy(client)
+        campaign = Campaign(
+            client,
+            template=TEMPLATE,
+            targets=items,
+            chunk_size=chunk_size,
+            concurrency=16,
+            retry=FAST_RETRY,
+            report=report,
+        )
+        summary = await campaign.run()
+    rows = read_report(report)
+    assert_one_outcome_per_line(rows, len(items))
+    counts = check_against_audit(rows, sim, spy)
+    assert sim.audit.duplicates() == {}
+    # Every fault kind was drawn, and each ambiguous one ended some record unknown.
+    for kind in ("drop_before", "rate_429", "rate_503", "rate_500", "drop_after"):
+        assert sim.audit.faults[kind] > 0, kind
+    assert counts["unknown"] > 0 and counts["rejected"] > 0 and counts["duplicate"] > 0
+    assert counts["sent"] > len(items) * 0.7
+    assert summary.records == len(items)
+    assert {str(k): v for k, v in summary.counts.items()} == counts
+    assert summary.throttled == sim.audit.statuses[429]
+    assert summary.retries > 0
+
+
+async def test_retry_ambiguous_opt_in_is_what_causes_duplicate_sends(tmp_path: Path) -> None:
+    """With retry_ambiguous=True ambiguous failures are resent: every dup had attempts > 1."""
+    faults = Faults(rate_500=0.1, drop_after=0.1, truncate_after=0.1, seed=5)
+    items = [phone(i) for i in range(600)]
+    report = tmp_path / "report.jsonl"
+    async with Simulator(SimulatorConfig(faults=faults)) as sim, client_for(sim.url) as client:
+        campaign = Campaign(
+            client,
+            template=TEMPLATE,
+            targets=items,
+            chunk_size=5,
+            concurrency=8,
+            retry=RetryPolicy(
+                max_attempts=10, deadline=None, retry_ambiguous=True,
+                backoff_initial=0.001, jitter=0.0,
+            ),
+            report=report,
+        )
+        await campaign.run()
+    rows = read_report(report)
+    assert_one_outcome_per_line(rows, len(items))
+    duplicates = sim.audit.duplicates()
+    assert duplicates, "the opt-in should have resent some processed calls"
+    by_recipient = {row["recipient"]: row for row in rows}
+    for recipient in duplicates:
+        assert by_recipient[recipient]["attempts"] > 1
+    # Ambiguous failures were retried instead of ending unknown.
+    assert sum(row["status"] == "sent" for row in rows) > len(items) * 0.95
+
+
+# -- outcomes, summary, report -----------------------------------------------------------
+
+
+async def test_async_for_streams_every_outcome_and_run_returns_the_summary() -> None:
+    """``async for`` yields one Outcome per record; the summary counts calls, 429s, latency."""
+    faults = Faults(rate_429=0.2, retry_after=0.005, seed=2)
+    config = SimulatorConfig(faults=faults, retry_after_style="fractional")
+    items: list[object] = [phone(i) for i in range(200)] + ["bad", phone(0)]
+    async with Simulator(config) as sim, client_for(sim.url) as client:
+        campaign = Campaign(
+            client, template=TEMPLATE, targets=items, chunk_size=10, retry=FAST_RETRY
+        )
+        seen = [outcome async for outcome in campaign]
+        summary = campaign.summary
+    assert sorted(o.line for o in seen) == list(range(1, 203))
+    assert all(isinstance(o, Outcome) for o in seen)
+    assert summary.counts[OutcomeStatus.SENT] == 200
+    assert summary.counts[OutcomeStatus.REJECTED] == 1
+    assert summary.counts[OutcomeStatus.DUPLICATE] == 1
+    assert summary.targets_sent == 200
+    assert summary.calls == sim.audit.calls
+    assert summary.throttled == sim.audit.statuses[429] > 0
+    assert summary.retries == summary.throttled  # each 429 was retried once
+    assert summary.elapsed > 0 and summary.targets_per_second > 0
+    p50, p95, p99 = summary.latency_p50, summary.latency_p95, summary.latency_p99
+    assert p50 is not None and p95 is not None and p99 is not None
+    assert 0 < p50 <= p95 <= p99
+    assert summary.complete and not summary.interrupted
+    assert summary.as_dict()["counts"] == {s.value: summary.counts[s] for s in OutcomeStatus}
+
+
+async def test_run_returns_a_summary_with_the_counts_per_status() -> None:
+    async with Simulator() as sim, client_for(sim.url) as client:
+        summary = await Campaign(
+            client, template=TEMPLATE, targets=[phone(1), 42, "x"], chunk_size=2
+        ).run()
+    assert summary.records == 3
+    assert summary.counts[OutcomeStatus.SENT] == 2
+    assert summary.counts[OutcomeStatus.REJECTED] == 1
+    assert not summary.complete is False or summary.counts[OutcomeStatus.FAILED] == 0
+
+
+async def test_report_lines_carry_line_target_status_ids_attempts_error(tmp_path: Path) -> None:
+    """Each JSONL line has line, recipient/contactId, status, conversationIds, attempts, error."""
+    report = tmp_path / "r.jsonl"
+    async with Simulator() as sim, client_for(sim.url) as client:
+        spy = SendSpy(client)
+        await Campaign(
+            client,
+            template=TEMPLATE,
+            targets=[phone(1), 99, "nope", phone(1)],
+            chunk_size=4,
+            report=report,
+        ).run()
+    rows = {row["line"]: row for row in read_report(report)}
+    for row in rows.values():
+        assert {"line", "status", "conversationIds", "attempts", "error"} <= row.keys()
+        assert "recipient" in row or "contactId" in row
+    assert rows[1]["status"] == "sent" and rows[1]["recipient"] == phone(1)
+    assert rows[1]["conversationIds"] == spy.ids_by_to[phone(1)]
+    assert rows[1]["attempts"] == 1 and rows[1]["error"] is None
+    assert rows[2]["contactId"] == 99 and rows[2]["status"] == "sent"
+    assert rows[2]["conversationIds"] == spy.ids_by_to[phone_of_contact(99)]
+    assert rows[3]["status"] == "rejected" and rows[3]["error"]["kind"] == "invalid_phone"
+    assert rows[4]["status"] == "duplicate" and rows[4]["duplicateOf"] == 1
+    assert rows[4]["conversationIds"] == []
+
+
+# -- 400: bisection --------------------------------------------------------------------
+
+
+async def test_a_400_for_too_many_targets_bisects_until_the_calls_fit() -> None:
+    config = SimulatorConfig(max_targets_per_call=5)
+    items = [phone(i) for i in range(40)]
+    async with Simulator(config) as sim, client_for(sim.url) as client:
+        summary = await Campaign(client, template=TEMPLATE, targets=items, chunk_size=20).run()
+    assert summary.counts[OutcomeStatus.SENT] == 40
+    assert sim.audit.statuses[400] == 6  # 2 chunks of 20, then 4 halves of 10
+    assert sim.audit.total_processed == 40 and sim.audit.duplicates() == {}
+
+
+async def test_a_400_naming_one_target_fails_only_that_record_with_the_servers_reason() -> None:
+    """Bisection isolates the refused records; the others in their chunks are sent."""
+    refused = {phone(7), phone(23)}
+    processed: list[str] = []
+    counter = iter(range(1, 10_000))
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await request.json()
+        bad = refused & set(body.get("recipient") or [])
+        if bad:
+            problem = {
+                "title": "One or more validation errors occurred.",
+                "status": 400,
+                "errors": {"recipient": ["blocked number"]},
+            }
+            return web.json_response(problem, status=400)
+        processed.extend(body.get("recipient") or [])
+        return web.json_response(conversations_for(body, next(counter) * 100))
+
+    items = [phone(i) for i in range(30)]
+    async with custom_server(handler) as url, client_for(url) as client:
+        outcomes = [
+            o async for o in Campaign(client, template=TEMPLATE, targets=items, chunk_size=16)
+        ]
+    by_line = {o.line: o for o in outcomes}
+    assert len(by_line) == 30
+    for line, outcome in by_line.items():
+        if phone(line - 1) in refused:
+            assert outcome.status is OutcomeStatus.FAILED
+            assert outcome.error is not None and outcome.error.status == 400
+            assert "blocked number" in outcome.error.message
+        else:
+            assert outcome.status is OutcomeStatus.SENT, outcome
+    assert sorted(processed) == sorted(set(items) - refused)
+
+
+# -- rate, cooldown, adaptive ---------------------------------------------------------------
+
+
+async def test_a_configured_rate_is_held() -> None:
+    """300 targets at 200/s with a bucket of 20: about 1.4 s, not a burst, not a crawl."""
+    items = [phone(i) for i in range(300)]
+    async with Simulator() as sim, client_for(sim.url) as client:
+        started = time.monotonic()
+        summary = await Campaign(
+            client, template=TEMPLATE, targets=items, chunk_size=10, rate=200, burst=20
+        ).run()
+        elapsed = time.monotonic() - started
+    assert summary.counts[OutcomeStatus.SENT] == 300
+    assert 1.3 <= elapsed <= 3.0, elapsed
+    assert 1.3 <= summary.elapsed <= 3.0
+
+
+async def test_a_429_with_retry_after_pauses_every_dispatcher() -> None:
+    """After one 429 (Retry-After 0.3 s), no dispatcher sends until the pause is over."""
+    arrivals: list[float] = []
+    refused_at: list[float] = []
+    counter = iter(range(1, 10_000))
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await request.json()
+        arrivals.append(time.monotonic())
+        if not refused_at:
+            refused_at.append(time.monotonic())
+            return web.json_response({"title": "slow down"}, status=429,
+                                     headers={"Retry-After": "0.3"})
+        await asyncio.sleep(0.02)
+        return web.json_response(conversations_for(body, next(counter) * 10))
+
+    items = [phone(i) for i in range(12)]
+    async with custom_server(handler) as url, client_for(url) as client:
+        summary = await Campaign(
+            client, template=TEMPLATE, targets=items, chunk_size=1, concurrency=4,
+            flush_after=0.0,
+        ).run()
+    assert summary.counts[OutcomeStatus.SENT] == 12 and summary.throttled == 1
+    start = refused_at[0]
+    # Calls already on the wire when the 429 came may land just after it; none later.
+    during_pause = [t - start for t in arrivals if start + 0.06 < t < start + 0.29]
+    assert during_pause == []
+    assert len(arrivals) == 13
+    assert max(arrivals) >= start + 0.29
+
+
+@pytest.mark.slow
+async def test_adaptive_mode_finds_an_unannounced_server_limit_with_few_429s() -> None:
+    """Behind a 400 targets/s server limit the client is not told: all sent, few 429s."""
+    config = SimulatorConfig(rate_limit=400, burst=100, retry_after_style="fractional")
+    items = [phone(i) for i in range(1600)]
+    async with Simulator(config) as sim, client_for(sim.url) as client:
+        summary = await Campaign(
+            client, template=TEMPLATE, targets=items, chunk_size=10, concurrency=16,
+            retry=RetryPolicy(max_attempts=20, deadline=None),
+        ).run()
+    assert summary.counts[OutcomeStatus.SENT] == len(items)
+    assert sim.audit.duplicates() == {}
+    ratio = summary.throttled / summary.calls
+    print(  # the figures the brief asks for, shown with -s
+        f"adaptive: calls={summary.calls} throttled={summary.throttled} "
+        f"ratio={ratio:.3f} elapsed={summary.elapsed:.2f}s "
+        f"rate={summary.targets_per_second:.0f}/s"
+    )
+    assert ratio < 0.15
+    assert summary.targets_per_second > 200
+
+
+# -- journal and resume -------------------------------------------------------------------
+
+
+def write_csv(path: Path, count: int) -> Path:
+    path.write_text("phone,name\n" + "".join(f"{phone(i)},N{i}\n" for i in range(count)))
+    return path
+
+
+async def test_resume_after_stop_sends_only_what_was_not_finished(tmp_path: Path) -> None:
+    targets = write_csv(tmp_path / "in.csv", 400)
+    journal, report = tmp_path / "j.db", tmp_path / "r.jsonl"
+    config = SimulatorConfig(faults=Faults(latency=0.005))
+    async with Simulator(config) as sim, client_for(sim.url) as client:
+        first = Campaign(
+            client, template=TEMPLATE, targets=targets, chunk_size=5, concurrency=4,
+            journal=journal, report=report,
+        )
+        async for outcome in first:
+            if first.summary.records >= 60:
+                first.stop()
+        assert first.summary.interrupted
+        done_first = first.summary.counts[OutcomeStatus.SENT]
+        assert 60 <= done_first < 400
+        assert sim.audit.total_processed == done_first
+        second = Campaign(
+            client, template=TEMPLATE, targets=targets, chunk_size=5, concurrency=4,
+            journal=journal, report=report,
+        )
+        summary = await second.run()
+    assert sim.audit.duplicates() == {}
+    assert sim.audit.total_processed == 400
+    assert summary.resumed == done_first
+    assert summary.counts[OutcomeStatus.SENT] == 400
+    assert not summary.interrupted
+    assert_one_outcome_per_line(read_report(report), 400)
+
+
+async def test_lines_in_flight_at_a_crash_end_unknown_and_are_not_resent(tmp_path: Path) -> None:
+    """A journal with lines in flight (a simulated crash): resume reports them unknown."""
+    items = [phone(i) for i in range(50)]
+    journal = tmp_path / "j.db"
+    async with Simulator() as sim, client_for(sim.url) as client:
+        probe = Campaign(client, template=TEMPLATE, targets=items, journal=journal)
+        async with await Journal.open(journal, probe._identity()) as raw:
+            await raw.mark_in_flight([3, 4, 5])
+        summary = await Campaign(
+            client, template=TEMPLATE, targets=items, journal=journal
+        ).run()
+        assert summary.counts[OutcomeStatus.UNKNOWN] == 3
+        assert summary.counts[OutcomeStatus.SENT] == 47
+        for line in (3, 4, 5):
+            assert sim.audit.count(phone(line - 1)) == 0
+        # A third run reports the same from the journal and sends nothing.
+        third = Campaign(client, template=TEMPLATE, targets=items, journal=journal)
+        outcomes = {o.line: o for o in [o async for o in third]}
+        assert outcomes[4].status is OutcomeStatus.UNKNOWN
+        assert outcomes[4].error is not None and outcomes[4].error.kind == "interrupted"
+        assert third.summary.resumed == 50
+        assert sim.audit.total_processed == 47
+
+
+async def test_resend_unknown_resends_lines_left_in_flight(tmp_path: Path) -> None:
+    items = [phone(i) for i in range(20)]
+    journal = tmp_path / "j.db"
+    async with Simulator() as sim, client_for(sim.url) as client:
+        probe = Campaign(client, template=TEMPLATE, targets=items, journal=journal)
+        async with await Journal.open(journal, probe._identity()) as raw:
+            await raw.mark_in_flight([1, 2])
+        summary = await Campaign(
+            client, template=TEMPLATE, targets=items, journal=journal, resend_unknown=True
+        ).run()
+    assert summary.counts[OutcomeStatus.SENT] == 20
+    assert sim.audit.count(phone(0)) == 1 and sim.audit.count(phone(1)) == 1
+
+
+async def test_resume_replays_rejected_and_duplicate_outcomes_from_the_journal(
+    tmp_path: Path,
+) -> None:
+    items: list[object] = [phone(1), "bad", phone(1), phone(2)]
+    journal = tmp_path / "j.db"
+    async with Simulator() as sim, client_for(sim.url) as client:
+        await Campaign(client, template=TEMPLATE, targets=items, journal=journal).run()
+        again = Campaign(client, template=TEMPLATE, targets=items, journal=journal)
+        outcomes = {o.line: o for o in [o async for o in again]}
+    assert again.summary.resumed == 4
+    assert outcomes[2].status is OutcomeStatus.REJECTED
+    assert outcomes[3].status is OutcomeStatus.DUPLICATE and outcomes[3].duplicate_of == 1
+    assert sim.audit.total_processed == 2
+
+
+async def test_a_journal_of_another_template_is_refused(tmp_path: Path) -> None:
+    journal = tmp_path / "j.db"
+    async with Simulator() as sim, client_for(sim.url) as client:
+        await Campaign(client, template=TEMPLATE, targets=[phone(1)], journal=journal).run()
+        other = ProactiveConversationRequest(channel_id=1, bot_id=2, conversation_template_id=4)
+        with pytest.raises(JournalMismatchError):
+            await Campaign(client, template=other, targets=[phone(1)], journal=journal).run()
+        assert sim.audit.total_processed == 1
+
+
+# -- cancellation and stop -------------------------------------------------------------------
+
+
+async def test_cancelling_the_task_finishes_in_flight_calls_and_flushes_everything(
+    tmp_path: Path,
+) -> None:
+    """Cancel mid-run: no new call, in-flight calls get outcomes, report/journal written."""
+    items = [phone(i) for i in range(400)]
+    journal, report = tmp_path / "j.db", tmp_path / "r.jsonl"
+    config = SimulatorConfig(faults=Faults(latency=0.15))
+    async with Simulator(config) as sim, client_for(sim.url) as client:
+        campaign = Campaign(
+            client, template=TEMPLATE, targets=items, chunk_size=5, concurrency=4,
+            journal=journal, report=report, grace_period=5.0,
+        )
+        task = asyncio.create_task(campaign.run())
+        while sim.audit.calls < 6:
+            await asyncio.sleep(0.01)
+        calls_at_cancel = sim.audit.calls
+        cancelled_at = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        wound_down = time.monotonic() - cancelled_at
+        await asyncio.sleep(0.2)
+        assert sim.audit.calls == calls_at_cancel  # nothing dispatched after the cancel
+    assert wound_down < 1.0
+    assert campaign.summary.interrupted
+    rows = read_report(report)
+    assert len(rows) == sim.audit.total_processed == calls_at_cancel * 5
+    assert all(row["status"] == "sent" for row in rows)
+    assert campaign_tasks() == []
+    async with await Journal.open(journal, campaign._identity()) as raw:
+        assert raw.counts() == {"sent": len(rows)}
+
+
+async def test_calls_past_the_grace_period_end_unknown(tmp_path: Path) -> None:
+    items = [phone(i) for i in range(40)]
+    report = tmp_path / "r.jsonl"
+    config = SimulatorConfig(faults=Faults(latency=2.0))
+    async with Simulator(config) as sim, client_for(sim.url) as client:
+        campaign = Campaign(
+            client, template=TEMPLATE, targets=items, chunk_size=5, concurrency=2,
+            report=report, grace_period=0.05,
+        )
+        task = asyncio.create_task(campaign.run())
+        while sim.audit.calls < 2:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    rows = read_report(report)
+    assert len(rows) == 10
+    assert {row["status"] for row in rows} == {"unknown"}
+    assert {row["error"]["kind"] for row in rows} == {"interrupted"}
+    assert campaign_tasks() == []
+
+
+async def test_stop_ends_the_run_cleanly_even_with_the_queue_full() -> None:
+    """stop() with more chunks planned than workers: the run returns, nothing is lost sent."""
+    items = [phone(i) for i in range(300)]
+    config = SimulatorConfig(faults=Faults(latency=0.02))
+    async with Simulator(config) as sim, client_for(sim.url) as client:
+        campaign = Campaign(client, template=TEMPLATE, targets=items, chunk_size=2, concurrency=2)
+        outcomes: list[Outcome] = []
+        async with asyncio.timeout(5):
+            async for outcome in campaign:
+                outcomes.append(outcome)
+                campaign.stop()
+    assert campaign.summary.interrupted
+    assert len(outcomes) == sim.audit.total_processed
+    assert all(o.status is OutcomeStatus.SENT for o in outcomes)
+    assert campaign_tasks() == []
+
+
+async def test_breaking_out_of_async_for_cancels_the_run() -> None:
+    items = [phone(i) for i in range(500)]
+    config = SimulatorConfig(faults=Faults(latency=0.02))
+    async with Simulator(config) as sim, client_for(sim.url) as client:
+        campaign = Campaign(client, template=TEMPLATE, targets=items, chunk_size=5, concurrency=2)
+        iterator = campaign.__aiter__()
+        first = await anext(iterator)
+        await iterator.aclose()  # type: ignore[attr-defined]
+        calls = sim.audit.calls
+        await asyncio.sleep(0.1)
+        assert sim.audit.calls == calls
+    assert first.status is OutcomeStatus.SENT
+    assert campaign.summary.interrupted
+    assert campaign_tasks() == []
+
+
+# -- inputs ---------------------------------------------------------------------------------
+
+
+async def test_a_csv_path_is_read_with_its_variables(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "in.csv", 30)
+    async with Simulator() as sim, client_for(sim.url) as client:
+        campaign = Campaign(client, template=TEMPLATE, targets=path, chunk_size=7)
+        assert campaign.total == 30
+        summary = await campaign.run()
+    assert summary.counts[OutcomeStatus.SENT] == 30
+    assert sim.audit.total_processed == 30
+
+
+async def test_a_jsonl_path_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    lines = [
+        {"recipient": phone(1), "contentVariables": {"name": "Ana"}},
+        {"contactId": 5},
+        {"recipient": 12},
+        {"recipient": phone(2)},
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    async with Simulator() as sim, client_for(sim.url) as client:
+        campaign = Campaign(client, template=TEMPLATE, targets=str(path), chunk_size=10)
+        assert campaign.total == 4
+        outcomes = {o.line: o for o in [o async for o in campaign]}
+    assert [outcomes[n].status for n in (1, 2, 3, 4)] == [
+        OutcomeStatus.SENT, OutcomeStatus.SENT, OutcomeStatus.REJECTED, OutcomeStatus.SENT
+    ]
+    assert sim.audit.count("contact:5") == 1
+
+
+async def test_python_iterables_of_str_int_target_and_dict_are_targets() -> None:
+    items: list[object] = [
+        phone(1),
+        77,
+        Target(recipient=phone(2), content_variables={"name": "Bo"}),
+        Target(contact_id=78),
+        {"recipient": phone(3)},
+        {"contactId": 79, "contentVariables": {"name": "Cy"}},
+    ]
+    async with Simulator() as sim, client_for(sim.url) as client:
+        campaign = Campaign(client, template=TEMPLATE, targets=items, chunk_size=10)
+        assert campaign.total == 6
+        summary = await campaign.run()
+    assert summary.counts[OutcomeStatus.SENT] == 6
+    for key in (phone(1), phone(2), phone(3), "contact:77", "contact:78", "contact:79"):
+        assert sim.audit.count(key) == 1
+
+
+async def test_an_async_iterable_is_a_target_source() -> None:
+    async def source() -> AsyncIterator[object]:
+        for i in range(25):
+            await asyncio.sleep(0)
+            yield phone(i) if i % 2 else {"recipient": phone(i)}
+
+    async with Simulator() as sim, client_for(sim.url) as client:
+        campaign = Campaign(client, template=TEMPLATE, targets=source(), chunk_size=4)
+        assert campaign.total is None
+        summary = await campaign.run()
+    assert summary.counts[OutcomeStatus.SENT] == 25
+    assert sim.audit.total_processed == 25
+
+
+async def test_variables_are_merged_over_the_template_variables() -> None:
+    bodies: list[dict[str, Any]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await request.json()
+        bodies.append(body)
+        return web.json_response(conversations_for(body, 1))
+
+    template = ProactiveConversationRequest(
+        channel_id=1, bot_id=2, content_variables={"shop": "A", "name": "?"}
+    )
+    async with custom_server(handler) as url, client_for(url) as client:
+        await Campaign(
+            client, template=template,
+            targets=[Target(recipient=phone(1), content_variables={"name": "Ana"}), phone(2)],
+        ).run()
+    variables = sorted(
+        (json.dumps(b.get("contentVariables"), sort_keys=True) for b in bodies)
+    )
+    assert variables == [
+        json.dumps({"name": "?", "shop": "A"}, sort_keys=True),
+        json.dumps({"name": "Ana", "shop": "A"}, sort_keys=True),
+    ]
+
+
+# -- validation and odd answers ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        ProactiveConversationRequest(channel_id=1, recipient=[phone(1)]),
+        ProactiveConversationRequest(channel_id=1, contact_ids=[1]),
+    ],
+)
+def test_a_template_with_targets_is_refused(template: ProactiveConversationRequest) -> None:
+    client = AsyncClient(base_url="http://127.0.0.1:1", token="t")
+    with pytest.raises(ValueError, match="recipient or contact_ids"):
+        Campaign(client, template=template, targets=[phone(1)])
+
+
+@pytest.mark.parametrize("option", [{"chunk_size": 0}, {"concurrency": 0}])
+def test_chunk_size_and_concurrency_must_be_positive(option: dict[str, int]) -> None:
+    client = AsyncClient(base_url="http://127.0.0.1:1", token="t")
+    with pytest.raises(ValueError, match="at least 1"):
+        Campaign(client, template=TEMPLATE, targets=[phone(1)], **option)  # type: ignore[arg-type]
+
+
+async def test_a_success_without_this_targets_conversation_is_unknown() -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response([])
+
+    async with custom_server(handler) as url, client_for(url) as client:
+        outcomes = [o async for o in Campaign(client, template=TEMPLATE, targets=[phone(1)])]
+    assert outcomes[0].status is OutcomeStatus.UNKNOWN
+    assert outcomes[0].error is not None and outcomes[0].error.kind == "unmatched"
+
+
+async def test_a_retry_after_past_the_cap_fails_the_chunk_without_waiting() -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({}, status=429, headers={"Retry-After": "3600"})
+
+    async with custom_server(handler) as url, client_for(url) as client:
+        summary = await Campaign(
+            client, template=TEMPLATE, targets=[phone(1)], adaptive=False,
+            retry=RetryPolicy(max_retry_after=5.0),
+        ).run()
+    assert summary.counts[OutcomeStatus.FAILED] == 1 and summary.calls == 1
+
+
+async def test_safe_failures_exhausting_the_attempts_end_failed() -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({}, status=503, headers={"Retry-After": "0.001"})
+
+    async with custom_server(handler) as url, client_for(url) as client:
+        outcomes = [
+            o
+            async for o in Campaign(
+                client, template=TEMPLATE, targets=[phone(1)], retry=RetryPolicy(max_attempts=3)
+            )
+        ]
+    assert outcomes[0].status is OutcomeStatus.FAILED and outcomes[0].attempts == 3
+    assert outcomes[0].error is not None and outcomes[0].error.status == 503
+
+
+async def test_an_unexpected_error_ends_the_chunk_unknown(caplog: pytest.LogCaptureFixture) -> None:
+    async with Simulator() as sim, client_for(sim.url) as client:
+
+        async def broken(body: bytes, *, attempt: int = 1) -> Any:
+            raise RuntimeError("boom")
+
+        client.send_once = broken  # type: ignore[method-assign]
+        summary = await Campaign(client, template=TEMPLATE, targets=[phone(1), phone(2)]).run()
+    assert summary.counts[OutcomeStatus.UNKNOWN] == 2
+    assert "unexpected error" in caplog.text
+
+
+async def test_calls_per_second_limits_calls(tmp_path: Path) -> None:
+    items = [phone(i) for i in range(12)]
+    async with Simulator() as sim, client_for(sim.url) as client:
+        summary = await Campaign(
+            client, template=TEMPLATE, targets=items, chunk_size=1, calls_per_second=40,
+            flush_after=0.0,
+        ).run()
+    assert summary.counts[OutcomeStatus.SENT] == 12
+    # A bucket of 40 calls admits all 12 at once: only the count is checked here.
+    assert sim.audit.calls == 12
+
+
+def test_total_is_none_for_an_unreadable_path(tmp_path: Path) -> None:
+    client = AsyncClient(base_url="http://127.0.0.1:1", token="t")
+    with warnings.catch_warnings():
+        campaign = Campaign(client, template=TEMPLATE, targets=tmp_path / "missing.csv")
+    assert campaign.total is None
+    assert campaign.rate is not None  # adaptive by default
+    assert Campaign(client, template=TEMPLATE, targets=[], rate=5, adaptive=False).rate == 5
