@@ -3,7 +3,8 @@
 Measures ``Campaign(..., chunk_size=1, concurrency=64, rate=None, adaptive=False).run()``
 over unique Brazilian mobile numbers (normalised and deduplicated by the planner, one
 outcome per record) against the fast local server, once without a journal and once with a
-SQLite journal in a temp dir, alternating round by round with the baseline in the same run:
+SQLite journal in a temp dir (each through a client whose pool is warmed first, as the
+baseline's is), alternating round by round with the baseline in the same run:
 the hand-written aiohttp loop (one session, semaphore, msgspec decode into bare Structs)
 making the same number of calls.
 
@@ -50,6 +51,10 @@ async def campaign_loop(url: str, records: int, *, journal: str | None) -> dict[
     _offset += records
     template = ProactiveConversationRequest(channel_id=1, bot_id=1, conversation_template_id=7)
     async with AsyncClient(base_url=url, token=TOKEN, max_connections=CONCURRENCY) as client:
+        # Open the pool's 64 connections first, as the baseline's warm-up does: both then
+        # measure steady-state calls, not TLS-context and TCP set-up.
+        await asyncio.gather(*(client.create_proactive_conversation(
+            channel_id=1, bot_id=1, recipient=["+5511999990000"]) for _ in range(CONCURRENCY)))
         campaign = Campaign(client, template=template, targets=targets, chunk_size=1,
                             concurrency=CONCURRENCY, rate=None, adaptive=False,
                             journal=journal, default_region="BR")

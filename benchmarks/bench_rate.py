@@ -70,6 +70,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     steady = (len(stamps) - burst) / span
     naive = len(stamps) / span
     window = max_window(stamps)
+    # Tells an over-full first second (the initial bucket) from bunching later on.
+    later = max_window([t for t in stamps if t >= stamps[0] + 1.0]) if stamps else 0
     error = steady / rate - 1
     ok = abs(error) <= 0.02 and window <= rate + burst and len(stamps) == count
     return {
@@ -77,10 +79,12 @@ def run(quick: bool = False) -> dict[str, Any]:
         "rows": [row(NAME, sdk=f"{steady:.1f} targets/s, max window {window}",
                      baseline=f"{rate:.0f} targets/s, burst {burst:.0f}", ratio=steady / rate,
                      target=target, ok=ok,
-                     note=f"{error:+.2%}; naive N/span {naive:.1f}/s; {len(stamps)} requests")],
+                     note=f"{error:+.2%}; naive N/span {naive:.1f}/s; max window after the first"
+                          f" second {later}; {len(stamps)} requests")],
         "details": {"pinning": pinned, "rate": rate, "burst": burst, "targets": count,
                     "requests_seen": len(stamps), "span_s": span, "steady_rate": steady,
-                    "naive_rate": naive, "max_1s_window": window, "campaign": result},
+                    "naive_rate": naive, "max_1s_window": window,
+                    "max_1s_window_after_first_second": later, "campaign": result},
     }
 
 

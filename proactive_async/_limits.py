@@ -81,6 +81,7 @@ class RateLimiter:
         self._sleep = sleep
         self._tokens = self._burst
         self._stamp = clock()
+        self._granted = 0.0
         self._waiters: deque[_Waiter] = deque()
         # The head waiter's pending sleep; cancelled when the head changes or the rate does.
         self._timer: asyncio.TimerHandle | asyncio.Future[None] | None = None
@@ -94,6 +95,11 @@ class RateLimiter:
     def burst(self) -> float:
         """The most tokens the bucket holds."""
         return self._burst
+
+    @property
+    def granted(self) -> float:
+        """All the weight handed out so far."""
+        return self._granted
 
     def set_rate(self, rate: float) -> None:
         """Change the rate now; the waiter at the head re-plans its wait at once."""
@@ -160,6 +166,7 @@ class RateLimiter:
         # A weight above the bucket can never be fully saved up: a full bucket admits it.
         if self._tokens + _EPSILON >= min(weight, self._burst):
             self._tokens -= weight
+            self._granted += weight
             return True
         return False
 
@@ -272,16 +279,18 @@ class AdaptiveRate:
 
     Before the first 429 the rate doubles every half ``interval`` (slow start). A 429
     drops the rate to ``decrease`` times the goodput actually achieved over the last
-    ``window`` (not times the configured rate, which may be far above what the server
-    took); when that window was a clean one (no pause in it, not the first second), the
-    goodput also becomes the estimate of the server's limit. Increases then close half
-    the gap to just under the estimate each ``interval`` (concave), hold there for a
-    ``plateau`` that doubles each time a 429 confirms the same limit, and only then probe
-    above it, slowly at first (convex). So the rate spends its time just under the limit
-    instead of saw-toothing down to half of it. 429s from calls already in flight are one
-    signal: after a decrease, further 429s only extend the pause until the Retry-After
-    plus ``reaction_window`` has passed. Each 429 also empties the limiter's bucket until
-    the pause ends, so the first calls after a pause are paced, not a burst.
+    ``window`` of sending (paused time left out), never times the configured rate, which
+    may be far above what the server took; before any success it is cut from the rate
+    calls were really sent at. After the first second, that goodput is also the estimate
+    of the server's limit. Increases then close half the gap to just under the estimate
+    each ``interval`` (concave), hold there for a ``plateau`` that doubles each time a
+    429 confirms the same limit, and only then probe above it, slowly at first (convex).
+    So the rate spends its time just under the limit instead of saw-toothing down to
+    half of it. 429s from calls already in flight are one signal: after a decrease,
+    further 429s only extend the pause until the Retry-After plus ``reaction_window`` has
+    passed. Each 429 also empties the limiter's bucket until the pause ends, so the first
+    calls after a pause are paced, not a burst; the bucket starts empty for the same
+    reason.
 
     Parameters:
         limiter: the limiter whose rate is steered.
@@ -297,7 +306,8 @@ class AdaptiveRate:
         approach: the share of the gap to the estimate closed per interval.
         probe: the first step above the estimate, as a share of the rate; each further
             step without a 429 is ``probe_growth`` times larger.
-        max_cut: the rate is multiplied by this on a 429 when nothing was accepted lately.
+        max_cut: with nothing accepted lately, a 429 sets the rate to this share of the
+            rate calls were really sent at (the limiter's grants since the last 429).
         busy: an increase needs this share of the rate to have been used, so an idle
             campaign does not talk itself into a huge rate.
         drain: empty the limiter's bucket on each 429 until its pause ends.
@@ -364,7 +374,10 @@ class AdaptiveRate:
         self._accepted: deque[tuple[float, float]] = deque()
         self._accepted_sum = 0.0
         now = clock()
-        self._started = now
+        # (time, the limiter's grants then): what was really sent is counted from here.
+        self._mark = (now, limiter.granted)
+        # The first answer (success or 429): the campaign may start long after we exist.
+        self._started: float | None = None
         self._last_step = now
         self._step_weight = 0.0
         self._hold_until = -math.inf
@@ -394,6 +407,9 @@ class AdaptiveRate:
     def on_success(self, weight: float) -> None:
         """Count an accepted call; at most once per ``interval``, raise the rate."""
         now = self._clock()
+        if self._started is None:
+            self._started = now
+            self._mark = (now, self._mark[1])
         self._accepted.append((now, weight))
         self._accepted_sum += weight
         self._step_weight += weight
@@ -405,6 +421,9 @@ class AdaptiveRate:
     def on_throttle(self, retry_after: float | None) -> None:
         """A 429: lower the rate, unless one was already acted on in the reaction window."""
         now = self._clock()
+        if self._started is None:
+            self._started = now
+            self._mark = (now, self._mark[1])
         # Without a Retry-After the caller backs off for some time we are not told.
         wait = self._unknown_pause if retry_after is None else max(0.0, retry_after)
         # Paused time in the window, before this 429: only the latest pause can overlap
@@ -419,12 +438,25 @@ class AdaptiveRate:
             return
         rate = self._rate
         self._forget_before(now - self._window)
-        # Accepted per second over a whole window, even when less time has passed: right
-        # after the start or a pause that reads low, which is the safe side.
-        achieved = self._accepted_sum / self._window
-        basis = min(rate, achieved) if achieved > 0 else rate * self._max_cut
-        # Only a window of (nearly) unpaused sending measures the server's sustained rate.
-        if now - self._started >= self._window and paused <= self._window / 10:
+        # Accepted per second of sending in the window: paused time does not count (a
+        # server that refills little while paused is not slower for it). Right after the
+        # start the whole window still counts: reading low there is the safe side.
+        span = max(self._window - paused, self._window / 4)
+        achieved = self._accepted_sum / span
+        measured = achieved > 0
+        if measured:
+            basis = min(rate, achieved)
+        elif self._estimate is not None:
+            # No answer in the window (a pause, or successes still on their way): keep
+            # to the estimate rather than read "nothing accepted" as a rate of zero.
+            basis = min(rate, self._estimate)
+        else:
+            # The start, where 429s often come back before any success: the rate calls
+            # were really sent at, not the configured one, is what to cut.
+            since, granted = self._mark
+            sent = (self._limiter.granted - granted) / max(now - since, self._window / 4)
+            basis = min(rate, sent) * self._max_cut if sent > 0 else rate * self._max_cut
+        if measured and now - self._started >= self._window:
             previous, self._estimate = self._estimate, basis
             if previous is not None and abs(basis - previous) <= self._confirm * previous:
                 # The same limit again: it is real, so probe above it less often.
@@ -436,6 +468,7 @@ class AdaptiveRate:
         # The pause and the calls already in flight say nothing new: the next signal
         # comes from calls sent after the pause at the new rate.
         self._hold_until = now + wait + self._reaction_window
+        self._mark = (now, self._limiter.granted)
         self._last_step = now
         self._step_weight = 0.0
         self._probes = 0

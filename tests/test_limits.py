@@ -116,6 +116,20 @@ def test_acquire_with_tokens_available_does_not_suspend() -> None:
     assert suspends(limiter.acquire)
 
 
+def test_granted_counts_the_weight_handed_out_on_both_paths() -> None:
+    async def main(clock: VirtualClock) -> float:
+        limiter = RateLimiter(10, 5, clock=clock, sleep=fake_sleep)
+        await limiter.acquire(5)  # at once
+        await limiter.acquire(2.5)  # after a wait
+        waiter = asyncio.create_task(limiter.acquire(3))
+        await asyncio.sleep(0.1)
+        waiter.cancel()  # cancelled while waiting: nothing handed out
+        await asyncio.gather(waiter, return_exceptions=True)
+        return limiter.granted
+
+    assert run_virtual(main) == 7.5
+
+
 def test_default_burst_is_one_second_and_at_least_one() -> None:
     assert RateLimiter(500).burst == 500
     assert RateLimiter(0.2).burst == 1
@@ -445,6 +459,33 @@ def test_throttle_drops_to_a_share_of_achieved_goodput_not_of_the_configured_rat
     adaptive.on_throttle(None)
     assert adaptive.rate == pytest.approx(270, rel=0.01)
     assert adaptive.estimate == pytest.approx(300, rel=0.01)
+
+
+def test_429s_before_any_success_cut_from_the_rate_really_sent_not_the_configured_one() -> None:
+    s = Steering()
+    adaptive = s.adaptive(initial=1_000_000, max_cut=0.5, decrease=0.9, window=1.0)
+    s.clock.now = 5.0  # the campaign starts a while after the limiter was built
+    for _ in range(64):  # 64 calls go out at once, then the first answer is a 429
+        assert finishes_without_suspending(s.limiter.acquire())
+    assert s.limiter.granted == 64
+    s.clock.now += 0.005
+    adaptive.on_throttle(1.0)
+    # 64 calls over at least a quarter window: 256/s, halved, then x0.9.
+    assert adaptive.rate == pytest.approx(256 * 0.5 * 0.9)
+    assert adaptive.estimate is None  # nothing was measured: slow start goes on
+
+
+def test_a_429_with_no_answer_in_the_window_cuts_from_the_estimate_not_to_zero() -> None:
+    s = Steering()
+    adaptive = s.adaptive(initial=300, decrease=0.9)
+    s.succeed(adaptive, 300, 1.5)
+    adaptive.on_throttle(0.0)
+    assert adaptive.rate == pytest.approx(270, rel=0.01)
+    s.clock.now += 5.0  # silence: nothing accepted in the last window
+    adaptive.on_throttle(0.0)
+    # Throttled at 270: the limit is at most that; one more x0.9 step, not a collapse.
+    assert adaptive.estimate == pytest.approx(270, rel=0.01)
+    assert adaptive.rate == pytest.approx(0.9 * 270, rel=0.01)
 
 
 def test_a_burst_of_429s_within_the_reaction_window_counts_once() -> None:
