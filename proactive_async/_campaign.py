@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
+import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from typing import Any, Final
@@ -208,6 +210,10 @@ class Campaign:
             await asyncio.shield(self._close())
 
     async def _open(self) -> None:
+        if self._limiter is not None and self._adaptive is None:
+            # Start with an empty bucket: a campaign has no idle time to make up for, and a
+            # full one would let rate + burst through in the first second.
+            self._limiter.drain()
         # The journal first: a refused resume must leave the earlier report untouched.
         if self.journal_path is not None:
             self._journal = await Journal.open(
@@ -390,7 +396,7 @@ class Campaign:
                 sent_once = sent_once or exc.may_have_been_processed
                 if isinstance(exc, RateLimitError):
                     throttles += 1
-                wait = self._on_failure(exc, attempt - throttles, throttles)
+                wait = self._on_failure(exc, attempt - throttles, throttles, weight)
                 if wait is None:
                     status = OutcomeStatus.UNKNOWN if sent_once else OutcomeStatus.FAILED
                     await self._settle(targets, status, attempt, exc)
@@ -432,7 +438,9 @@ class Campaign:
             await self._journal.release([t.line for t in targets])
         self.summary.pending += len(targets)
 
-    def _on_failure(self, exc: ProactiveError, attempt: int, throttles: int) -> float | None:
+    def _on_failure(
+        self, exc: ProactiveError, attempt: int, throttles: int, weight: float
+    ) -> float | None:
         """Feed the limiters; the wait before the next attempt, or None to stop.
 
         ``attempt`` counts the attempts that were not throttled: a 429 is the limiter's
@@ -443,8 +451,10 @@ class Campaign:
         if isinstance(exc, RateLimitError | ServiceUnavailableError):
             if isinstance(exc, RateLimitError):
                 self.summary.throttled += 1
+                if exc.retry_after is None:
+                    wait = self._unnamed_throttle_wait(weight)
                 if self._adaptive is not None:
-                    self._adaptive.on_throttle(exc.retry_after)
+                    self._adaptive.on_throttle(wait)
             self._cooldown.pause(wait)
             if exc.retry_after is not None and exc.retry_after > policy.max_retry_after:
                 return None
@@ -453,6 +463,18 @@ class Campaign:
         if attempt >= policy.max_attempts or not policy.should_retry(exc):
             return None
         return wait
+
+    def _unnamed_throttle_wait(self, weight: float) -> float:
+        """The shared pause for a 429 that names no wait (nginx ``limit_req`` sends none).
+
+        Such a server refuses what passes its rate *now*; the time for a couple of chunks'
+        worth of tokens at the (lowered) rate is enough, where a backoff of seconds would
+        idle every dispatcher and waste the server's capacity.
+        """
+        rate = self._limiter.rate if self._limiter is not None else 0.0
+        if rate <= 0 or math.isinf(rate):
+            return _THROTTLE_WAIT_MAX
+        return min(_THROTTLE_WAIT_MAX, max(_THROTTLE_WAIT_MIN, 2 * weight / rate))
 
     async def _bisect(
         self, targets: Sequence[PlannedTarget], variables: dict[str, Any] | None
@@ -513,8 +535,11 @@ class Campaign:
             await self._sink.put(outcome)
 
 
-_ADAPTIVE_START: Final = 1_000_000.0
+_ADAPTIVE_START: Final = 100.0
+"""Targets/s an adaptive campaign with no rate starts at; it doubles each 0.25 s while busy."""
 MAX_THROTTLES: Final = 100
+_THROTTLE_WAIT_MIN: Final = 0.01
+_THROTTLE_WAIT_MAX: Final = 0.25
 """429s one chunk may meet before it ends ``failed`` (each waits out the shared cooldown)."""
 
 
@@ -565,8 +590,13 @@ def match_conversations(
     return ids
 
 
+_NON_DIGITS: Final = re.compile(r"\D+")
+
+
 def _digits(text: str) -> str:
-    return "".join(c for c in text if c.isdigit())
+    if text[:1] == "+" and text[1:].isdigit():  # E.164, the common case
+        return text[1:]
+    return text if text.isdigit() else _NON_DIGITS.sub("", text)
 
 
 async def _first_failure(tasks: list[asyncio.Task[None]]) -> None:

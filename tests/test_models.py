@@ -30,11 +30,10 @@ from proactive_async import (
 )
 from proactive_async._models import decode_conversations, encode_request
 
-API_DIR = Path("/work/shared/api")
-if not API_DIR.exists():  # pragma: no cover - a checkout without the shared folder
-    API_DIR = Path(__file__).resolve().parents[2] / "shared" / "api"
+# The contract, kept in the repo (docs/api/) so a clone tests against it on its own.
+API_DIR = Path(__file__).resolve().parents[1] / "docs" / "api"
 OPENAPI = API_DIR / "openapi.yaml"
-REFERENCE_PAGE = API_DIR / "000_355cfe20864e2c0d.txt"
+REFERENCE_PAGE = API_DIR / "reference-page.txt"
 
 
 # --- a reader for the subset of YAML openapi.yaml uses (PyYAML is not a dependency) ---
