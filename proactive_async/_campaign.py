@@ -535,8 +535,8 @@ class Campaign:
             await self._sink.put(outcome)
 
 
-_ADAPTIVE_START: Final = 100.0
-"""Targets/s an adaptive campaign with no rate starts at; it doubles each 0.25 s while busy."""
+_ADAPTIVE_START: Final = 1_000_000.0
+"""Targets/s an adaptive campaign with no rate starts at: no limit until the first 429."""
 MAX_THROTTLES: Final = 100
 _THROTTLE_WAIT_MIN: Final = 0.01
 _THROTTLE_WAIT_MAX: Final = 0.25
