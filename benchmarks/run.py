@@ -92,8 +92,24 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick and not args.only:
         (HERE / "RESULTS.md").write_text(
             "# Latest `make bench` results\n\nWritten by `benchmarks/run.py`.\n\n" + markdown)
+        update_readme(markdown)
     print(markdown)
     return 0
+
+
+README_START = "<!-- bench-table -->"
+README_END = "<!-- /bench-table -->"
+
+
+def update_readme(markdown: str) -> None:
+    """Put the latest table between the README's bench-table markers (if it has them)."""
+    readme = HERE.parent / "README.md"
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return
+    body = f"{README_START}\n{markdown}{README_END}"
+    readme.write_text(text[:start] + body + text[end + len(README_END):])
 
 
 if __name__ == "__main__":

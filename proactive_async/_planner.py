@@ -208,8 +208,7 @@ def _fast_e164(text: str) -> str | None:
     national = digits[size:]
     if national[0] == "0" or _may_strip_national_prefix(country_code, national):
         return None
-    number = phonenumbers.PhoneNumber(country_code=country_code, national_number=int(national))
-    if not phonenumbers.is_valid_number(number):
+    if not _is_valid(country_code, national):
         return None  # the slow path says why
     return text
 
@@ -229,6 +228,64 @@ def _national_prefix(country_code: int) -> re.Pattern[str]:
     if metadata.national_prefix_for_parsing:
         return re.compile(metadata.national_prefix_for_parsing)
     return _NEVER
+
+
+_Desc = tuple[frozenset[int], re.Pattern[str]]
+# Per single-region country code: its general description and its number-type ones.
+_VALIDATORS: dict[int, tuple[_Desc, tuple[_Desc, ...]] | None] = {}
+_TYPE_DESCS: Final = (
+    "premium_rate", "toll_free", "shared_cost", "voip", "personal_number", "pager", "uan",
+    "voicemail", "fixed_line", "mobile",
+)
+
+
+def _is_valid(country_code: int, national: str) -> bool:
+    """``phonenumbers.is_valid_number`` for a number with no leading zero, without its overhead.
+
+    Valid means: the general description matches and some number type does (what
+    ``_number_type_helper`` != UNKNOWN comes to). The patterns are compiled once per
+    country code. Codes shared by several regions (+1, +7, +44, ...) take phonenumbers' own
+    path, which first works out the region.
+    """
+    if country_code not in _VALIDATORS:
+        _VALIDATORS[country_code] = _validator(country_code)
+    validator = _VALIDATORS[country_code]
+    if validator is None:
+        number = phonenumbers.PhoneNumber(country_code=country_code, national_number=int(national))
+        return bool(phonenumbers.is_valid_number(number))
+    general, types = validator
+    if not _matches(general, national):
+        return False
+    return any(_matches(desc, national) for desc in types)
+
+
+def _matches(desc: _Desc, national: str) -> bool:
+    lengths, pattern = desc
+    return (not lengths or len(national) in lengths) and pattern.fullmatch(national) is not None
+
+
+def _validator(country_code: int) -> tuple[_Desc, tuple[_Desc, ...]] | None:
+    regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(country_code, ())
+    if len(regions) != 1 or regions[0] == "001":
+        return None
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(regions[0])
+    if metadata is None or metadata.general_desc is None:
+        return None
+    general = _desc(metadata.general_desc)
+    if general is None:
+        return None
+    types = tuple(
+        d for name in _TYPE_DESCS if (d := _desc(getattr(metadata, name, None))) is not None
+    )
+    return general, types
+
+
+def _desc(desc: object) -> _Desc | None:
+    pattern = getattr(desc, "national_number_pattern", None)
+    if not pattern:
+        return None  # phonenumbers: no pattern never matches
+    lengths = frozenset(getattr(desc, "possible_length", None) or ())
+    return lengths, re.compile(pattern)
 
 
 # Digits with the usual separators: the only national shape the fast path takes.
@@ -268,8 +325,7 @@ def _fast_national(text: str, default_region: str | None) -> str | None:
         or rules.national_prefix.match(digits) is not None
     ):
         return None
-    number = phonenumbers.PhoneNumber(country_code=rules.country_code, national_number=int(digits))
-    if not phonenumbers.is_valid_number(number):
+    if not _is_valid(rules.country_code, digits):
         return None
     return f"+{rules.country_code}{digits}"
 

@@ -592,3 +592,33 @@ def test_dedupe_table_resolves_colliding_slots_and_wraps_around() -> None:
     for line, key in enumerate(colliding, start=1):
         assert table.insert(key, 99) == line
     assert len(table) == 5
+
+
+def test_compiled_validity_check_agrees_with_phonenumbers_on_every_region() -> None:
+    """The fast validity check equals phonenumbers.is_valid_number (examples and mutations)."""
+    import random
+
+    import phonenumbers as pn
+
+    from proactive_async._planner import _is_valid
+
+    rnd = random.Random(3)
+    checked = 0
+    for region in sorted(pn.SUPPORTED_REGIONS):
+        for kind in (pn.PhoneNumberType.FIXED_LINE, pn.PhoneNumberType.MOBILE):
+            example = pn.example_number_for_type(region, kind)
+            if example is None:
+                continue
+            national = str(example.national_number)
+            for _ in range(10):
+                digits = list(national)
+                digits[rnd.randrange(len(digits))] = str(rnd.randrange(1, 10))
+                candidate = "".join(digits).lstrip("0") or "1"
+                number = pn.PhoneNumber(
+                    country_code=example.country_code, national_number=int(candidate)
+                )
+                assert _is_valid(example.country_code, candidate) == pn.is_valid_number(
+                    number
+                ), (region, candidate)
+                checked += 1
+    assert checked > 3000
