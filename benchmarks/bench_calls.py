@@ -59,9 +59,9 @@ async def sdk_loop(url: str, calls: int, concurrency: int, *, warmup: int = 64) 
 def run(quick: bool = False) -> dict[str, Any]:
     """Run benchmark 1; returns its rows and the per-round figures."""
     pinned = pin_client()
-    calls = 200 if quick else 4000
+    calls = 200 if quick else 16000
     httpx_calls = 100 if quick else 300
-    rounds = 1 if quick else 5
+    rounds = 1 if quick else 7
     missing = sdk_missing("proactive_async:AsyncClient")
     with fast_server() as server:
         ceiling = wrk_ceiling(server.url, seconds=1 if quick else 3)

@@ -68,8 +68,8 @@ async def campaign_loop(url: str, records: int, *, journal: str | None) -> dict[
 def run(quick: bool = False) -> dict[str, Any]:
     """Run benchmark 2; returns its rows and the per-round figures."""
     pinned = pin_client()
-    records = 200 if quick else 4000
-    rounds = 1 if quick else 5
+    records = 200 if quick else 16000
+    rounds = 1 if quick else 7
     missing = sdk_missing("proactive_async:AsyncClient", "proactive_async._campaign:Campaign")
     summaries: list[dict[str, Any]] = []
     with fast_server() as server, tempfile.TemporaryDirectory() as tmp:
