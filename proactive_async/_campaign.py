@@ -181,6 +181,11 @@ class Campaign:
             await runner
         finally:
             if not runner.done():
+                # The consumer is gone: stop forwarding, and free dispatchers blocked on a
+                # full queue so that the wind-down is not held up by nobody reading.
+                self._sink = None
+                while not sink.empty():
+                    sink.get_nowait()
                 runner.cancel()
                 await asyncio.gather(runner, return_exceptions=True)
 
@@ -565,29 +570,40 @@ def _outcome(
 def match_conversations(
     targets: Sequence[PlannedTarget], conversations: list[Conversation]
 ) -> dict[int, list[int]]:
-    """Conversation ids per target line: by ``messages[].to``, then the rest in order."""
-    by_digits: dict[str, PlannedTarget] = {}
+    """Conversation ids per target line: by ``messages[].to``, then the rest in order.
+
+    A recipient takes one conversation by its number; another conversation to the same
+    number (a contact whose phone it is, or the number twice in a chunk) is left for the
+    targets still waiting, contacts first, in order.
+    """
+    by_digits: dict[str, list[PlannedTarget]] = {}
     for target in targets:
         if target.recipient is not None:
-            by_digits.setdefault(_digits(target.recipient), target)
+            by_digits.setdefault(_digits(target.recipient), []).append(target)
     ids: dict[int, list[int]] = {}
     leftovers: list[int] = []
     for conversation in conversations:
-        owner = None
-        for to in conversation.recipients:
-            owner = by_digits.get(_digits(to))
-            if owner is not None:
-                break
+        owner = _first_unmatched(by_digits, conversation, ids)
         if owner is None:
             leftovers.append(conversation.id)
         else:
-            ids.setdefault(owner.line, []).append(conversation.id)
+            ids[owner.line] = [conversation.id]
     if leftovers:
         waiting = [t for t in targets if t.line not in ids]
-        waiting.sort(key=lambda t: t.contact_id is None)  # contacts first: they have no `to`
+        waiting.sort(key=lambda t: t.contact_id is None)  # contacts first: no number of theirs
         for target, conversation_id in zip(waiting, leftovers, strict=False):
             ids[target.line] = [conversation_id]
     return ids
+
+
+def _first_unmatched(
+    by_digits: dict[str, list[PlannedTarget]], conversation: Conversation, ids: dict[int, list[int]]
+) -> PlannedTarget | None:
+    for to in conversation.recipients:
+        for target in by_digits.get(_digits(to), ()):
+            if target.line not in ids:
+                return target
+    return None
 
 
 _NON_DIGITS: Final = re.compile(r"\D+")

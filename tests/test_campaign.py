@@ -930,3 +930,50 @@ def test_latency_percentiles_come_from_a_bounded_sample() -> None:
     p50, p99 = sample.percentile(50), sample.percentile(99)
     assert p50 is not None and p99 is not None
     assert 3.0 < p50 < 7.0 < p99 <= 10.0
+
+
+# --- matching conversations back to targets ---------------------------------------------
+
+
+def _conv(conversation_id: int, to: str | None) -> Any:
+    from proactive_async import Conversation, Message
+
+    messages = [Message(to=to)] if to is not None else None
+    return Conversation(id=conversation_id, messages=messages)
+
+
+def test_conversations_match_recipients_by_number_whatever_the_order_or_format() -> None:
+    from proactive_async._campaign import match_conversations
+    from proactive_async._planner import PlannedTarget
+
+    targets = [
+        PlannedTarget(line=1, recipient="+5511900000001", contact_id=None, raw=None),
+        PlannedTarget(line=2, recipient="+5511900000002", contact_id=None, raw=None),
+    ]
+    answer = [_conv(20, "whatsapp:+55 11 90000-0002"), _conv(10, "5511900000001")]
+    assert match_conversations(targets, answer) == {1: [10], 2: [20]}
+
+
+def test_a_contact_whose_phone_is_a_recipients_gets_its_own_conversation() -> None:
+    """One conversation per recipient by number; the second to that number is the contact's."""
+    from proactive_async._campaign import match_conversations
+    from proactive_async._planner import PlannedTarget
+
+    targets = [
+        PlannedTarget(line=1, recipient="+5511900000001", contact_id=None, raw=None),
+        PlannedTarget(line=2, recipient=None, contact_id=77, raw=None),
+    ]
+    answer = [_conv(10, "+5511900000001"), _conv(11, "+5511900000001")]
+    assert match_conversations(targets, answer) == {1: [10], 2: [11]}
+
+
+def test_conversations_without_a_number_match_in_order_and_a_missing_one_matches_none() -> None:
+    from proactive_async._campaign import match_conversations
+    from proactive_async._planner import PlannedTarget
+
+    targets = [
+        PlannedTarget(line=5, recipient=None, contact_id=1, raw=None),
+        PlannedTarget(line=6, recipient=None, contact_id=2, raw=None),
+        PlannedTarget(line=7, recipient="+5511900000003", contact_id=None, raw=None),
+    ]
+    assert match_conversations(targets, [_conv(1, None), _conv(2, None)]) == {5: [1], 6: [2]}
