@@ -25,6 +25,7 @@ from msgspec import UNSET
 from ._client import AsyncClient
 from ._errors import BadRequestError, ProactiveError, RateLimitError, ServiceUnavailableError
 from ._input import aiter_records, fingerprint_file, read_records
+from ._journal import INTERRUPTED as _INTERRUPTED
 from ._journal import CampaignIdentity, Journal
 from ._limits import AdaptiveRate, Cooldown, RateLimiter
 from ._models import Conversation, ProactiveConversationRequest
@@ -37,10 +38,6 @@ __all__ = ["Campaign"]
 
 _log = logging.getLogger("proactive_async")
 _DONE: Final = object()
-_INTERRUPTED = OutcomeError(
-    kind="interrupted",
-    message="the campaign stopped while this record's call was in flight; it may have been sent",
-)
 
 
 class Campaign:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 import os
 import sqlite3
 import threading
@@ -37,19 +36,22 @@ from ._errors import JournalError, JournalMismatchError
 from ._records import Outcome, OutcomeError, OutcomeStatus
 
 __all__ = [
+    "INTERRUPTED",
     "IN_FLIGHT",
     "CampaignIdentity",
     "Journal",
     "JournalEntry",
-    "fingerprint_file",
     "interrupted_outcome",
 ]
 
 IN_FLIGHT: Final = "in_flight"
 """The state of a line whose call may have been sent but has no final outcome yet."""
 
-_INTERRUPTED_KIND: Final = "interrupted"
-_INTERRUPTED_MESSAGE: Final = "the campaign stopped while this record's call was in flight"
+INTERRUPTED: Final = OutcomeError(
+    kind="interrupted",
+    message="the campaign stopped while this record's call was in flight; it may have been sent",
+)
+"""The error of a record whose call was in flight when its campaign stopped."""
 
 # "PAJ1" in the SQLite header's application_id: tells our journals from other databases.
 _APPLICATION_ID: Final = 0x50414A31
@@ -121,14 +123,14 @@ class CampaignIdentity(msgspec.Struct, frozen=True):
     Usage::
 
         identity = CampaignIdentity.build(
-            template, input_fingerprint=fingerprint_file("targets.csv"),
+            template, input_fingerprint=_input.fingerprint_file("targets.csv"),
             options={"default_region": "BR", "dedupe": True},
         )
 
     Parameters:
         template: canonical JSON of the request template. It must never hold the API
             token (:meth:`Journal.open` refuses one it is told about).
-        input_fingerprint: identifies the input, e.g. :func:`fingerprint_file`; ``""``
+        input_fingerprint: identifies the input, e.g. ``_input.fingerprint_file``; ``""``
             when it cannot be known (a Python iterable), in which case resuming with
             the same input is the caller's promise.
         options: canonical JSON of the options that change how lines are planned
@@ -176,17 +178,8 @@ def interrupted_outcome(
         status=OutcomeStatus.UNKNOWN,
         recipient=recipient,
         contact_id=contact_id,
-        error=OutcomeError(kind=_INTERRUPTED_KIND, message=_INTERRUPTED_MESSAGE),
+        error=INTERRUPTED,
     )
-
-
-def fingerprint_file(path: str | os.PathLike[str]) -> str:
-    """``sha256:<hex>`` of a file's bytes (blocking: run it in a thread for big files)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while block := file.read(1 << 20):
-            digest.update(block)
-    return f"sha256:{digest.hexdigest()}"
 
 
 class Journal:
