@@ -16,7 +16,7 @@ import math
 import os
 import re
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -32,7 +32,7 @@ from ._models import Conversation, ProactiveConversationRequest
 from ._planner import Chunk, PlannedTarget, Planner, PlannerConfig
 from ._records import Outcome, OutcomeError, OutcomeStatus, Record
 from ._report import CampaignSummary, LatencySample, ReportWriter
-from ._retry import RetryPolicy
+from ._retry import RetryPolicy, Sleep
 
 __all__ = ["Campaign"]
 
@@ -75,6 +75,8 @@ class Campaign:
             flight at the crash (duplicates possible).
         report: a JSONL path, one line per input record.
         grace_period: seconds in-flight calls get to finish once the campaign is stopped.
+        clock, sleep: monotonic seconds and an awaitable sleep for every wait of the
+            campaign (limiters, cooldown, backoff); injectable so tests need no real waits.
     """
 
     def __init__(
@@ -98,6 +100,8 @@ class Campaign:
         resend_unknown: bool = False,
         grace_period: float = 30.0,
         flush_after: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         if template.recipient is not UNSET or template.contact_ids is not UNSET:
             raise ValueError("the template must not set recipient or contact_ids: give targets")
@@ -121,14 +125,19 @@ class Campaign:
         )
         self.summary = CampaignSummary()
         self.total: int | None = _count_records(targets)
-        self._limiter = RateLimiter(rate, burst) if rate else None
-        self._call_limiter = RateLimiter(calls_per_second) if calls_per_second else None
+        self._clock = clock
+        self._sleep = sleep
+        timing: dict[str, Any] = {"clock": clock, "sleep": sleep}
+        self._limiter = RateLimiter(rate, burst, **timing) if rate else None
+        self._call_limiter = (
+            RateLimiter(calls_per_second, **timing) if calls_per_second else None
+        )
         self._adaptive: AdaptiveRate | None = None
         if adaptive if adaptive is not None else rate is None:
             if self._limiter is None:
-                self._limiter = RateLimiter(_ADAPTIVE_START, burst)
-            self._adaptive = AdaptiveRate(self._limiter, ceiling=rate)
-        self._cooldown = Cooldown()
+                self._limiter = RateLimiter(_ADAPTIVE_START, burst, **timing)
+            self._adaptive = AdaptiveRate(self._limiter, ceiling=rate, clock=clock)
+        self._cooldown = Cooldown(**timing)
         self._latency = LatencySample()
         self._journal: Journal | None = None
         self._resuming = False
@@ -189,7 +198,7 @@ class Campaign:
     # -- the run -------------------------------------------------------------------
 
     async def _run(self) -> None:
-        self._started = time.monotonic()
+        self._started = self._clock()
         try:
             await self._open()
             queue: asyncio.Queue[Chunk | None] = asyncio.Queue(maxsize=self.concurrency)
@@ -242,7 +251,7 @@ class Campaign:
     async def _close(self) -> None:
         summary = self.summary
         if self._started is not None:
-            summary.elapsed = time.monotonic() - self._started
+            summary.elapsed = self._clock() - self._started
         summary.latency_p50 = self._latency.percentile(50)
         summary.latency_p95 = self._latency.percentile(95)
         summary.latency_p99 = self._latency.percentile(99)
@@ -421,7 +430,7 @@ class Campaign:
     async def _pace(self, weight: float, backoff: float) -> None:
         """Wait out a backoff, the shared cooldown and the limiters before an attempt."""
         if backoff > 0:
-            await asyncio.sleep(backoff)
+            await self._sleep(backoff)
         await self._cooldown.wait()
         if self._limiter is not None:
             await self._limiter.acquire(weight)

@@ -977,3 +977,36 @@ def test_conversations_without_a_number_match_in_order_and_a_missing_one_matches
         PlannedTarget(line=7, recipient="+5511900000003", contact_id=None, raw=None),
     ]
     assert match_conversations(targets, [_conv(1, None), _conv(2, None)]) == {5: [1], 6: [2]}
+
+
+# --- injected time ------------------------------------------------------------------------
+
+
+async def test_waits_run_on_the_injected_clock_a_long_retry_after_and_a_backoff() -> None:
+    """A 429 with Retry-After: 30 pauses everyone 30 s and a 503 without one backs off: on
+    the injected sleep, so the test takes no real time; both records end sent once."""
+    from conftest import FakeTime
+
+    fake = FakeTime()
+    answers = iter([(429, {"Retry-After": "30"}), (503, {}), (200, {}), (200, {})])
+    calls: list[dict[str, Any]] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        calls.append(body)
+        status, headers = next(answers)
+        if status != 200:
+            return web.json_response({"title": "busy"}, status=status, headers=headers)
+        return web.json_response(conversations_for(body, first_id=len(calls)))
+
+    started = time.monotonic()
+    async with custom_server(handler) as url, client_for(url) as client:
+        summary = await Campaign(
+            client, template=TEMPLATE, targets=[phone(1), phone(2)], chunk_size=2,
+            concurrency=1, adaptive=False, clock=fake.clock, sleep=fake.sleep,
+        ).run()
+    assert time.monotonic() - started < 5
+    assert summary.counts[OutcomeStatus.SENT] == 2
+    assert summary.throttled == 1 and summary.calls == 3
+    assert 30.0 in fake.sleeps  # the shared cooldown honoured Retry-After
+    assert any(0 < s < 30 for s in fake.sleeps)  # the 503's backoff
