@@ -71,9 +71,8 @@ class AsyncClient:
         retry: the default RetryPolicy (safe failures only); per call with ``retry=``.
         max_connections, max_connections_per_host, keepalive_timeout: the connection pool.
         connect_timeout, read_timeout, timeout: seconds to connect, between reads, and for
-            one whole attempt (None: no limit). ``timeout`` is off by default: the other
-            two bound a stalled server, and one timer less per call is ~3% more calls/s.
-            The policy's ``deadline`` bounds all attempts together.
+            one whole attempt (None: no limit). The policy's ``deadline`` bounds all
+            attempts together.
         verify: TLS verification; True (default), False, or an ``ssl.SSLContext``.
         proxy: an HTTP proxy URL. headers: extra headers sent with every call.
         max_response_bytes: a larger response body is refused (a broken server cannot
@@ -92,7 +91,7 @@ class AsyncClient:
         keepalive_timeout: float = 15.0,
         connect_timeout: float | None = 10.0,
         read_timeout: float | None = 30.0,
-        timeout: float | None = None,
+        timeout: float | None = 60.0,
         verify: bool | ssl.SSLContext = True,
         proxy: str | None = None,
         headers: Mapping[str, str] | None = None,

@@ -44,7 +44,7 @@ class TransportConfig:
     keepalive_timeout: float = 15.0
     connect_timeout: float | None = 10.0
     read_timeout: float | None = 30.0
-    timeout: float | None = None
+    timeout: float | None = 60.0
     verify: bool | ssl.SSLContext = True
     proxy: str | None = None
     max_response_bytes: int = 32 * 1024 * 1024
