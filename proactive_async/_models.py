@@ -158,7 +158,7 @@ class ProactiveConversationRequest(
         return count
 
 
-class Message(msgspec.Struct, kw_only=True, frozen=True, rename="camel"):
+class Message(msgspec.Struct, kw_only=True, frozen=True, rename="camel", gc=False):
     """A message of a conversation; ``to`` is the recipient's WhatsApp id."""
 
     id: int = 0
@@ -188,7 +188,7 @@ class Message(msgspec.Struct, kw_only=True, frozen=True, rename="camel"):
     document_id: int = 0
 
 
-class Tag(msgspec.Struct, kw_only=True, frozen=True, rename="camel"):
+class Tag(msgspec.Struct, kw_only=True, frozen=True, rename="camel", gc=False):
     """A tag attached to a conversation."""
 
     id: int = 0
@@ -198,7 +198,7 @@ class Tag(msgspec.Struct, kw_only=True, frozen=True, rename="camel"):
     tenant_id: int = 0
 
 
-class ConversationVariable(msgspec.Struct, kw_only=True, frozen=True, rename="camel"):
+class ConversationVariable(msgspec.Struct, kw_only=True, frozen=True, rename="camel", gc=False):
     """One item of ``dynamic_variables`` or ``data_collection``."""
 
     id: int = 0
@@ -207,7 +207,7 @@ class ConversationVariable(msgspec.Struct, kw_only=True, frozen=True, rename="ca
     conversation_id: int = 0
 
 
-class Conversation(msgspec.Struct, kw_only=True, frozen=True, rename="camel"):
+class Conversation(msgspec.Struct, kw_only=True, frozen=True, rename="camel", gc=False):
     """A conversation the server created: one per recipient and per contact id."""
 
     id: int = 0
