@@ -188,14 +188,22 @@ def sdk_missing(*names: str) -> str | None:
 
 
 def alternate(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
-    """Run each variant once per round, in turn (A B C A B C ...); collect their figures.
+    """Run each variant once per round, in turn; collect their figures.
 
     Alternating spreads any drift of the machine (another process, heat) over all of them.
+    The order rotates each round (A B C, B C A, C A B, ...) so that no variant always
+    follows the same one, and garbage is collected between runs so that none pays for
+    what the one before it left behind.
     """
-    figures: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            figures[name].append(fn())
+    import gc
+
+    names = list(variants)
+    figures: dict[str, list[float]] = {name: [] for name in names}
+    for round_number in range(rounds):
+        shift = round_number % len(names)
+        for name in names[shift:] + names[:shift]:
+            gc.collect()
+            figures[name].append(variants[name]())
     return figures
 
 
