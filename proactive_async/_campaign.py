@@ -227,8 +227,10 @@ class Campaign:
             self._limiter.drain()
         # The journal first: a refused resume must leave the earlier report untouched.
         if self.journal_path is not None:
+            # Hashing a large input file takes a while: not on the event loop.
+            identity = await asyncio.to_thread(self._identity)
             self._journal = await Journal.open(
-                self.journal_path, self._identity(), secrets=[self.client._token]
+                self.journal_path, identity, secrets=[self.client._token]
             )
             self._resuming = self._journal.resumed
         if self.report_path is not None:
