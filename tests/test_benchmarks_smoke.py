@@ -71,3 +71,15 @@ def test_results_table_has_a_line_per_row_and_marks_skips() -> None:
 def test_max_window_counts_the_busiest_second() -> None:
     bench_rate = importlib.import_module("bench_rate")
     assert bench_rate.max_window([0.0, 0.1, 0.5, 0.99, 1.0, 1.5, 1.6, 1.7]) == 5
+
+
+def test_a_missing_wrk_marks_its_row_skipped_not_failed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """make test passes on a machine without wrk: its row says skipped, with the reason."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # no wrk (nor taskset) on this PATH
+    result = _quick("bench_calls")
+    ceiling = [r for r in result["rows"] if "wrk" in r["benchmark"]]
+    assert len(ceiling) == 1
+    assert ceiling[0]["ok"] is None
+    assert "wrk not installed" in (ceiling[0]["skipped"] or "")
