@@ -8,6 +8,8 @@ Usage::
         )
 """
 
+import logging as _logging
+
 from ._campaign import Campaign
 from ._client import ApiResponse, AsyncClient, mask_phone
 from ._errors import (
@@ -33,6 +35,7 @@ from ._errors import (
     ResponseTooLargeError,
     ServerError,
     ServiceUnavailableError,
+    TLSError,
     TransportError,
     UnprocessableEntityError,
 )
@@ -94,6 +97,7 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "ServiceUnavailableError",
+    "TLSError",
     "Tag",
     "Target",
     "TransportError",
@@ -105,3 +109,6 @@ __all__ = [
     "parse_retry_after",
     "parse_timespan",
 ]
+
+# A library never prints on its own: with no logging configured, retry warnings go nowhere.
+_logging.getLogger("proactive_async").addHandler(_logging.NullHandler())

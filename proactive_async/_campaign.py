@@ -5,6 +5,12 @@ wait for the shared cooldown and the rate limiter, *then* mark the chunk's lines
 in the journal (durably), *then* send. A record can only be resent by a later run when
 its journal row says it was never in flight, or when the caller asks for unknowns to be
 resent.
+
+A fatal answer (401, 403, a TLS failure: ``ProactiveError.fatal``) aborts the campaign at
+once, and so do 429s with no call accepted for ``RetryPolicy.max_retry_after`` seconds: no
+new call is made, every record not yet sent ends ``failed`` (kind ``aborted``) in the report
+but stays unfinished in the journal, so that a later run sends it. ``run()`` then raises the
+fatal error.
 """
 
 from __future__ import annotations
@@ -146,6 +152,9 @@ class Campaign:
         self._stopping = False
         self._feeder: asyncio.Task[None] | None = None
         self._started: float | None = None
+        self._abort: ProactiveError | None = None
+        self._throttled_since: float | None = None
+        _check_report_path(report, targets, journal)
 
     # -- public control ------------------------------------------------------------
 
@@ -162,6 +171,11 @@ class Campaign:
         self._stopping = True
         if self._feeder is not None and not self._feeder.done():
             self._feeder.cancel()  # wakes it wherever it waits; it then releases the workers
+
+    @property
+    def aborted(self) -> ProactiveError | None:
+        """The error that aborted the campaign (fatal, or 429s without end), if one did."""
+        return self._abort
 
     @property
     def rate(self) -> float | None:
@@ -219,6 +233,8 @@ class Campaign:
                 self.summary.interrupted = True
         finally:
             await asyncio.shield(self._close())
+        if self._abort is not None and self._abort.fatal:
+            raise self._abort
 
     async def _open(self) -> None:
         if self._limiter is not None and self._adaptive is None:
@@ -228,15 +244,16 @@ class Campaign:
         # The journal first: a refused resume must leave the earlier report untouched.
         if self.journal_path is not None:
             # Hashing a large input file takes a while: not on the event loop.
-            identity = await asyncio.to_thread(self._identity)
+            identity = await asyncio.to_thread(self.identity)
             self._journal = await Journal.open(
-                self.journal_path, identity, secrets=[self.client._token]
+                self.journal_path, identity, secrets=self.client.secrets
             )
             self._resuming = self._journal.resumed
         if self.report_path is not None:
             self._report = ReportWriter(self.report_path)
 
-    def _identity(self) -> CampaignIdentity:
+    def identity(self) -> CampaignIdentity:
+        """What a journal checks on resume: template, input fingerprint, planning options."""
         config = self.planner_config
         return CampaignIdentity.build(
             msgspec.to_builtins(self.template),
@@ -300,7 +317,9 @@ class Campaign:
                     await self._settle_planned(item)
                     continue
                 targets = await self._unfinished(item.targets) if self._resuming else item.targets
-                if targets:
+                if targets and self._abort is not None:
+                    await self._settle_aborted(targets)
+                elif targets:
                     await queue.put(Chunk(variables=item.variables, targets=list(targets)))
 
     def _records(self) -> AsyncIterator[Record]:
@@ -347,6 +366,9 @@ class Campaign:
             chunk = await queue.get()
             if chunk is None or self._stopping:
                 return
+            if self._abort is not None:
+                await self._settle_aborted(chunk.targets)
+                continue
             await self._dispatch(chunk.targets, chunk.variables)
 
     def _encode(self, targets: Sequence[PlannedTarget], variables: dict[str, Any] | None) -> bytes:
@@ -387,6 +409,9 @@ class Campaign:
                 if attempt > 0:
                     await self._interrupt(targets, attempt, sent_once)
                 return
+            if self._abort is not None:
+                await self._settle_aborted(targets, attempt, sent_once)
+                return
             if attempt == 0 and self._journal is not None:
                 await self._journal.mark_in_flight([t.line for t in targets])
             attempt += 1
@@ -410,6 +435,10 @@ class Campaign:
                 if isinstance(exc, RateLimitError):
                     throttles += 1
                 wait = self._on_failure(exc, attempt - throttles, throttles, weight)
+                if wait is None and self._abort is not None and not sent_once:
+                    # Certainly not processed, and the campaign stops: a resume sends them.
+                    await self._settle(targets, OutcomeStatus.FAILED, attempt, exc, durable=False)
+                    return
                 if wait is None:
                     status = OutcomeStatus.UNKNOWN if sent_once else OutcomeStatus.FAILED
                     await self._settle(targets, status, attempt, exc)
@@ -424,6 +453,7 @@ class Campaign:
                 await self._settle(targets, OutcomeStatus.UNKNOWN, attempt, None, error)
                 return
             self._latency.add(time.perf_counter() - started)
+            self._throttled_since = None
             if self._adaptive is not None:
                 self._adaptive.on_success(weight)
             await self._settle_response(targets, response.value, attempt)
@@ -451,6 +481,21 @@ class Campaign:
             await self._journal.release([t.line for t in targets])
         self.summary.pending += len(targets)
 
+    async def _settle_aborted(
+        self, targets: Sequence[PlannedTarget], attempts: int = 0, sent_once: bool = False
+    ) -> None:
+        """The campaign was aborted before this chunk's (next) attempt."""
+        if sent_once:
+            await self._settle(targets, OutcomeStatus.UNKNOWN, attempts, None, _INTERRUPTED)
+            return
+        assert self._abort is not None
+        error = OutcomeError(
+            kind=ABORTED,
+            message=f"not sent: the campaign stopped after {self._abort.kind}; a resume with "
+            "the same journal sends it",
+        )
+        await self._settle(targets, OutcomeStatus.FAILED, attempts, None, error, durable=False)
+
     def _on_failure(
         self, exc: ProactiveError, attempt: int, throttles: int, weight: float
     ) -> float | None:
@@ -460,22 +505,46 @@ class Campaign:
         business and does not use the policy's attempts (up to MAX_THROTTLES a chunk).
         """
         policy = self.retry
+        if exc.fatal:
+            self._abort_with(exc)
+            return None
         wait = policy.wait_for(exc, max(1, attempt))
         if isinstance(exc, RateLimitError | ServiceUnavailableError):
             if isinstance(exc, RateLimitError):
                 self.summary.throttled += 1
+                if self._throttled_too_long(exc):
+                    return None
+            if exc.retry_after is not None and exc.retry_after > policy.max_retry_after:
+                # Nobody waits that long: this chunk ends failed (the wait is in its error).
+                return None
+            if isinstance(exc, RateLimitError):
                 if exc.retry_after is None:
                     wait = self._unnamed_throttle_wait(weight)
                 if self._adaptive is not None:
                     self._adaptive.on_throttle(wait)
             self._cooldown.pause(wait)
-            if exc.retry_after is not None and exc.retry_after > policy.max_retry_after:
-                return None
             if isinstance(exc, RateLimitError):
                 return wait if throttles < MAX_THROTTLES else None
         if attempt >= policy.max_attempts or not policy.should_retry(exc):
             return None
         return wait
+
+    def _abort_with(self, exc: ProactiveError) -> None:
+        if self._abort is None:
+            self._abort = exc
+            self.summary.aborted = f"{exc.kind}: {self.client.redact(exc.message)}"
+            _log.error("campaign aborted: %s", self.summary.aborted)
+
+    def _throttled_too_long(self, exc: RateLimitError) -> bool:
+        """429s and no accepted call for ``max_retry_after`` seconds: abort the campaign."""
+        now = self._clock()
+        if self._throttled_since is None:
+            self._throttled_since = now
+            return False
+        if now - self._throttled_since < self.retry.max_retry_after:
+            return False
+        self._abort_with(exc)
+        return True
 
     def _unnamed_throttle_wait(self, weight: float) -> float:
         """The shared pause for a 429 that names no wait (nginx ``limit_req`` sends none).
@@ -526,15 +595,25 @@ class Campaign:
         attempts: int,
         exc: ProactiveError | None,
         error: OutcomeError | None = None,
+        *,
+        durable: bool = True,
     ) -> None:
+        """Emit one outcome per target; ``durable=False``: unfinished in the journal."""
         if error is None and exc is not None:
             error = OutcomeError(
-                kind=exc.kind, message=exc.message, status=getattr(exc, "status", None)
+                kind=exc.kind,
+                message=self.client.redact(exc.message),
+                status=getattr(exc, "status", None),
             )
+        if not durable and self._journal is not None:
+            await self._journal.release([t.line for t in targets])
         for target in targets:
-            await self._emit(_outcome(target, status, attempts=attempts, error=error))
+            outcome = _outcome(target, status, attempts=attempts, error=error)
+            await self._emit(outcome, durable=durable)
 
-    async def _emit(self, outcome: Outcome, *, resumed: bool = False) -> None:
+    async def _emit(
+        self, outcome: Outcome, *, resumed: bool = False, durable: bool = True
+    ) -> None:
         summary = self.summary
         summary.counts[outcome.status] += 1
         summary.records += 1
@@ -542,7 +621,7 @@ class Campaign:
             summary.resumed += 1
         if self._report is not None:
             self._report.write(outcome)
-        if self._journal is not None and not resumed:
+        if self._journal is not None and durable and not resumed:
             await self._journal.record([outcome])
         if self._sink is not None:
             await self._sink.put(outcome)
@@ -550,6 +629,8 @@ class Campaign:
 
 _ADAPTIVE_START: Final = 1_000_000.0
 """Targets/s an adaptive campaign with no rate starts at: no limit until the first 429."""
+ABORTED: Final = "aborted"
+"""``OutcomeError.kind`` of a record not sent because the campaign was aborted."""
 MAX_THROTTLES: Final = 100
 _THROTTLE_WAIT_MIN: Final = 0.01
 _THROTTLE_WAIT_MAX: Final = 0.25
@@ -578,29 +659,32 @@ def _outcome(
 def match_conversations(
     targets: Sequence[PlannedTarget], conversations: list[Conversation]
 ) -> dict[int, list[int]]:
-    """Conversation ids per target line: by ``messages[].to``, then the rest in order.
+    """Conversation ids per target line.
 
-    A recipient takes one conversation by its number; another conversation to the same
-    number (a contact whose phone it is, or the number twice in a chunk) is left for the
-    targets still waiting, contacts first, in order.
+    A recipient is ``sent`` only by a conversation that names its number (``messages[].to``,
+    in any format: the same digits, or a national form that fits exactly one recipient of
+    the chunk). Contacts, whose number the answer does not show, take the conversations
+    left over, in order. Whatever is left (a conversation for another number, or none at
+    all) matches nobody: those targets end ``unknown``, never ``sent``.
     """
     by_digits: dict[str, list[PlannedTarget]] = {}
     for target in targets:
         if target.recipient is not None:
             by_digits.setdefault(_digits(target.recipient), []).append(target)
     ids: dict[int, list[int]] = {}
-    leftovers: list[int] = []
+    leftovers: list[Conversation] = []
     for conversation in conversations:
         owner = _first_unmatched(by_digits, conversation, ids)
         if owner is None:
-            leftovers.append(conversation.id)
+            leftovers.append(conversation)
         else:
             ids[owner.line] = [conversation.id]
+    if leftovers and by_digits:
+        leftovers = _match_national_forms(by_digits, leftovers, ids)
     if leftovers:
-        waiting = [t for t in targets if t.line not in ids]
-        waiting.sort(key=lambda t: t.contact_id is None)  # contacts first: no number of theirs
-        for target, conversation_id in zip(waiting, leftovers, strict=False):
-            ids[target.line] = [conversation_id]
+        contacts = [t for t in targets if t.contact_id is not None and t.line not in ids]
+        for target, conversation in zip(contacts, leftovers, strict=False):
+            ids[target.line] = [conversation.id]
     return ids
 
 
@@ -614,6 +698,40 @@ def _first_unmatched(
     return None
 
 
+def _match_national_forms(
+    by_digits: dict[str, list[PlannedTarget]],
+    conversations: list[Conversation],
+    ids: dict[int, list[int]],
+) -> list[Conversation]:
+    """Match ``to``s written without (or with another form of) the country code; the rest."""
+    left: list[Conversation] = []
+    for conversation in conversations:
+        owner = None
+        for to in conversation.recipients:
+            owner = _sole_suffix_match(by_digits, _digits(to), ids)
+            if owner is not None:
+                break
+        if owner is None:
+            left.append(conversation)
+        else:
+            ids[owner.line] = [conversation.id]
+    return left
+
+
+def _sole_suffix_match(
+    by_digits: dict[str, list[PlannedTarget]], to: str, ids: dict[int, list[int]]
+) -> PlannedTarget | None:
+    """The one waiting recipient whose number ends with ``to`` (or the reverse), if exactly one."""
+    if len(to) < _MIN_NATIONAL_DIGITS:
+        return None
+    found: list[PlannedTarget] = []
+    for digits, waiting in by_digits.items():
+        if digits.endswith(to) or to.endswith(digits):
+            found.extend(t for t in waiting if t.line not in ids)
+    return found[0] if len(found) == 1 else None
+
+
+_MIN_NATIONAL_DIGITS: Final = 8
 _NON_DIGITS: Final = re.compile(r"\D+")
 
 
@@ -638,6 +756,39 @@ async def _file_records(path: str | os.PathLike[str]) -> AsyncIterator[Record]:
         yield record
         if index & 255 == 255:
             await asyncio.sleep(0)  # reading is synchronous: let the dispatchers run
+
+
+def _check_report_path(
+    report: str | os.PathLike[str] | None,
+    targets: object,
+    journal: str | os.PathLike[str] | None,
+) -> None:
+    """Refuse, before anything is opened, a report that would overwrite the input or journal."""
+    if report is None:
+        return
+    guarded: list[tuple[str, str]] = []
+    if isinstance(targets, str | os.PathLike):
+        guarded.append(("the targets file", os.fspath(targets)))
+    if journal is not None:
+        base = os.fspath(journal)
+        guarded += [("the journal", base)]
+        guarded += [("a journal side file", base + side) for side in _JOURNAL_SIDE_FILES]
+    for what, path in guarded:
+        if _same_file(os.fspath(report), path):
+            raise ValueError(f"the report path {os.fspath(report)!r} is {what} ({path!r})")
+
+
+_JOURNAL_SIDE_FILES: Final = ("-wal", "-shm", "-journal")
+
+
+def _same_file(a: str, b: str) -> bool:
+    """The same file, through symbolic links and hard links (either may not exist yet)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _fingerprint(source: object) -> str:

@@ -31,6 +31,7 @@ from ._models import (
     encode_request,
 )
 from ._retry import RetryPolicy, Sleep, parse_retry_after, retry_call
+from ._secrets import Redactor, check_header_value
 from ._transport import RawResponse, Transport, TransportConfig, user_agent
 from ._version import __version__
 
@@ -73,8 +74,11 @@ class AsyncClient:
         connect_timeout, read_timeout, timeout: seconds to connect, between reads, and for
             one whole attempt (None: no limit). The policy's ``deadline`` bounds all
             attempts together.
-        verify: TLS verification; True (default), False, or an ``ssl.SSLContext``.
-        proxy: an HTTP proxy URL. headers: extra headers sent with every call.
+        verify: TLS verification; True (default), a CA bundle's path (PEM) to trust a
+            private CA, an ``ssl.SSLContext``, or False (not advised).
+        proxy: an HTTP proxy URL; its credentials, if any, in the URL
+            (``http://user:pass@proxy:3128``). The token is only ever sent to ``base_url``.
+        headers: extra headers sent with every call (to the API only, never to a proxy).
         max_response_bytes: a larger response body is refused (a broken server cannot
             exhaust memory).
         mask_phone_numbers: mask numbers in log lines (default True).
@@ -92,7 +96,7 @@ class AsyncClient:
         connect_timeout: float | None = 10.0,
         read_timeout: float | None = 30.0,
         timeout: float | None = 60.0,
-        verify: bool | ssl.SSLContext = True,
+        verify: bool | str | os.PathLike[str] | ssl.SSLContext = True,
         proxy: str | None = None,
         headers: Mapping[str, str] | None = None,
         max_response_bytes: int = 32 * 1024 * 1024,
@@ -108,20 +112,15 @@ class AsyncClient:
             raise ClientStateError("no token given and PROACTIVE_TOKEN is not set")
         if not base_url.startswith(("http://", "https://")):
             raise ClientStateError(f"base_url must start with http:// or https://: {base_url!r}")
+        _check_headers(token, headers or {})
         self.base_url = base_url.rstrip("/")
         self.retry = retry if retry is not None else RetryPolicy()
         self.mask_phone_numbers = mask_phone_numbers
         self._token = token  # kept only so a journal can refuse to store it
+        self._redactor = Redactor([token])
         self._url = self.base_url + PATH
         self._sleep: Sleep = sleep if sleep is not None else asyncio.sleep
         self._clock = clock if clock is not None else time.monotonic
-        all_headers = {
-            "User-Agent": user_agent(__version__),
-            "Accept": "application/json",
-            "Content-Type": "application/json",
-            **(headers or {}),
-            "Authorization": f"Bearer {token}",
-        }
         self._transport = Transport(
             TransportConfig(
                 max_connections=max_connections,
@@ -130,15 +129,29 @@ class AsyncClient:
                 connect_timeout=connect_timeout,
                 read_timeout=read_timeout,
                 timeout=timeout,
-                verify=verify,
+                verify=_ssl_verify(verify),
                 proxy=proxy,
                 max_response_bytes=max_response_bytes,
-                headers=all_headers,
+                headers={
+                    "User-Agent": user_agent(__version__),
+                    "Accept": "application/json",
+                    "Content-Type": "application/json",
+                },
+                request_headers={**(headers or {}), "Authorization": f"Bearer {token}"},
             )
         )
 
     def __repr__(self) -> str:
         return f"AsyncClient(base_url={self.base_url!r})"
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What must never be stored or shown (the token): for journals and reports."""
+        return (self._token,)
+
+    def redact(self, text: str) -> str:
+        """``text`` with the token replaced by ``[redacted]``."""
+        return self._redactor.text(text)
 
     async def __aenter__(self) -> Self:
         if self._transport.closed:
@@ -211,21 +224,26 @@ class AsyncClient:
             except DecodingError as exc:
                 exc.status = raw.status
                 exc.attempts = attempt
+                exc.body = self._redactor.bytes(exc.body)
+                exc.message = self._redactor.text(exc.message)
+                exc.args = (exc.message,)
                 raise
             return ApiResponse(value, raw.status, raw.headers, raw.elapsed, attempt)
         raise self._status_error(raw, attempt)
 
     def _status_error(self, raw: RawResponse, attempt: int) -> HTTPStatusError:
-        problem = _problem_details(raw)
-        detail = problem.summary() if problem is not None else _snippet(raw.body)
+        # An echoing gateway may send our own headers back: the token stays out of the error.
+        body = self._redactor.bytes(raw.body)
+        problem = _problem_details(body)
+        detail = problem.summary() if problem is not None else _snippet(body)
         if self.mask_phone_numbers:
             detail = mask_phones_in(detail)
         message = f"HTTP {raw.status} from POST {PATH}" + (f": {detail}" if detail else "")
         cls = status_error_class(raw.status)
         common: dict[str, Any] = {
             "status": raw.status,
-            "headers": raw.headers,
-            "body": raw.body,
+            "headers": self._redactor.headers(raw.headers),
+            "body": body,
             "problem": problem,
             "attempts": attempt,
         }
@@ -247,11 +265,35 @@ def _build_request(
     return request
 
 
-def _problem_details(raw: RawResponse) -> ProblemDetails | None:
-    if not raw.body:
+def _check_headers(token: str, headers: Mapping[str, str]) -> None:
+    """Refuse, at construction, a token or header that HTTP cannot carry (nothing is sent)."""
+    problems = [check_header_value("token", token)]
+    for name, value in headers.items():
+        if not name or any(c in name for c in "\r\n\x00: "):
+            problems.append(f"{name!r} is not a valid header name")
+        problems.append(check_header_value(f"header {name!r}", value))
+    problem = next((p for p in problems if p is not None), None)
+    if problem is not None:
+        raise ClientStateError(problem)
+
+
+def _ssl_verify(verify: bool | str | os.PathLike[str] | ssl.SSLContext) -> bool | ssl.SSLContext:
+    """A CA bundle's path becomes a verifying context that trusts it (and nothing weaker)."""
+    if isinstance(verify, bool | ssl.SSLContext):
+        return verify
+    try:
+        return ssl.create_default_context(cafile=os.fspath(verify))
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        path = os.fspath(verify)
+        raise ClientStateError(f"cannot use {path!r} as a CA bundle: {reason}") from None
+
+
+def _problem_details(body: bytes) -> ProblemDetails | None:
+    if not body:
         return None
     try:
-        data = msgspec.json.decode(raw.body)
+        data = msgspec.json.decode(body)
     except msgspec.DecodeError:
         return None
     if isinstance(data, dict) and ({"title", "errors", "detail", "type"} & data.keys()):

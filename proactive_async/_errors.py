@@ -10,6 +10,7 @@ decides whether resending could create a duplicate conversation.
     ├── TransportError                      no HTTP response was read
     │   ├── ConnectError                    connection never made (not processed)
     │   ├── ConnectTimeout                  connection not made in time (not processed)
+    │   ├── TLSError                        TLS handshake / certificate failed (not processed)
     │   ├── ReadTimeout                     sent, no answer in time (ambiguous)
     │   └── ConnectionLostError             dropped after sending (ambiguous)
     ├── HTTPStatusError                     a non-2xx answer
@@ -25,10 +26,14 @@ decides whether resending could create a duplicate conversation.
     │       └── ServiceUnavailableError     503 (not processed)
     ├── DecodingError                       a 2xx whose body does not decode (ambiguous)
     │   └── ResponseTooLargeError           the body passed the size cap (ambiguous)
-    ├── ClientStateError                    the client was misused (closed, other event loop)
+    ├── ClientStateError                    the client was misused (closed, other event loop,
+    │                                       a token or header that cannot be sent)
     ├── InputError                          a targets file cannot be read at all
     └── JournalError                        the campaign journal cannot be used
         └── JournalMismatchError            resuming with another template or input
+
+``fatal`` marks errors that every later call would meet too (401, 403, a certificate that does
+not verify, a client that cannot build its request): a campaign stops at the first one.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ __all__ = [
     "ResponseTooLargeError",
     "ServerError",
     "ServiceUnavailableError",
+    "TLSError",
     "TransportError",
     "UnprocessableEntityError",
     "status_error_class",
@@ -74,6 +80,8 @@ class ProactiveError(Exception):
     """
 
     may_have_been_processed: bool = False
+    fatal: bool = False
+    """Every later call would fail the same way: a campaign stops at once (never retried)."""
 
     def __init__(self, message: str, *, attempts: int = 0) -> None:
         super().__init__(message)
@@ -96,6 +104,16 @@ class ConnectError(TransportError):
 
 class ConnectTimeout(ConnectError):
     """The connection was not made within the connect timeout; nothing was sent."""
+
+
+class TLSError(TransportError):
+    """The TLS handshake failed (a certificate that does not verify, a protocol mismatch).
+
+    Nothing was sent; never retried, and fatal for a campaign. Trust a private CA with
+    ``AsyncClient(verify="ca.pem")`` (or an ``ssl.SSLContext``), never by turning it off.
+    """
+
+    fatal = True
 
 
 class ReadTimeout(TransportError):
@@ -184,7 +202,15 @@ class HTTPStatusError(ProactiveError):
 
 
 class RedirectError(HTTPStatusError):
-    """A 3xx answer; redirects are never followed for this POST (the token stays put)."""
+    """A 3xx answer; redirects are never followed for this POST (the token stays put).
+
+    A 303 (See Other) says the server processed the POST: ``may_have_been_processed``.
+    """
+
+    def __init__(self, message: str, *, status: int, **kwargs: Any) -> None:
+        super().__init__(message, status=status, **kwargs)
+        if status == 303:
+            self.may_have_been_processed = True
 
 
 class BadRequestError(HTTPStatusError):
@@ -192,11 +218,15 @@ class BadRequestError(HTTPStatusError):
 
 
 class AuthenticationError(HTTPStatusError):
-    """401: the token is missing, expired or wrong."""
+    """401: the token is missing, expired or wrong. Fatal for a campaign."""
+
+    fatal = True
 
 
 class PermissionDeniedError(HTTPStatusError):
-    """403: the token may not do this."""
+    """403: the token may not do this. Fatal for a campaign."""
+
+    fatal = True
 
 
 class NotFoundError(HTTPStatusError):
@@ -253,7 +283,10 @@ class ResponseTooLargeError(DecodingError):
 
 
 class ClientStateError(ProactiveError):
-    """The client was used in a way it cannot serve: after ``aclose()``, or from another loop."""
+    """The client was used in a way it cannot serve: after ``aclose()``, from another loop, or
+    with a token or header that cannot be sent. Nothing was sent; fatal for a campaign."""
+
+    fatal = True
 
 
 class InputError(ProactiveError):

@@ -34,6 +34,7 @@ import msgspec
 
 from ._errors import JournalError, JournalMismatchError
 from ._records import Outcome, OutcomeError, OutcomeStatus
+from ._secrets import MIN_SECRET_LENGTH
 
 __all__ = [
     "INTERRUPTED",
@@ -88,7 +89,6 @@ _SCHEMA: Final = (
 # Each write is one statement over a JSON array: the rows are built by SQLite in one
 # sqlite3_step, which runs without the GIL, instead of one Python bind per row.
 _MARK_SQL: Final = "INSERT OR REPLACE INTO lines (line, state) SELECT value, 0 FROM json_each(?)"
-_MIN_SECRET: Final = 8
 _RELEASE_SQL: Final = (
     "DELETE FROM lines WHERE state = 0 AND line IN (SELECT value FROM json_each(?))"
 )
@@ -246,8 +246,7 @@ class Journal:
         secrets: Collection[str] = (),
     ) -> Journal:
         """Create the journal at ``path``, or resume it when it is this campaign's."""
-        # A string this short is no credible token and would match ordinary text.
-        kept = tuple(secret for secret in secrets if len(secret) >= _MIN_SECRET)
+        kept = tuple(secret for secret in secrets if len(secret) >= MIN_SECRET_LENGTH)
         _refuse_secrets(identity, kept)
         path_str = os.fspath(path)
         executor = concurrent.futures.ThreadPoolExecutor(

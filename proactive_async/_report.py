@@ -93,6 +93,8 @@ class CampaignSummary:
     """The campaign was stopped before the whole input was read and sent."""
     pending: int = 0
     """Records left unsent by a stop after certainly-unprocessed attempts (a resume sends them)."""
+    aborted: str | None = None
+    """Why the campaign was aborted (a fatal error, or 429s without end), if it was."""
     latency_p50: float | None = None
     latency_p95: float | None = None
     latency_p99: float | None = None
@@ -121,6 +123,7 @@ class CampaignSummary:
             "resumed": self.resumed,
             "interrupted": self.interrupted,
             "pending": self.pending,
+            "aborted": self.aborted,
             "latency_ms": {
                 "p50": _ms(self.latency_p50),
                 "p95": _ms(self.latency_p95),

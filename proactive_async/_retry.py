@@ -118,7 +118,8 @@ def is_safe_to_retry(exc: ProactiveError) -> bool:
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After``: integer or fractional seconds, or an HTTP-date.
 
-    Returns None when absent or unreadable; a date in the past gives 0.
+    Returns None when absent, unreadable or negative (the caller's backoff applies, never
+    "retry now"); a date in the past gives 0.
     """
     if value is None:
         return None
@@ -129,9 +130,9 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         seconds = float(text)
     except ValueError:
         return _seconds_until_http_date(text, now)
-    if math.isnan(seconds) or math.isinf(seconds):
+    if math.isnan(seconds) or math.isinf(seconds) or seconds < 0:
         return None
-    return max(0.0, seconds)
+    return seconds
 
 
 def _seconds_until_http_date(text: str, now: float | None) -> float | None:

@@ -3,6 +3,11 @@
 The mapping decides what "may have been processed" means at the wire: only a connection
 that was never made is certainly unprocessed; once bytes may have left, a lost connection or
 a missing answer is ambiguous.
+
+The token travels only to the API origin. aiohttp merges a session's default headers into
+what it sends to a proxy (``Proxy-Authorization`` on every CONNECT), so the session's defaults
+hold nothing secret: ``Authorization`` and the caller's own headers go with each request, and
+proxy credentials come only from the proxy URL (``http://user:pass@proxy:3128``).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
+import yarl
 
 from ._errors import (
     ClientStateError,
@@ -24,9 +30,13 @@ from ._errors import (
     ProactiveError,
     ReadTimeout,
     ResponseTooLargeError,
+    TLSError,
 )
 
-__all__ = ["RawResponse", "Transport", "TransportConfig", "user_agent"]
+__all__ = ["MAX_ERROR_BODY", "RawResponse", "Transport", "TransportConfig", "user_agent"]
+
+MAX_ERROR_BODY = 64 * 1024
+"""Bytes of an error answer's body kept (``exc.body``): the status is what matters."""
 
 
 def user_agent(version: str) -> str:
@@ -48,8 +58,10 @@ class TransportConfig:
     verify: bool | ssl.SSLContext = True
     proxy: str | None = None
     max_response_bytes: int = 32 * 1024 * 1024
-    # repr=False (fix, tests): these headers hold the Bearer token.
-    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """Session defaults: nothing secret (aiohttp also sends these to a proxy)."""
+    request_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """Sent with each request to the API only: the Bearer token and the caller's headers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +82,8 @@ class Transport:
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._request_headers = dict(config.request_headers)
+        self._proxy, self._proxy_auth = _split_proxy(config.proxy)
 
     @property
     def closed(self) -> bool:
@@ -119,7 +133,12 @@ class Transport:
         started = time.perf_counter()
         try:
             async with session.post(
-                url, data=body, allow_redirects=False, proxy=self._config.proxy
+                url,
+                data=body,
+                headers=self._request_headers,
+                allow_redirects=False,
+                proxy=self._proxy,
+                proxy_auth=self._proxy_auth,
             ) as response:
                 payload = await self._read_capped(response)
                 return RawResponse(
@@ -130,12 +149,23 @@ class Transport:
                 )
         except ProactiveError:
             raise
+        except (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch) as exc:
+            raise TLSError(f"TLS with {_origin(url)} failed: {_tls_reason(exc)}") from None
+        except aiohttp.ClientHttpProxyError as exc:
+            # The proxy refused the tunnel: the API never saw the request.
+            raise ConnectError(
+                f"the proxy refused the connection to {_origin(url)}: HTTP {exc.status}"
+            ) from None
         except aiohttp.ConnectionTimeoutError as exc:
             raise ConnectTimeout(f"connecting to {_origin(url)} timed out") from exc
         except aiohttp.ClientConnectorError as exc:
             raise ConnectError(f"could not connect to {_origin(url)}: {exc.os_error}") from exc
         except aiohttp.InvalidURL as exc:
             raise ClientStateError(f"invalid URL: {exc}") from None
+        except ValueError as exc:
+            # aiohttp checks a request (headers, URL) as it builds and serialises it, before
+            # a byte is written; its parser's errors after that are ClientResponseErrors.
+            raise ClientStateError(f"the request could not be built: {exc}") from None
         except (TimeoutError, aiohttp.SocketTimeoutError) as exc:
             raise ReadTimeout(
                 f"no complete answer from {_origin(url)} in time; the request may have been"
@@ -159,7 +189,7 @@ class Transport:
     async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
         cap = self._config.max_response_bytes
         if not 200 <= response.status < 300:
-            return await _read_head(response, cap)
+            return await _read_head(response, min(cap, MAX_ERROR_BODY))
         length = response.content_length
         if length is not None and length > cap:
             raise ResponseTooLargeError(
@@ -205,6 +235,22 @@ async def _read_head(response: aiohttp.ClientResponse, cap: int) -> bytes:
         if size >= cap:
             break
     return b"".join(chunks)
+
+
+def _split_proxy(proxy: str | None) -> tuple[str | None, aiohttp.BasicAuth | None]:
+    """The proxy URL without its credentials, and those credentials as the proxy's own auth."""
+    if proxy is None:
+        return None, None
+    parsed = yarl.URL(proxy)
+    if parsed.user is None and parsed.password is None:
+        return proxy, None
+    auth = aiohttp.BasicAuth(parsed.user or "", parsed.password or "")
+    return str(parsed.with_user(None)), auth
+
+
+def _tls_reason(exc: Exception) -> str:
+    cause = getattr(exc, "certificate_error", None) or getattr(exc, "os_error", None) or exc
+    return str(getattr(cause, "verify_message", None) or cause)
 
 
 def _origin(url: str) -> str:

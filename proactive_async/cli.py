@@ -35,7 +35,15 @@ from rich.table import Table
 
 from ._campaign import Campaign
 from ._client import AsyncClient
-from ._errors import ClientStateError, InputError, JournalError
+from ._errors import (
+    AuthenticationError,
+    ClientStateError,
+    InputError,
+    JournalError,
+    PermissionDeniedError,
+    ProactiveError,
+    TLSError,
+)
 from ._input import read_records
 from ._journal import Journal
 from ._models import ProactiveConversationRequest
@@ -82,7 +90,7 @@ class CampaignSettings:
 
     targets: str
     base_url: str
-    token: str
+    token: str = field(repr=False)
     template: ProactiveConversationRequest
     chunk_size: int = 50
     concurrency: int = 16
@@ -99,6 +107,7 @@ class CampaignSettings:
     resend_unknown: bool = False
     grace_period: float = 10.0
     progress: bool = True
+    ca_file: str | None = None
 
 
 def _settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> CampaignSettings:
@@ -128,6 +137,7 @@ def _settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Cam
         resend_unknown=args.resend_unknown,
         grace_period=args.grace_period,
         progress=not args.no_progress,
+        ca_file=args.ca_file,
     )
 
 
@@ -207,9 +217,13 @@ class CampaignResult:
 
     summary: CampaignSummary
     interrupted: bool
+    fatal: str | None = None
+    """One line on why a fatal answer (401, 403, TLS) stopped the run."""
 
     @property
     def exit_code(self) -> int:
+        if self.fatal is not None:
+            return EXIT_USAGE
         if self.interrupted or self.summary.interrupted:
             return EXIT_INTERRUPTED
         if self.summary.counts[OutcomeStatus.UNKNOWN]:
@@ -234,7 +248,30 @@ async def run_campaign(settings: CampaignSettings, *, stderr: Console) -> Campai
             raise UsageError(str(exc)) from exc
         except OSError as exc:
             raise UsageError(_os_error_text(exc)) from exc
+        except ProactiveError as exc:
+            if not exc.fatal or campaign.aborted is not exc:
+                raise
+            return CampaignResult(campaign.summary, False, fatal=_fatal_text(exc, settings))
     return CampaignResult(campaign.summary, interrupted)
+
+
+def _fatal_text(exc: ProactiveError, settings: CampaignSettings) -> str:
+    """The one line that tells the operator why the run stopped and what to do."""
+    resume = (
+        "; records not sent stay unsent in the journal: resume with the same --journal"
+        if settings.journal
+        else ""
+    )
+    if isinstance(exc, AuthenticationError):
+        why = f"authentication failed: {exc.message}; check PROACTIVE_TOKEN (or --token-file)"
+    elif isinstance(exc, PermissionDeniedError):
+        why = f"permission denied: {exc.message}; the token may not use this channel or bot"
+    elif isinstance(exc, TLSError):
+        hint = "" if settings.ca_file else "; for a private CA pass --ca-file PATH (PEM)"
+        why = f"{exc.message}{hint}"
+    else:
+        why = exc.message
+    return why + resume
 
 
 def _make_client(settings: CampaignSettings) -> AsyncClient:
@@ -243,6 +280,7 @@ def _make_client(settings: CampaignSettings) -> AsyncClient:
             settings.base_url,
             settings.token,
             max_connections=max(100, settings.concurrency),
+            verify=settings.ca_file if settings.ca_file is not None else True,
         )
     except ClientStateError as exc:
         raise UsageError(str(exc)) from exc
@@ -283,7 +321,7 @@ async def _check_journal(campaign: Campaign, path: str | None) -> None:
         return
     # The identity is the campaign's own (a private method): the check must be the one
     # the run makes, or it could refuse what the run accepts.
-    journal = await Journal.open(path, campaign._identity())
+    journal = await Journal.open(path, campaign.identity())
     await journal.aclose()
 
 
@@ -432,6 +470,9 @@ def _print_summary(
         sys.stdout.flush()
     else:
         _console(sys.stdout).print(table)
+    if result.fatal is not None:
+        stderr.print(f"{_PROG}: error: {result.fatal}", highlight=False)
+        return
     advice = _advice(result, settings.journal)
     if advice:
         stderr.print(advice, highlight=False)
@@ -760,6 +801,9 @@ def _add_campaign_parser(commands: Any) -> None:
     out.add_argument("--base-url", metavar="URL", help="default: $PROACTIVE_BASE_URL")
     out.add_argument("--token-file", metavar="PATH",
                      help="a file holding the token (default: $PROACTIVE_TOKEN)")
+    out.add_argument("--ca-file", metavar="PATH",
+                     help="a PEM bundle of CA certificates to trust (a private CA); "
+                     "verification stays on")
     out.add_argument("--no-progress", action="store_true",
                      help="plain progress lines instead of a live bar")
     out.add_argument("--json-summary", action="store_true",

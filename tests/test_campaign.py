@@ -499,7 +499,7 @@ async def test_lines_in_flight_at_a_crash_end_unknown_and_are_not_resent(tmp_pat
     journal = tmp_path / "j.db"
     async with Simulator() as sim, client_for(sim.url) as client:
         probe = Campaign(client, template=TEMPLATE, targets=items, journal=journal)
-        async with await Journal.open(journal, probe._identity()) as raw:
+        async with await Journal.open(journal, probe.identity()) as raw:
             await raw.mark_in_flight([3, 4, 5])
         summary = await Campaign(
             client, template=TEMPLATE, targets=items, journal=journal
@@ -522,7 +522,7 @@ async def test_resend_unknown_resends_lines_left_in_flight(tmp_path: Path) -> No
     journal = tmp_path / "j.db"
     async with Simulator() as sim, client_for(sim.url) as client:
         probe = Campaign(client, template=TEMPLATE, targets=items, journal=journal)
-        async with await Journal.open(journal, probe._identity()) as raw:
+        async with await Journal.open(journal, probe.identity()) as raw:
             await raw.mark_in_flight([1, 2])
         summary = await Campaign(
             client, template=TEMPLATE, targets=items, journal=journal, resend_unknown=True
@@ -589,7 +589,7 @@ async def test_cancelling_the_task_finishes_in_flight_calls_and_flushes_everythi
     assert len(rows) == sim.audit.total_processed == calls_at_cancel * 5
     assert all(row["status"] == "sent" for row in rows)
     assert campaign_tasks() == []
-    async with await Journal.open(journal, campaign._identity()) as raw:
+    async with await Journal.open(journal, campaign.identity()) as raw:
         assert raw.counts() == {"sent": len(rows)}
 
 
@@ -667,7 +667,7 @@ async def test_records_waiting_out_a_long_retry_after_at_cancel_stay_pending(
         with pytest.raises(asyncio.CancelledError):
             await task
         assert campaign.summary.pending == 2
-        async with await Journal.open(journal, campaign._identity()) as raw:
+        async with await Journal.open(journal, campaign.identity()) as raw:
             assert raw.counts().get("in_flight", 0) == 0
 
 

@@ -279,17 +279,20 @@ def test_no_base_url_exits_2(
     assert "PROACTIVE_BASE_URL" in capsys.readouterr().err
 
 
-def test_a_wrong_token_ends_every_record_failed_with_exit_1(
+def test_a_wrong_token_stops_the_run_every_record_failed_with_exit_2(
     tmp_path: Path, sim: ThreadedSimulator, no_proactive_env: None,
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """A 401 is fatal (issue 7): exit 2, one clear line, every record failed, none lost."""
     monkeypatch.setenv("PROACTIVE_TOKEN", "wrong")
     targets = write_csv(tmp_path / "r.csv", [f"{p},Ana" for p in phones(6)])
 
-    assert main(campaign_args(targets, sim.url)) == 1
+    assert main(campaign_args(targets, sim.url)) == 2
     outcomes = read_report(targets)
     assert {o.status for o in outcomes} == {OutcomeStatus.FAILED} and len(outcomes) == 6
     assert sim.audit.total_processed == 0
+    err = capsys.readouterr().err
+    assert "authentication failed: HTTP 401" in err and "PROACTIVE_TOKEN" in err
 
 
 # -- options and output ----------------------------------------------------------------

@@ -430,7 +430,8 @@ NOW = 1_700_000_000.0
         ("   ", None),
         ("3", 3.0),
         ("1.5", 1.5),
-        ("-4", 0.0),
+        ("-4", None),  # invalid: backoff applies, never "retry now"
+        ("-0.5", None),
         ("nan", None),
         ("inf", None),
         ("soon", None),
