@@ -722,6 +722,7 @@ def _sole_suffix_match(
     by_digits: dict[str, list[PlannedTarget]], to: str, ids: dict[int, list[int]]
 ) -> PlannedTarget | None:
     """The one waiting recipient whose number ends with ``to`` (or the reverse), if exactly one."""
+    to = to.lstrip("0")  # a trunk or international prefix: 0xx, 00xx
     if len(to) < _MIN_NATIONAL_DIGITS:
         return None
     found: list[PlannedTarget] = []

@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
-import yarl
 
 from ._errors import (
     ClientStateError,
@@ -56,7 +55,7 @@ class TransportConfig:
     read_timeout: float | None = 30.0
     timeout: float | None = 60.0
     verify: bool | ssl.SSLContext = True
-    proxy: str | None = None
+    proxy: str | None = field(default=None, repr=False)  # may hold the proxy's credentials
     max_response_bytes: int = 32 * 1024 * 1024
     headers: Mapping[str, str] = field(default_factory=dict)
     """Session defaults: nothing secret (aiohttp also sends these to a proxy)."""
@@ -83,7 +82,6 @@ class Transport:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._request_headers = dict(config.request_headers)
-        self._proxy, self._proxy_auth = _split_proxy(config.proxy)
 
     @property
     def closed(self) -> bool:
@@ -137,8 +135,7 @@ class Transport:
                 data=body,
                 headers=self._request_headers,
                 allow_redirects=False,
-                proxy=self._proxy,
-                proxy_auth=self._proxy_auth,
+                proxy=self._config.proxy,
             ) as response:
                 payload = await self._read_capped(response)
                 return RawResponse(
@@ -235,17 +232,6 @@ async def _read_head(response: aiohttp.ClientResponse, cap: int) -> bytes:
         if size >= cap:
             break
     return b"".join(chunks)
-
-
-def _split_proxy(proxy: str | None) -> tuple[str | None, aiohttp.BasicAuth | None]:
-    """The proxy URL without its credentials, and those credentials as the proxy's own auth."""
-    if proxy is None:
-        return None, None
-    parsed = yarl.URL(proxy)
-    if parsed.user is None and parsed.password is None:
-        return proxy, None
-    auth = aiohttp.BasicAuth(parsed.user or "", parsed.password or "")
-    return str(parsed.with_user(None)), auth
 
 
 def _tls_reason(exc: Exception) -> str:

@@ -55,3 +55,22 @@ def mock_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[aioresponses]:
     monkeypatch.setattr(aioresponses_core, "ClientResponse", _AiohttpCompatResponse)
     with aioresponses() as mocked:
         yield mocked
+
+
+@pytest.fixture(scope="session")
+def tls_ca(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """A private CA (trustme) with a certificate for 127.0.0.1 / localhost.
+
+    ``server_context`` serves with it; ``ca_file`` is the CA's PEM, for ``verify=``.
+    """
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_context)
+    ca_file = tmp_path_factory.mktemp("tls") / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    return SimpleNamespace(server_context=server_context, ca_file=str(ca_file))

@@ -1010,3 +1010,227 @@ async def test_waits_run_on_the_injected_clock_a_long_retry_after_and_a_backoff(
     assert summary.throttled == 1 and summary.calls == 3
     assert 30.0 in fake.sleeps  # the shared cooldown honoured Retry-After
     assert any(0 < s < 30 for s in fake.sleeps)  # the 503's backoff
+
+
+# --- hardening (issue 7) ----------------------------------------------------------------------
+
+
+def test_a_conversation_naming_another_number_is_never_a_recipients() -> None:
+    """Leftovers go to contacts only; a recipient needs a conversation naming its number."""
+    from proactive_async._campaign import match_conversations
+    from proactive_async._planner import PlannedTarget
+
+    targets = [
+        PlannedTarget(line=1, recipient="+5511900000001"),
+        PlannedTarget(line=2, recipient="+5511900000002"),
+        PlannedTarget(line=3, contact_id=9),
+    ]
+    answer = [_conv(10, "+5511900000001"), _conv(11, "+4915100000000"), _conv(12, None)]
+    assert match_conversations(targets, answer) == {1: [10], 3: [11]}
+    # A recipient and no contact: nobody takes another number's conversation, or one with none.
+    assert match_conversations(targets[1:2], answer[1:]) == {}
+
+
+def test_a_to_in_national_form_matches_the_one_recipient_it_fits() -> None:
+    from proactive_async._campaign import match_conversations
+    from proactive_async._planner import PlannedTarget
+
+    targets = [
+        PlannedTarget(line=1, recipient="+5511900000001"),
+        PlannedTarget(line=2, recipient="+5521900000002"),
+    ]
+    answer = [_conv(10, "(21) 90000-0002"), _conv(11, "011 90000-0001")]
+    assert match_conversations(targets, answer) == {1: [11], 2: [10]}
+
+
+async def test_an_answer_for_other_numbers_leaves_the_recipients_unknown_not_sent() -> None:
+    async def handler(request: web.Request) -> web.Response:
+        body = await request.json()
+        others = [{"id": 500 + i, "messages": [{"to": "+4915100000000"}]}
+                  for i, _ in enumerate(body["recipient"])]
+        return web.json_response(others)
+
+    async with custom_server(handler) as url, client_for(url) as client:
+        outcomes = [o async for o in Campaign(client, template=TEMPLATE, chunk_size=3,
+                                              targets=[phone(1), phone(2), phone(3)])]
+    assert {o.status for o in outcomes} == {OutcomeStatus.UNKNOWN}
+    assert all(o.conversation_ids == [] for o in outcomes)
+    assert {o.error.kind for o in outcomes if o.error} == {"unmatched"}
+
+
+@pytest.mark.parametrize("retry_after", ["99999999999", "121"])
+async def test_a_retry_after_past_the_cap_pauses_nobody(retry_after: str) -> None:
+    """That chunk ends failed with its wait in the error; the campaign goes straight on."""
+    from conftest import FakeTime
+
+    fake = FakeTime()
+    calls: list[dict[str, Any]] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        calls.append(body)
+        if len(calls) == 1:
+            return web.json_response({"title": "slow down"}, status=429,
+                                     headers={"Retry-After": retry_after})
+        return web.json_response(conversations_for(body, first_id=len(calls)))
+
+    async with custom_server(handler) as url, client_for(url) as client:
+        outcomes = [o async for o in Campaign(
+            client, template=TEMPLATE, targets=[phone(i) for i in range(4)], chunk_size=1,
+            concurrency=1, adaptive=False, clock=fake.clock, sleep=fake.sleep,
+        )]
+    by_status = {o.line: o.status for o in outcomes}
+    assert by_status == {1: OutcomeStatus.FAILED, 2: OutcomeStatus.SENT,
+                         3: OutcomeStatus.SENT, 4: OutcomeStatus.SENT}
+    failed = next(o for o in outcomes if o.line == 1)
+    assert failed.error is not None and failed.error.status == 429
+    assert f"Retry-After {float(retry_after):g}s" in failed.error.message
+    assert all(s < 1 for s in fake.sleeps), fake.sleeps
+    assert len(calls) == 4
+
+
+@pytest.mark.parametrize("value", ["-5", "-0.25", "nan"])
+async def test_an_invalid_retry_after_means_backoff_never_retry_now(value: str) -> None:
+    from conftest import FakeTime
+
+    fake = FakeTime()
+    answers = iter([429, 200])
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if next(answers) == 429:
+            return web.json_response({}, status=429, headers={"Retry-After": value})
+        return web.json_response(conversations_for(body, first_id=1))
+
+    async with custom_server(handler) as url, client_for(url) as client:
+        summary = await Campaign(client, template=TEMPLATE, targets=[phone(1)], adaptive=False,
+                                 clock=fake.clock, sleep=fake.sleep).run()
+    assert summary.counts[OutcomeStatus.SENT] == 1
+    assert fake.sleeps and min(fake.sleeps) > 0
+
+
+async def test_nothing_but_429s_ends_in_bounded_time_with_every_record_failed() -> None:
+    from conftest import FakeTime
+
+    fake = FakeTime()
+    calls = 0
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        nonlocal calls
+        calls += 1
+        await request.read()
+        return web.json_response({}, status=429, headers={"Retry-After": "1"})
+
+    count = 2000
+    async with custom_server(handler) as url, client_for(url) as client:
+        outcomes = [o async for o in Campaign(
+            client, template=TEMPLATE, targets=[phone(i) for i in range(count)], chunk_size=10,
+            concurrency=4, adaptive=False, clock=fake.clock, sleep=fake.sleep,
+        )]
+    assert sorted(o.line for o in outcomes) == list(range(1, count + 1))
+    assert {o.status for o in outcomes} == {OutcomeStatus.FAILED}
+    assert {o.error.kind for o in outcomes if o.error} <= {"RateLimitError", "aborted"}
+    assert sum(fake.sleeps) <= 130  # max_retry_after (120 s) of 429s, then the stop
+    assert calls < 1000  # not 100 attempts for each of the 200 chunks
+
+
+async def test_a_401_stops_the_campaign_at_once_and_a_resume_sends_every_record(
+    tmp_path: Path,
+) -> None:
+    """Issue 7.6: a wrong token makes a handful of calls, not one per chunk; nothing is lost
+    and, with a journal, a later run with the right token sends every record."""
+    from proactive_async import AuthenticationError
+
+    count = 500
+    journal = tmp_path / "j.db"
+    report = tmp_path / "r.jsonl"
+    targets = [phone(i) for i in range(count)]
+    async with Simulator(SimulatorConfig(token="right-token-123")) as sim:
+        async with client_for(sim.url, token="wrong-token-456") as client:
+            campaign = Campaign(client, template=TEMPLATE, targets=targets, chunk_size=5,
+                                concurrency=4, journal=journal, report=report)
+            with pytest.raises(AuthenticationError):
+                await campaign.run()
+        rows = read_report(report)
+        assert_one_outcome_per_line(rows, count)
+        assert {row["status"] for row in rows} == {"failed"}
+        kinds = [row["error"]["kind"] for row in rows]
+        assert set(kinds) == {"AuthenticationError", "aborted"}
+        assert kinds.count("AuthenticationError") <= 4 * 5  # the calls already in flight
+        assert campaign.summary.calls <= 4
+        assert campaign.summary.aborted is not None and "401" in campaign.summary.aborted
+        assert sim.audit.total_processed == 0
+
+        async with client_for(sim.url, token="right-token-123") as client:
+            summary = await Campaign(client, template=TEMPLATE, targets=targets, chunk_size=5,
+                                     concurrency=4, journal=journal, report=report).run()
+        assert summary.counts[OutcomeStatus.SENT] == count
+        assert sim.audit.total_processed == count and sim.audit.duplicates() == {}
+
+
+async def test_a_certificate_that_does_not_verify_stops_the_campaign(tls_ca: Any) -> None:
+    from proactive_async import TLSError
+
+    async with Simulator(SimulatorConfig(), ssl_context=tls_ca.server_context) as sim:
+        async with client_for(sim.url) as client:
+            campaign = Campaign(client, template=TEMPLATE, concurrency=2, chunk_size=2,
+                                targets=[phone(i) for i in range(40)])
+            with pytest.raises(TLSError):
+                await campaign.run()
+        assert sim.audit.total_processed == 0
+    assert campaign.summary.calls <= 2
+    assert campaign.summary.counts[OutcomeStatus.FAILED] == 40
+
+
+async def test_a_303_answer_leaves_its_records_unknown() -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        return web.Response(status=303, headers={"Location": "/elsewhere"})
+
+    async with custom_server(handler) as url, client_for(url) as client:
+        outcomes = [o async for o in Campaign(client, template=TEMPLATE, targets=[phone(1)])]
+    assert outcomes[0].status is OutcomeStatus.UNKNOWN
+
+
+async def test_an_echoed_token_never_reaches_the_report(tmp_path: Path) -> None:
+    token = "echo-me-if-you-can-0123456789"
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        return web.json_response(
+            {"title": "Bad", "detail": f"header was {request.headers['Authorization']}"},
+            status=422,
+        )
+
+    report = tmp_path / "r.jsonl"
+    async with custom_server(handler) as url, client_for(url, token=token) as client:
+        await Campaign(client, template=TEMPLATE, targets=[phone(1)], report=report).run()
+    text = report.read_text()
+    assert "[redacted]" in text and token not in text
+
+
+@pytest.mark.parametrize("case", ["input", "journal", "wal", "shm", "symlink", "hardlink"])
+def test_a_report_path_that_would_destroy_the_input_or_journal_is_refused(
+    tmp_path: Path, case: str
+) -> None:
+    import os
+
+    targets = tmp_path / "t.csv"
+    targets.write_text("phone\n+5511910000001\n")
+    journal = tmp_path / "j.db"
+    report = {
+        "input": targets,
+        "journal": journal,
+        "wal": tmp_path / "j.db-wal",
+        "shm": tmp_path / "j.db-shm",
+        "symlink": tmp_path / "link.jsonl",
+        "hardlink": tmp_path / "hard.jsonl",
+    }[case]
+    if case == "symlink":
+        os.symlink(targets, report)
+    if case == "hardlink":
+        os.link(targets, report)
+    client = client_for("http://127.0.0.1:9")
+    with pytest.raises(ValueError, match="report path"):
+        Campaign(client, template=TEMPLATE, targets=targets, journal=journal, report=report)
+    assert targets.read_text() == "phone\n+5511910000001\n"

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import signal
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -30,8 +31,8 @@ TOKEN = "cli-test-token"
 class ThreadedSimulator:
     """A Simulator serving from its own thread and event loop."""
 
-    def __init__(self, config: SimulatorConfig) -> None:
-        self.simulator = Simulator(config)
+    def __init__(self, config: SimulatorConfig, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.simulator = Simulator(config, ssl_context=ssl_context)
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None

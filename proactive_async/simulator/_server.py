@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import ssl
 import time
 from types import TracebackType
 from typing import Any
@@ -64,14 +65,21 @@ class Simulator:
         config: token, rate limit, limits and faults; change it later with ``configure``.
         host: the address to bind (loopback by default).
         port: the port to bind; 0 picks a free one, read it back from ``url``.
+        ssl_context: serve HTTPS with this server context (``url`` is then ``https://``).
     """
 
     def __init__(
-        self, config: SimulatorConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
+        self,
+        config: SimulatorConfig | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.audit = Audit()
         self._host = host
         self._port = port
+        self._ssl = ssl_context
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
         self._renderer = Renderer()
@@ -121,7 +129,7 @@ class Simulator:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self._host, self._port)
+            site = web.TCPSite(runner, self._host, self._port, ssl_context=self._ssl)
             await site.start()
         except BaseException:
             await runner.cleanup()
@@ -129,7 +137,8 @@ class Simulator:
         self._runner = runner
         self._port = runner.addresses[0][1]
         host = f"[{self._host}]" if ":" in self._host else self._host
-        self._url = f"http://{host}:{self._port}"
+        scheme = "https" if self._ssl is not None else "http"
+        self._url = f"{scheme}://{host}:{self._port}"
 
     async def aclose(self) -> None:
         """Stop serving and close every connection; calling it again does nothing."""
