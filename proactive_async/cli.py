@@ -69,7 +69,8 @@ _EXIT_CODES_HELP: Final = """\
 exit codes:
   0    every record ended sent, rejected (invalid input) or duplicate
   1    some records failed (certainly not sent) and none is unknown
-  2    usage, configuration, input-file or journal error (one line on stderr)
+  2    usage, configuration, input-file or journal error, or a fatal answer (401, 403, a
+       certificate that does not verify) that stopped the run (one line on stderr)
   3    some records ended unknown: they MAY have been sent. Do not re-run blindly;
        resume with the same --journal (unknowns are not resent unless --resend-unknown)
   130  interrupted (Ctrl-C / SIGTERM): calls in flight were finished and recorded; resume
