@@ -392,6 +392,7 @@ class Campaign:
         attempt = 0
         throttles = 0
         sent_once = False
+        first_try = 0.0
         backoff = 0.0
         while True:
             try:
@@ -412,8 +413,10 @@ class Campaign:
             if self._abort is not None:
                 await self._settle_aborted(targets, attempt, sent_once)
                 return
-            if attempt == 0 and self._journal is not None:
-                await self._journal.mark_in_flight([t.line for t in targets])
+            if attempt == 0:
+                first_try = self._clock()
+                if self._journal is not None:
+                    await self._journal.mark_in_flight([t.line for t in targets])
             attempt += 1
             self.summary.calls += 1
             if attempt > 1:
@@ -434,7 +437,9 @@ class Campaign:
                 sent_once = sent_once or exc.may_have_been_processed
                 if isinstance(exc, RateLimitError):
                     throttles += 1
-                wait = self._on_failure(exc, attempt - throttles, throttles, weight)
+                wait = self._on_failure(
+                    exc, attempt - throttles, throttles, weight, self._clock() - first_try
+                )
                 if wait is None and self._abort is not None and not sent_once:
                     # Certainly not processed, and the campaign stops: a resume sends them.
                     await self._settle(targets, OutcomeStatus.FAILED, attempt, exc, durable=False)
@@ -497,37 +502,39 @@ class Campaign:
         await self._settle(targets, OutcomeStatus.FAILED, attempts, None, error, durable=False)
 
     def _on_failure(
-        self, exc: ProactiveError, attempt: int, throttles: int, weight: float
+        self, exc: ProactiveError, attempt: int, throttles: int, weight: float, elapsed: float
     ) -> float | None:
         """Feed the limiters; the wait before the next attempt, or None to stop.
 
         ``attempt`` counts the attempts that were not throttled: a 429 is the limiter's
         business and does not use the policy's attempts (up to MAX_THROTTLES a chunk).
+        Everything else is the policy's one decision (``RetryPolicy.next_wait``).
         """
         policy = self.retry
         if exc.fatal:
             self._abort_with(exc)
             return None
-        wait = policy.wait_for(exc, max(1, attempt))
-        if isinstance(exc, RateLimitError | ServiceUnavailableError):
-            if isinstance(exc, RateLimitError):
-                self.summary.throttled += 1
-                if self._throttled_too_long(exc):
-                    return None
-            if exc.retry_after is not None and exc.retry_after > policy.max_retry_after:
-                # Nobody waits that long: this chunk ends failed (the wait is in its error).
+        if isinstance(exc, RateLimitError):
+            self.summary.throttled += 1
+            if self._throttled_too_long(exc):
                 return None
-            if isinstance(exc, RateLimitError):
-                if exc.retry_after is None:
-                    wait = self._unnamed_throttle_wait(weight)
-                if self._adaptive is not None:
-                    self._adaptive.on_throttle(wait)
+            if exc.retry_after is not None and exc.retry_after > policy.max_retry_after:
+                return None  # nobody waits that long: this chunk ends failed, its wait in the error
+            wait = exc.retry_after
+            if wait is None:
+                wait = self._unnamed_throttle_wait(weight)
+            if self._adaptive is not None:
+                self._adaptive.on_throttle(wait)
             self._cooldown.pause(wait)
-            if isinstance(exc, RateLimitError):
-                return wait if throttles < MAX_THROTTLES else None
-        if attempt >= policy.max_attempts or not policy.should_retry(exc):
-            return None
-        return wait
+            return wait if throttles < MAX_THROTTLES else None
+        next_wait = policy.next_wait(exc, max(1, attempt), elapsed)
+        if isinstance(exc, ServiceUnavailableError) and (
+            exc.retry_after is None or exc.retry_after <= policy.max_retry_after
+        ):
+            # The server is busy for everyone: every dispatcher waits, not only this one.
+            self._cooldown.pause(policy.wait_for(exc, max(1, attempt)))
+            return 0.0 if next_wait is not None else None
+        return next_wait
 
     def _abort_with(self, exc: ProactiveError) -> None:
         if self._abort is None:
