@@ -138,14 +138,15 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
 
 
 async def adaptive_campaign(url: str, count: int) -> dict[str, Any]:
-    from proactive_async import AsyncClient, ProactiveConversationRequest
+    from proactive_async import AsyncClient, Limits, ProactiveConversationRequest
     from proactive_async._campaign import Campaign
 
     global _offset
     targets = list(brazil_mobiles(count, start=_offset))
     _offset += count
     template = ProactiveConversationRequest(channel_id=1, bot_id=1, conversation_template_id=7)
-    async with AsyncClient(base_url=url, token=TOKEN, max_connections=64) as client:
+    limits = Limits(max_connections=64)
+    async with AsyncClient(base_url=url, token=TOKEN, limits=limits) as client:
         campaign = Campaign(client, template=template, targets=targets, chunk_size=1,
                             concurrency=64, rate=None, adaptive=True, default_region="BR")
         start = time.perf_counter()

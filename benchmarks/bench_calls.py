@@ -39,9 +39,10 @@ CONCURRENCY = 64
 
 async def sdk_loop(url: str, calls: int, concurrency: int, *, warmup: int = 64) -> float:
     """Calls/s of the SDK's AsyncClient, a semaphore keeping ``concurrency`` in flight."""
-    from proactive_async import AsyncClient
+    from proactive_async import AsyncClient, Limits
 
-    async with AsyncClient(base_url=url, token=TOKEN, max_connections=concurrency) as client:
+    limits = Limits(max_connections=concurrency)
+    async with AsyncClient(base_url=url, token=TOKEN, limits=limits) as client:
         gate = asyncio.Semaphore(concurrency)
 
         async def one(i: int) -> None:

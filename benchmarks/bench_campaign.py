@@ -42,7 +42,7 @@ _offset = 0
 
 async def campaign_loop(url: str, records: int, *, journal: str | None) -> dict[str, Any]:
     """Calls/s of one Campaign run over ``records`` fresh numbers; with its summary counts."""
-    from proactive_async import AsyncClient, ProactiveConversationRequest
+    from proactive_async import AsyncClient, Limits, ProactiveConversationRequest
     from proactive_async._campaign import Campaign
 
     global _offset
@@ -50,7 +50,8 @@ async def campaign_loop(url: str, records: int, *, journal: str | None) -> dict[
     targets = list(brazil_mobiles(records, start=_offset))
     _offset += records
     template = ProactiveConversationRequest(channel_id=1, bot_id=1, conversation_template_id=7)
-    async with AsyncClient(base_url=url, token=TOKEN, max_connections=CONCURRENCY) as client:
+    limits = Limits(max_connections=CONCURRENCY)
+    async with AsyncClient(base_url=url, token=TOKEN, limits=limits) as client:
         # Open the pool's 64 connections first, as the baseline's warm-up does: both then
         # measure steady-state calls, not TLS-context and TCP set-up.
         await asyncio.gather(*(client.create_proactive_conversation(

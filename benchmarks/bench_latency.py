@@ -26,10 +26,11 @@ NAME = "7 latency p50, 1 in flight"
 
 async def sdk_latencies(url: str, calls: int, *, warmup: int = 20) -> list[float]:
     """Seconds per call, one call in flight, through the SDK."""
-    from proactive_async import AsyncClient
+    from proactive_async import AsyncClient, Limits
 
     out: list[float] = []
-    async with AsyncClient(base_url=url, token=TOKEN, max_connections=1) as client:
+    limits = Limits(max_connections=1)
+    async with AsyncClient(base_url=url, token=TOKEN, limits=limits) as client:
         for i in range(warmup + calls):
             start = time.perf_counter()
             await client.create_proactive_conversation(

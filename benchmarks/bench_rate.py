@@ -27,11 +27,12 @@ NAME = "5 rate accuracy"
 
 
 async def campaign_at(url: str, count: int, rate: float, burst: float) -> dict[str, Any]:
-    from proactive_async import AsyncClient, ProactiveConversationRequest
+    from proactive_async import AsyncClient, Limits, ProactiveConversationRequest
     from proactive_async._campaign import Campaign
 
     template = ProactiveConversationRequest(channel_id=1, bot_id=1, conversation_template_id=7)
-    async with AsyncClient(base_url=url, token=TOKEN, max_connections=64) as client:
+    limits = Limits(max_connections=64)
+    async with AsyncClient(base_url=url, token=TOKEN, limits=limits) as client:
         campaign = Campaign(client, template=template, targets=list(brazil_mobiles(count)),
                             chunk_size=1, concurrency=64, rate=rate, burst=burst,
                             adaptive=False, default_region="BR")

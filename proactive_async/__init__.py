@@ -12,6 +12,7 @@ import logging as _logging
 
 from ._campaign import Campaign
 from ._client import ApiResponse, AsyncClient, mask_phone
+from ._config import Limits, Timeout
 from ._errors import (
     AuthenticationError,
     BadRequestError,
@@ -80,6 +81,7 @@ __all__ = [
     "InputError",
     "JournalError",
     "JournalMismatchError",
+    "Limits",
     "Message",
     "NotFoundError",
     "Outcome",
@@ -100,6 +102,7 @@ __all__ = [
     "TLSError",
     "Tag",
     "Target",
+    "Timeout",
     "TransportError",
     "UnprocessableEntityError",
     "__version__",

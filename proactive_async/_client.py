@@ -15,6 +15,7 @@ from typing import Any, Generic, Self, TypeVar
 
 import msgspec
 
+from ._config import DEFAULT_LIMITS, DEFAULT_TIMEOUT, NO_TIMEOUT, Limits, Timeout
 from ._errors import (
     ClientStateError,
     DecodingError,
@@ -70,10 +71,8 @@ class AsyncClient:
         base_url: the API's origin; default ``PROACTIVE_BASE_URL`` from the environment.
         token: the Bearer token; default ``PROACTIVE_TOKEN``. Never logged or shown.
         retry: the default RetryPolicy (safe failures only); per call with ``retry=``.
-        max_connections, max_connections_per_host, keepalive_timeout: the connection pool.
-        connect_timeout, read_timeout, timeout: seconds to connect, between reads, and for
-            one whole attempt (None: no limit). The policy's ``deadline`` bounds all
-            attempts together.
+        timeout: a ``Timeout`` (connect, read, total per attempt), or None for no limit.
+        limits: a ``Limits`` (pool size, per host, keep-alive).
         verify: TLS verification; True (default), a CA bundle's path (PEM) to trust a
             private CA, an ``ssl.SSLContext``, or False (not advised).
         proxy: an HTTP proxy URL; its credentials, if any, in the URL
@@ -90,12 +89,8 @@ class AsyncClient:
         token: str | None = None,
         *,
         retry: RetryPolicy | None = None,
-        max_connections: int = 100,
-        max_connections_per_host: int = 0,
-        keepalive_timeout: float = 15.0,
-        connect_timeout: float | None = 10.0,
-        read_timeout: float | None = 30.0,
-        timeout: float | None = 60.0,
+        timeout: Timeout | None = DEFAULT_TIMEOUT,
+        limits: Limits = DEFAULT_LIMITS,
         verify: bool | str | os.PathLike[str] | ssl.SSLContext = True,
         proxy: str | None = None,
         headers: Mapping[str, str] | None = None,
@@ -123,12 +118,8 @@ class AsyncClient:
         self._clock = clock if clock is not None else time.monotonic
         self._transport = Transport(
             TransportConfig(
-                max_connections=max_connections,
-                max_connections_per_host=max_connections_per_host,
-                keepalive_timeout=keepalive_timeout,
-                connect_timeout=connect_timeout,
-                read_timeout=read_timeout,
-                timeout=timeout,
+                limits=limits,
+                timeout=timeout if timeout is not None else NO_TIMEOUT,
                 verify=_ssl_verify(verify),
                 proxy=proxy,
                 max_response_bytes=max_response_bytes,

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from ._config import Limits, Timeout
 from ._errors import (
     ClientStateError,
     ConnectError,
@@ -48,12 +49,8 @@ def user_agent(version: str) -> str:
 class TransportConfig:
     """Pool, timeout and TLS settings of one client's connection pool."""
 
-    max_connections: int = 100
-    max_connections_per_host: int = 0
-    keepalive_timeout: float = 15.0
-    connect_timeout: float | None = 10.0
-    read_timeout: float | None = 30.0
-    timeout: float | None = 60.0
+    limits: Limits = field(default_factory=Limits)
+    timeout: Timeout = field(default_factory=Timeout)
     verify: bool | ssl.SSLContext = True
     proxy: str | None = field(default=None, repr=False)  # may hold the proxy's credentials
     max_response_bytes: int = 32 * 1024 * 1024
@@ -105,20 +102,19 @@ class Transport:
     def _new_session(self) -> aiohttp.ClientSession:
         config = self._config
         verify = config.verify
+        limits, timeout = config.limits, config.timeout
         connector = aiohttp.TCPConnector(
-            limit=config.max_connections,
-            limit_per_host=config.max_connections_per_host,
-            keepalive_timeout=config.keepalive_timeout,
+            limit=limits.max_connections,
+            limit_per_host=limits.max_connections_per_host,
+            keepalive_timeout=limits.keepalive_timeout,
             ssl=verify if isinstance(verify, ssl.SSLContext) else bool(verify),
         )
-        timeout = aiohttp.ClientTimeout(
-            total=config.timeout,
-            sock_connect=config.connect_timeout,
-            sock_read=config.read_timeout,
+        client_timeout = aiohttp.ClientTimeout(
+            total=timeout.total, sock_connect=timeout.connect, sock_read=timeout.read
         )
         return aiohttp.ClientSession(
             connector=connector,
-            timeout=timeout,
+            timeout=client_timeout,
             headers=dict(config.headers),
             auto_decompress=True,
             raise_for_status=False,

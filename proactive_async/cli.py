@@ -35,6 +35,7 @@ from rich.table import Table
 
 from ._campaign import Campaign
 from ._client import AsyncClient
+from ._config import Limits
 from ._errors import (
     AuthenticationError,
     ClientStateError,
@@ -280,7 +281,7 @@ def _make_client(settings: CampaignSettings) -> AsyncClient:
         return AsyncClient(
             settings.base_url,
             settings.token,
-            max_connections=max(100, settings.concurrency),
+            limits=Limits(max_connections=max(100, settings.concurrency)),
             verify=settings.ca_file if settings.ca_file is not None else True,
         )
     except ClientStateError as exc:

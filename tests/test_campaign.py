@@ -26,6 +26,7 @@ from proactive_async import (
     ProactiveConversationRequest,
     RetryPolicy,
     Target,
+    Timeout,
 )
 from proactive_async._journal import Journal
 from proactive_async._report import LatencySample, ReportWriter
@@ -72,7 +73,7 @@ def mixed_input(count: int) -> list[object]:
 
 
 def client_for(url: str, token: str = "simulator-token") -> AsyncClient:
-    return AsyncClient(base_url=url, token=token, read_timeout=5.0)
+    return AsyncClient(base_url=url, token=token, timeout=Timeout(read=5.0))
 
 
 def audit_key(outcome: Outcome) -> str:

@@ -30,6 +30,7 @@ from proactive_async import (
     ResponseTooLargeError,
     RetryPolicy,
     ServerError,
+    Timeout,
 )
 
 PATH = "/api/Conversation/proactive-conversation"
@@ -330,7 +331,8 @@ async def stalling_server() -> AsyncIterator[tuple[str, list[web.Request], async
 
 
 @pytest.mark.parametrize(
-    "timeouts", [{"read_timeout": 0.2}, {"timeout": 0.2}], ids=["read", "total"]
+    "timeouts", [{"timeout": Timeout(read=0.2)}, {"timeout": Timeout(total=0.2)}],
+    ids=["read", "total"],
 )
 async def test_a_server_slower_than_the_timeout_is_a_read_timeout_not_retried(
     fake_time: FakeTime, timeouts: dict[str, float]
