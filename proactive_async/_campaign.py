@@ -172,6 +172,11 @@ class Campaign:
         if self._feeder is not None and not self._feeder.done():
             self._feeder.cancel()  # wakes it wherever it waits; it then releases the workers
 
+    def flush_report(self) -> None:
+        """Write the report lines buffered so far (for an exit that cannot wait)."""
+        if self._report is not None:
+            self._report.flush()
+
     @property
     def aborted(self) -> ProactiveError | None:
         """The error that aborted the campaign (fatal, or 429s without end), if one did."""

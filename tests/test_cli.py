@@ -21,8 +21,9 @@ import pytest
 from rich.console import Console
 
 from proactive_async import Outcome, OutcomeStatus
+from proactive_async._demo import audit_report
 from proactive_async._progress import PlainProgress, RateMeter, RichProgress, Snapshot
-from proactive_async.cli import audit_report, main
+from proactive_async.cli import main
 from proactive_async.simulator import Faults, Simulator, SimulatorConfig
 
 TOKEN = "cli-test-token"
