@@ -34,7 +34,7 @@ from ._input import aiter_records, fingerprint_file, read_records
 from ._journal import INTERRUPTED as _INTERRUPTED
 from ._journal import CampaignIdentity, Journal
 from ._limits import AdaptiveRate, Cooldown, RateLimiter
-from ._models import Conversation, ProactiveConversationRequest
+from ._models import Conversation, ProactiveConversationRequest, build_request, encode_request
 from ._planner import Chunk, PlannedTarget, Planner, PlannerConfig
 from ._records import Outcome, OutcomeError, OutcomeStatus, Record
 from ._report import CampaignSummary, LatencySample, ReportWriter
@@ -386,7 +386,7 @@ class Campaign:
         if variables:
             base = self.template.content_variables
             fields["content_variables"] = {**base, **variables} if base else variables
-        return msgspec.json.encode(msgspec.structs.replace(self.template, **fields))
+        return encode_request(build_request(self.template, fields))
 
     async def _dispatch(
         self, targets: Sequence[PlannedTarget], variables: dict[str, Any] | None

@@ -28,6 +28,7 @@ from ._errors import (
 from ._models import (
     Conversation,
     ProactiveConversationRequest,
+    build_request,
     decode_conversations,
     encode_request,
 )
@@ -193,7 +194,7 @@ class AsyncClient:
         **fields: Any,
     ) -> ApiResponse[list[Conversation]]:
         """As ``create_proactive_conversation``, with status, headers, elapsed and attempts."""
-        body = encode_request(_build_request(request, fields))
+        body = encode_request(build_request(request, fields))
         policy = retry if retry is not None else self.retry
 
         async def attempt(number: int) -> ApiResponse[list[Conversation]]:
@@ -244,16 +245,6 @@ class AsyncClient:
                 message += f" (Retry-After {wait:g}s)"
             return cls(message, retry_after=wait, **common)
         return cls(message, **common)
-
-
-def _build_request(
-    request: ProactiveConversationRequest | None, fields: Mapping[str, Any]
-) -> ProactiveConversationRequest:
-    if request is None:
-        return ProactiveConversationRequest(**fields)
-    if fields:
-        return msgspec.structs.replace(request, **fields)
-    return request
 
 
 def _check_headers(token: str, headers: Mapping[str, str]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import logging
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Final
 
@@ -272,6 +273,20 @@ class Conversation(msgspec.Struct, kw_only=True, frozen=True, rename="camel", gc
 
 _ENCODER: Final = msgspec.json.Encoder()
 _CONVERSATIONS: Final = msgspec.json.Decoder(list[Conversation])
+
+
+def build_request(
+    request: ProactiveConversationRequest | None, fields: Mapping[str, Any]
+) -> ProactiveConversationRequest:
+    """``request`` with ``fields`` (snake_case) set over it; from ``fields`` alone if None.
+
+    The one way a request is made, for a single call and for each chunk of a campaign.
+    """
+    if request is None:
+        return ProactiveConversationRequest(**fields)
+    if fields:
+        return msgspec.structs.replace(request, **fields)
+    return request
 
 
 def encode_request(request: ProactiveConversationRequest) -> bytes:
