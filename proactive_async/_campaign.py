@@ -76,6 +76,11 @@ class Campaign:
             ``RetryPolicy(retry_ambiguous=True)`` resends ambiguous failures (duplicates
             possible).
         default_region, dedupe, allow_repeats_with_different_variables: planning.
+        allow_vanity_numbers: read letters in a number as keypad digits (``1-800-FLOWERS``);
+            off by default, so such numbers end ``rejected``.
+        multiline_values: accept a CSV quoted value spanning several lines; off by
+            default, so such a record ends ``rejected`` (a stray quote must not merge
+            other people's rows into one message).
         journal: a SQLite path that makes the campaign resumable after a crash.
         resend_unknown: on resume, resend records that ended ``unknown`` or were in
             flight at the crash (duplicates possible).
@@ -101,6 +106,8 @@ class Campaign:
         default_region: str | None = None,
         dedupe: bool = True,
         allow_repeats_with_different_variables: bool = False,
+        allow_vanity_numbers: bool = False,
+        multiline_values: bool = False,
         journal: str | os.PathLike[str] | None = None,
         report: str | os.PathLike[str] | None = None,
         resend_unknown: bool = False,
@@ -127,8 +134,10 @@ class Campaign:
             chunk_size=chunk_size,
             dedupe=dedupe,
             allow_repeats_with_different_variables=allow_repeats_with_different_variables,
+            allow_vanity_numbers=allow_vanity_numbers,
             flush_after=flush_after,
         )
+        self.multiline_values = multiline_values
         self.summary = CampaignSummary()
         self.total: int | None = _count_records(targets)
         self._clock = clock
@@ -260,16 +269,20 @@ class Campaign:
     def identity(self) -> CampaignIdentity:
         """What a journal checks on resume: template, input fingerprint, planning options."""
         config = self.planner_config
+        options: dict[str, object] = {
+            "default_region": config.default_region,
+            "dedupe": config.dedupe,
+            "allow_repeats_with_different_variables": config.allow_repeats_with_different_variables,
+        }
+        # Named only when on, so journals written before these options existed still resume.
+        if config.allow_vanity_numbers:
+            options["allow_vanity_numbers"] = True
+        if self.multiline_values:
+            options["multiline_values"] = True
         return CampaignIdentity.build(
             msgspec.to_builtins(self.template),
             input_fingerprint=_fingerprint(self.targets),
-            options={
-                "default_region": config.default_region,
-                "dedupe": config.dedupe,
-                "allow_repeats_with_different_variables": (
-                    config.allow_repeats_with_different_variables
-                ),
-            },
+            options=options,
         )
 
     async def _close(self) -> None:
@@ -330,7 +343,7 @@ class Campaign:
     def _records(self) -> AsyncIterator[Record]:
         source = self.targets
         if isinstance(source, str | os.PathLike):
-            return _file_records(source)
+            return _file_records(source, multiline=self.multiline_values)
         return aiter_records(source)
 
     async def _settle_planned(self, outcome: Outcome) -> None:
@@ -764,8 +777,10 @@ async def _first_failure(tasks: list[asyncio.Task[None]]) -> None:
         await asyncio.gather(*pending)
 
 
-async def _file_records(path: str | os.PathLike[str]) -> AsyncIterator[Record]:
-    for index, record in enumerate(read_records(path)):
+async def _file_records(
+    path: str | os.PathLike[str], *, multiline: bool
+) -> AsyncIterator[Record]:
+    for index, record in enumerate(read_records(path, multiline=multiline)):
         yield record
         if index & 255 == 255:
             await asyncio.sleep(0)  # reading is synchronous: let the dispatchers run

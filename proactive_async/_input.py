@@ -4,7 +4,8 @@ Every reader numbers records from 1 in input order (a CSV header and blank lines
 not records) and never raises for one bad record: a record that cannot be read becomes
 ``Record(line=N, error="...")`` carrying as much of its target as could be read, so it
 ends ``rejected`` with that reason. Only a file that cannot be read at all (missing,
-empty, no header, no target column) raises ``InputError``, when iteration starts.
+empty, no header, a header over the limits below, no target column) raises
+``InputError``, when iteration starts.
 
 CSV columns, matched case-insensitively and ignoring ``_``, ``-`` and spaces:
 
@@ -13,15 +14,25 @@ CSV columns, matched case-insensitively and ignoring ``_``, ``-`` and spaces:
 * every other named column is a content variable of its row, under the header's
   spelling. An empty cell stays ``""`` (a template variable that is present but blank
   keeps every row's variables the same shape); a column with an empty header is ignored.
+
+A CSV row is one physical line unless a quoted value runs over several. A stray ``"``
+must not pour other people's rows into one value, so a row is rejected when its quote is
+still open at the end of the file or past the row limit (1000 lines, or 4 times the csv
+module's field limit in characters), and, unless ``multiline=True``, when a quoted value
+spans lines at all; reading then goes on from the line after the rejected row's first,
+so no later row is lost. A cell over ``csv.field_size_limit()`` (left as the user set it)
+or a line over the row limit rejects that row alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import csv
+import functools
 import hashlib
 import io
 import os
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -56,20 +67,27 @@ _MAPPING_KEYS = {
 }
 # How many items a sync iterable yields before aiter_records lets other tasks run.
 _YIELD_EVERY = 256
+# One CSV row may span at most this many physical lines, and hold at most this many times
+# the csv module's field limit in characters: past either, its quote is taken for a stray one.
+_MAX_ROW_LINES = 1000
+_ROW_CHARS_PER_FIELD_LIMIT = 4
+# What csv.Error says of a field over csv.field_size_limit().
+_FIELD_LIMIT_ERROR = "field larger than field limit"
 
 _json_decode = msgspec.json.Decoder().decode
 
 
-def read_records(path: str | os.PathLike[str]) -> Iterator[Record]:
+def read_records(path: str | os.PathLike[str], *, multiline: bool = False) -> Iterator[Record]:
     """Read a targets file, choosing the format by suffix.
 
     ``.csv`` / ``.txt`` (delimiter sniffed), ``.tsv`` (tab), ``.jsonl`` / ``.ndjson``.
+    ``multiline`` is passed to ``read_csv``.
     """
     suffix = Path(path).suffix.lower()
     if suffix == ".tsv":
-        return read_csv(path, delimiter="\t")
+        return read_csv(path, delimiter="\t", multiline=multiline)
     if suffix in _CSV_SUFFIXES:
-        return read_csv(path)
+        return read_csv(path, multiline=multiline)
     if suffix in _JSONL_SUFFIXES:
         return read_jsonl(path)
     raise InputError(
@@ -78,25 +96,42 @@ def read_records(path: str | os.PathLike[str]) -> Iterator[Record]:
     )
 
 
-def read_csv(path: str | os.PathLike[str], *, delimiter: str | None = None) -> Iterator[Record]:
+def read_csv(
+    path: str | os.PathLike[str], *, delimiter: str | None = None, multiline: bool = False
+) -> Iterator[Record]:
     """Stream the records of a CSV file with a header row.
 
     ``delimiter`` is sniffed from the header among ``,`` ``;`` and tab when ``None``.
     UTF-8, with or without a BOM; a row that is not valid UTF-8 is rejected alone.
+    ``multiline`` accepts a quoted value spanning several lines; without it such a row is
+    rejected and its later lines are read as rows of their own.
     """
     name = os.fspath(path)
     with _open_text(name) as handle:
-        header_line = _first_nonblank_line(handle, name)
+        feed = _LineFeed(handle)
+        header_line = feed.header(name)
         sep = delimiter if delimiter is not None else _sniff_delimiter(header_line)
-        header = next(csv.reader([header_line], delimiter=sep))
-        layout = _CsvLayout(header, name)
-        reader = csv.reader(handle, delimiter=sep)
+        layout = _CsvLayout(_parse_header(header_line, sep, name, feed.field_limit), name)
+        held = feed.held
         line = 0
-        for row in reader:
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue  # a blank line is not a record
-            line += 1
-            yield layout.record(line, row)
+        while True:
+            reader = csv.reader(feed.lines(), delimiter=sep)
+            try:
+                for row in reader:
+                    if len(held) != 1 and not multiline:
+                        line += 1
+                        yield Record(line=line, error=feed.reject_multiline(reader.line_num))
+                        break  # read again from the row's second line
+                    held.clear()
+                    if not row or (len(row) == 1 and not row[0].strip()):
+                        continue  # a blank line is not a record
+                    line += 1
+                    yield layout.record(line, row)
+                else:
+                    return
+            except (csv.Error, _CutRow) as exc:
+                line += 1
+                yield Record(line=line, error=feed.reject(reader.line_num, exc))
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[Record]:
@@ -183,7 +218,7 @@ def fingerprint_file(path: str | os.PathLike[str]) -> str:
 class _CsvLayout:
     """Where the target columns and the variable columns of one CSV header are."""
 
-    __slots__ = ("contact", "recipient", "var_index", "var_names", "width")
+    __slots__ = ("contact", "recipient", "var_columns", "var_index", "var_names", "width")
 
     def __init__(self, header: list[str], name: str) -> None:
         if _has_surrogates("".join(header)):
@@ -200,6 +235,10 @@ class _CsvLayout:
             raise InputError(f"{name}: no recipient or contactId column in the header {header!r}")
         if len(set(self.var_names)) != len(self.var_names):
             raise InputError(f"{name}: the header repeats a column name: {header!r}")
+        # Pairs built once: a zip(strict=True) per row cost more than the rest of a row.
+        self.var_columns: tuple[tuple[str, int], ...] = tuple(
+            zip(self.var_names, self.var_index, strict=True)
+        )
 
     def _place(self, index: int, cell: str, name: str) -> None:
         key = cell.lower().replace("_", "").replace("-", "").replace(" ", "")
@@ -222,9 +261,7 @@ class _CsvLayout:
         error = self._row_error(row, recipient, contact_text, contact_error)
         variables: dict[str, Any] | None = None
         if self.var_names and error is None:
-            variables = {
-                var: row[index] for var, index in zip(self.var_names, self.var_index, strict=True)
-            }
+            variables = {var: row[index] for var, index in self.var_columns}
         if error is not None and recipient is not None and _has_surrogates(recipient):
             recipient = None  # cannot be reported as text either
         return Record(
@@ -290,11 +327,157 @@ def _sniff_delimiter(header_line: str) -> str:
     return sep if count else ","
 
 
-def _first_nonblank_line(handle: IO[str], name: str) -> str:
-    for text in handle:
-        if text.strip():
-            return text
-    raise InputError(f"{name}: the file is empty (no header row)")
+def _parse_header(header_line: str, sep: str, name: str, field_limit: int) -> list[str]:
+    try:
+        return next(csv.reader([header_line], delimiter=sep))
+    except csv.Error as exc:
+        if str(exc).startswith(_FIELD_LIMIT_ERROR):
+            raise InputError(
+                f"{name}: a column name of the header row is over the CSV field limit of "
+                f"{field_limit} characters"
+            ) from None
+        raise InputError(f"{name}: the header row cannot be read as CSV: {exc}") from None
+
+
+class _CutRow(Exception):
+    """Raised by ``_LineFeed.lines`` through ``csv.reader`` to stop a row that must be rejected."""
+
+    # 1: the last held line never reached the reader, so its line_num does not count it.
+    held_back = 1
+
+
+class _LongLine(_CutRow):
+    """The last held line is over the row limit (held as ``""``, its text skipped)."""
+
+
+class _Runaway(_CutRow):
+    """The row's quoted value is still open past the row limit."""
+
+
+class _Unclosed(_CutRow):
+    """The file ended inside the row's quoted value."""
+
+    held_back = 0
+
+
+class _LineFeed:
+    """The physical lines of a CSV file, fed to ``csv.reader``, and the row being read.
+
+    ``held`` has the lines of the current row (the reader's caller empties it after each
+    row). Rejecting a row puts its later lines back in front of the file, to be read
+    again by a new reader over a new ``lines()``. ``base`` is the physical line number
+    before the first line of the current reader.
+    """
+
+    __slots__ = ("_chars", "_pushback", "_source", "base", "field_limit", "held", "max_chars")
+
+    def __init__(self, handle: IO[str]) -> None:
+        self.field_limit = csv.field_size_limit()
+        self.max_chars = _ROW_CHARS_PER_FIELD_LIMIT * self.field_limit
+        # readline(n) bounds the memory a line without end can take.
+        self._source: Iterator[str] = iter(
+            functools.partial(handle.readline, self.max_chars + 1), ""
+        )
+        self._pushback: deque[str] = deque()
+        self.held: list[str] = []
+        self.base = 0
+        self._chars = 0
+
+    def header(self, name: str) -> str:
+        """The first non-blank line."""
+        for text in self._source:
+            self.base += 1
+            if len(text) > self.max_chars:
+                raise InputError(f"{name}: the header row is over {self.max_chars} characters")
+            if text.strip():
+                return text
+        raise InputError(f"{name}: the file is empty (no header row)")
+
+    def lines(self) -> Iterator[str]:
+        """Lines put back first, then the file's; raises ``_CutRow`` to cut a row short."""
+        held = self.held
+        pushback = self._pushback
+        while pushback:
+            text = pushback.popleft()
+            self._hold(text)
+            yield text
+        limit = self.max_chars
+        for text in self._source:
+            if held or len(text) > limit:
+                self._hold(text)
+            else:
+                held.append(text)
+            yield text
+        if held:
+            raise _Unclosed
+
+    def reject_multiline(self, line_num: int) -> str:
+        """Reject the complete row in ``held``, which spans lines (``line_num``: the reader's)."""
+        last = self.base + line_num
+        first = last - len(self.held) + 1
+        self._rewind(first)
+        return (
+            f"a quoted value spans lines {first}-{last} of the file (a stray quote?); "
+            "allow multi-line values to send it"
+        )
+
+    def reject(self, line_num: int, exc: csv.Error | _CutRow) -> str:
+        """Reject the row in ``held`` that ``exc`` stopped, saying why."""
+        held = self.held
+        last = self.base + line_num + (exc.held_back if isinstance(exc, _CutRow) else 0)
+        first = last - len(held) + 1
+        opened = f"a quoted value opened on line {first} of the file"
+        if isinstance(exc, _Unclosed):
+            reason = f"{opened} is never closed (a stray quote?)"
+        elif isinstance(exc, _LongLine) and len(held) == 1:
+            reason = f"line {last} of the file is over {self.max_chars} characters"
+        elif isinstance(exc, _CutRow):
+            reason = (
+                f"{opened} is still open on line {last}, past the limit of one row "
+                f"({_MAX_ROW_LINES} lines, {self.max_chars} characters; a stray quote?)"
+            )
+        elif not str(exc).startswith(_FIELD_LIMIT_ERROR):
+            reason = f"line {last} of the file cannot be read as CSV: {exc}"
+        elif len(held) == 1:
+            reason = (
+                f"a field on line {last} of the file is over the CSV field limit of "
+                f"{self.field_limit} characters"
+            )
+        else:
+            reason = (
+                f"{opened} is over the CSV field limit of {self.field_limit} characters "
+                f"by line {last} (a stray quote?)"
+            )
+        self._rewind(first)
+        return reason
+
+    def _rewind(self, first: int) -> None:
+        held = self.held
+        self._pushback.extendleft(reversed(held[1:]))
+        held.clear()
+        self.base = first
+
+    def _hold(self, text: str) -> None:
+        """Hold a line off the common path: a row's later line, a put-back or a long one."""
+        held = self.held
+        if len(text) > self.max_chars:
+            self._skip_line(text)
+            text = ""
+        held.append(text)
+        if not text:
+            raise _LongLine
+        if len(held) == 1:
+            return
+        if len(held) == 2:
+            self._chars = len(held[0])
+        self._chars += len(text)
+        if len(held) > _MAX_ROW_LINES or self._chars > self.max_chars:
+            raise _Runaway
+
+    def _skip_line(self, text: str) -> None:
+        """Read past the rest of a physical line that began with ``text``."""
+        while text and text[-1] not in "\r\n":
+            text = next(self._source, "")
 
 
 def _open_text(name: str) -> IO[str]:

@@ -73,6 +73,9 @@ class PlannerConfig:
             again when its content variables differ (same target and variables: duplicate).
         flush_after: seconds a partly filled group waits for more targets before it is sent.
         max_open_groups: distinct-variables groups held at once; beyond it the oldest is sent.
+        allow_vanity_numbers: read the letters of a number as keypad digits
+            ("+1-800-FLOWERS"); by default a number with letters is rejected. A number with
+            an extension is rejected either way.
     """
 
     default_region: str | None = None
@@ -81,6 +84,7 @@ class PlannerConfig:
     allow_repeats_with_different_variables: bool = False
     flush_after: float = 0.05
     max_open_groups: int = 64
+    allow_vanity_numbers: bool = False
 
     def __post_init__(self) -> None:
         if self.default_region is not None and (
@@ -126,19 +130,25 @@ class PlannerStats:
     targets: int = 0
 
 
-def normalize_phone(raw: str, default_region: str | None) -> str:
+def normalize_phone(
+    raw: str, default_region: str | None, *, allow_vanity_numbers: bool = False
+) -> str:
     """The E.164 form of a phone number, e.g. ``"(11) 98765-4321"`` in BR -> ``"+5511987654321"``.
 
-    Raises ``ValueError`` saying why when the number cannot be parsed or is not a valid
-    number (``phonenumbers.is_valid_number``).
+    Raises ``ValueError`` saying why when the number cannot be parsed, is not a valid
+    number (``phonenumbers.is_valid_number``), has an extension (``ext. 12``, ``x12``,
+    ``#12``, ``;ext=12``: a target has no field for one) or has letters. With
+    ``allow_vanity_numbers`` letters are read as keypad digits (``"+1-800-FLOWERS"`` ->
+    ``"+18003569377"``).
     """
     text = raw.strip()
     if not text:
         raise ValueError("empty phone number")
+    # The fast paths take digits and separators only: letters and extensions go the slow way.
     fast = _fast_e164(text) if text[0] == "+" else _fast_national(text, default_region)
     if fast is not None:
         return fast
-    return _parsed_e164(text, default_region)
+    return _parsed_e164(text, default_region, allow_vanity_numbers)
 
 
 _PARSE_REASONS: Final = {
@@ -151,16 +161,58 @@ _PARSE_REASONS: Final = {
 }
 
 
-def _parsed_e164(text: str, default_region: str | None) -> str:
-    try:
-        number = phonenumbers.parse(text, default_region)
-    except phonenumbers.NumberParseException as exc:
-        raise ValueError(_parse_failure(text, default_region, exc)) from None
+# An extension marker phonenumbers may leave unread: "#", ";" (";ext=", ";isub="), or
+# "x", "ext", "extn", "extension" as a word of its own (not inside a vanity word).
+_EXTENSION_MARK: Final = re.compile(
+    r"[#;]|(?<![^\W\d_])(?:x|ext(?:n|ension)?)(?![^\W\d_])", re.IGNORECASE
+)
+# A letter, "#" or ";": the cheap test before _EXTENSION_MARK's slower one (ASCII: 4x faster).
+_LETTER_OR_MARK: Final = re.compile(r"[^\W\d_]|[#;]")
+_ASCII_LETTER_OR_MARK: Final = re.compile(r"[A-Za-z#;]")
+
+
+def _parsed_e164(text: str, default_region: str | None, allow_vanity_numbers: bool) -> str:
+    number = _parse(text, default_region)
+    letter_or_mark = _ASCII_LETTER_OR_MARK if text.isascii() else _LETTER_OR_MARK
+    if number.extension or letter_or_mark.search(text) is not None:
+        number = _read_letters(text, number, default_region, allow_vanity_numbers)
     if not phonenumbers.is_valid_number(number):
         region = phonenumbers.region_code_for_country_code(number.country_code or 0)
         where = f"a valid {region} number" if region != "ZZ" else "a valid number"
         raise ValueError(f"phone number {text!r} is not {where}")
     return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
+
+
+def _read_letters(
+    text: str,
+    number: phonenumbers.PhoneNumber,
+    default_region: str | None,
+    allow_vanity_numbers: bool,
+) -> phonenumbers.PhoneNumber:
+    """The number of a ``text`` with letters, ``#`` or ``;``, or raise ``ValueError`` why not."""
+    if number.extension or _EXTENSION_MARK.search(text) is not None:
+        raise ValueError(
+            f"phone number {text!r} has an extension, which cannot be sent; "
+            "write the number without it"
+        )
+    if not allow_vanity_numbers:
+        raise ValueError(
+            f"phone number {text!r} has letters; write it in digits, or allow vanity "
+            "numbers to read letters as keypad digits"
+        )
+    # Every letter becomes its keypad digit: parse() alone drops one or two letters.
+    digits = phonenumbers.convert_alpha_characters_in_number(text)
+    return _parse(digits, default_region, shown=text)
+
+
+def _parse(
+    text: str, default_region: str | None, *, shown: str | None = None
+) -> phonenumbers.PhoneNumber:
+    """``phonenumbers.parse``, raising ``ValueError`` about ``shown`` (default: ``text``)."""
+    try:
+        return phonenumbers.parse(text, default_region)
+    except phonenumbers.NumberParseException as exc:
+        raise ValueError(_parse_failure(shown or text, default_region, exc)) from None
 
 
 def _parse_failure(
@@ -234,8 +286,16 @@ _Desc = tuple[frozenset[int], re.Pattern[str]]
 # Per single-region country code: its general description and its number-type ones.
 _VALIDATORS: dict[int, tuple[_Desc, tuple[_Desc, ...]] | None] = {}
 _TYPE_DESCS: Final = (
-    "premium_rate", "toll_free", "shared_cost", "voip", "personal_number", "pager", "uan",
-    "voicemail", "fixed_line", "mobile",
+    "premium_rate",
+    "toll_free",
+    "shared_cost",
+    "voip",
+    "personal_number",
+    "pager",
+    "uan",
+    "voicemail",
+    "fixed_line",
+    "mobile",
 )
 
 
@@ -528,7 +588,7 @@ class _PlanState:
             key = _contact_key(contact_id)
             target = PlannedTarget(line=record.line, contact_id=contact_id)
         elif recipient is not None:
-            e164 = _checked_phone(recipient, self._config.default_region)
+            e164 = _checked_phone(recipient, self._config)
             key = int(e164[1:])
             target = PlannedTarget(line=record.line, recipient=e164, raw=recipient)
         else:
@@ -573,14 +633,16 @@ def _contact_key(contact_id: object) -> int:
     return _CONTACT_TAG | contact_id
 
 
-def _checked_phone(recipient: object, default_region: str | None) -> str:
+def _checked_phone(recipient: object, config: PlannerConfig) -> str:
     if not isinstance(recipient, str):
         raise _Rejection(
             REJECT_INVALID_INPUT,
             f"recipient must be a string, not {type(recipient).__name__}",
         )
     try:
-        return normalize_phone(recipient, default_region)
+        return normalize_phone(
+            recipient, config.default_region, allow_vanity_numbers=config.allow_vanity_numbers
+        )
     except ValueError as exc:
         raise _Rejection(REJECT_INVALID_PHONE, str(exc)) from None
 

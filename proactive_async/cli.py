@@ -97,6 +97,8 @@ class CampaignSettings:
     default_region: str | None = None
     dedupe: bool = True
     allow_repeats: bool = False
+    allow_vanity_numbers: bool = False
+    multiline_values: bool = False
     journal: str | None = None
     report: str | None = None
     resend_unknown: bool = False
@@ -127,6 +129,8 @@ def _settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Cam
         default_region=args.default_region.upper() if args.default_region else None,
         dedupe=not args.no_dedupe,
         allow_repeats=args.allow_repeats,
+        allow_vanity_numbers=args.allow_vanity_numbers,
+        multiline_values=args.multiline_values,
         journal=args.journal,
         report=args.report if args.report else _default_report_path(args.recipients_file),
         resend_unknown=args.resend_unknown,
@@ -297,6 +301,8 @@ def _make_campaign(client: AsyncClient, settings: CampaignSettings) -> Campaign:
             default_region=settings.default_region,
             dedupe=settings.dedupe,
             allow_repeats_with_different_variables=settings.allow_repeats,
+            allow_vanity_numbers=settings.allow_vanity_numbers,
+            multiline_values=settings.multiline_values,
             journal=settings.journal,
             report=settings.report,
             resend_unknown=settings.resend_unknown,
@@ -644,6 +650,12 @@ def _add_safety_options(p: argparse.ArgumentParser) -> None:
                       help="send a number again each time it appears")
     safe.add_argument("--allow-repeats", action="store_true",
                       help="send a repeated number again when its variables differ")
+    safe.add_argument("--allow-vanity-numbers", action="store_true",
+                      help="read letters in a number as keypad digits (1-800-FLOWERS); "
+                      "by default such numbers are rejected")
+    safe.add_argument("--multiline-values", action="store_true",
+                      help="accept CSV quoted values spanning several lines; by default such "
+                      "a record is rejected (a stray quote must not merge other rows)")
     safe.add_argument("--grace-period", type=_positive_float, default=10.0, metavar="SECONDS",
                       help="on Ctrl-C, how long calls in flight may take to finish (default 10)")
 

@@ -110,3 +110,36 @@ def test_campaign_settings_never_show_the_token() -> None:
         template=ProactiveConversationRequest(channel_id=1),
     )
     assert "do-not-print-me-42" not in repr(settings)
+
+
+def test_broken_csv_rows_are_rejected_alone_and_nothing_is_merged_or_lost(
+    tmp_path: Path,
+) -> None:
+    """Issue 7.4 through the CLI: a huge cell, a stray quote, letters and an extension."""
+    good = phones(6)
+    rows = [
+        f"{good[0]},Ana",
+        f"{good[1]},{'x' * 200_000}",  # over the csv module's 128 KiB field limit
+        f"{good[2]},Bruno",
+        f'{good[3]},"Carla',  # a quote that never closes
+        f"{good[4]},Diego",
+        "+1-800-FLOWERS,Eva",
+        "+55 11 98765-4321 ext. 12,Fabio",
+        f"{good[5]},Gil",
+    ]
+    targets = write_csv(tmp_path / "r.csv", rows)
+    with ThreadedSimulator(SimulatorConfig(token=TOKEN)) as sim:
+        done = run_cli(*campaign(targets, sim.url, "--default-region", "BR"), cwd=tmp_path)
+        processed = sim.audit.snapshot()
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    import json
+
+    report = {row["line"]: row for row in map(json.loads,
+                                              (tmp_path / "r.report.jsonl").read_text().splitlines())}
+    assert sorted(report) == list(range(1, len(rows) + 1))
+    statuses = {line: row["status"] for line, row in report.items()}
+    assert statuses == {1: "sent", 2: "rejected", 3: "sent", 4: "rejected", 5: "sent",
+                        6: "rejected", 7: "rejected", 8: "sent"}
+    assert set(processed) == {good[0], good[2], good[4], good[5]}
+    assert "Diego" not in json.dumps(report[4])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -91,11 +92,166 @@ def test_csv_tolerates_utf8_bom_and_crlf(tmp_path: Path) -> None:
     assert record == Record(line=1, recipient="+5511999990000", variables={"nome": "José"})
 
 
-def test_csv_quoted_field_with_newline_is_one_record(tmp_path: Path) -> None:
+def test_csv_quoted_field_with_newline_is_one_record_with_multiline(tmp_path: Path) -> None:
     path = write(tmp_path, "t.csv", 'recipient,msg\n+551,"two\nlines"\n+552,x\n')
-    records = list(read_csv(path))
+    records = list(read_csv(path, multiline=True))
     assert [r.line for r in records] == [1, 2]
     assert records[0].variables == {"msg": "two\nlines"}
+
+
+def test_csv_multiline_value_is_rejected_by_default_and_its_lines_read_again(
+    tmp_path: Path,
+) -> None:
+    """Without multiline, a quoted value over lines 3-4 is rejected; line 4 is read as a row."""
+    path = write(tmp_path, "t.csv", 'recipient,msg\n+551,a\n+552,"two\nlines"\n+553,x\n')
+    first, spanning, rest, last = read_csv(path)
+    assert first == Record(line=1, recipient="+551", variables={"msg": "a"})
+    assert spanning == Record(
+        line=2,
+        error="a quoted value spans lines 3-4 of the file (a stray quote?); "
+        "allow multi-line values to send it",
+    )
+    assert (rest.line, rest.error) == (3, "row has 1 fields, the header has 2")
+    assert last == Record(line=4, recipient="+553", variables={"msg": "x"})
+
+
+def test_csv_unclosed_quote_is_rejected_alone_and_later_rows_are_read(tmp_path: Path) -> None:
+    """A stray quote open to the end of the file never pours later rows into one value."""
+    content = 'recipient,name\n+551,Ana\n+552,"Bia\n+553,Caio\n\n+554,Duda\n'
+    for multiline in (False, True):
+        records = list(read_csv(write(tmp_path, "t.csv", content), multiline=multiline))
+        assert records == [
+            Record(line=1, recipient="+551", variables={"name": "Ana"}),
+            Record(
+                line=2,
+                error="a quoted value opened on line 3 of the file is never closed "
+                "(a stray quote?)",
+            ),
+            Record(line=3, recipient="+553", variables={"name": "Caio"}),
+            Record(line=4, recipient="+554", variables={"name": "Duda"}),
+        ]
+
+
+def test_csv_stray_quote_closed_by_another_loses_no_row(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.csv", 'recipient,name\n+552,"Bia\n+553,Caio\n+554,Du"da\n+555,Eva\n')
+    records = list(read_csv(path))
+    assert records[0] == Record(
+        line=1,
+        error="a quoted value spans lines 2-4 of the file (a stray quote?); "
+        "allow multi-line values to send it",
+    )
+    assert [(r.line, r.recipient, r.variables, r.error) for r in records[1:]] == [
+        (2, "+553", {"name": "Caio"}, None),
+        (3, "+554", {"name": 'Du"da'}, None),
+        (4, "+555", {"name": "Eva"}, None),
+    ]
+
+
+def test_read_records_passes_multiline_to_the_csv_reader(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.csv", 'recipient,msg\n+551,"two\nlines"\n')
+    (record,) = read_records(path, multiline=True)
+    assert record.variables == {"msg": "two\nlines"}
+    (rejected, _) = read_records(path)
+    assert rejected.error is not None and "spans lines 2-3" in rejected.error
+
+
+def test_csv_quote_open_past_the_row_line_limit_is_cut_and_reading_resumes(
+    tmp_path: Path,
+) -> None:
+    """A quote open for 1500 lines is cut after 1000; every line after its row is read."""
+    lines = [f"+55{n}" for n in range(1500)]
+    path = write(tmp_path, "t.csv", "recipient\n" + '"' + "\n".join(lines) + "\n")
+    for multiline in (False, True):
+        first, *rest = read_csv(path, multiline=multiline)
+        assert first.line == 1 and first.recipient is None
+        assert first.error is not None
+        assert first.error.startswith(
+            "a quoted value opened on line 2 of the file is still open on line 1002, past "
+            "the limit of one row (1000 lines, "
+        )
+        assert [(r.line, r.recipient, r.error) for r in rest] == [
+            (n + 1, f"+55{n}", None) for n in range(1, 1500)
+        ]
+
+
+def test_csv_cell_over_the_field_limit_rejects_its_row_alone(tmp_path: Path) -> None:
+    limit = csv.field_size_limit()
+    big = "x" * (limit + 1)
+    path = write(tmp_path, "t.csv", f"recipient,note\n+551,a\n+552,{big}\n\n{big},b\n+553,c\n")
+    records = list(read_csv(path))
+    reason = f"over the CSV field limit of {limit} characters"
+    assert records == [
+        Record(line=1, recipient="+551", variables={"note": "a"}),
+        Record(line=2, error=f"a field on line 3 of the file is {reason}"),
+        Record(line=3, error=f"a field on line 5 of the file is {reason}"),
+        Record(line=4, recipient="+553", variables={"note": "c"}),
+    ]
+    assert csv.field_size_limit() == limit  # the process-wide limit is left alone
+
+
+def test_csv_quoted_value_growing_over_the_field_limit_is_cut(tmp_path: Path) -> None:
+    limit = csv.field_size_limit()
+    filler = ("y" * 999 + "\n") * (limit // 1000 + 1)
+    path = write(tmp_path, "t.csv", f'recipient,note\n+551,"{filler}+552,b\n')
+    records = list(read_csv(path, multiline=True))
+    assert records[0].error is not None
+    assert records[0].error.startswith(
+        f"a quoted value opened on line 2 of the file is over the CSV field limit of {limit} "
+        "characters by line "
+    )
+    assert records[-1] == Record(line=len(records), recipient="+552", variables={"note": "b"})
+    assert all(r.error == "row has 1 fields, the header has 2" for r in records[1:-1])
+
+
+def test_csv_line_over_the_row_limit_is_rejected_alone(tmp_path: Path) -> None:
+    """A line of many small cells over 4x the field limit is skipped, never held whole."""
+    most = 4 * csv.field_size_limit()
+    huge = "+551" + ",a" * (most // 2 + 10)
+    path = write(tmp_path, "t.csv", f"recipient,note\r\n{huge}\r\n+552,b\r\n")
+    long_, good = read_csv(path)
+    assert long_ == Record(line=1, error=f"line 2 of the file is over {most} characters")
+    assert good == Record(line=2, recipient="+552", variables={"note": "b"})
+
+
+def test_csv_line_over_the_row_limit_inside_an_open_quote_is_a_record_of_its_own(
+    tmp_path: Path,
+) -> None:
+    most = 4 * csv.field_size_limit()
+    huge = "+552" + ",a" * (most // 2 + 10)
+    path = write(tmp_path, "t.csv", f'recipient,note\n+551,"open\n{huge}\n+553,c\n')
+    cut, long_, good = read_csv(path, multiline=True)
+    assert cut.line == 1 and cut.error is not None
+    assert cut.error.startswith(
+        "a quoted value opened on line 2 of the file is still open on line 3"
+    )
+    assert long_ == Record(line=2, error=f"line 3 of the file is over {most} characters")
+    assert good == Record(line=3, recipient="+553", variables={"note": "c"})
+
+
+def test_csv_header_cell_over_the_field_limit_raises_naming_the_file(tmp_path: Path) -> None:
+    big = "n" * (csv.field_size_limit() + 1)
+    path = write(tmp_path, "wide.csv", f"recipient,{big}\n+551,a\n")
+    with pytest.raises(InputError, match=r"wide\.csv: a column name of the header row is over"):
+        list(read_csv(path))
+
+
+def test_csv_header_over_the_row_limit_raises_naming_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "wide.csv", "recipient" + ",n" * (4 * csv.field_size_limit()))
+    with pytest.raises(InputError, match=r"wide\.csv: the header row is over \d+ characters"):
+        list(read_csv(path))
+
+
+def test_csv_error_line_numbers_count_the_header_blank_lines_and_bom(tmp_path: Path) -> None:
+    """Records count data rows; messages name physical lines of the file."""
+    content = b'\xef\xbb\xbf\r\nrecipient,name\r\n\r\n+551,a\r\n+552,"b\r\nc"\r\n+553,d\r\n'
+    records = list(read_csv(write(tmp_path, "t.csv", content)))
+    assert [(r.line, r.recipient) for r in records] == [
+        (1, "+551"),
+        (2, None),
+        (3, 'c"'),
+        (4, "+553"),
+    ]
+    assert records[1].error is not None and "spans lines 5-6 of" in records[1].error
 
 
 def test_csv_blank_lines_are_not_records(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,72 @@ def test_normalize_phone_raises_value_error_with_reason(
         normalize_phone(raw, region)
 
 
+_LETTERS = "has letters; write it in digits, or allow vanity numbers"
+_EXTENSION = "has an extension, which cannot be sent; write the number without it"
+
+
+@pytest.mark.parametrize(
+    ("raw", "region"),
+    [
+        ("+1-800-FLOWERS", None),
+        ("1-800-FLOWERS", "US"),
+        ("+1 800 TAXI 123", None),
+        ("+55 11 98765-43a21", None),  # parse() alone would drop the "a"
+        ("Tel: +5511987654321", None),
+    ],
+)
+def test_normalize_phone_rejects_letters_by_default(raw: str, region: str | None) -> None:
+    with pytest.raises(ValueError, match=f"^phone number {re.escape(repr(raw))} {_LETTERS}"):
+        normalize_phone(raw, region)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "+55 11 98765-4321 ext. 12",
+        "+55 11 98765-4321 x12",
+        "+55 11 98765-4321 X 12",
+        "+55 11 98765-4321 #12",
+        "+55 11 98765-4321#",
+        "+5511987654321;ext=12",
+        "tel:+5511987654321;ext=12",
+        "+55 11 98765-4321,12",
+        "+55 11 98765-4321 extension 12",
+        "+5511987654321x",
+        "+1 800 FLOWERS x 12",
+    ],
+)
+@pytest.mark.parametrize("allow_vanity_numbers", [False, True])
+def test_normalize_phone_rejects_an_extension_even_with_vanity_numbers(
+    raw: str, allow_vanity_numbers: bool
+) -> None:
+    with pytest.raises(ValueError, match=f"^phone number {re.escape(repr(raw))} {_EXTENSION}$"):
+        normalize_phone(raw, "BR", allow_vanity_numbers=allow_vanity_numbers)
+
+
+@pytest.mark.parametrize(
+    ("raw", "region", "e164"),
+    [
+        ("+1-800-FLOWERS", None, "+18003569377"),
+        ("1-800-flowers", "US", "+18003569377"),
+        ("+1 800 TAXI 123", None, "+18008294123"),
+        ("+5511987654321", None, "+5511987654321"),  # digits still take the fast path
+    ],
+)
+def test_normalize_phone_reads_vanity_letters_as_keypad_digits_when_allowed(
+    raw: str, region: str | None, e164: str
+) -> None:
+    assert normalize_phone(raw, region, allow_vanity_numbers=True) == e164
+
+
+def test_normalize_phone_with_vanity_numbers_converts_every_letter_never_drops_one() -> None:
+    """phonenumbers.parse drops one or two letters; read as digits, this number is too long."""
+    with pytest.raises(ValueError, match="is not a valid BR number"):
+        normalize_phone("+55 11 98765-43a21", None, allow_vanity_numbers=True)
+    with pytest.raises(ValueError, match=r"^phone number 'Tel: \+5511987654321': not a phone"):
+        normalize_phone("Tel: +5511987654321", None, allow_vanity_numbers=True)
+
+
 def reference_e164(text: str, region: str | None) -> str | None:
     """The unoptimised answer: parse, is_valid_number, format."""
     try:
@@ -207,6 +274,38 @@ async def test_invalid_number_is_rejected_with_the_reason() -> None:
     assert outcome.error == OutcomeError(
         kind=REJECT_INVALID_PHONE, message="phone number '12345' is not a valid BR number"
     )
+
+
+async def test_vanity_and_extension_numbers_are_rejected_unless_vanity_is_allowed() -> None:
+    records = [phone(1, "+1-800-FLOWERS"), phone(2, "+55 11 98765-4321 ext. 12")]
+    outcomes, chunks, _ = await run(Planner(PlannerConfig()), records)
+    assert chunks == []
+    assert [(o.line, o.status, o.error) for o in outcomes] == [
+        (
+            1,
+            OutcomeStatus.REJECTED,
+            OutcomeError(
+                kind=REJECT_INVALID_PHONE,
+                message="phone number '+1-800-FLOWERS' has letters; write it in digits, or "
+                "allow vanity numbers to read letters as keypad digits",
+            ),
+        ),
+        (
+            2,
+            OutcomeStatus.REJECTED,
+            OutcomeError(
+                kind=REJECT_INVALID_PHONE,
+                message="phone number '+55 11 98765-4321 ext. 12' has an extension, which "
+                "cannot be sent; write the number without it",
+            ),
+        ),
+    ]
+    assert PlannerConfig().allow_vanity_numbers is False
+    outcomes, chunks, _ = await run(Planner(PlannerConfig(allow_vanity_numbers=True)), records)
+    assert [(o.line, o.status) for o in outcomes] == [(2, OutcomeStatus.REJECTED)]
+    assert [t for c in chunks for t in c.targets] == [
+        PlannedTarget(line=1, recipient="+18003569377", raw="+1-800-FLOWERS")
+    ]
 
 
 @pytest.mark.parametrize(
@@ -617,8 +716,9 @@ def test_compiled_validity_check_agrees_with_phonenumbers_on_every_region() -> N
                 number = pn.PhoneNumber(
                     country_code=example.country_code, national_number=int(candidate)
                 )
-                assert _is_valid(example.country_code, candidate) == pn.is_valid_number(
-                    number
-                ), (region, candidate)
+                assert _is_valid(example.country_code, candidate) == pn.is_valid_number(number), (
+                    region,
+                    candidate,
+                )
                 checked += 1
     assert checked > 3000
