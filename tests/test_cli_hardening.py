@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -133,10 +134,8 @@ def test_broken_csv_rows_are_rejected_alone_and_nothing_is_merged_or_lost(
         processed = sim.audit.snapshot()
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
-    import json
-
-    report = {row["line"]: row for row in map(json.loads,
-                                              (tmp_path / "r.report.jsonl").read_text().splitlines())}
+    lines = (tmp_path / "r.report.jsonl").read_text().splitlines()
+    report = {row["line"]: row for row in map(json.loads, lines)}
     assert sorted(report) == list(range(1, len(rows) + 1))
     statuses = {line: row["status"] for line, row in report.items()}
     assert statuses == {1: "sent", 2: "rejected", 3: "sent", 4: "rejected", 5: "sent",
