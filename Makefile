@@ -18,6 +18,7 @@ venv: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check proactive_async tests benchmarks
+	$(BIN)/ruff format --check proactive_async tests benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy proactive_async

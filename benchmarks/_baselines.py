@@ -112,8 +112,11 @@ class BareConversation(msgspec.Struct, rename="camel"):
 
 
 BARE_DECODER = msgspec.json.Decoder(list[BareConversation])
-_HEADERS = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json",
-            "Accept": "application/json"}
+_HEADERS = {
+    "Authorization": f"Bearer {TOKEN}",
+    "Content-Type": "application/json",
+    "Accept": "application/json",
+}
 _encode = msgspec.json.Encoder().encode
 
 

@@ -74,8 +74,14 @@ class Server:
             ... server.url ...
     """
 
-    def __init__(self, argv: Sequence[str], *, env: dict[str, str] | None = None,
-                 timeout: float = 20.0, pin: bool = True) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        env: dict[str, str] | None = None,
+        timeout: float = 20.0,
+        pin: bool = True,
+    ) -> None:
         self.argv = [*(server_prefix() if pin else []), *argv]
         self.env = env
         self.timeout = timeout
@@ -88,7 +94,11 @@ class Server:
         env = {**os.environ, **(self.env or {})}
         env.setdefault("PYTHONPATH", str(ROOT))
         self._proc = subprocess.Popen(
-            self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+            self.argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
         )
         self.url = self._wait_listening()
         # Keep draining its output so a chatty server never blocks on a full pipe.
@@ -220,14 +230,27 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[index]
 
 
-def row(benchmark: str, *, sdk: str = "", baseline: str = "", ratio: float | None = None,
-        target: str = "", ok: bool | None = None, note: str = "",
-        skipped: str | None = None) -> dict[str, Any]:
+def row(
+    benchmark: str,
+    *,
+    sdk: str = "",
+    baseline: str = "",
+    ratio: float | None = None,
+    target: str = "",
+    ok: bool | None = None,
+    note: str = "",
+    skipped: str | None = None,
+) -> dict[str, Any]:
     """One line of the results table; ``ok`` None means not judged (skipped or info only)."""
     return {
-        "benchmark": benchmark, "sdk": sdk, "baseline": baseline,
+        "benchmark": benchmark,
+        "sdk": sdk,
+        "baseline": baseline,
         "ratio": None if ratio is None or ratio != ratio else round(ratio, 3),
-        "target": target, "ok": None if skipped else ok, "note": note, "skipped": skipped,
+        "target": target,
+        "ok": None if skipped else ok,
+        "note": note,
+        "skipped": skipped,
     }
 
 
@@ -305,9 +328,20 @@ def wrk_ceiling(url: str, *, seconds: int = 3, connections: int = 64) -> float |
         script.write(_WRK_SCRIPT)
     try:
         done = subprocess.run(
-            [*client_prefix(), wrk, "-t1", f"-c{connections}", f"-d{seconds}s",
-             "-s", script.name, url + PATH],
-            capture_output=True, text=True, timeout=seconds + 30, check=False,
+            [
+                *client_prefix(),
+                wrk,
+                "-t1",
+                f"-c{connections}",
+                f"-d{seconds}s",
+                "-s",
+                script.name,
+                url + PATH,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 30,
+            check=False,
         )
     finally:
         os.unlink(script.name)

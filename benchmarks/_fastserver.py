@@ -30,39 +30,84 @@ def conversation(index: int = 1, to: str = _MARK) -> dict[str, Any]:
     """One Conversation of realistic shape: every field of the contract, one message."""
     stamp = "2024-05-01T12:34:56.1234567Z"
     return {
-        "id": 1000 + index, "active": True, "liveAgent": False, "from": "+5511988887777",
+        "id": 1000 + index,
+        "active": True,
+        "liveAgent": False,
+        "from": "+5511988887777",
         "conversationId": f"c0ffee00-0000-4000-8000-{index:012d}",
-        "waterMark": "1714566896123", "token": None, "createdAt": stamp,
-        "finishedAt": None, "queuedAt": None, "lastConversationUpdateTime": stamp,
+        "waterMark": "1714566896123",
+        "token": None,
+        "createdAt": stamp,
+        "finishedAt": None,
+        "queuedAt": None,
+        "lastConversationUpdateTime": stamp,
         "lastMessageContent": "Olá! Sua fatura de maio está disponível.",
-        "contactName": "Ana Souza", "userId": 17, "userName": "bot-user",
-        "counterpartUserId": 0, "counterpartUserName": None, "botId": 1,
-        "botName": "Billing bot", "fileUrl": None, "fileName": None, "tenantId": 42,
+        "contactName": "Ana Souza",
+        "userId": 17,
+        "userName": "bot-user",
+        "counterpartUserId": 0,
+        "counterpartUserName": None,
+        "botId": 1,
+        "botName": "Billing bot",
+        "fileUrl": None,
+        "fileName": None,
+        "tenantId": 42,
         "conversationSummary": None,
-        "messages": [{
-            "id": 5000 + index, "createdAt": stamp, "from": "+5511988887777", "to": to,
-            "content": "Olá! Sua fatura de maio está disponível.", "conversationId": 1000 + index,
-            "sentiment": None, "offset": None, "isNPS": False,
-            "contentSid": "HXb5b62575e6e4ff6129ad7c8efe1f983e", "messageType": 1,
-            "mediaUrl": None, "mediaFileName": None, "tenantId": 42, "userId": 17,
-            "contentVariables": '{"1":"Ana","2":"maio"}',
-            "messageSid": "SM1234567890abcdef1234567890abcdef", "messageStatus": 1,
-            "sent": True, "delivered": False, "read": False, "errorCode": None,
-            "errorMessage": None, "isReadByUser": False, "documentId": 0,
-        }],
-        "score": 0, "finalScore": 0, "checklistId": 0, "channelId": 1,
-        "conversationIntegrationType": 3, "duration": "00:00:00.1230000",
+        "messages": [
+            {
+                "id": 5000 + index,
+                "createdAt": stamp,
+                "from": "+5511988887777",
+                "to": to,
+                "content": "Olá! Sua fatura de maio está disponível.",
+                "conversationId": 1000 + index,
+                "sentiment": None,
+                "offset": None,
+                "isNPS": False,
+                "contentSid": "HXb5b62575e6e4ff6129ad7c8efe1f983e",
+                "messageType": 1,
+                "mediaUrl": None,
+                "mediaFileName": None,
+                "tenantId": 42,
+                "userId": 17,
+                "contentVariables": '{"1":"Ana","2":"maio"}',
+                "messageSid": "SM1234567890abcdef1234567890abcdef",
+                "messageStatus": 1,
+                "sent": True,
+                "delivered": False,
+                "read": False,
+                "errorCode": None,
+                "errorMessage": None,
+                "isReadByUser": False,
+                "documentId": 0,
+            }
+        ],
+        "score": 0,
+        "finalScore": 0,
+        "checklistId": 0,
+        "channelId": 1,
+        "conversationIntegrationType": 3,
+        "duration": "00:00:00.1230000",
         "highImportanceErrorDetected": False,
         "tags": [{"id": 9, "name": "billing", "active": True, "createdAt": stamp, "tenantId": 42}],
-        "conversationEvaluationStatus": 0, "conversationEvaluationStatusMessage": None,
-        "queueId": 3, "queueName": "Financeiro", "conversationEndedReasonId": 0,
-        "agentType": 1, "conversationType": 2, "applicationStatusId": 0,
-        "overallSentiment": None, "callStatus": None, "disconnectionReason": None,
-        "callSuccessful": False, "totalUnreadedMessagesByUser": 0,
+        "conversationEvaluationStatus": 0,
+        "conversationEvaluationStatusMessage": None,
+        "queueId": 3,
+        "queueName": "Financeiro",
+        "conversationEndedReasonId": 0,
+        "agentType": 1,
+        "conversationType": 2,
+        "applicationStatusId": 0,
+        "overallSentiment": None,
+        "callStatus": None,
+        "disconnectionReason": None,
+        "callSuccessful": False,
+        "totalUnreadedMessagesByUser": 0,
         "dynamicVariables": [
             {"id": 1, "name": "name", "value": "Ana", "conversationId": 1000 + index}
         ],
-        "dataCollection": [], "agentId": 0,
+        "dataCollection": [],
+        "agentId": 0,
     }
 
 
@@ -109,7 +154,7 @@ class _Http(asyncio.Protocol):
             total = head_end + 4 + length
             if len(self._buffer) < total:
                 break
-            body = bytes(self._buffer[head_end + 4:total])
+            body = bytes(self._buffer[head_end + 4 : total])
             del self._buffer[:total]
             if self._stamps is not None:
                 self._stamps.append(time.monotonic())
@@ -124,7 +169,7 @@ def _content_length(head: bytes) -> int:
     if index < 0:
         return 0
     end = lower.find(b"\r\n", index + 2)
-    return int(lower[index + 17:end if end >= 0 else None].strip())
+    return int(lower[index + 17 : end if end >= 0 else None].strip())
 
 
 async def _serve(host: str, port: int, stamps: list[float] | None) -> None:

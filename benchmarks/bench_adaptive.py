@@ -106,11 +106,21 @@ def nginx_in_front(upstream: str, *, retry_after: bool) -> Iterator[str]:
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         conf = Path(tmp) / "nginx.conf"
-        conf.write_text(_NGINX_CONF.format(
-            tmp=tmp, rate=int(LIMIT), burst=int(LIMIT / 10), upstream=upstream, port=port,
-            error_page="error_page 429 = @throttled;" if retry_after else ""))
-        proc = subprocess.Popen([*server_prefix(), binary, "-c", str(conf), "-p", tmp],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        conf.write_text(
+            _NGINX_CONF.format(
+                tmp=tmp,
+                rate=int(LIMIT),
+                burst=int(LIMIT / 10),
+                upstream=upstream,
+                port=port,
+                error_page="error_page 429 = @throttled;" if retry_after else "",
+            )
+        )
+        proc = subprocess.Popen(
+            [*server_prefix(), binary, "-c", str(conf), "-p", tmp],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         try:
             _wait_port(port, proc)
             yield f"http://127.0.0.1:{port}"
@@ -147,15 +157,29 @@ async def adaptive_campaign(url: str, count: int) -> dict[str, Any]:
     template = ProactiveConversationRequest(channel_id=1, bot_id=1, conversation_template_id=7)
     limits = Limits(max_connections=64)
     async with AsyncClient(base_url=url, token=TOKEN, limits=limits) as client:
-        campaign = Campaign(client, template=template, targets=targets, chunk_size=1,
-                            concurrency=64, rate=None, adaptive=True, default_region="BR")
+        campaign = Campaign(
+            client,
+            template=template,
+            targets=targets,
+            chunk_size=1,
+            concurrency=64,
+            rate=None,
+            adaptive=True,
+            default_region="BR",
+        )
         start = time.perf_counter()
         summary = await campaign.run()
         elapsed = time.perf_counter() - start
         final_rate = campaign.rate
     counts = {str(k): v for k, v in summary.counts.items()}
-    return {"elapsed": elapsed, "calls": summary.calls, "throttled": summary.throttled,
-            "counts": counts, "final_rate": final_rate, "records": count}
+    return {
+        "elapsed": elapsed,
+        "calls": summary.calls,
+        "throttled": summary.throttled,
+        "counts": counts,
+        "final_rate": final_rate,
+        "records": count,
+    }
 
 
 def judge(label: str, result: dict[str, Any], note: str) -> dict[str, Any]:
@@ -165,24 +189,37 @@ def judge(label: str, result: dict[str, Any], note: str) -> dict[str, Any]:
     complete = sum(result["counts"].values()) == result["records"] == sent
     ok = goodput >= 0.9 * LIMIT and share <= 0.05 and complete
     lost = "none lost" if complete else f"counts {result['counts']}"
-    return row(f"{NAME}, {label}", sdk=f"{goodput:.0f} targets/s, 429s {share:.1%}",
-               baseline=f"limit {LIMIT:.0f}/s", ratio=goodput / LIMIT, target=TARGET, ok=ok,
-               note=f"{lost}; {note}; {result['calls']} calls in {result['elapsed']:.1f} s")
+    return row(
+        f"{NAME}, {label}",
+        sdk=f"{goodput:.0f} targets/s, 429s {share:.1%}",
+        baseline=f"limit {LIMIT:.0f}/s",
+        ratio=goodput / LIMIT,
+        target=TARGET,
+        ok=ok,
+        note=f"{lost}; {note}; {result['calls']} calls in {result['elapsed']:.1f} s",
+    )
 
 
 def run(quick: bool = False) -> dict[str, Any]:
     """Run benchmark 6; returns its rows and each scenario's figures."""
     pinned = pin_client()
     count = int(LIMIT * (2 if quick else 20))
-    scenarios = [("simulator limit", "simulator --rate 300"),
-                 ("nginx limit_req + Retry-After: 1", "nginx 300r/s burst 30, Retry-After 1"),
-                 ("nginx limit_req, no Retry-After", "nginx 300r/s burst 30, no Retry-After")]
+    scenarios = [
+        ("simulator limit", "simulator --rate 300"),
+        ("nginx limit_req + Retry-After: 1", "nginx 300r/s burst 30, Retry-After 1"),
+        ("nginx limit_req, no Retry-After", "nginx 300r/s burst 30, no Retry-After"),
+    ]
     if quick:
         scenarios = scenarios[:2]
     missing = sdk_missing("proactive_async._campaign:Campaign", "proactive_async.simulator:main")
     if missing is not None:
-        return {"name": NAME, "rows": [row(f"{NAME}, {label}", target=TARGET, skipped=missing)
-                                       for label, _ in scenarios], "details": {}}
+        return {
+            "name": NAME,
+            "rows": [
+                row(f"{NAME}, {label}", target=TARGET, skipped=missing) for label, _ in scenarios
+            ],
+            "details": {},
+        }
     rows: list[dict[str, Any]] = []
     details: dict[str, Any] = {"pinning": pinned, "records": count}
     for label, note in scenarios:
@@ -191,10 +228,13 @@ def run(quick: bool = False) -> dict[str, Any]:
                 with Server(simulator_argv("--rate", str(LIMIT))) as sim:
                     result = asyncio.run(adaptive_campaign(sim.url, count))
             else:
-                with Server(simulator_argv()) as sim, nginx_in_front(
-                    sim.url.removeprefix("http://"), retry_after="Retry-After" in label
-                    and "no Retry" not in label,
-                ) as url:
+                with (
+                    Server(simulator_argv()) as sim,
+                    nginx_in_front(
+                        sim.url.removeprefix("http://"),
+                        retry_after="Retry-After" in label and "no Retry" not in label,
+                    ) as url,
+                ):
                     result = asyncio.run(adaptive_campaign(url, count))
         except RuntimeError as exc:
             rows.append(row(f"{NAME}, {label}", target=TARGET, skipped=f"skipped: {exc}"))

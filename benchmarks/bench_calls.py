@@ -71,43 +71,69 @@ def run(quick: bool = False) -> dict[str, Any]:
     with fast_server() as server:
         ceiling = wrk_ceiling(server.url, seconds=1 if quick else 3)
         variants = {
-            "aiohttp": lambda: asyncio.run(
-                _baselines.aiohttp_loop(server.url, calls, CONCURRENCY)),
+            "aiohttp": lambda: asyncio.run(_baselines.aiohttp_loop(server.url, calls, CONCURRENCY)),
             "httpx": lambda: asyncio.run(
-                _baselines.httpx_loop(server.url, httpx_calls, CONCURRENCY)),
+                _baselines.httpx_loop(server.url, httpx_calls, CONCURRENCY)
+            ),
         }
         if missing is None:
-            variants = {"sdk": lambda: asyncio.run(sdk_loop(server.url, calls, CONCURRENCY)),
-                        **variants}
+            variants = {
+                "sdk": lambda: asyncio.run(sdk_loop(server.url, calls, CONCURRENCY)),
+                **variants,
+            }
         figures = alternate(variants, rounds)
     med = {name: median(values) for name, values in figures.items()}
     raw, httpx = med["aiohttp"], med["httpx"]
     sdk = med.get("sdk", float("nan"))
     if missing is not None:
         rows = [
-            row(f"{NAME} vs raw aiohttp", baseline=rate_str(raw), target=">= 0.9x",
-                skipped=missing),
+            row(
+                f"{NAME} vs raw aiohttp", baseline=rate_str(raw), target=">= 0.9x", skipped=missing
+            ),
             row(f"{NAME} vs httpx", baseline=rate_str(httpx), target=">= 5x", skipped=missing),
         ]
     else:
         rows = [
-            row(f"{NAME} vs raw aiohttp", sdk=rate_str(sdk), baseline=rate_str(raw),
-                ratio=sdk / raw, target=">= 0.9x", ok=sdk >= 0.9 * raw),
-            row(f"{NAME} vs httpx", sdk=rate_str(sdk), baseline=rate_str(httpx),
-                ratio=sdk / httpx, target=">= 5x", ok=sdk >= 5 * httpx),
+            row(
+                f"{NAME} vs raw aiohttp",
+                sdk=rate_str(sdk),
+                baseline=rate_str(raw),
+                ratio=sdk / raw,
+                target=">= 0.9x",
+                ok=sdk >= 0.9 * raw,
+            ),
+            row(
+                f"{NAME} vs httpx",
+                sdk=rate_str(sdk),
+                baseline=rate_str(httpx),
+                ratio=sdk / httpx,
+                target=">= 5x",
+                ok=sdk >= 5 * httpx,
+            ),
         ]
     if isinstance(ceiling, float):
-        rows.append(row(CEILING, baseline=rate_str(ceiling, "req/s"),
-                        target=CEILING_TARGET,
-                        ok=ceiling > 2 * max(sdk if sdk == sdk else 0.0, raw)))
+        rows.append(
+            row(
+                CEILING,
+                baseline=rate_str(ceiling, "req/s"),
+                target=CEILING_TARGET,
+                ok=ceiling > 2 * max(sdk if sdk == sdk else 0.0, raw),
+            )
+        )
     else:
         rows.append(row(CEILING, target=CEILING_TARGET, skipped=ceiling))
     return {
         "name": NAME,
         "rows": rows,
-        "details": {"pinning": pinned, "calls_per_round": calls,
-                    "httpx_calls_per_round": httpx_calls, "rounds": rounds,
-                    "figures": figures, "medians": med, "wrk": ceiling},
+        "details": {
+            "pinning": pinned,
+            "calls_per_round": calls,
+            "httpx_calls_per_round": httpx_calls,
+            "rounds": rounds,
+            "figures": figures,
+            "medians": med,
+            "wrk": ceiling,
+        },
     }
 
 

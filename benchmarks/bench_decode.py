@@ -40,8 +40,9 @@ def body_of(count: int) -> bytes:
     )
 
 
-def per_conversation_us(decode: Callable[[bytes], Any], body: bytes, count: int,
-                        budget: float) -> float:
+def per_conversation_us(
+    decode: Callable[[bytes], Any], body: bytes, count: int, budget: float
+) -> float:
     """Best-of-batches microseconds per conversation, for about ``budget`` seconds."""
     decode(body)
     loops = 1
@@ -103,31 +104,61 @@ def run(quick: bool = False) -> dict[str, Any]:
         body = body_of(size)
         for decode in found.values():  # every decoder reads the same body
             decode(body)
-        figures = alternate({name: functools.partial(per_conversation_us, decode, body, size,
-                                                     budget) for name, decode in found.items()},
-                            rounds)
+        figures = alternate(
+            {
+                name: functools.partial(per_conversation_us, decode, body, size, budget)
+                for name, decode in found.items()
+            },
+            rounds,
+        )
         med = {name: median(values) for name, values in figures.items()}
         details[str(size)] = {"figures": figures, "medians": med, "body_bytes": len(body)}
         label = f"{NAME} {size} conversations"
         bare = med["bare_msgspec"]
         if missing is not None:
-            rows.append(row(f"{label} vs bare msgspec", baseline=f"{bare:.2f} us/conv",
-                            target="<= 1.2x time", skipped=missing))
+            rows.append(
+                row(
+                    f"{label} vs bare msgspec",
+                    baseline=f"{bare:.2f} us/conv",
+                    target="<= 1.2x time",
+                    skipped=missing,
+                )
+            )
             continue
         sdk = med["sdk"]
         rows += [
-            row(f"{label} vs bare msgspec", sdk=f"{sdk:.2f} us/conv",
-                baseline=f"{bare:.2f} us/conv", ratio=sdk / bare, target="<= 1.2x time",
-                ok=sdk <= 1.2 * bare),
-            row(f"{label} vs pydantic v2", sdk=f"{sdk:.2f} us/conv",
-                baseline=f"{med['pydantic']:.2f} us/conv", ratio=med["pydantic"] / sdk,
-                target=">= 4x faster", ok=med["pydantic"] >= 4 * sdk),
-            row(f"{label} vs json.loads", sdk=f"{sdk:.2f} us/conv",
-                baseline=f"{med['json']:.2f} us/conv", ratio=med["json"] / sdk,
-                target=">= 3x faster", ok=med["json"] >= 3 * sdk),
-            row(f"{label} vs orjson.loads", sdk=f"{sdk:.2f} us/conv",
-                baseline=f"{med['orjson']:.2f} us/conv", ratio=med["orjson"] / sdk,
-                target="(info)", ok=None),
+            row(
+                f"{label} vs bare msgspec",
+                sdk=f"{sdk:.2f} us/conv",
+                baseline=f"{bare:.2f} us/conv",
+                ratio=sdk / bare,
+                target="<= 1.2x time",
+                ok=sdk <= 1.2 * bare,
+            ),
+            row(
+                f"{label} vs pydantic v2",
+                sdk=f"{sdk:.2f} us/conv",
+                baseline=f"{med['pydantic']:.2f} us/conv",
+                ratio=med["pydantic"] / sdk,
+                target=">= 4x faster",
+                ok=med["pydantic"] >= 4 * sdk,
+            ),
+            row(
+                f"{label} vs json.loads",
+                sdk=f"{sdk:.2f} us/conv",
+                baseline=f"{med['json']:.2f} us/conv",
+                ratio=med["json"] / sdk,
+                target=">= 3x faster",
+                ok=med["json"] >= 3 * sdk,
+            ),
+            row(
+                f"{label} vs orjson.loads",
+                sdk=f"{sdk:.2f} us/conv",
+                baseline=f"{med['orjson']:.2f} us/conv",
+                ratio=med["orjson"] / sdk,
+                target="(info)",
+                ok=None,
+            ),
         ]
     return {"name": NAME, "rows": rows, "details": details}
 

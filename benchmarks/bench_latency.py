@@ -66,16 +66,39 @@ def run(quick: bool = False) -> dict[str, Any]:
     p99 = {name: percentile(values, 99) * 1e6 for name, values in samples.items() if values}
     raw = med["aiohttp"]
     if missing is not None:
-        rows = [row(f"{NAME} vs raw aiohttp", baseline=f"{raw:.0f} us",
-                    target="overhead <= 10%", skipped=missing)]
+        rows = [
+            row(
+                f"{NAME} vs raw aiohttp",
+                baseline=f"{raw:.0f} us",
+                target="overhead <= 10%",
+                skipped=missing,
+            )
+        ]
     else:
         sdk = med["sdk"]
-        rows = [row(f"{NAME} vs raw aiohttp", sdk=f"{sdk:.0f} us", baseline=f"{raw:.0f} us",
-                    ratio=sdk / raw, target="overhead <= 10% (<= 1.1x)", ok=sdk <= 1.1 * raw,
-                    note=f"p99 {p99['sdk']:.0f} us vs {p99['aiohttp']:.0f} us")]
-    return {"name": NAME, "rows": rows,
-            "details": {"pinning": pinned, "calls_per_block": calls, "rounds": rounds,
-                        "p50_us_per_block": figures, "medians_us": med, "p99_us": p99}}
+        rows = [
+            row(
+                f"{NAME} vs raw aiohttp",
+                sdk=f"{sdk:.0f} us",
+                baseline=f"{raw:.0f} us",
+                ratio=sdk / raw,
+                target="overhead <= 10% (<= 1.1x)",
+                ok=sdk <= 1.1 * raw,
+                note=f"p99 {p99['sdk']:.0f} us vs {p99['aiohttp']:.0f} us",
+            )
+        ]
+    return {
+        "name": NAME,
+        "rows": rows,
+        "details": {
+            "pinning": pinned,
+            "calls_per_block": calls,
+            "rounds": rounds,
+            "p50_us_per_block": figures,
+            "medians_us": med,
+            "p99_us": p99,
+        },
+    }
 
 
 if __name__ == "__main__":

@@ -60,8 +60,15 @@ def write_csv(path: Path, count: int) -> None:
 
 def peak_rss_mb(argv: list[str], *, env: dict[str, str], timeout: float) -> tuple[float, int, str]:
     """Peak RSS (MB) and exit code of ``argv``, run as the only child of a wrapper."""
-    done = subprocess.run([PYTHON, "-c", _WRAPPER, *argv], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=timeout, check=False)
+    done = subprocess.run(
+        [PYTHON, "-c", _WRAPPER, *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=timeout,
+        check=False,
+    )
     for line in done.stdout.splitlines():
         if line.startswith("MAXRSS_KB"):
             _, kb, code = line.split()
@@ -71,10 +78,27 @@ def peak_rss_mb(argv: list[str], *, env: dict[str, str], timeout: float) -> tupl
 
 def cli_args(help_text: str, csv_path: Path, url: str, tmp: Path, tag: str) -> list[str]:
     """The campaign command line; options the CLI may not have are added only if it lists them."""
-    args = [*client_prefix(), PYTHON, "-c", _CLI, "campaign", str(csv_path),
-            "--channel-id", "1", "--bot-id", "1", "--template-id", "7", "--base-url", url,
-            "--journal", str(tmp / f"{tag}.db"), "--report", str(tmp / f"{tag}.jsonl"),
-            "--no-progress"]
+    args = [
+        *client_prefix(),
+        PYTHON,
+        "-c",
+        _CLI,
+        "campaign",
+        str(csv_path),
+        "--channel-id",
+        "1",
+        "--bot-id",
+        "1",
+        "--template-id",
+        "7",
+        "--base-url",
+        url,
+        "--journal",
+        str(tmp / f"{tag}.db"),
+        "--report",
+        str(tmp / f"{tag}.jsonl"),
+        "--no-progress",
+    ]
     if "--default-region" in help_text:
         args += ["--default-region", "BR"]
     # The simulator has no limit here; adaptive probing would only slow the run down.
@@ -97,51 +121,81 @@ def run(quick: bool = False) -> dict[str, Any]:
     labels = ("small", "large") if quick else ("100k", "1M")
     missing = sdk_missing("proactive_async.cli:main", "proactive_async.simulator:main")
     if missing is not None:
-        return {"name": NAME, "rows": [
-            row(f"{NAME} {labels[1]}", target="<= 120 MB", skipped=missing),
-            row(f"{NAME} growth {labels[0]}->{labels[1]}", target="<= 64 MB", skipped=missing),
-        ], "details": {}}
+        return {
+            "name": NAME,
+            "rows": [
+                row(f"{NAME} {labels[1]}", target="<= 120 MB", skipped=missing),
+                row(f"{NAME} growth {labels[0]}->{labels[1]}", target="<= 64 MB", skipped=missing),
+            ],
+            "details": {},
+        }
     env = {**os.environ, "PROACTIVE_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)}
-    help_text = subprocess.run([PYTHON, "-c", _CLI, "campaign", "--help"], capture_output=True,
-                               text=True, env=env, cwd=ROOT, check=False).stdout
+    help_text = subprocess.run(
+        [PYTHON, "-c", _CLI, "campaign", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    ).stdout
     details: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for size, label in zip(sizes, labels, strict=True):
             csv_path = tmp / f"{label}.csv"
             write_csv(csv_path, size)
-            base_rss, _, _ = peak_rss_mb([*client_prefix(), PYTHON, "-c", _BASELINE,
-                                          str(csv_path)], env=env, timeout=600)
+            base_rss, _, _ = peak_rss_mb(
+                [*client_prefix(), PYTHON, "-c", _BASELINE, str(csv_path)], env=env, timeout=600
+            )
             with Server(simulator_argv()) as sim:
                 start = time.monotonic()
-                rss, code, err = peak_rss_mb(cli_args(help_text, csv_path, sim.url, tmp, label),
-                                             env=env, timeout=900)
+                rss, code, err = peak_rss_mb(
+                    cli_args(help_text, csv_path, sim.url, tmp, label), env=env, timeout=900
+                )
                 took = time.monotonic() - start
             lines = count_lines(tmp / f"{label}.jsonl")
-            details[label] = {"records": size, "cli_peak_rss_mb": round(rss, 1),
-                              "baseline_peak_rss_mb": round(base_rss, 1), "exit_code": code,
-                              "seconds": round(took, 1), "report_lines": lines,
-                              "stderr_tail": err if code else ""}
+            details[label] = {
+                "records": size,
+                "cli_peak_rss_mb": round(rss, 1),
+                "baseline_peak_rss_mb": round(base_rss, 1),
+                "exit_code": code,
+                "seconds": round(took, 1),
+                "report_lines": lines,
+                "stderr_tail": err if code else "",
+            }
             for name in (f"{label}.db", f"{label}.jsonl", f"{label}.csv"):
                 (tmp / name).unlink(missing_ok=True)
     small, large = details[labels[0]], details[labels[1]]
     growth = large["cli_peak_rss_mb"] - small["cli_peak_rss_mb"]
-    complete = all(d["report_lines"] == d["records"] and d["exit_code"] == 0
-                   for d in details.values())
-    note = ("every record reported" if complete else
-            f"exit {large['exit_code']}, {large['report_lines']} of {large['records']} reported")
+    complete = all(
+        d["report_lines"] == d["records"] and d["exit_code"] == 0 for d in details.values()
+    )
+    note = (
+        "every record reported"
+        if complete
+        else f"exit {large['exit_code']}, {large['report_lines']} of {large['records']} reported"
+    )
     return {
         "name": NAME,
         "rows": [
-            row(f"{NAME} {labels[1]} records", sdk=f"{large['cli_peak_rss_mb']:.1f} MB",
+            row(
+                f"{NAME} {labels[1]} records",
+                sdk=f"{large['cli_peak_rss_mb']:.1f} MB",
                 baseline=f"{large['baseline_peak_rss_mb']:.1f} MB (csv read only)",
                 ratio=large["cli_peak_rss_mb"] / large["baseline_peak_rss_mb"],
-                target="<= 120 MB", ok=large["cli_peak_rss_mb"] <= 120 and complete,
-                note=f"{note}; {large['seconds']} s"),
-            row(f"{NAME} growth {labels[0]}->{labels[1]}", sdk=f"{growth:+.1f} MB",
+                target="<= 120 MB",
+                ok=large["cli_peak_rss_mb"] <= 120 and complete,
+                note=f"{note}; {large['seconds']} s",
+            ),
+            row(
+                f"{NAME} growth {labels[0]}->{labels[1]}",
+                sdk=f"{growth:+.1f} MB",
                 baseline=f"{large['baseline_peak_rss_mb'] - small['baseline_peak_rss_mb']:+.1f}"
-                " MB (csv read only)", target="<= 64 MB", ok=growth <= 64 and complete,
-                note=f"{labels[0]}: {small['cli_peak_rss_mb']:.1f} MB in {small['seconds']} s"),
+                " MB (csv read only)",
+                target="<= 64 MB",
+                ok=growth <= 64 and complete,
+                note=f"{labels[0]}: {small['cli_peak_rss_mb']:.1f} MB in {small['seconds']} s",
+            ),
         ],
         "details": details,
     }

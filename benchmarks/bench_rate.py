@@ -33,12 +33,23 @@ async def campaign_at(url: str, count: int, rate: float, burst: float) -> dict[s
     template = ProactiveConversationRequest(channel_id=1, bot_id=1, conversation_template_id=7)
     limits = Limits(max_connections=64)
     async with AsyncClient(base_url=url, token=TOKEN, limits=limits) as client:
-        campaign = Campaign(client, template=template, targets=list(brazil_mobiles(count)),
-                            chunk_size=1, concurrency=64, rate=rate, burst=burst,
-                            adaptive=False, default_region="BR")
+        campaign = Campaign(
+            client,
+            template=template,
+            targets=list(brazil_mobiles(count)),
+            chunk_size=1,
+            concurrency=64,
+            rate=rate,
+            burst=burst,
+            adaptive=False,
+            default_region="BR",
+        )
         summary = await campaign.run()
-    return {"counts": {str(k): v for k, v in summary.counts.items()}, "calls": summary.calls,
-            "elapsed": summary.elapsed}
+    return {
+        "counts": {str(k): v for k, v in summary.counts.items()},
+        "calls": summary.calls,
+        "elapsed": summary.elapsed,
+    }
 
 
 def max_window(stamps: list[float], width: float = 1.0) -> int:
@@ -59,8 +70,11 @@ def run(quick: bool = False) -> dict[str, Any]:
     target = f"+-2% of {rate:.0f}/s; max 1 s window <= {rate + burst:.0f}"
     missing = sdk_missing("proactive_async._campaign:Campaign")
     if missing is not None:
-        return {"name": NAME, "rows": [row(NAME, baseline=f"{rate:.0f} targets/s",
-                                           target=target, skipped=missing)], "details": {}}
+        return {
+            "name": NAME,
+            "rows": [row(NAME, baseline=f"{rate:.0f} targets/s", target=target, skipped=missing)],
+            "details": {},
+        }
     with tempfile.TemporaryDirectory() as tmp:
         stamps_path = f"{tmp}/stamps.txt"
         server = fast_server(timestamps=stamps_path)
@@ -77,15 +91,31 @@ def run(quick: bool = False) -> dict[str, Any]:
     ok = abs(error) <= 0.02 and window <= rate + burst and len(stamps) == count
     return {
         "name": NAME,
-        "rows": [row(NAME, sdk=f"{steady:.1f} targets/s, max window {window}",
-                     baseline=f"{rate:.0f} targets/s, burst {burst:.0f}", ratio=steady / rate,
-                     target=target, ok=ok,
-                     note=f"{error:+.2%}; naive N/span {naive:.1f}/s; max window after the first"
-                          f" second {later}; {len(stamps)} requests")],
-        "details": {"pinning": pinned, "rate": rate, "burst": burst, "targets": count,
-                    "requests_seen": len(stamps), "span_s": span, "steady_rate": steady,
-                    "naive_rate": naive, "max_1s_window": window,
-                    "max_1s_window_after_first_second": later, "campaign": result},
+        "rows": [
+            row(
+                NAME,
+                sdk=f"{steady:.1f} targets/s, max window {window}",
+                baseline=f"{rate:.0f} targets/s, burst {burst:.0f}",
+                ratio=steady / rate,
+                target=target,
+                ok=ok,
+                note=f"{error:+.2%}; naive N/span {naive:.1f}/s; max window after the first"
+                f" second {later}; {len(stamps)} requests",
+            )
+        ],
+        "details": {
+            "pinning": pinned,
+            "rate": rate,
+            "burst": burst,
+            "targets": count,
+            "requests_seen": len(stamps),
+            "span_s": span,
+            "steady_rate": steady,
+            "naive_rate": naive,
+            "max_1s_window": window,
+            "max_1s_window_after_first_second": later,
+            "campaign": result,
+        },
     }
 
 

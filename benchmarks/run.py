@@ -42,8 +42,11 @@ def run_one(number: int, quick: bool) -> dict[str, Any]:
         result: dict[str, Any] = module.run(quick)
     except Exception as exc:  # one broken benchmark must not lose the others' results
         traceback.print_exc()
-        result = {"name": name, "details": {},
-                  "rows": [row(f"{number} {name}", skipped=f"error: {type(exc).__name__}: {exc}")]}
+        result = {
+            "name": name,
+            "details": {},
+            "rows": [row(f"{number} {name}", skipped=f"error: {type(exc).__name__}: {exc}")],
+        }
     result["number"] = number
     result["seconds"] = round(time.monotonic() - start, 1)
     return result
@@ -51,12 +54,21 @@ def run_one(number: int, quick: bool) -> dict[str, Any]:
 
 def table(results: list[dict[str, Any]]) -> str:
     """The markdown table: benchmark, SDK, baseline, ratio, target, pass/miss, note."""
-    lines = ["| benchmark | SDK | baseline | ratio | target | result | note |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| benchmark | SDK | baseline | ratio | target | result | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for result in results:
         for r in result["rows"]:
-            verdict = ("skipped" if r["skipped"] else
-                       "pass" if r["ok"] is True else "MISS" if r["ok"] is False else "info")
+            verdict = (
+                "skipped"
+                if r["skipped"]
+                else "pass"
+                if r["ok"] is True
+                else "MISS"
+                if r["ok"] is False
+                else "info"
+            )
             ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else ""
             note = r["skipped"] or r["note"]
             cells = [r["benchmark"], r["sdk"], r["baseline"], ratio, r["target"], verdict, note]
@@ -65,16 +77,23 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def machine_line(machine: dict[str, Any]) -> str:
-    return (f"{machine['cpu']}, {machine['cores']} cores, {machine['memory']}, Python "
-            f"{machine['python']}, aiohttp {machine['aiohttp']}, msgspec {machine['msgspec']}, "
-            f"{'client core 0 / server core 1' if machine['pinned'] else 'not pinned'}, "
-            f"{machine['date']}")
+    return (
+        f"{machine['cpu']}, {machine['cores']} cores, {machine['memory']}, Python "
+        f"{machine['python']}, aiohttp {machine['aiohttp']}, msgspec {machine['msgspec']}, "
+        f"{'client core 0 / server core 1' if machine['pinned'] else 'not pinned'}, "
+        f"{machine['date']}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the proactive-async benchmarks.")
-    parser.add_argument("--only", type=int, action="append", choices=sorted(BENCHMARKS),
-                        help="run only benchmark N (repeatable)")
+    parser.add_argument(
+        "--only",
+        type=int,
+        action="append",
+        choices=sorted(BENCHMARKS),
+        help="run only benchmark N (repeatable)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny smoke sizes")
     parser.add_argument("--output", default=str(HERE / "results.json"))
     parser.add_argument("--no-setup", action="store_true", help="skip setup.sh (wrk, nginx)")
@@ -91,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     markdown = f"Machine: {machine_line(machine)}\n\n{table(results)}\n"
     if not args.quick and not args.only:
         (HERE / "RESULTS.md").write_text(
-            "# Latest `make bench` results\n\nWritten by `benchmarks/run.py`.\n\n" + markdown)
+            "# Latest `make bench` results\n\nWritten by `benchmarks/run.py`.\n\n" + markdown
+        )
         update_readme(markdown)
     print(markdown)
     return 0
@@ -109,7 +129,7 @@ def update_readme(markdown: str) -> None:
     if start < 0 or end < start:
         return
     body = f"{README_START}\n{markdown}{README_END}"
-    readme.write_text(text[:start] + body + text[end + len(README_END):])
+    readme.write_text(text[:start] + body + text[end + len(README_END) :])
 
 
 if __name__ == "__main__":

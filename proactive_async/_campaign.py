@@ -144,9 +144,7 @@ class Campaign:
         self._sleep = sleep
         timing: dict[str, Any] = {"clock": clock, "sleep": sleep}
         self._limiter = RateLimiter(rate, burst, **timing) if rate else None
-        self._call_limiter = (
-            RateLimiter(calls_per_second, **timing) if calls_per_second else None
-        )
+        self._call_limiter = RateLimiter(calls_per_second, **timing) if calls_per_second else None
         self._adaptive: AdaptiveRate | None = None
         if adaptive if adaptive is not None else rate is None:
             if self._limiter is None:
@@ -416,15 +414,15 @@ class Campaign:
             try:
                 await self._pace(weight, backoff)
             except asyncio.CancelledError:
-                # Fix (tests): cancelled past the grace period while waiting to retry, the
-                # records were left out of the report and in flight in the journal.
+                # Cancelled past the grace period while waiting to retry: the records still
+                # get their outcome, in the report and the journal.
                 if attempt > 0:
                     await self._interrupt(targets, attempt, sent_once)
                 raise
             if self._stopping:
-                # Fix (tests): a chunk waiting on the limiter or cooldown when stop() came
-                # was still sent. Before a first attempt it was never marked in flight, so,
-                # like the chunks still queued, it stays unsent for a resume.
+                # A chunk waiting on the limiter or cooldown when stop() came is not sent.
+                # Before a first attempt it was never marked in flight, so, like the chunks
+                # still queued, it stays unsent for a resume.
                 if attempt > 0:
                     await self._interrupt(targets, attempt, sent_once)
                 return
@@ -636,9 +634,7 @@ class Campaign:
             outcome = _outcome(target, status, attempts=attempts, error=error)
             await self._emit(outcome, durable=durable)
 
-    async def _emit(
-        self, outcome: Outcome, *, resumed: bool = False, durable: bool = True
-    ) -> None:
+    async def _emit(self, outcome: Outcome, *, resumed: bool = False, durable: bool = True) -> None:
         summary = self.summary
         summary.counts[outcome.status] += 1
         summary.records += 1
@@ -777,9 +773,7 @@ async def _first_failure(tasks: list[asyncio.Task[None]]) -> None:
         await asyncio.gather(*pending)
 
 
-async def _file_records(
-    path: str | os.PathLike[str], *, multiline: bool
-) -> AsyncIterator[Record]:
+async def _file_records(path: str | os.PathLike[str], *, multiline: bool) -> AsyncIterator[Record]:
     for index, record in enumerate(read_records(path, multiline=multiline)):
         yield record
         if index & 255 == 255:

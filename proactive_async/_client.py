@@ -208,7 +208,10 @@ class AsyncClient:
         if _log.isEnabledFor(logging.DEBUG):
             _log.debug(
                 "POST %s -> %d in %.1f ms (attempt %d)",
-                PATH, raw.status, raw.elapsed * 1e3, attempt,
+                PATH,
+                raw.status,
+                raw.elapsed * 1e3,
+                attempt,
             )
         if 200 <= raw.status < 300:
             try:

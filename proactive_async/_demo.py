@@ -43,9 +43,26 @@ __all__ = ["AuditResult", "audit_report", "demo_command", "write_demo_recipients
 
 
 _DEMO_NAMES: Final = (
-    "Ana", "Bruno", "Camila", "Diego", "Eduarda", "Felipe", "Gabriela", "Henrique",
-    "Isabela", "João", "Larissa", "Marcos", "Natália", "Otávio", "Patrícia", "Rafael",
-    "Sofia", "Thiago", "Vitória", "Wagner",
+    "Ana",
+    "Bruno",
+    "Camila",
+    "Diego",
+    "Eduarda",
+    "Felipe",
+    "Gabriela",
+    "Henrique",
+    "Isabela",
+    "João",
+    "Larissa",
+    "Marcos",
+    "Natália",
+    "Otávio",
+    "Patrícia",
+    "Rafael",
+    "Sofia",
+    "Thiago",
+    "Vitória",
+    "Wagner",
 )
 _DEMO_AREA_CODES: Final = (11, 21, 31, 41, 47, 51, 61, 71, 81, 85, 91, 92)
 _DEMO_INVALID: Final = ("12345", "+55 11 1234", "0000", "+999 123456789", "not-a-number")
@@ -239,5 +256,3 @@ def demo_command(args: argparse.Namespace) -> int:
         workdir = Path(tempfile.mkdtemp(prefix="proactive-async-demo-"))
     stderr.print(f"demo: working in {workdir}")
     return asyncio.run(_run_demo(args, workdir, stderr))
-
-

@@ -132,7 +132,14 @@ class ProblemDetails:
     """An RFC 7807 / ASP.NET Core ProblemDetails body, as far as the server sent one."""
 
     __slots__ = (
-        "detail", "errors", "extensions", "instance", "status", "title", "trace_id", "type"
+        "detail",
+        "errors",
+        "extensions",
+        "instance",
+        "status",
+        "title",
+        "trace_id",
+        "type",
     )
 
     def __init__(self, raw: Mapping[str, Any]) -> None:
@@ -156,8 +163,7 @@ class ProblemDetails:
 
     def __repr__(self) -> str:
         return (
-            f"ProblemDetails(status={self.status!r}, title={self.title!r}, "
-            f"errors={self.errors!r})"
+            f"ProblemDetails(status={self.status!r}, title={self.title!r}, errors={self.errors!r})"
         )
 
 

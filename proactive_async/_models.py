@@ -325,9 +325,9 @@ def _decode_tolerant(body: bytes) -> list[Conversation]:
             f"expected a JSON array of conversations, got {type(data).__name__}", body=body[:2048]
         )
     _parse_dates(data)
-    # Fix (tests): items are repaired one by one. Converting the whole array after each
-    # repair cost O(items x repairs) - a 1,000-item answer with one null int each took
-    # 0.4 s - and a large answer hit the repair cap and was refused as a whole.
+    # Items are repaired one by one: converting the whole array after each repair costs
+    # O(items x repairs) (0.4 s for 1,000 items with one null int each), and a large
+    # answer would hit the repair cap and be refused as a whole.
     repaired: list[str] = []
     result = [_convert_item(item, index, body, repaired) for index, item in enumerate(data)]
     if repaired:
@@ -389,8 +389,8 @@ def _drop_at(data: object, path: str) -> bool:
     if isinstance(node, dict) and isinstance(last, str) and last in node:
         del node[last]
         return True
-    # Fix (tests): an item of a nested list that is not an object (``"tags": [null]``) is
-    # dropped like any other unreadable value, instead of refusing the whole answer.
+    # An item of a nested list that is not an object (``"tags": [null]``) is dropped like
+    # any other unreadable value, instead of refusing the whole answer.
     if isinstance(node, list) and isinstance(last, int) and last < len(node):
         del node[last]
         return True
@@ -468,7 +468,7 @@ def parse_timespan(value: str) -> timedelta | None:
         )
         return -delta if match.group("sign") else delta
     match = _ISO_DURATION.match(text)
-    # Fix (tests): lstrip, not rstrip - "-P" and "-PT" name no duration either.
+    # lstrip, not rstrip: "-P" and "-PT" name no duration either.
     if match and text.lstrip("-") not in ("P", "PT") and not text.endswith("T"):
         delta = timedelta(
             weeks=float(match.group("w") or 0),

@@ -96,9 +96,6 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         """The wait after failed attempt number ``attempt`` when the server named none."""
-        # Fix (tests): computed here instead of tenacity's wait_exponential_jitter, whose
-        # ``initial`` warns (DeprecationWarning) on every retry in tenacity 9.2 and whose
-        # replacement ``multiplier`` does not exist in 9.0, which pyproject allows.
         exponent = min(max(attempt, 1) - 1, 64)  # past 2**64 any backoff_max has been hit
         wait = self.backoff_initial * 2.0**exponent + random.uniform(0, self.jitter)
         return max(0.0, min(wait, self.backoff_max))

@@ -166,8 +166,8 @@ class Transport:
             ) from exc
         except aiohttp.ClientResponseError as exc:
             # Its request_info holds our headers (the token): keep it out of the chain.
-            # Fix (tests): raised after the except block, since ``from None`` only hides
-            # the original from tracebacks; ``__context__`` still held it.
+            # Raised after the except block: ``from None`` only hides the original from
+            # tracebacks, and ``__context__`` would still hold it.
             lost = ConnectionLostError(
                 f"bad answer from {_origin(url)} ({exc.message}); the request may have been"
                 " processed"
@@ -189,8 +189,8 @@ class Transport:
                 f"response of {length} bytes passes max_response_bytes={cap}",
                 status=response.status,
             )
-        # Fix (tests): Content-Length counts the compressed bytes; a gzip body is streamed
-        # so the cap applies to what is decompressed into memory.
+        # Content-Length counts the compressed bytes: a gzip body is streamed so that the
+        # cap applies to what is decompressed into memory.
         if length is not None and not response.headers.get("Content-Encoding"):
             return await response.read()
         chunks: list[bytes] = []

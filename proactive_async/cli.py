@@ -416,9 +416,7 @@ def _exit_now(campaign: Campaign, display: ProgressDisplay) -> NoReturn:
 # -- the summary -------------------------------------------------------------------
 
 
-def summary_table(
-    summary: CampaignSummary, *, report: str | None, journal: str | None
-) -> Table:
+def summary_table(summary: CampaignSummary, *, report: str | None, journal: str | None) -> Table:
     """The end-of-campaign table: counts per status, rates, calls, latency, files."""
     table = Table(title="campaign summary", show_header=False, title_justify="left")
     table.add_column("what", style="bold")
@@ -453,7 +451,7 @@ def _advice(result: CampaignResult, journal: str | None) -> str | None:
     if unknown:
         return (
             f"{unknown:,} record(s) ended unknown: they may have been sent. Do not re-run "
-            "blindly; check the report (status \"unknown\")"
+            'blindly; check the report (status "unknown")'
             + ("; a resume with the same --journal does not resend them." if journal else ".")
         )
     return None
@@ -592,72 +590,138 @@ def _add_campaign_parser(commands: Any) -> None:
     req.add_argument("--bot-id", type=_int, required=True, metavar="N")
     req.add_argument("--template-id", type=_int, required=True, metavar="N")
     req.add_argument(
-        "--var", type=_key_value, action="append", metavar="KEY=VALUE",
+        "--var",
+        type=_key_value,
+        action="append",
+        metavar="KEY=VALUE",
         help="a content variable for every record (a CSV column of the same name wins)",
     )
     req.add_argument("--live-agent", action="store_true")
     for flag in ("--queue-id", "--user-id", "--counterpart-user-id", "--integration-type"):
         req.add_argument(flag, type=_int, metavar="N")
-    req.add_argument("--account-id", type=_int, action="append", metavar="N",
-                     help="repeat for several accounts")
+    req.add_argument(
+        "--account-id", type=_int, action="append", metavar="N", help="repeat for several accounts"
+    )
     _add_pace_options(p)
     _add_safety_options(p)
     out = p.add_argument_group("connection and output")
     out.add_argument("--base-url", metavar="URL", help="default: $PROACTIVE_BASE_URL")
-    out.add_argument("--token-file", metavar="PATH",
-                     help="a file holding the token (default: $PROACTIVE_TOKEN)")
-    out.add_argument("--ca-file", metavar="PATH",
-                     help="a PEM bundle of CA certificates to trust (a private CA); "
-                     "verification stays on")
-    out.add_argument("--no-progress", action="store_true",
-                     help="plain progress lines instead of a live bar")
-    out.add_argument("--json-summary", action="store_true",
-                     help="print the summary as JSON on stdout (the table goes to stderr)")
+    out.add_argument(
+        "--token-file", metavar="PATH", help="a file holding the token (default: $PROACTIVE_TOKEN)"
+    )
+    out.add_argument(
+        "--ca-file",
+        metavar="PATH",
+        help="a PEM bundle of CA certificates to trust (a private CA); verification stays on",
+    )
+    out.add_argument(
+        "--no-progress", action="store_true", help="plain progress lines instead of a live bar"
+    )
+    out.add_argument(
+        "--json-summary",
+        action="store_true",
+        help="print the summary as JSON on stdout (the table goes to stderr)",
+    )
 
 
 def _add_pace_options(p: argparse.ArgumentParser) -> None:
     pace = p.add_argument_group("pace")
-    pace.add_argument("--chunk-size", type=_positive_int, default=50, metavar="N",
-                      help="targets per call (default 50)")
-    pace.add_argument("--concurrency", type=_positive_int, default=16, metavar="N",
-                      help="calls in flight (default 16)")
-    pace.add_argument("--rate", type=_positive_float, metavar="TARGETS_PER_S",
-                      help="target rate cap; without it the rate adapts to the server's 429s")
+    pace.add_argument(
+        "--chunk-size",
+        type=_positive_int,
+        default=50,
+        metavar="N",
+        help="targets per call (default 50)",
+    )
+    pace.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=16,
+        metavar="N",
+        help="calls in flight (default 16)",
+    )
+    pace.add_argument(
+        "--rate",
+        type=_positive_float,
+        metavar="TARGETS_PER_S",
+        help="target rate cap; without it the rate adapts to the server's 429s",
+    )
     pace.add_argument("--calls-per-second", type=_positive_float, metavar="N")
-    pace.add_argument("--burst", type=_positive_float, metavar="N",
-                      help="token bucket size in targets (default: one second of --rate)")
-    pace.add_argument("--no-adaptive", action="store_true",
-                      help="do not adapt the rate to 429s (with no --rate: no limit)")
+    pace.add_argument(
+        "--burst",
+        type=_positive_float,
+        metavar="N",
+        help="token bucket size in targets (default: one second of --rate)",
+    )
+    pace.add_argument(
+        "--no-adaptive",
+        action="store_true",
+        help="do not adapt the rate to 429s (with no --rate: no limit)",
+    )
 
 
 def _add_safety_options(p: argparse.ArgumentParser) -> None:
     safe = p.add_argument_group("records, retries and resuming")
-    safe.add_argument("--journal", metavar="PATH",
-                      help="SQLite journal: makes the campaign resumable (re-run to resume)")
-    safe.add_argument("--report", metavar="PATH",
-                      help="JSONL report, one line per record (default: "
-                      "RECIPIENTS_FILE's name with .report.jsonl)")
-    safe.add_argument("--resend-unknown", action="store_true",
-                      help="on resume, resend records that may have been sent (duplicates!)")
-    safe.add_argument("--retry-ambiguous", action="store_true",
-                      help="retry failures after which the server may have processed the "
-                      "call (duplicates!)")
-    safe.add_argument("--max-attempts", type=_positive_int, default=8, metavar="N",
-                      help="attempts per call (default 8)")
-    safe.add_argument("--default-region", metavar="XX",
-                      help="region of numbers written without +country (e.g. BR)")
-    safe.add_argument("--no-dedupe", action="store_true",
-                      help="send a number again each time it appears")
-    safe.add_argument("--allow-repeats", action="store_true",
-                      help="send a repeated number again when its variables differ")
-    safe.add_argument("--allow-vanity-numbers", action="store_true",
-                      help="read letters in a number as keypad digits (1-800-FLOWERS); "
-                      "by default such numbers are rejected")
-    safe.add_argument("--multiline-values", action="store_true",
-                      help="accept CSV quoted values spanning several lines; by default such "
-                      "a record is rejected (a stray quote must not merge other rows)")
-    safe.add_argument("--grace-period", type=_positive_float, default=10.0, metavar="SECONDS",
-                      help="on Ctrl-C, how long calls in flight may take to finish (default 10)")
+    safe.add_argument(
+        "--journal",
+        metavar="PATH",
+        help="SQLite journal: makes the campaign resumable (re-run to resume)",
+    )
+    safe.add_argument(
+        "--report",
+        metavar="PATH",
+        help="JSONL report, one line per record (default: "
+        "RECIPIENTS_FILE's name with .report.jsonl)",
+    )
+    safe.add_argument(
+        "--resend-unknown",
+        action="store_true",
+        help="on resume, resend records that may have been sent (duplicates!)",
+    )
+    safe.add_argument(
+        "--retry-ambiguous",
+        action="store_true",
+        help="retry failures after which the server may have processed the call (duplicates!)",
+    )
+    safe.add_argument(
+        "--max-attempts",
+        type=_positive_int,
+        default=8,
+        metavar="N",
+        help="attempts per call (default 8)",
+    )
+    safe.add_argument(
+        "--default-region",
+        metavar="XX",
+        help="region of numbers written without +country (e.g. BR)",
+    )
+    safe.add_argument(
+        "--no-dedupe", action="store_true", help="send a number again each time it appears"
+    )
+    safe.add_argument(
+        "--allow-repeats",
+        action="store_true",
+        help="send a repeated number again when its variables differ",
+    )
+    safe.add_argument(
+        "--allow-vanity-numbers",
+        action="store_true",
+        help="read letters in a number as keypad digits (1-800-FLOWERS); "
+        "by default such numbers are rejected",
+    )
+    safe.add_argument(
+        "--multiline-values",
+        action="store_true",
+        help="accept CSV quoted values spanning several lines; by default such "
+        "a record is rejected (a stray quote must not merge other rows)",
+    )
+    safe.add_argument(
+        "--grace-period",
+        type=_positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="on Ctrl-C, how long calls in flight may take to finish (default 10)",
+    )
 
 
 def _add_demo_parser(commands: Any) -> None:

@@ -81,8 +81,9 @@ class RecordingProxy:
         self, target: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         if self.refuse_connect is not None:
-            writer.write(f"HTTP/1.1 {self.refuse_connect} Refused\r\nContent-Length: 0\r\n\r\n"
-                         .encode())
+            writer.write(
+                f"HTTP/1.1 {self.refuse_connect} Refused\r\nContent-Length: 0\r\n\r\n".encode()
+            )
             await writer.drain()
             return
         host, port = target.rsplit(":", 1)
@@ -92,7 +93,10 @@ class RecordingProxy:
         await self._pipe_both(reader, writer, up_reader, up_writer)
 
     async def _forward(
-        self, head: bytes, target: str, reader: asyncio.StreamReader,
+        self,
+        head: bytes,
+        target: str,
+        reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
         url = yarl.URL(target)
@@ -102,8 +106,11 @@ class RecordingProxy:
         await self._pipe_both(reader, writer, up_reader, up_writer)
 
     async def _pipe_both(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-        up_reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter,
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        up_reader: asyncio.StreamReader,
+        up_writer: asyncio.StreamWriter,
     ) -> None:
         async def client_to_upstream() -> None:
             while data := await reader.read(65536):
@@ -117,8 +124,10 @@ class RecordingProxy:
                 await writer.drain()
 
         try:
-            tasks = [asyncio.ensure_future(client_to_upstream()),
-                     asyncio.ensure_future(upstream_to_client())]
+            tasks = [
+                asyncio.ensure_future(client_to_upstream()),
+                asyncio.ensure_future(upstream_to_client()),
+            ]
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in tasks:
                 task.cancel()

@@ -58,10 +58,14 @@ def test_quick_benchmark_reports_rows_with_every_table_column(module_name: str) 
 def test_results_table_has_a_line_per_row_and_marks_skips() -> None:
     run = importlib.import_module("run")
     common = importlib.import_module("_common")
-    results = [{"rows": [
-        common.row("a", sdk="1", baseline="2", ratio=0.5, target=">= 0.9x", ok=False),
-        common.row("b", target="t", skipped="not available: ImportError: x"),
-    ]}]
+    results = [
+        {
+            "rows": [
+                common.row("a", sdk="1", baseline="2", ratio=0.5, target=">= 0.9x", ok=False),
+                common.row("b", target="t", skipped="not available: ImportError: x"),
+            ]
+        }
+    ]
     lines = run.table(results).splitlines()
     assert len(lines) == 4
     assert "MISS" in lines[2] and "0.50x" in lines[2]

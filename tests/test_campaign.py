@@ -177,9 +177,7 @@ async def custom_server(
 
 def conversations_for(body: dict[str, Any], first_id: int) -> list[dict[str, Any]]:
     targets = [*(body.get("recipient") or []), *map(phone_of_contact, body.get("contactIds") or [])]
-    return [
-        {"id": first_id + i, "messages": [{"to": to}]} for i, to in enumerate(targets)
-    ]
+    return [{"id": first_id + i, "messages": [{"to": to}]} for i, to in enumerate(targets)]
 
 
 async def wait_until(condition: Callable[[], bool]) -> None:
@@ -253,8 +251,11 @@ async def test_retry_ambiguous_opt_in_is_what_causes_duplicate_sends(tmp_path: P
             chunk_size=5,
             concurrency=8,
             retry=RetryPolicy(
-                max_attempts=10, deadline=None, retry_ambiguous=True,
-                backoff_initial=0.001, jitter=0.0,
+                max_attempts=10,
+                deadline=None,
+                retry_ambiguous=True,
+                backoff_initial=0.001,
+                jitter=0.0,
             ),
             report=report,
         )
@@ -415,15 +416,20 @@ async def test_a_429_with_retry_after_pauses_every_dispatcher() -> None:
         arrivals.append(time.monotonic())
         if not refused_at:
             refused_at.append(time.monotonic())
-            return web.json_response({"title": "slow down"}, status=429,
-                                     headers={"Retry-After": "0.3"})
+            return web.json_response(
+                {"title": "slow down"}, status=429, headers={"Retry-After": "0.3"}
+            )
         await asyncio.sleep(0.02)
         return web.json_response(conversations_for(body, next(counter) * 10))
 
     items = [phone(i) for i in range(12)]
     async with custom_server(handler) as url, client_for(url) as client:
         summary = await Campaign(
-            client, template=TEMPLATE, targets=items, chunk_size=1, concurrency=4,
+            client,
+            template=TEMPLATE,
+            targets=items,
+            chunk_size=1,
+            concurrency=4,
             flush_after=0.0,
         ).run()
     assert summary.counts[OutcomeStatus.SENT] == 12 and summary.throttled == 1
@@ -442,7 +448,11 @@ async def test_adaptive_mode_finds_an_unannounced_server_limit_with_few_429s() -
     items = [phone(i) for i in range(1600)]
     async with Simulator(config) as sim, client_for(sim.url) as client:
         summary = await Campaign(
-            client, template=TEMPLATE, targets=items, chunk_size=10, concurrency=16,
+            client,
+            template=TEMPLATE,
+            targets=items,
+            chunk_size=10,
+            concurrency=16,
             retry=RetryPolicy(max_attempts=20, deadline=None),
         ).run()
     assert summary.counts[OutcomeStatus.SENT] == len(items)
@@ -471,8 +481,13 @@ async def test_resume_after_stop_sends_only_what_was_not_finished(tmp_path: Path
     config = SimulatorConfig(faults=Faults(latency=0.005))
     async with Simulator(config) as sim, client_for(sim.url) as client:
         first = Campaign(
-            client, template=TEMPLATE, targets=targets, chunk_size=5, concurrency=4,
-            journal=journal, report=report,
+            client,
+            template=TEMPLATE,
+            targets=targets,
+            chunk_size=5,
+            concurrency=4,
+            journal=journal,
+            report=report,
         )
         async for _ in first:
             if first.summary.records >= 60:
@@ -482,8 +497,13 @@ async def test_resume_after_stop_sends_only_what_was_not_finished(tmp_path: Path
         assert 60 <= done_first < 400
         assert sim.audit.total_processed == done_first
         second = Campaign(
-            client, template=TEMPLATE, targets=targets, chunk_size=5, concurrency=4,
-            journal=journal, report=report,
+            client,
+            template=TEMPLATE,
+            targets=targets,
+            chunk_size=5,
+            concurrency=4,
+            journal=journal,
+            report=report,
         )
         summary = await second.run()
     assert sim.audit.duplicates() == {}
@@ -502,9 +522,7 @@ async def test_lines_in_flight_at_a_crash_end_unknown_and_are_not_resent(tmp_pat
         probe = Campaign(client, template=TEMPLATE, targets=items, journal=journal)
         async with await Journal.open(journal, probe.identity()) as raw:
             await raw.mark_in_flight([3, 4, 5])
-        summary = await Campaign(
-            client, template=TEMPLATE, targets=items, journal=journal
-        ).run()
+        summary = await Campaign(client, template=TEMPLATE, targets=items, journal=journal).run()
         assert summary.counts[OutcomeStatus.UNKNOWN] == 3
         assert summary.counts[OutcomeStatus.SENT] == 47
         for line in (3, 4, 5):
@@ -569,8 +587,14 @@ async def test_cancelling_the_task_finishes_in_flight_calls_and_flushes_everythi
     config = SimulatorConfig(faults=Faults(latency=0.15))
     async with Simulator(config) as sim, client_for(sim.url) as client:
         campaign = Campaign(
-            client, template=TEMPLATE, targets=items, chunk_size=5, concurrency=4,
-            journal=journal, report=report, grace_period=5.0,
+            client,
+            template=TEMPLATE,
+            targets=items,
+            chunk_size=5,
+            concurrency=4,
+            journal=journal,
+            report=report,
+            grace_period=5.0,
         )
         task = asyncio.create_task(campaign.run())
         await wait_until(lambda: sim.audit.calls >= 6)
@@ -600,8 +624,13 @@ async def test_calls_past_the_grace_period_end_unknown(tmp_path: Path) -> None:
     config = SimulatorConfig(faults=Faults(latency=2.0))
     async with Simulator(config) as sim, client_for(sim.url) as client:
         campaign = Campaign(
-            client, template=TEMPLATE, targets=items, chunk_size=5, concurrency=2,
-            report=report, grace_period=0.05,
+            client,
+            template=TEMPLATE,
+            targets=items,
+            chunk_size=5,
+            concurrency=2,
+            report=report,
+            grace_period=0.05,
         )
         task = asyncio.create_task(campaign.run())
         await wait_until(lambda: sim.audit.calls >= 2)
@@ -637,8 +666,15 @@ async def test_stop_sends_nothing_more_even_for_chunks_waiting_on_the_rate_limit
     items = [phone(i) for i in range(20)]
     async with Simulator() as sim, client_for(sim.url) as client:
         campaign = Campaign(
-            client, template=TEMPLATE, targets=items, chunk_size=1, concurrency=4,
-            rate=10, burst=1, adaptive=False, flush_after=0.0,
+            client,
+            template=TEMPLATE,
+            targets=items,
+            chunk_size=1,
+            concurrency=4,
+            rate=10,
+            burst=1,
+            adaptive=False,
+            flush_after=0.0,
         )
         async for _ in campaign:
             calls_at_stop = sim.audit.calls
@@ -658,8 +694,12 @@ async def test_records_waiting_out_a_long_retry_after_at_cancel_stay_pending(
     journal = tmp_path / "j.db"
     async with custom_server(handler) as url, client_for(url) as client:
         campaign = Campaign(
-            client, template=TEMPLATE, targets=[phone(1), phone(2)], chunk_size=2,
-            journal=journal, grace_period=0.1,
+            client,
+            template=TEMPLATE,
+            targets=[phone(1), phone(2)],
+            chunk_size=2,
+            journal=journal,
+            grace_period=0.1,
         )
         task = asyncio.create_task(campaign.run())
         await wait_until(lambda: campaign.summary.calls >= 1)
@@ -680,7 +720,9 @@ async def test_stop_between_ambiguous_retries_ends_the_chunk_unknown() -> None:
 
     async with custom_server(handler) as url, client_for(url) as client:
         campaign = Campaign(
-            client, template=TEMPLATE, targets=[phone(1)],
+            client,
+            template=TEMPLATE,
+            targets=[phone(1)],
             retry=RetryPolicy(retry_ambiguous=True, backoff_initial=0.2, jitter=0.0),
         )
         task = asyncio.create_task(campaign.run())
@@ -734,7 +776,10 @@ async def test_a_jsonl_path_is_read(tmp_path: Path) -> None:
         assert campaign.total == 4
         outcomes = {o.line: o for o in [o async for o in campaign]}
     assert [outcomes[n].status for n in (1, 2, 3, 4)] == [
-        OutcomeStatus.SENT, OutcomeStatus.SENT, OutcomeStatus.REJECTED, OutcomeStatus.SENT
+        OutcomeStatus.SENT,
+        OutcomeStatus.SENT,
+        OutcomeStatus.REJECTED,
+        OutcomeStatus.SENT,
     ]
     assert sim.audit.count("contact:5") == 1
 
@@ -784,12 +829,11 @@ async def test_variables_are_merged_over_the_template_variables() -> None:
     )
     async with custom_server(handler) as url, client_for(url) as client:
         await Campaign(
-            client, template=template,
+            client,
+            template=template,
             targets=[Target(recipient=phone(1), content_variables={"name": "Ana"}), phone(2)],
         ).run()
-    variables = sorted(
-        json.dumps(b.get("contentVariables"), sort_keys=True) for b in bodies
-    )
+    variables = sorted(json.dumps(b.get("contentVariables"), sort_keys=True) for b in bodies)
     assert variables == [
         json.dumps({"name": "?", "shop": "A"}, sort_keys=True),
         json.dumps({"name": "Ana", "shop": "A"}, sort_keys=True),
@@ -835,7 +879,10 @@ async def test_a_retry_after_past_the_cap_fails_the_chunk_without_waiting() -> N
 
     async with custom_server(handler) as url, client_for(url) as client:
         summary = await Campaign(
-            client, template=TEMPLATE, targets=[phone(1)], adaptive=False,
+            client,
+            template=TEMPLATE,
+            targets=[phone(1)],
+            adaptive=False,
             retry=RetryPolicy(max_retry_after=5.0),
         ).run()
     assert summary.counts[OutcomeStatus.FAILED] == 1 and summary.calls == 1
@@ -872,7 +919,11 @@ async def test_calls_per_second_limits_calls(tmp_path: Path) -> None:
     items = [phone(i) for i in range(12)]
     async with Simulator() as sim, client_for(sim.url) as client:
         summary = await Campaign(
-            client, template=TEMPLATE, targets=items, chunk_size=1, calls_per_second=40,
+            client,
+            template=TEMPLATE,
+            targets=items,
+            chunk_size=1,
+            calls_per_second=40,
             flush_after=0.0,
         ).run()
     assert summary.counts[OutcomeStatus.SENT] == 12
@@ -1003,8 +1054,14 @@ async def test_waits_run_on_the_injected_clock_a_long_retry_after_and_a_backoff(
     started = time.monotonic()
     async with custom_server(handler) as url, client_for(url) as client:
         summary = await Campaign(
-            client, template=TEMPLATE, targets=[phone(1), phone(2)], chunk_size=2,
-            concurrency=1, adaptive=False, clock=fake.clock, sleep=fake.sleep,
+            client,
+            template=TEMPLATE,
+            targets=[phone(1), phone(2)],
+            chunk_size=2,
+            concurrency=1,
+            adaptive=False,
+            clock=fake.clock,
+            sleep=fake.sleep,
         ).run()
     assert time.monotonic() - started < 5
     assert summary.counts[OutcomeStatus.SENT] == 2
@@ -1047,13 +1104,19 @@ def test_a_to_in_national_form_matches_the_one_recipient_it_fits() -> None:
 async def test_an_answer_for_other_numbers_leaves_the_recipients_unknown_not_sent() -> None:
     async def handler(request: web.Request) -> web.Response:
         body = await request.json()
-        others = [{"id": 500 + i, "messages": [{"to": "+4915100000000"}]}
-                  for i, _ in enumerate(body["recipient"])]
+        others = [
+            {"id": 500 + i, "messages": [{"to": "+4915100000000"}]}
+            for i, _ in enumerate(body["recipient"])
+        ]
         return web.json_response(others)
 
     async with custom_server(handler) as url, client_for(url) as client:
-        outcomes = [o async for o in Campaign(client, template=TEMPLATE, chunk_size=3,
-                                              targets=[phone(1), phone(2), phone(3)])]
+        outcomes = [
+            o
+            async for o in Campaign(
+                client, template=TEMPLATE, chunk_size=3, targets=[phone(1), phone(2), phone(3)]
+            )
+        ]
     assert {o.status for o in outcomes} == {OutcomeStatus.UNKNOWN}
     assert all(o.conversation_ids == [] for o in outcomes)
     assert {o.error.kind for o in outcomes if o.error} == {"unmatched"}
@@ -1071,18 +1134,32 @@ async def test_a_retry_after_past_the_cap_pauses_nobody(retry_after: str) -> Non
         body = await request.json()
         calls.append(body)
         if len(calls) == 1:
-            return web.json_response({"title": "slow down"}, status=429,
-                                     headers={"Retry-After": retry_after})
+            return web.json_response(
+                {"title": "slow down"}, status=429, headers={"Retry-After": retry_after}
+            )
         return web.json_response(conversations_for(body, first_id=len(calls)))
 
     async with custom_server(handler) as url, client_for(url) as client:
-        outcomes = [o async for o in Campaign(
-            client, template=TEMPLATE, targets=[phone(i) for i in range(4)], chunk_size=1,
-            concurrency=1, adaptive=False, clock=fake.clock, sleep=fake.sleep,
-        )]
+        outcomes = [
+            o
+            async for o in Campaign(
+                client,
+                template=TEMPLATE,
+                targets=[phone(i) for i in range(4)],
+                chunk_size=1,
+                concurrency=1,
+                adaptive=False,
+                clock=fake.clock,
+                sleep=fake.sleep,
+            )
+        ]
     by_status = {o.line: o.status for o in outcomes}
-    assert by_status == {1: OutcomeStatus.FAILED, 2: OutcomeStatus.SENT,
-                         3: OutcomeStatus.SENT, 4: OutcomeStatus.SENT}
+    assert by_status == {
+        1: OutcomeStatus.FAILED,
+        2: OutcomeStatus.SENT,
+        3: OutcomeStatus.SENT,
+        4: OutcomeStatus.SENT,
+    }
     failed = next(o for o in outcomes if o.line == 1)
     assert failed.error is not None and failed.error.status == 429
     assert f"Retry-After {float(retry_after):g}s" in failed.error.message
@@ -1104,8 +1181,14 @@ async def test_an_invalid_retry_after_means_backoff_never_retry_now(value: str) 
         return web.json_response(conversations_for(body, first_id=1))
 
     async with custom_server(handler) as url, client_for(url) as client:
-        summary = await Campaign(client, template=TEMPLATE, targets=[phone(1)], adaptive=False,
-                                 clock=fake.clock, sleep=fake.sleep).run()
+        summary = await Campaign(
+            client,
+            template=TEMPLATE,
+            targets=[phone(1)],
+            adaptive=False,
+            clock=fake.clock,
+            sleep=fake.sleep,
+        ).run()
     assert summary.counts[OutcomeStatus.SENT] == 1
     assert fake.sleeps and min(fake.sleeps) > 0
 
@@ -1124,10 +1207,19 @@ async def test_nothing_but_429s_ends_in_bounded_time_with_every_record_failed() 
 
     count = 2000
     async with custom_server(handler) as url, client_for(url) as client:
-        outcomes = [o async for o in Campaign(
-            client, template=TEMPLATE, targets=[phone(i) for i in range(count)], chunk_size=10,
-            concurrency=4, adaptive=False, clock=fake.clock, sleep=fake.sleep,
-        )]
+        outcomes = [
+            o
+            async for o in Campaign(
+                client,
+                template=TEMPLATE,
+                targets=[phone(i) for i in range(count)],
+                chunk_size=10,
+                concurrency=4,
+                adaptive=False,
+                clock=fake.clock,
+                sleep=fake.sleep,
+            )
+        ]
     assert sorted(o.line for o in outcomes) == list(range(1, count + 1))
     assert {o.status for o in outcomes} == {OutcomeStatus.FAILED}
     assert {o.error.kind for o in outcomes if o.error} <= {"RateLimitError", "aborted"}
@@ -1148,8 +1240,15 @@ async def test_a_401_stops_the_campaign_at_once_and_a_resume_sends_every_record(
     targets = [phone(i) for i in range(count)]
     async with Simulator(SimulatorConfig(token="right-token-123")) as sim:
         async with client_for(sim.url, token="wrong-token-456") as client:
-            campaign = Campaign(client, template=TEMPLATE, targets=targets, chunk_size=5,
-                                concurrency=4, journal=journal, report=report)
+            campaign = Campaign(
+                client,
+                template=TEMPLATE,
+                targets=targets,
+                chunk_size=5,
+                concurrency=4,
+                journal=journal,
+                report=report,
+            )
             with pytest.raises(AuthenticationError):
                 await campaign.run()
         rows = read_report(report)
@@ -1163,8 +1262,15 @@ async def test_a_401_stops_the_campaign_at_once_and_a_resume_sends_every_record(
         assert sim.audit.total_processed == 0
 
         async with client_for(sim.url, token="right-token-123") as client:
-            summary = await Campaign(client, template=TEMPLATE, targets=targets, chunk_size=5,
-                                     concurrency=4, journal=journal, report=report).run()
+            summary = await Campaign(
+                client,
+                template=TEMPLATE,
+                targets=targets,
+                chunk_size=5,
+                concurrency=4,
+                journal=journal,
+                report=report,
+            ).run()
         assert summary.counts[OutcomeStatus.SENT] == count
         assert sim.audit.total_processed == count and sim.audit.duplicates() == {}
 
@@ -1174,8 +1280,13 @@ async def test_a_certificate_that_does_not_verify_stops_the_campaign(tls_ca: Any
 
     async with Simulator(SimulatorConfig(), ssl_context=tls_ca.server_context) as sim:
         async with client_for(sim.url) as client:
-            campaign = Campaign(client, template=TEMPLATE, concurrency=2, chunk_size=2,
-                                targets=[phone(i) for i in range(40)])
+            campaign = Campaign(
+                client,
+                template=TEMPLATE,
+                concurrency=2,
+                chunk_size=2,
+                targets=[phone(i) for i in range(40)],
+            )
             with pytest.raises(TLSError):
                 await campaign.run()
         assert sim.audit.total_processed == 0

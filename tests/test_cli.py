@@ -94,10 +94,20 @@ def write_csv(path: Path, rows: list[str], header: str = "phone,name") -> Path:
 
 def campaign_args(targets: Path, url: str, *extra: str) -> list[str]:
     return [
-        "campaign", str(targets),
-        "--channel-id", "1", "--bot-id", "2", "--template-id", "3",
-        "--base-url", url, "--report", str(targets.with_suffix(".report.jsonl")),
-        "--no-progress", *extra,
+        "campaign",
+        str(targets),
+        "--channel-id",
+        "1",
+        "--bot-id",
+        "2",
+        "--template-id",
+        "3",
+        "--base-url",
+        url,
+        "--report",
+        str(targets.with_suffix(".report.jsonl")),
+        "--no-progress",
+        *extra,
     ]
 
 
@@ -141,7 +151,8 @@ def test_bad_rows_and_invalid_numbers_are_rejected_one_by_one_nothing_lost(
         + f"{good[0]},Ana\n".encode()
         + b"12345,Bob\n"  # invalid number
         + f"{good[1]},Caio,extra\n".encode()  # too many fields
-        + f"{good[2]},Jos".encode() + b"\xe9\n"  # not UTF-8 (latin-1)
+        + f"{good[2]},Jos".encode()
+        + b"\xe9\n"  # not UTF-8 (latin-1)
         + f"{good[3]},Dani\n".encode()
         + f"{good[3]},Dani\n".encode()  # duplicate of the line before
         + b",Eva\n"  # no target
@@ -228,7 +239,9 @@ def test_the_token_can_come_from_a_file(
 
 
 def test_no_token_is_refused_with_exit_2_and_nothing_is_sent(
-    tmp_path: Path, sim: ThreadedSimulator, no_proactive_env: None,
+    tmp_path: Path,
+    sim: ThreadedSimulator,
+    no_proactive_env: None,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     targets = write_csv(tmp_path / "r.csv", [f"{p},Ana" for p in phones(4)])
@@ -241,7 +254,9 @@ def test_no_token_is_refused_with_exit_2_and_nothing_is_sent(
 
 
 def test_an_empty_token_file_is_refused(
-    tmp_path: Path, sim: ThreadedSimulator, no_proactive_env: None,
+    tmp_path: Path,
+    sim: ThreadedSimulator,
+    no_proactive_env: None,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     (tmp_path / "token").write_text("\n", encoding="utf-8")
@@ -254,14 +269,30 @@ def test_an_empty_token_file_is_refused(
 def test_there_is_no_token_flag_not_even_as_an_abbreviation(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code = main(["campaign", "x.csv", "--channel-id", "1", "--bot-id", "2",
-                 "--template-id", "3", "--base-url", "http://127.0.0.1:9", "--token", "s3cr3t"])
+    code = main(
+        [
+            "campaign",
+            "x.csv",
+            "--channel-id",
+            "1",
+            "--bot-id",
+            "2",
+            "--template-id",
+            "3",
+            "--base-url",
+            "http://127.0.0.1:9",
+            "--token",
+            "s3cr3t",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "there is no --token flag" in err and "s3cr3t" not in err
 
 
 def test_a_token_given_as_the_token_file_is_not_echoed(
-    tmp_path: Path, sim: ThreadedSimulator, no_proactive_env: None,
+    tmp_path: Path,
+    sim: ThreadedSimulator,
+    no_proactive_env: None,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     targets = write_csv(tmp_path / "r.csv", [f"{p},Ana" for p in phones(1)])
@@ -282,8 +313,11 @@ def test_no_base_url_exits_2(
 
 
 def test_a_wrong_token_stops_the_run_every_record_failed_with_exit_2(
-    tmp_path: Path, sim: ThreadedSimulator, no_proactive_env: None,
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    sim: ThreadedSimulator,
+    no_proactive_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A 401 is fatal (issue 7): exit 2, one clear line, every record failed, none lost."""
     monkeypatch.setenv("PROACTIVE_TOKEN", "wrong")
@@ -312,7 +346,11 @@ def test_json_summary_goes_to_stdout_and_the_table_to_stderr(
     summary = json.loads(out)
     assert summary["records"] == 8
     assert summary["counts"] == {
-        "sent": 7, "failed": 0, "unknown": 0, "rejected": 1, "duplicate": 0
+        "sent": 7,
+        "failed": 0,
+        "unknown": 0,
+        "rejected": 1,
+        "duplicate": 0,
     }
     assert "campaign summary" in err
 
@@ -333,18 +371,37 @@ def test_outcomes_that_may_have_been_sent_exit_3_and_say_so(
     assert server.audit.duplicates() == {}  # not resent: each processed exactly once
 
 
-def test_the_template_options_reach_the_request(
-    tmp_path: Path, token_env: None
-) -> None:
+def test_the_template_options_reach_the_request(tmp_path: Path, token_env: None) -> None:
     config = SimulatorConfig(token=TOKEN, faults=Faults(seed=1))
     targets = write_csv(tmp_path / "r.csv", [f"{p},Ana" for p in phones(2)])
     with ThreadedSimulator(config) as server:
-        code = main(campaign_args(
-            targets, server.url, "--live-agent", "--queue-id", "4", "--user-id", "5",
-            "--counterpart-user-id", "6", "--account-id", "7", "--account-id", "8",
-            "--integration-type", "2", "--rate", "1000", "--calls-per-second", "50",
-            "--no-adaptive", "--no-dedupe", "--max-attempts", "2",
-        ))
+        code = main(
+            campaign_args(
+                targets,
+                server.url,
+                "--live-agent",
+                "--queue-id",
+                "4",
+                "--user-id",
+                "5",
+                "--counterpart-user-id",
+                "6",
+                "--account-id",
+                "7",
+                "--account-id",
+                "8",
+                "--integration-type",
+                "2",
+                "--rate",
+                "1000",
+                "--calls-per-second",
+                "50",
+                "--no-adaptive",
+                "--no-dedupe",
+                "--max-attempts",
+                "2",
+            )
+        )
     assert code == 0
     assert server.audit.total_processed == 2
 
@@ -359,8 +416,12 @@ def test_the_template_options_reach_the_request(
     ],
 )
 def test_bad_options_exit_2_with_a_message(
-    tmp_path: Path, sim: ThreadedSimulator, token_env: None,
-    capsys: pytest.CaptureFixture[str], extra: list[str], message: str,
+    tmp_path: Path,
+    sim: ThreadedSimulator,
+    token_env: None,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
 ) -> None:
     targets = write_csv(tmp_path / "r.csv", [f"{p},Ana" for p in phones(1)])
 
@@ -390,8 +451,18 @@ def test_an_interrupt_stops_gracefully_with_exit_130_and_the_journal_resumes(
     config = SimulatorConfig(token=TOKEN, faults=Faults(latency=0.02, seed=1))
     numbers = phones(600)
     targets = write_csv(tmp_path / "r.csv", [f"{p},Ana" for p in numbers])
-    args = campaign_args(targets, "", "--journal", str(tmp_path / "j.db"),
-                         "--concurrency", "2", "--chunk-size", "10", "--rate", "2000")
+    args = campaign_args(
+        targets,
+        "",
+        "--journal",
+        str(tmp_path / "j.db"),
+        "--concurrency",
+        "2",
+        "--chunk-size",
+        "10",
+        "--rate",
+        "2000",
+    )
     with ThreadedSimulator(config) as server:
         args[args.index("--base-url") + 1] = server.url
         interrupter = threading.Thread(target=interrupt_when, args=(server, 100))
@@ -503,8 +574,10 @@ def test_the_audit_finds_lines_without_or_with_several_report_lines() -> None:
 
 
 def test_the_audit_allows_an_unknown_record_processed_at_most_once() -> None:
-    report = [outcome(1, OutcomeStatus.UNKNOWN, "+5511970000000"),
-              outcome(2, OutcomeStatus.DUPLICATE, "+5511970000000")]
+    report = [
+        outcome(1, OutcomeStatus.UNKNOWN, "+5511970000000"),
+        outcome(2, OutcomeStatus.DUPLICATE, "+5511970000000"),
+    ]
     assert audit_report(report, {"+5511970000000": 1}, records=2).ok
     assert not audit_report(report, {"+5511970000000": 2}, records=2).ok
 
@@ -523,8 +596,12 @@ def test_plain_progress_prints_records_rate_and_counts_and_skips_repeats() -> No
             pass
 
     display = PlainProgress(Sink())  # type: ignore[arg-type]
-    snap = Snapshot(records=12, total=20, targets_per_second=950.4,
-                    counts=dict.fromkeys(OutcomeStatus, 0) | {OutcomeStatus.SENT: 12})
+    snap = Snapshot(
+        records=12,
+        total=20,
+        targets_per_second=950.4,
+        counts=dict.fromkeys(OutcomeStatus, 0) | {OutcomeStatus.SENT: 12},
+    )
     display.show(snap)
     display.show(snap)
     assert lines == [
@@ -543,8 +620,14 @@ def test_the_rate_meter_measures_over_a_recent_window() -> None:
 def test_the_terminal_progress_shows_the_bar_the_rate_and_the_counts() -> None:
     stream = io.StringIO()
     display = RichProgress(Console(file=stream, force_terminal=True, width=80), total=20)
-    display.show(Snapshot(records=12, total=20, targets_per_second=950.0,
-                          counts=dict.fromkeys(OutcomeStatus, 0) | {OutcomeStatus.SENT: 12}))
+    display.show(
+        Snapshot(
+            records=12,
+            total=20,
+            targets_per_second=950.0,
+            counts=dict.fromkeys(OutcomeStatus, 0) | {OutcomeStatus.SENT: 12},
+        )
+    )
     display.note("a message")
     display.close()
     text = stream.getvalue()

@@ -25,7 +25,12 @@ def run_cli(*args: str, token: str | None = TOKEN, cwd: Path) -> subprocess.Comp
         env["PROACTIVE_TOKEN"] = token
     return subprocess.run(
         [sys.executable, "-m", "proactive_async.cli", *args],
-        capture_output=True, text=True, timeout=120, env=env, cwd=cwd, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=cwd,
+        check=False,
     )
 
 
@@ -40,8 +45,11 @@ def test_a_wrong_token_exits_2_at_once_with_one_line_and_a_resumable_journal(
     journal = tmp_path / "j.db"
     with ThreadedSimulator(SimulatorConfig(token=TOKEN)) as sim:
         started = time.monotonic()
-        done = run_cli(*campaign(targets, sim.url, "--journal", str(journal), "--chunk-size", "5"),
-                       token="wrong-token-xyz", cwd=tmp_path)
+        done = run_cli(
+            *campaign(targets, sim.url, "--journal", str(journal), "--chunk-size", "5"),
+            token="wrong-token-xyz",
+            cwd=tmp_path,
+        )
         elapsed = time.monotonic() - started
         errors = [line for line in done.stderr.splitlines() if "error" in line]
         assert done.returncode == 2, done.stderr
@@ -65,8 +73,9 @@ def test_a_two_line_token_file_exits_2_naming_the_problem_and_sends_nothing(
     token_file.write_text("first-half-of-it\nsecond-half\n")
     targets = write_csv(tmp_path / "r.csv", [f"{p},Ana" for p in phones(5)])
     with ThreadedSimulator(SimulatorConfig(token=TOKEN)) as sim:
-        done = run_cli(*campaign(targets, sim.url, "--token-file", str(token_file)), token=None,
-                       cwd=tmp_path)
+        done = run_cli(
+            *campaign(targets, sim.url, "--token-file", str(token_file)), token=None, cwd=tmp_path
+        )
         assert sim.audit.total_processed == 0
     assert done.returncode == 2
     assert "line break" in done.stderr and "Traceback" not in done.stderr
@@ -96,8 +105,12 @@ def test_a_report_path_that_is_the_input_or_the_journal_is_refused_before_any_wr
     before = targets.read_bytes()
     journal = tmp_path / "j.db"
     report = {"input": targets, "journal": journal, "journal-wal": Path(f"{journal}-wal")}[which]
-    done = run_cli(*campaign(targets, "http://127.0.0.1:9", "--journal", str(journal),
-                             "--report", str(report)), cwd=tmp_path)
+    done = run_cli(
+        *campaign(
+            targets, "http://127.0.0.1:9", "--journal", str(journal), "--report", str(report)
+        ),
+        cwd=tmp_path,
+    )
     assert done.returncode == 2 and "report path" in done.stderr
     assert targets.read_bytes() == before
     assert not journal.exists()
@@ -107,7 +120,9 @@ def test_campaign_settings_never_show_the_token() -> None:
     from proactive_async import ProactiveConversationRequest
 
     settings = CampaignSettings(
-        targets="r.csv", base_url="http://x", token="do-not-print-me-42",
+        targets="r.csv",
+        base_url="http://x",
+        token="do-not-print-me-42",
         template=ProactiveConversationRequest(channel_id=1),
     )
     assert "do-not-print-me-42" not in repr(settings)
@@ -138,7 +153,15 @@ def test_broken_csv_rows_are_rejected_alone_and_nothing_is_merged_or_lost(
     report = {row["line"]: row for row in map(json.loads, lines)}
     assert sorted(report) == list(range(1, len(rows) + 1))
     statuses = {line: row["status"] for line, row in report.items()}
-    assert statuses == {1: "sent", 2: "rejected", 3: "sent", 4: "rejected", 5: "sent",
-                        6: "rejected", 7: "rejected", 8: "sent"}
+    assert statuses == {
+        1: "sent",
+        2: "rejected",
+        3: "sent",
+        4: "rejected",
+        5: "sent",
+        6: "rejected",
+        7: "rejected",
+        8: "sent",
+    }
     assert set(processed) == {good[0], good[2], good[4], good[5]}
     assert "Diego" not in json.dumps(report[4])

@@ -51,9 +51,7 @@ class SimulatorProcess:
     def stop(self) -> SimulatorAudit:
         self.proc.send_signal(signal.SIGINT)
         out, _ = self.proc.communicate(timeout=20)
-        fields = dict(
-            line.split(": ", 1) for line in out.splitlines() if ": " in line
-        )
+        fields = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
         return SimulatorAudit(int(fields["processed"]), int(fields["duplicates"]))
 
     def kill(self) -> None:
@@ -92,21 +90,42 @@ class Campaign:
 
     def args(self, *extra: str, template_id: str = "3") -> list[str]:
         return [
-            *CLI, "campaign", str(self.targets),
-            "--channel-id", "1", "--bot-id", "2", "--template-id", template_id,
-            "--base-url", self.url, "--journal", str(self.journal), "--report", str(self.report),
-            "--concurrency", "4", "--chunk-size", "10", "--no-progress", *extra,
+            *CLI,
+            "campaign",
+            str(self.targets),
+            "--channel-id",
+            "1",
+            "--bot-id",
+            "2",
+            "--template-id",
+            template_id,
+            "--base-url",
+            self.url,
+            "--journal",
+            str(self.journal),
+            "--report",
+            str(self.report),
+            "--concurrency",
+            "4",
+            "--chunk-size",
+            "10",
+            "--no-progress",
+            *extra,
         ]
 
     def start(self, env: dict[str, str]) -> subprocess.Popen[bytes]:
         with open(self.log, "wb") as log:
             return subprocess.Popen(self.args(), env=env, stdout=log, stderr=log)
 
-    def run(self, env: dict[str, str], *extra: str, template_id: str = "3"
-            ) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, env: dict[str, str], *extra: str, template_id: str = "3"
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             self.args(*extra, template_id=template_id),
-            env=env, capture_output=True, text=True, timeout=120,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
 
     def outcomes(self) -> list[Outcome]:

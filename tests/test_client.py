@@ -223,21 +223,25 @@ async def test_keyword_fields_are_sent_as_camel_case_json(
 ) -> None:
     mock_api.post(URL, body=OK_BODY)
     conversations = await client.create_proactive_conversation(
-        channel_id=1, bot_id=2, conversation_template_id=3, recipient=[PHONE],
+        channel_id=1,
+        bot_id=2,
+        conversation_template_id=3,
+        recipient=[PHONE],
         content_variables={"name": "Ana"},
     )
     assert conversations[0].id == 1
     assert conversations[0].recipients == [PHONE]
     [call] = sent(mock_api)
     assert json.loads(call.kwargs["data"]) == {
-        "channelId": 1, "botId": 2, "conversationTemplateId": 3, "recipient": [PHONE],
+        "channelId": 1,
+        "botId": 2,
+        "conversationTemplateId": 3,
+        "recipient": [PHONE],
         "contentVariables": {"name": "Ana"},
     }
 
 
-async def test_a_request_object_is_sent_as_is(
-    client: AsyncClient, mock_api: aioresponses
-) -> None:
+async def test_a_request_object_is_sent_as_is(client: AsyncClient, mock_api: aioresponses) -> None:
     mock_api.post(URL, body=OK_BODY)
     request = ProactiveConversationRequest(channel_id=5, contact_ids=[7, 8])
     await client.create_proactive_conversation(request)

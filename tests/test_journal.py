@@ -136,7 +136,11 @@ async def test_in_flight_lines_survive_a_kill_9_and_unflushed_outcomes_are_lost(
 ) -> None:
     identity = CampaignIdentity('{"botId":1}', "sha256:cccc")
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _KILLED_CAMPAIGN, str(path), identity.template,
+        sys.executable,
+        "-c",
+        _KILLED_CAMPAIGN,
+        str(path),
+        identity.template,
         identity.input_fingerprint,
     )
     assert await process.wait() == -9
@@ -163,15 +167,27 @@ def test_interrupted_outcome_is_unknown_with_the_interrupted_error() -> None:
 async def test_final_outcomes_round_trip_with_every_field(path: Path) -> None:
     outcomes = [
         sent(1, recipient="+5511999990001", conversation_ids=[101, 102], attempts=2),
-        Outcome(line=2, status=OutcomeStatus.FAILED, contact_id=77, attempts=3,
-                error=OutcomeError(kind="BadRequestError", message="campo inválido ☃",
-                                   status=400)),
-        Outcome(line=3, status=OutcomeStatus.UNKNOWN, recipient="+5511999990003", attempts=1,
-                error=OutcomeError(kind="ReadTimeout", message="no answer in 30 s")),
-        Outcome(line=4, status=OutcomeStatus.REJECTED, recipient="not a number",
-                error=OutcomeError(kind="invalid_recipient", message="not a phone number")),
-        Outcome(line=5, status=OutcomeStatus.DUPLICATE, recipient="+5511999990001",
-                duplicate_of=1),
+        Outcome(
+            line=2,
+            status=OutcomeStatus.FAILED,
+            contact_id=77,
+            attempts=3,
+            error=OutcomeError(kind="BadRequestError", message="campo inválido ☃", status=400),
+        ),
+        Outcome(
+            line=3,
+            status=OutcomeStatus.UNKNOWN,
+            recipient="+5511999990003",
+            attempts=1,
+            error=OutcomeError(kind="ReadTimeout", message="no answer in 30 s"),
+        ),
+        Outcome(
+            line=4,
+            status=OutcomeStatus.REJECTED,
+            recipient="not a number",
+            error=OutcomeError(kind="invalid_recipient", message="not a phone number"),
+        ),
+        Outcome(line=5, status=OutcomeStatus.DUPLICATE, recipient="+5511999990001", duplicate_of=1),
         sent(6, contact_id=0, conversation_ids=[2**31 - 1]),
     ]
     async with await Journal.open(path, IDENTITY) as journal:

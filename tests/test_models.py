@@ -116,9 +116,7 @@ def test_the_yaml_reader_found_every_schema() -> None:
     assert set(SCHEMAS["Message"]) == set(example["messages"][0])
     assert set(SCHEMAS["Tag"]) == set(example["tags"][0])
     assert set(SCHEMAS["ConversationVariable"]) == set(example["dynamicVariables"][0])
-    assert SCHEMAS["Conversation"]["messages"]["items"] == {
-        "$ref": "#/components/schemas/Message"
-    }
+    assert SCHEMAS["Conversation"]["messages"]["items"] == {"$ref": "#/components/schemas/Message"}
 
 
 @pytest.mark.parametrize("schema", sorted(STRUCTS))
@@ -564,9 +562,12 @@ def _datetime_form(draw: st.DrawFn) -> tuple[str, datetime]:
 
 @st.composite
 def _timespan(draw: st.DrawFn) -> tuple[str, timedelta]:
-    days, h, m, s = draw(st.integers(0, 9999)), draw(st.integers(0, 23)), draw(
-        st.integers(0, 59)
-    ), draw(st.integers(0, 59))
+    days, h, m, s = (
+        draw(st.integers(0, 9999)),
+        draw(st.integers(0, 23)),
+        draw(st.integers(0, 59)),
+        draw(st.integers(0, 59)),
+    )
     ticks = draw(st.integers(0, 9_999_999))
     negative = draw(st.booleans())
     text = f"{'-' if negative else ''}{f'{days}.' if days else ''}{h:02}:{m:02}:{s:02}"
@@ -619,9 +620,9 @@ def _object_strategy(schema: str) -> st.SearchStrategy[tuple[object, object]]:
     fields = st.fixed_dictionaries({}, optional={k: _field_strategy(v) for k, v in props.items()})
     extras = st.dictionaries(TEXT.filter(lambda k: k not in props), JSON_VALUE, max_size=2)
 
-    def build(pair: tuple[dict[str, tuple[object, object]], dict[str, object]]) -> tuple[
-        object, object
-    ]:
+    def build(
+        pair: tuple[dict[str, tuple[object, object]], dict[str, object]],
+    ) -> tuple[object, object]:
         chosen, extra = pair
         wire = extra | {k: v[0] for k, v in chosen.items()}
         expected = {k: v[1] for k, v in chosen.items()}

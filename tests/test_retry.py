@@ -54,7 +54,10 @@ def mocked(mock_api: aioresponses) -> aioresponses:
 @pytest.fixture
 async def client(fake_time: FakeTime) -> AsyncIterator[AsyncClient]:
     async with AsyncClient(
-        BASE, "tok", sleep=fake_time.sleep, clock=fake_time.clock,
+        BASE,
+        "tok",
+        sleep=fake_time.sleep,
+        clock=fake_time.clock,
         retry=RetryPolicy(jitter=0.0),
     ) as c:
         yield c
@@ -103,8 +106,17 @@ async def test_a_safe_failure_is_retried_by_default(
         ({"body": b"<html>oops</html>"}, DecodingError),
         ({"body": b'{"not": "an array"}'}, DecodingError),
     ],
-    ids=["500", "502", "504", "sock-read", "total-timeout", "disconnected", "payload",
-         "html-2xx", "object-2xx"],
+    ids=[
+        "500",
+        "502",
+        "504",
+        "sock-read",
+        "total-timeout",
+        "disconnected",
+        "payload",
+        "html-2xx",
+        "object-2xx",
+    ],
 )
 async def test_an_ambiguous_failure_is_not_retried_by_default(
     mocked: Any,
@@ -141,9 +153,7 @@ async def test_an_ambiguous_failure_is_retried_when_the_caller_opts_in(
     mocked.post(URL, **failure)
     mocked.post(URL, body=OK_BODY)
     policy = RetryPolicy(retry_ambiguous=True, jitter=0.0)
-    response = await client.create_proactive_conversation_with_response(
-        retry=policy, channel_id=1
-    )
+    response = await client.create_proactive_conversation_with_response(retry=policy, channel_id=1)
     assert response.attempts == 2
     assert fake_time.sleeps == [0.5]
 
@@ -331,9 +341,7 @@ async def test_a_retry_is_logged_at_warning_with_the_error_kind(
     )
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"max_attempts": 0}, {"deadline": 0.0}, {"deadline": -1.0}]
-)
+@pytest.mark.parametrize("kwargs", [{"max_attempts": 0}, {"deadline": 0.0}, {"deadline": -1.0}])
 def test_an_invalid_policy_is_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         RetryPolicy(**kwargs)

@@ -193,7 +193,8 @@ async def test_a_real_problem_details_answer_becomes_a_server_error() -> None:
     async def failing(request: web.Request) -> web.StreamResponse:
         await request.read()
         return web.json_response(
-            {"title": "Boom", "traceId": "00-1"}, status=500,
+            {"title": "Boom", "traceId": "00-1"},
+            status=500,
             content_type="application/problem+json",
         )
 
@@ -331,7 +332,8 @@ async def stalling_server() -> AsyncIterator[tuple[str, list[web.Request], async
 
 
 @pytest.mark.parametrize(
-    "timeouts", [{"timeout": Timeout(read=0.2)}, {"timeout": Timeout(total=0.2)}],
+    "timeouts",
+    [{"timeout": Timeout(read=0.2)}, {"timeout": Timeout(total=0.2)}],
     ids=["read", "total"],
 )
 async def test_a_server_slower_than_the_timeout_is_a_read_timeout_not_retried(
@@ -445,7 +447,8 @@ async def _big_gzipped(request: web.Request) -> web.StreamResponse:
 
 
 @pytest.mark.parametrize(
-    "handler", [_big_with_length, _big_chunked, _big_gzipped],
+    "handler",
+    [_big_with_length, _big_chunked, _big_gzipped],
     ids=["content-length", "chunked", "gzip"],
 )
 async def test_a_body_past_max_response_bytes_is_refused(
@@ -461,15 +464,17 @@ async def test_a_body_past_max_response_bytes_is_refused(
 
 
 @pytest.mark.parametrize(
-    "handler", [_big_with_length, _big_chunked, _big_gzipped],
+    "handler",
+    [_big_with_length, _big_chunked, _big_gzipped],
     ids=["content-length", "chunked", "gzip"],
 )
 async def test_a_body_exactly_at_the_cap_is_accepted(
     handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
 ) -> None:
-    async with web_server(handler) as (base, _), client_for(
-        base, max_response_bytes=len(BIG)
-    ) as client:
+    async with (
+        web_server(handler) as (base, _),
+        client_for(base, max_response_bytes=len(BIG)) as client,
+    ):
         conversations = await client.create_proactive_conversation(channel_id=1)
     assert len(conversations) == 200
 
@@ -501,9 +506,10 @@ async def test_an_oversized_error_body_is_cut_to_the_cap_and_keeps_its_status() 
         await request.read()
         return web.Response(status=400, body=b'{"title": "bad"' + b" " * 200_000 + b"}")
 
-    async with web_server(huge_400) as (base, _), client_for(
-        base, max_response_bytes=1000
-    ) as client:
+    async with (
+        web_server(huge_400) as (base, _),
+        client_for(base, max_response_bytes=1000) as client,
+    ):
         with pytest.raises(BadRequestError) as info:
             await client.create_proactive_conversation(channel_id=1)
     assert info.value.may_have_been_processed is False

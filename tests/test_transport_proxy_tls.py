@@ -44,13 +44,20 @@ async def test_the_token_never_reaches_a_proxy_in_front_of_an_https_api(
 ) -> None:
     """CONNECT carries no token (issue 7.1); proxy credentials come only from its URL."""
     config = SimulatorConfig(token=TOKEN)
-    async with Simulator(config, ssl_context=tls_ca.server_context) as sim, \
-            recording_proxy() as proxy:
+    async with (
+        Simulator(config, ssl_context=tls_ca.server_context) as sim,
+        recording_proxy() as proxy,
+    ):
         proxy_url = proxy.url
         if credentials is not None:
             proxy_url = proxy_url.replace("http://", f"http://{credentials[0]}:pa%3Ass@")
-        async with AsyncClient(sim.url, TOKEN, proxy=proxy_url, verify=tls_ca.ca_file,
-                               headers={"X-Api-Key": "another-secret-value"}) as client:
+        async with AsyncClient(
+            sim.url,
+            TOKEN,
+            proxy=proxy_url,
+            verify=tls_ca.ca_file,
+            headers={"X-Api-Key": "another-secret-value"},
+        ) as client:
             conversations = await client.create_proactive_conversation(
                 **SEND, recipient=["+5511999990000"]
             )
@@ -80,8 +87,9 @@ async def test_a_plain_http_api_through_a_proxy_gets_no_bearer_proxy_authorizati
     assert head[0].startswith(f"POST {sim.url}{PATH}")
     assert [line for line in head if TOKEN in line] == [f"Authorization: Bearer {TOKEN}"]
     auth = _proxy_auth_lines(head)
-    assert auth == ([f"Proxy-Authorization: Basic {base64.b64encode(b'u:p').decode()}"]
-                    if credentials else [])
+    assert auth == (
+        [f"Proxy-Authorization: Basic {base64.b64encode(b'u:p').decode()}"] if credentials else []
+    )
 
 
 async def test_a_proxy_that_refuses_the_tunnel_is_a_safe_connect_error(
@@ -89,9 +97,10 @@ async def test_a_proxy_that_refuses_the_tunnel_is_a_safe_connect_error(
 ) -> None:
     """A 403 to CONNECT: the API never saw the call; ConnectError, retried as safe."""
     policy = RetryPolicy(max_attempts=3, backoff_initial=0.0, jitter=0.0)
-    async with recording_proxy(refuse_connect=403) as proxy, AsyncClient(
-        "https://127.0.0.1:9", TOKEN, proxy=proxy.url, verify=tls_ca.ca_file
-    ) as client:
+    async with (
+        recording_proxy(refuse_connect=403) as proxy,
+        AsyncClient("https://127.0.0.1:9", TOKEN, proxy=proxy.url, verify=tls_ca.ca_file) as client,
+    ):
         with pytest.raises(ConnectError) as info:
             await client.create_proactive_conversation(**SEND, retry=policy)
     assert info.value.may_have_been_processed is False
@@ -110,8 +119,9 @@ async def test_a_certificate_that_does_not_verify_is_fatal_and_never_retried(
     async with Simulator(SimulatorConfig(token=TOKEN), ssl_context=tls_ca.server_context) as sim:
         async with AsyncClient(sim.url, TOKEN) as client:  # the private CA is not trusted
             with pytest.raises(TLSError) as info:
-                await client.create_proactive_conversation(**SEND, retry=policy,
-                                                           recipient=["+5511999990000"])
+                await client.create_proactive_conversation(
+                    **SEND, retry=policy, recipient=["+5511999990000"]
+                )
         assert sim.audit.total_processed == 0
     assert info.value.attempts == 1
     assert info.value.fatal and not info.value.may_have_been_processed
@@ -203,6 +213,7 @@ def test_a_library_user_without_logging_set_up_sees_no_warnings_on_stderr() -> N
         "import logging, proactive_async\n"
         "logging.getLogger('proactive_async').warning('attempt 1 failed; retrying')\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
     assert done.stderr == ""
