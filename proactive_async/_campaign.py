@@ -555,7 +555,7 @@ class Campaign:
     def _abort_with(self, exc: ProactiveError) -> None:
         if self._abort is None:
             self._abort = exc
-            self.summary.aborted = f"{exc.kind}: {self.client.redact(exc.message)}"
+            self.summary.aborted = f"{exc.kind}: {exc.message}"
             _log.error("campaign aborted: %s", self.summary.aborted)
 
     def _throttled_too_long(self, exc: RateLimitError) -> bool:
@@ -625,7 +625,7 @@ class Campaign:
         if error is None and exc is not None:
             error = OutcomeError(
                 kind=exc.kind,
-                message=self.client.redact(exc.message),
+                message=exc.message,
                 status=getattr(exc, "status", None),
             )
         if not durable and self._journal is not None:

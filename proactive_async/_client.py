@@ -141,10 +141,6 @@ class AsyncClient:
         """What must never be stored or shown (the token): for journals and reports."""
         return (self._token,)
 
-    def redact(self, text: str) -> str:
-        """``text`` with the token replaced by ``[redacted]``."""
-        return self._redactor.text(text)
-
     async def __aenter__(self) -> Self:
         if self._transport.closed:
             raise ClientStateError("the client is closed; create a new AsyncClient")

@@ -155,10 +155,6 @@ class Transport:
             raise ConnectError(f"could not connect to {_origin(url)}: {exc.os_error}") from exc
         except aiohttp.InvalidURL as exc:
             raise ClientStateError(f"invalid URL: {exc}") from None
-        except ValueError as exc:
-            # aiohttp checks a request (headers, URL) as it builds and serialises it, before
-            # a byte is written; its parser's errors after that are ClientResponseErrors.
-            raise ClientStateError(f"the request could not be built: {exc}") from None
         except (TimeoutError, aiohttp.SocketTimeoutError) as exc:
             raise ReadTimeout(
                 f"no complete answer from {_origin(url)} in time; the request may have been"
