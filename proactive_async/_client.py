@@ -14,12 +14,14 @@ from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
 import msgspec
+from msgspec import UNSET
 
 from ._config import DEFAULT_LIMITS, DEFAULT_TIMEOUT, NO_TIMEOUT, Limits, Timeout
 from ._errors import (
     ClientStateError,
     DecodingError,
     HTTPStatusError,
+    ProactiveError,
     ProblemDetails,
     RateLimitError,
     ServiceUnavailableError,
@@ -32,6 +34,7 @@ from ._models import (
     decode_conversations,
     encode_request,
 )
+from ._ratelimit import RateLimitBackend, report_failure
 from ._retry import RetryPolicy, Sleep, parse_retry_after, retry_call
 from ._secrets import Redactor, check_header_value
 from ._transport import RawResponse, Transport, TransportConfig, user_agent
@@ -82,6 +85,9 @@ class AsyncClient:
         max_response_bytes: a larger response body is refused (a broken server cannot
             exhaust memory).
         mask_phone_numbers: mask numbers in log lines (default True).
+        rate_limit: paces every attempt (a ``RateLimit``, or a shared one) by its number of
+            targets, and hears of its 429s and 503s; a campaign on this client uses it too.
+            None (default): calls are not paced.
     """
 
     def __init__(
@@ -97,6 +103,7 @@ class AsyncClient:
         headers: Mapping[str, str] | None = None,
         max_response_bytes: int = 32 * 1024 * 1024,
         mask_phone_numbers: bool = True,
+        rate_limit: RateLimitBackend | None = None,
         sleep: Sleep | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
@@ -112,6 +119,7 @@ class AsyncClient:
         self.base_url = base_url.rstrip("/")
         self.retry = retry if retry is not None else RetryPolicy()
         self.mask_phone_numbers = mask_phone_numbers
+        self.rate_limit = rate_limit
         self._token = token  # kept only so a journal can refuse to store it
         self._redactor = Redactor([token])
         self._url = self.base_url + PATH
@@ -190,11 +198,27 @@ class AsyncClient:
         **fields: Any,
     ) -> ApiResponse[list[Conversation]]:
         """As ``create_proactive_conversation``, with status, headers, elapsed and attempts."""
-        body = encode_request(build_request(request, fields))
+        built = build_request(request, fields)
+        body = encode_request(built)
         policy = retry if retry is not None else self.retry
+        limit = self.rate_limit
+        if limit is None:
 
-        async def attempt(number: int) -> ApiResponse[list[Conversation]]:
-            return await self.send_once(body, attempt=number)
+            async def attempt(number: int) -> ApiResponse[list[Conversation]]:
+                return await self.send_once(body, attempt=number)
+
+        else:
+            weight = float(max(1, _targets_in(built)))
+
+            async def attempt(number: int) -> ApiResponse[list[Conversation]]:
+                await limit.acquire(weight)
+                try:
+                    response = await self.send_once(body, attempt=number)
+                except ProactiveError as exc:
+                    await report_failure(limit, exc, weight, policy, number)
+                    raise
+                await limit.on_success(weight)
+                return response
 
         return await retry_call(attempt, policy, sleep=self._sleep, clock=self._clock)
 
@@ -244,6 +268,13 @@ class AsyncClient:
                 message += f" (Retry-After {wait:g}s)"
             return cls(message, retry_after=wait, **common)
         return cls(message, **common)
+
+
+def _targets_in(request: ProactiveConversationRequest) -> int:
+    """Recipients and contact ids: the weight of a call for a rate limit."""
+    recipients = request.recipient if request.recipient is not UNSET else ()
+    contacts = request.contact_ids if request.contact_ids is not UNSET else ()
+    return len(recipients or ()) + len(contacts or ())
 
 
 def _check_headers(token: str, headers: Mapping[str, str]) -> None:

@@ -17,8 +17,10 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final
 
-__all__ = ["AdaptiveRate", "Cooldown", "RateLimiter"]
+__all__ = ["DEFAULT_TUNING", "AdaptiveRate", "AdaptiveTuning", "Cooldown", "RateLimiter"]
 
 Clock = Callable[[], float]
 SleepFn = Callable[[float], Awaitable[None]]
@@ -267,13 +269,76 @@ class Cooldown:
             await self._sleep(left)
 
 
+@dataclass(frozen=True, slots=True)
+class AdaptiveTuning:
+    """How :class:`AdaptiveRate` moves: its knobs, built once, defaults written here only.
+
+    Usage::
+
+        AdaptiveTuning()                              # the defaults, right for most servers
+        AdaptiveTuning(decrease=0.8, max_plateau=30)  # back off harder, probe more often
+
+    Parameters:
+        floor: never go below this rate.
+        interval: seconds between two increases.
+        window: seconds over which the achieved goodput is measured.
+        reaction_window: seconds after a pause during which 429s are not a new signal.
+        decrease: the share of achieved goodput the rate drops to on a 429.
+        slow_start: the growth factor per half interval before the first 429.
+        approach: the share of the gap to the estimate closed per interval.
+        probe: the first step above the estimate, as a share of the rate; each further
+            step without a 429 is ``probe_growth`` times larger.
+        max_cut: with nothing accepted lately, a 429 sets the rate to this share of the
+            rate calls were really sent at (the limiter's grants since the last 429).
+        busy: an increase needs this share of the rate to have been used, so an idle
+            campaign does not talk itself into a huge rate.
+        drain: empty the limiter's bucket on each 429 until its pause ends.
+        margin: the rate settles this share below the estimate.
+        plateau, max_plateau: seconds spent just under the estimate before probing, at
+            first and at most.
+        confirm: a new estimate within this share of the last one confirms it.
+        unknown_pause: the pause assumed for a 429 without Retry-After (the caller backs
+            off for a time we are not told).
+    """
+
+    floor: float = 1.0
+    interval: float = 0.5
+    window: float = 1.0
+    reaction_window: float = 0.1
+    decrease: float = 0.9
+    slow_start: float = 2.0
+    approach: float = 0.5
+    probe: float = 0.02
+    probe_growth: float = 1.5
+    max_cut: float = 0.5
+    busy: float = 0.5
+    drain: bool = True
+    margin: float = 0.05
+    plateau: float = 2.0
+    max_plateau: float = 60.0
+    confirm: float = 0.15
+    unknown_pause: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("floor", "interval", "window"):
+            _check_positive(name, getattr(self, name))
+        if not 0 < self.decrease < 1:
+            raise ValueError("decrease must be between 0 and 1")
+        for name in ("reaction_window", "unknown_pause"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must not be negative")
+
+
+DEFAULT_TUNING: Final = AdaptiveTuning()
+
+
 class AdaptiveRate:
     """Finds the rate a server accepts without being told it (AIMD driven by 429s).
 
     Usage::
 
         limiter = RateLimiter(1000)
-        adaptive = AdaptiveRate(limiter, ceiling=5000)
+        adaptive = AdaptiveRate(limiter, ceiling=5000, tuning=AdaptiveTuning(decrease=0.8))
         ...                                   # after each call:
         adaptive.on_success(len(targets))     # or adaptive.on_throttle(exc.retry_after)
 
@@ -296,27 +361,8 @@ class AdaptiveRate:
         limiter: the limiter whose rate is steered.
         initial: the starting rate; None keeps the limiter's rate.
         ceiling: never go above this; None: no ceiling.
-        floor: never go below this.
         clock: monotonic seconds; ``time.monotonic`` by default.
-        interval: seconds between two increases.
-        window: seconds over which the achieved goodput is measured.
-        reaction_window: seconds after a pause during which 429s are not a new signal.
-        decrease: the share of achieved goodput the rate drops to on a 429.
-        slow_start: the growth factor per half interval before the first 429.
-        approach: the share of the gap to the estimate closed per interval.
-        probe: the first step above the estimate, as a share of the rate; each further
-            step without a 429 is ``probe_growth`` times larger.
-        max_cut: with nothing accepted lately, a 429 sets the rate to this share of the
-            rate calls were really sent at (the limiter's grants since the last 429).
-        busy: an increase needs this share of the rate to have been used, so an idle
-            campaign does not talk itself into a huge rate.
-        drain: empty the limiter's bucket on each 429 until its pause ends.
-        margin: the rate settles this share below the estimate.
-        plateau, max_plateau: seconds spent just under the estimate before probing, at
-            first and at most.
-        confirm: a new estimate within this share of the last one confirms it.
-        unknown_pause: the pause assumed for a 429 without Retry-After (the caller backs
-            off for a time we are not told).
+        tuning: the :class:`AdaptiveTuning` (how fast it moves, how careful it is).
     """
 
     def __init__(
@@ -325,49 +371,31 @@ class AdaptiveRate:
         *,
         initial: float | None = None,
         ceiling: float | None = None,
-        floor: float = 1.0,
         clock: Clock = time.monotonic,
-        interval: float = 0.5,
-        window: float = 1.0,
-        reaction_window: float = 0.1,
-        decrease: float = 0.9,
-        slow_start: float = 2.0,
-        approach: float = 0.5,
-        probe: float = 0.02,
-        probe_growth: float = 1.5,
-        max_cut: float = 0.5,
-        busy: float = 0.5,
-        drain: bool = True,
-        margin: float = 0.05,
-        plateau: float = 2.0,
-        max_plateau: float = 60.0,
-        confirm: float = 0.15,
-        unknown_pause: float = 0.5,
+        tuning: AdaptiveTuning = DEFAULT_TUNING,
     ) -> None:
         self._limiter = limiter
-        self._floor = _check_positive("floor", floor)
+        self._floor = tuning.floor
         self._ceiling = math.inf if ceiling is None else _check_positive("ceiling", ceiling)
         if self._ceiling < self._floor:
             raise ValueError("ceiling must not be below floor")
         self._clock = clock
-        self._interval = _check_positive("interval", interval)
-        self._window = _check_positive("window", window)
-        self._reaction_window = max(0.0, reaction_window)
-        if not 0 < decrease < 1:
-            raise ValueError("decrease must be between 0 and 1")
-        self._decrease = decrease
-        self._slow_start = slow_start
-        self._approach = approach
-        self._probe = probe
-        self._probe_growth = probe_growth
-        self._max_cut = max_cut
-        self._busy = busy
-        self._drain = drain
-        self._margin = margin
-        self._plateau = plateau
-        self._max_plateau = max_plateau
-        self._confirm = confirm
-        self._unknown_pause = max(0.0, unknown_pause)
+        self._interval = tuning.interval
+        self._window = tuning.window
+        self._reaction_window = tuning.reaction_window
+        self._decrease = tuning.decrease
+        self._slow_start = tuning.slow_start
+        self._approach = tuning.approach
+        self._probe = tuning.probe
+        self._probe_growth = tuning.probe_growth
+        self._max_cut = tuning.max_cut
+        self._busy = tuning.busy
+        self._drain = tuning.drain
+        self._margin = tuning.margin
+        self._plateau = tuning.plateau
+        self._max_plateau = tuning.max_plateau
+        self._confirm = tuning.confirm
+        self._unknown_pause = tuning.unknown_pause
         # When the rate came up to just under the estimate (inf: not since the last 429).
         self._reached = math.inf
         # (time, weight) of accepted calls within the last `window` seconds.
@@ -390,7 +418,7 @@ class AdaptiveRate:
         self._estimate: float | None = None
         self._rate = limiter.rate
         self._apply(limiter.rate if initial is None else initial)
-        if drain:
+        if self._drain:
             # Pace the first calls at the starting rate instead of one bucket-sized burst.
             limiter.drain()
 

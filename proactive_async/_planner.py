@@ -33,6 +33,7 @@ from ._phone import normalize_phone
 from ._records import Outcome, OutcomeError, OutcomeStatus, Record
 
 __all__ = [
+    "DEFAULT_CHUNK_SIZE",
     "REJECT_INVALID_INPUT",
     "REJECT_INVALID_PHONE",
     "Chunk",
@@ -53,6 +54,8 @@ _INT32_MAX: Final = 2**31 - 1
 _CONTACT_TAG: Final = 1 << 62
 # Records read ahead of the planner: enough to amortise task switches, small to bound memory.
 _QUEUE_SIZE: Final = 256
+DEFAULT_CHUNK_SIZE: Final = 50
+"""Targets per call unless told otherwise (a campaign's and the planner's default)."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ class PlannerConfig:
     """
 
     default_region: str | None = None
-    chunk_size: int = 50
+    chunk_size: int = DEFAULT_CHUNK_SIZE
     dedupe: bool = True
     allow_repeats_with_different_variables: bool = False
     flush_after: float = 0.05

@@ -42,7 +42,7 @@ from ._errors import (
     TLSError,
 )
 from ._input import read_records
-from ._journal import Journal
+from ._journal_sqlite import SQLiteJournal
 from ._models import ProactiveConversationRequest
 from ._progress import PlainProgress, ProgressDisplay, ProgressWatcher, RichProgress
 from ._records import OutcomeStatus
@@ -322,7 +322,7 @@ async def _check_journal(campaign: Campaign, path: str | None) -> None:
         return
     # The identity is the campaign's own (a private method): the check must be the one
     # the run makes, or it could refuse what the run accepts.
-    journal = await Journal.open(path, campaign.identity())
+    journal = await SQLiteJournal.open(path, campaign.identity())
     await journal.aclose()
 
 

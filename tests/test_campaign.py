@@ -28,7 +28,7 @@ from proactive_async import (
     Target,
     Timeout,
 )
-from proactive_async._journal import Journal
+from proactive_async._journal_sqlite import SQLiteJournal as Journal
 from proactive_async._report import LatencySample, ReportWriter
 from proactive_async.simulator import Faults, Simulator, SimulatorConfig
 from proactive_async.simulator._render import phone_of_contact
@@ -193,7 +193,9 @@ def campaign_tasks() -> list[asyncio.Task[Any]]:
     left = []
     for task in asyncio.all_tasks():
         name = getattr(task.get_coro(), "__qualname__", "")
-        if name.startswith(("Campaign.", "Planner.", "_feed", "Journal.")):
+        if name.startswith(
+            ("Campaign.", "Planner.", "_feed", "Journal.", "SQLiteJournal.", "ChunkSender.")
+        ):
             left.append(task)
     return left
 
@@ -995,7 +997,7 @@ def _conv(conversation_id: int, to: str | None) -> Any:
 
 
 def test_conversations_match_recipients_by_number_whatever_the_order_or_format() -> None:
-    from proactive_async._campaign import match_conversations
+    from proactive_async._matching import match_conversations
     from proactive_async._planner import PlannedTarget
 
     targets = [
@@ -1008,7 +1010,7 @@ def test_conversations_match_recipients_by_number_whatever_the_order_or_format()
 
 def test_a_contact_whose_phone_is_a_recipients_gets_its_own_conversation() -> None:
     """One conversation per recipient by number; the second to that number is the contact's."""
-    from proactive_async._campaign import match_conversations
+    from proactive_async._matching import match_conversations
     from proactive_async._planner import PlannedTarget
 
     targets = [
@@ -1020,7 +1022,7 @@ def test_a_contact_whose_phone_is_a_recipients_gets_its_own_conversation() -> No
 
 
 def test_conversations_without_a_number_match_in_order_and_a_missing_one_matches_none() -> None:
-    from proactive_async._campaign import match_conversations
+    from proactive_async._matching import match_conversations
     from proactive_async._planner import PlannedTarget
 
     targets = [
@@ -1075,7 +1077,7 @@ async def test_waits_run_on_the_injected_clock_a_long_retry_after_and_a_backoff(
 
 def test_a_conversation_naming_another_number_is_never_a_recipients() -> None:
     """Leftovers go to contacts only; a recipient needs a conversation naming its number."""
-    from proactive_async._campaign import match_conversations
+    from proactive_async._matching import match_conversations
     from proactive_async._planner import PlannedTarget
 
     targets = [
@@ -1090,7 +1092,7 @@ def test_a_conversation_naming_another_number_is_never_a_recipients() -> None:
 
 
 def test_a_to_in_national_form_matches_the_one_recipient_it_fits() -> None:
-    from proactive_async._campaign import match_conversations
+    from proactive_async._matching import match_conversations
     from proactive_async._planner import PlannedTarget
 
     targets = [

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from proactive_async._limits import AdaptiveRate, Cooldown, RateLimiter
+from proactive_async._limits import AdaptiveRate, AdaptiveTuning, Cooldown, RateLimiter
 
 T = TypeVar("T")
 
@@ -415,8 +415,19 @@ class Steering:
     def __post_init__(self) -> None:
         self.limiter = RateLimiter(100, clock=self.clock)
 
-    def adaptive(self, **kwargs: Any) -> AdaptiveRate:
-        return AdaptiveRate(self.limiter, clock=self.clock, **kwargs)
+    def adaptive(
+        self,
+        initial: float | None = None,
+        ceiling: float | None = None,
+        **tuning: Any,
+    ) -> AdaptiveRate:
+        return AdaptiveRate(
+            self.limiter,
+            initial=initial,
+            ceiling=ceiling,
+            clock=self.clock,
+            tuning=AdaptiveTuning(**tuning),
+        )
 
     def succeed(self, adaptive: AdaptiveRate, per_second: float, seconds: float) -> None:
         """Report one success of weight 1 every 1/per_second seconds."""

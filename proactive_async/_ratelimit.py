@@ -1,0 +1,173 @@
+"""The rate-limit seam: what a sender asks of a rate limit, and the local implementation.
+
+A sender (the campaign's chunk sender, or ``AsyncClient`` for one call) talks to a
+``RateLimitBackend`` and never asks which one it has:
+
+* ``acquire(weight)`` before every attempt: waits out a shared pause, then the rate;
+* ``on_success(weight)`` after an accepted call;
+* ``on_throttle(weight, retry_after)`` after a 429: pauses every sender sharing the limit;
+* ``on_busy(seconds)`` after a 503: the server is busy for everyone, everyone waits.
+
+``RateLimit`` is the local implementation (one process): a weighted token bucket, a
+shared cooldown and, when no rate is given, AIMD that finds the rate the server accepts.
+A Redis-backed one shares the same decisions between processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from typing import Final, Protocol, runtime_checkable
+
+from ._errors import ProactiveError, RateLimitError, ServiceUnavailableError
+from ._limits import DEFAULT_TUNING, AdaptiveRate, AdaptiveTuning, Clock, Cooldown, RateLimiter
+from ._limits import SleepFn as Sleep
+from ._retry import RetryPolicy
+
+__all__ = ["RateLimit", "RateLimitBackend", "report_failure"]
+
+ADAPTIVE_START: Final = 1_000_000.0
+"""Targets/s an adaptive limit with no ceiling starts at: no limit until the first 429."""
+_THROTTLE_WAIT_MIN: Final = 0.01
+_THROTTLE_WAIT_MAX: Final = 0.25
+
+
+@runtime_checkable
+class RateLimitBackend(Protocol):
+    """What a sender needs of a rate limit; weights count targets (recipients + contacts)."""
+
+    async def acquire(self, weight: float = 1.0) -> None:
+        """Wait until a call of ``weight`` targets may go (after any shared pause)."""
+
+    async def on_success(self, weight: float) -> None:
+        """A call of ``weight`` targets was accepted."""
+
+    async def on_throttle(self, weight: float, retry_after: float | None) -> None:
+        """A 429 for a call of ``weight`` targets; ``retry_after`` as the server named it."""
+
+    async def on_busy(self, seconds: float) -> None:
+        """A 503: pause every sender for ``seconds``."""
+
+    @property
+    def rate(self) -> float | None:
+        """The current targets-per-second limit, as far as known here; None: none."""
+
+
+class RateLimit:
+    """Paces the calls of one process: targets/s, calls/s, a shared pause on 429 and 503.
+
+    Usage::
+
+        limit = RateLimit(500)                    # 500 targets/s
+        limit = RateLimit()                       # adaptive: find the server's limit
+        async with AsyncClient(url, token, rate_limit=limit) as client: ...
+
+    One ``RateLimit`` shared by a campaign and by single calls paces them together.
+
+    Parameters:
+        rate: targets per second, a token bucket of ``burst`` targets. None: adaptive.
+        burst: the bucket size; None: one second's worth.
+        calls_per_second: an optional second bucket that counts calls, not targets.
+        adaptive: find the rate the server accepts (AIMD on 429). Default: on when no
+            ``rate`` is given; with both, ``rate`` is the ceiling.
+        tuning: how the adaptive mode moves (:class:`AdaptiveTuning`).
+        clock, sleep: monotonic seconds and an awaitable sleep (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        rate: float | None = None,
+        *,
+        burst: float | None = None,
+        calls_per_second: float | None = None,
+        adaptive: bool | None = None,
+        tuning: AdaptiveTuning = DEFAULT_TUNING,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._targets = RateLimiter(rate, burst, clock=clock, sleep=sleep) if rate else None
+        self._calls = (
+            RateLimiter(calls_per_second, clock=clock, sleep=sleep) if calls_per_second else None
+        )
+        self._adaptive: AdaptiveRate | None = None
+        if adaptive if adaptive is not None else rate is None:
+            if self._targets is None:
+                self._targets = RateLimiter(ADAPTIVE_START, burst, clock=clock, sleep=sleep)
+            self._adaptive = AdaptiveRate(self._targets, ceiling=rate, clock=clock, tuning=tuning)
+        self._cooldown = Cooldown(clock=clock, sleep=sleep)
+
+    def __repr__(self) -> str:
+        mode = "adaptive" if self._adaptive is not None else "fixed"
+        return f"RateLimit(rate={self.rate!r}, {mode})"
+
+    @property
+    def rate(self) -> float | None:
+        """The current targets-per-second limit (it moves in adaptive mode); None: none."""
+        return self._targets.rate if self._targets is not None else None
+
+    @property
+    def adaptive(self) -> bool:
+        return self._adaptive is not None
+
+    @property
+    def paused(self) -> float:
+        """Seconds left in the shared pause (0.0 when not paused)."""
+        return self._cooldown.remaining()
+
+    def start_empty(self) -> None:
+        """Empty the targets bucket of a fixed rate: a run about to start has no idle time
+        to make up for, and a full bucket would let rate + burst through in its first
+        second (an adaptive limit paces its start on its own)."""
+        if self._targets is not None and self._adaptive is None:
+            self._targets.drain()
+
+    async def acquire(self, weight: float = 1.0) -> None:
+        await self._cooldown.wait()
+        if self._targets is not None:
+            await self._targets.acquire(weight)
+        if self._calls is not None:
+            await self._calls.acquire(1.0)
+
+    async def on_success(self, weight: float) -> None:
+        if self._adaptive is not None:
+            self._adaptive.on_success(weight)
+
+    async def on_throttle(self, weight: float, retry_after: float | None) -> None:
+        wait = retry_after if retry_after is not None else self._unnamed_wait(weight)
+        if self._adaptive is not None:
+            self._adaptive.on_throttle(wait)
+        self._cooldown.pause(wait)
+
+    async def on_busy(self, seconds: float) -> None:
+        self._cooldown.pause(seconds)
+
+    def _unnamed_wait(self, weight: float) -> float:
+        """The shared pause for a 429 that names no wait (nginx ``limit_req`` sends none).
+
+        Such a server refuses what passes its rate *now*; the time for a couple of calls'
+        worth of tokens at the (lowered) rate is enough, where a backoff of seconds would
+        idle every sender and waste the server's capacity.
+        """
+        rate = self.rate or 0.0
+        if rate <= 0 or math.isinf(rate):
+            return _THROTTLE_WAIT_MAX
+        return min(_THROTTLE_WAIT_MAX, max(_THROTTLE_WAIT_MIN, 2 * weight / rate))
+
+
+async def report_failure(
+    limit: RateLimitBackend, exc: ProactiveError, weight: float, policy: RetryPolicy, attempt: int
+) -> None:
+    """Tell a rate limit about a 429 or 503; the one rule for the client and the sender.
+
+    A wait past ``policy.max_retry_after`` pauses nobody: the call that met it ends with
+    the error, while everyone else goes on (a hostile ``Retry-After: 86400`` must not
+    freeze a campaign).
+    """
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None and retry_after > policy.max_retry_after:
+        return
+    if isinstance(exc, RateLimitError):
+        await limit.on_throttle(weight, retry_after)
+    elif isinstance(exc, ServiceUnavailableError):
+        await limit.on_busy(policy.wait_for(exc, attempt))

@@ -1,0 +1,378 @@
+"""Sending one chunk until each of its targets has its outcome.
+
+The unit a campaign's planner drives in one process, and a task-queue job drives for one
+stored chunk: it knows nothing of readers, queues or workers. What it talks to is a
+``RateLimitBackend`` (local or shared), a ``Journal`` (any backend) and a callback that
+receives each final outcome.
+
+The order of things for one chunk is what keeps the no-duplicate promise: wait for the
+rate limit (and any shared pause), *then* mark the chunk's lines in flight in the journal
+(durably), *then* send. A later run, or a redelivered job, resends a line only when its
+journal row says it was never in flight, or when the caller asks for unknowns to be resent.
+
+A fatal answer (401, 403, a TLS failure: ``ProactiveError.fatal``) aborts the sender at
+once, and so do 429s with no call accepted for ``RetryPolicy.max_retry_after`` seconds:
+no new call is made, and every target not yet sent ends ``failed`` (kind ``aborted``) but
+stays unfinished in the journal, so that a later run sends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Protocol
+
+from msgspec import UNSET
+
+from ._client import AsyncClient
+from ._errors import BadRequestError, ProactiveError, RateLimitError, ServiceUnavailableError
+from ._journal import INTERRUPTED, Journal
+from ._matching import match_conversations
+from ._models import Conversation, ProactiveConversationRequest, build_request, encode_request
+from ._planner import Chunk, PlannedTarget
+from ._ratelimit import RateLimitBackend, report_failure
+from ._records import Outcome, OutcomeError, OutcomeStatus
+from ._report import CampaignSummary, LatencySample
+from ._retry import RetryPolicy, Sleep
+
+__all__ = ["ABORTED", "MAX_THROTTLES", "ChunkSender", "OutcomeSink"]
+
+_log = logging.getLogger("proactive_async")
+
+ABORTED: Final = "aborted"
+"""``OutcomeError.kind`` of a record not sent because the run was aborted."""
+MAX_THROTTLES: Final = 100
+"""429s one chunk may meet before it ends ``failed`` (each waits out the shared pause)."""
+_UNMATCHED: Final = OutcomeError(
+    kind="unmatched",
+    message="the call succeeded but no conversation in the answer is this target's",
+)
+
+
+class OutcomeSink(Protocol):
+    """Receives each final outcome, after the journal has it."""
+
+    async def __call__(self, outcome: Outcome, /) -> None: ...
+
+
+class ChunkSender:
+    """Sends chunks: paced, fenced by the journal, retried by the policy, each target settled.
+
+    Usage::
+
+        sender = ChunkSender(client, template, retry=RetryPolicy(max_attempts=8),
+                             rate_limit=RateLimit(), journal=journal, on_outcome=collect)
+        await sender.send(chunk)      # every target ends with one outcome, or stays unsent
+
+    A target ends with exactly one outcome passed to ``on_outcome``, except when a stop
+    comes before any of its chunk's attempts could have been processed: then it is left
+    unsent (released in the journal, counted in ``summary.pending``) for a later run.
+
+    Parameters:
+        client: the client whose ``send_once`` makes each attempt.
+        template: every request field but the targets.
+        retry: the policy asked about every failure (``RetryPolicy.next_wait``).
+        rate_limit: paces each attempt and hears of 429s and 503s; None: no pacing.
+        journal: the fence and the durable outcomes; None: nothing is durable.
+        on_outcome: awaited with each final outcome.
+        summary: where the call counters go (``calls``, ``retries``, ``throttled``,
+            ``pending``); a new one when not given.
+        latency: a sample of successful calls' latencies; None: not measured.
+        clock, sleep: monotonic seconds and an awaitable sleep for backoff waits.
+    """
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        template: ProactiveConversationRequest,
+        *,
+        retry: RetryPolicy,
+        rate_limit: RateLimitBackend | None = None,
+        journal: Journal | None = None,
+        on_outcome: OutcomeSink | None = None,
+        summary: CampaignSummary | None = None,
+        latency: LatencySample | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.client = client
+        self.template = template
+        self.retry = retry
+        self.rate_limit = rate_limit
+        self.journal = journal
+        self.summary = summary if summary is not None else CampaignSummary()
+        self._on_outcome = on_outcome
+        self._latency = latency
+        self._clock = clock
+        self._sleep = sleep
+        self._stopping = False
+        self._abort: ProactiveError | None = None
+        self._throttled_since: float | None = None
+
+    @property
+    def aborted(self) -> ProactiveError | None:
+        """The error that aborted this sender (fatal, or 429s without end), if one did."""
+        return self._abort
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def stop(self) -> None:
+        """Make no new attempt; a chunk waiting for its first attempt is left unsent."""
+        self._stopping = True
+
+    async def send(self, chunk: Chunk) -> None:
+        """Send ``chunk`` until every target in it has its outcome (or is left unsent)."""
+        if self._abort is not None:
+            await self._settle_aborted(chunk.targets)
+            return
+        await self._dispatch(chunk.targets, chunk.variables)
+
+    # -- one chunk -------------------------------------------------------------------
+
+    def _encode(self, targets: Sequence[PlannedTarget], variables: dict[str, Any] | None) -> bytes:
+        recipients = [t.recipient for t in targets if t.recipient is not None]
+        contacts = [t.contact_id for t in targets if t.contact_id is not None]
+        fields: dict[str, Any] = {
+            "recipient": recipients or UNSET,
+            "contact_ids": contacts or UNSET,
+        }
+        if variables:
+            base = self.template.content_variables
+            fields["content_variables"] = {**base, **variables} if base else variables
+        return encode_request(build_request(self.template, fields))
+
+    async def _dispatch(
+        self, targets: Sequence[PlannedTarget], variables: dict[str, Any] | None
+    ) -> None:
+        body = self._encode(targets, variables)
+        weight = float(len(targets))
+        attempt = 0
+        throttles = 0
+        sent_once = False
+        first_try = 0.0
+        backoff = 0.0
+        while True:
+            try:
+                await self._pace(weight, backoff)
+            except asyncio.CancelledError:
+                # Cancelled past the grace period while waiting to retry: the records still
+                # get their outcome, in the report and the journal.
+                if attempt > 0:
+                    await self._interrupt(targets, attempt, sent_once)
+                raise
+            if self._stopping:
+                # A chunk waiting on the rate limit when stop() came is not sent. Before a
+                # first attempt it was never marked in flight, so it stays unsent.
+                if attempt > 0:
+                    await self._interrupt(targets, attempt, sent_once)
+                return
+            if self._abort is not None:
+                await self._settle_aborted(targets, attempt, sent_once)
+                return
+            if attempt == 0:
+                first_try = self._clock()
+                if self.journal is not None:
+                    await self.journal.mark_in_flight([t.line for t in targets])
+            attempt += 1
+            self.summary.calls += 1
+            if attempt > 1:
+                self.summary.retries += 1
+            try:
+                started = time.perf_counter()
+                response = await self.client.send_once(body, attempt=attempt)
+            except asyncio.CancelledError:
+                await self._settle(targets, OutcomeStatus.UNKNOWN, attempt, None, INTERRUPTED)
+                raise
+            except BadRequestError as exc:
+                if len(targets) > 1:
+                    await self._bisect(targets, variables)
+                else:
+                    await self._settle(targets, OutcomeStatus.FAILED, attempt, exc)
+                return
+            except ProactiveError as exc:
+                sent_once = sent_once or exc.may_have_been_processed
+                if isinstance(exc, RateLimitError):
+                    throttles += 1
+                wait = await self._on_failure(
+                    exc, attempt - throttles, throttles, weight, self._clock() - first_try
+                )
+                if wait is None and self._abort is not None and not sent_once:
+                    # Certainly not processed, and the run stops: a resume sends them.
+                    await self._settle(targets, OutcomeStatus.FAILED, attempt, exc, durable=False)
+                    return
+                if wait is None:
+                    status = OutcomeStatus.UNKNOWN if sent_once else OutcomeStatus.FAILED
+                    await self._settle(targets, status, attempt, exc)
+                    return
+                # A 429/503 paused every sender (the rate limit's shared pause) instead.
+                limited = isinstance(exc, RateLimitError | ServiceUnavailableError)
+                backoff = 0.0 if limited and self.rate_limit is not None else wait
+                continue
+            except Exception as exc:  # a bug must not lose records: they may have been sent
+                _log.exception("unexpected error while sending a chunk")
+                error = OutcomeError(kind=type(exc).__name__, message=str(exc))
+                await self._settle(targets, OutcomeStatus.UNKNOWN, attempt, None, error)
+                return
+            if self._latency is not None:
+                self._latency.add(time.perf_counter() - started)
+            self._throttled_since = None
+            if self.rate_limit is not None:
+                await self.rate_limit.on_success(weight)
+            await self._settle_response(targets, response.value, attempt)
+            return
+
+    async def _pace(self, weight: float, backoff: float) -> None:
+        """Wait out a backoff, then the rate limit (and its shared pause), before an attempt."""
+        if backoff > 0:
+            await self._sleep(backoff)
+        if self.rate_limit is not None:
+            await self.rate_limit.acquire(weight)
+
+    async def _on_failure(
+        self, exc: ProactiveError, attempt: int, throttles: int, weight: float, elapsed: float
+    ) -> float | None:
+        """Tell the rate limit; the wait before the next attempt, or None to stop.
+
+        ``attempt`` counts the attempts that were not throttled: a 429 is the rate
+        limit's business and does not use the policy's attempts (up to MAX_THROTTLES a
+        chunk). Everything else is the policy's one decision (``RetryPolicy.next_wait``).
+        """
+        policy = self.retry
+        if exc.fatal:
+            self._abort_with(exc)
+            return None
+        throttled = isinstance(exc, RateLimitError)
+        if throttled:
+            self.summary.throttled += 1
+            if self._throttled_too_long(exc):
+                return None
+        if self.rate_limit is not None:
+            await report_failure(self.rate_limit, exc, weight, policy, max(1, attempt))
+        if not throttled:
+            return policy.next_wait(exc, max(1, attempt), elapsed)
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None and retry_after > policy.max_retry_after:
+            return None  # nobody waits that long: this chunk ends failed, its wait in the error
+        if throttles >= MAX_THROTTLES:
+            return None
+        return retry_after if retry_after is not None else policy.backoff(throttles)
+
+    def _abort_with(self, exc: ProactiveError) -> None:
+        if self._abort is None:
+            self._abort = exc
+            self.summary.aborted = f"{exc.kind}: {exc.message}"
+            _log.error("campaign aborted: %s", self.summary.aborted)
+
+    def _throttled_too_long(self, exc: ProactiveError) -> bool:
+        """429s and no accepted call for ``max_retry_after`` seconds: abort."""
+        now = self._clock()
+        if self._throttled_since is None:
+            self._throttled_since = now
+            return False
+        if now - self._throttled_since < self.retry.max_retry_after:
+            return False
+        self._abort_with(exc)
+        return True
+
+    async def _bisect(
+        self, targets: Sequence[PlannedTarget], variables: dict[str, Any] | None
+    ) -> None:
+        """A 400 for several targets: send each half apart to isolate the bad ones."""
+        middle = len(targets) // 2
+        await self._dispatch(targets[:middle], variables)
+        await self._dispatch(targets[middle:], variables)
+
+    # -- outcomes ----------------------------------------------------------------------
+
+    async def _interrupt(
+        self, targets: Sequence[PlannedTarget], attempts: int, sent_once: bool
+    ) -> None:
+        """Stopped between attempts: unknown if one may have been processed, else unsent."""
+        if sent_once:
+            await self._settle(targets, OutcomeStatus.UNKNOWN, attempts, None, INTERRUPTED)
+            return
+        # Only certainly-unprocessed attempts: no outcome, so that a resume sends them.
+        if self.journal is not None:
+            await self.journal.release([t.line for t in targets])
+        self.summary.pending += len(targets)
+
+    async def _settle_aborted(
+        self, targets: Sequence[PlannedTarget], attempts: int = 0, sent_once: bool = False
+    ) -> None:
+        """The run was aborted before this chunk's (next) attempt."""
+        if sent_once:
+            await self._settle(targets, OutcomeStatus.UNKNOWN, attempts, None, INTERRUPTED)
+            return
+        assert self._abort is not None
+        error = OutcomeError(
+            kind=ABORTED,
+            message=f"not sent: the campaign stopped after {self._abort.kind}; a resume with "
+            "the same journal sends it",
+        )
+        await self._settle(targets, OutcomeStatus.FAILED, attempts, None, error, durable=False)
+
+    async def _settle_response(
+        self, targets: Sequence[PlannedTarget], conversations: list[Conversation], attempts: int
+    ) -> None:
+        matched = match_conversations(targets, conversations)
+        sent, unknown = OutcomeStatus.SENT, OutcomeStatus.UNKNOWN
+        outcomes = [
+            make_outcome(target, sent, attempts=attempts, conversation_ids=ids)
+            if (ids := matched.get(target.line))
+            else make_outcome(target, unknown, attempts=attempts, error=_UNMATCHED)
+            for target in targets
+        ]
+        await self._emit(outcomes)
+
+    async def _settle(
+        self,
+        targets: Sequence[PlannedTarget],
+        status: OutcomeStatus,
+        attempts: int,
+        exc: ProactiveError | None,
+        error: OutcomeError | None = None,
+        *,
+        durable: bool = True,
+    ) -> None:
+        """One outcome per target; ``durable=False``: left unfinished in the journal."""
+        if error is None and exc is not None:
+            error = OutcomeError(
+                kind=exc.kind,
+                message=exc.message,
+                status=getattr(exc, "status", None),
+            )
+        if not durable and self.journal is not None:
+            await self.journal.release([t.line for t in targets])
+        outcomes = [make_outcome(t, status, attempts=attempts, error=error) for t in targets]
+        await self._emit(outcomes, durable=durable)
+
+    async def _emit(self, outcomes: list[Outcome], *, durable: bool = True) -> None:
+        if self.journal is not None and durable:
+            await self.journal.record(outcomes)
+        if self._on_outcome is not None:
+            for outcome in outcomes:
+                await self._on_outcome(outcome)
+
+
+def make_outcome(
+    target: PlannedTarget,
+    status: OutcomeStatus,
+    *,
+    attempts: int = 0,
+    conversation_ids: list[int] | None = None,
+    error: OutcomeError | None = None,
+) -> Outcome:
+    """The outcome of one planned target."""
+    return Outcome(
+        line=target.line,
+        status=status,
+        recipient=target.recipient,
+        contact_id=target.contact_id,
+        conversation_ids=conversation_ids or [],
+        attempts=attempts,
+        error=error,
+    )
