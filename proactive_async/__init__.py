@@ -40,6 +40,8 @@ from ._errors import (
     TransportError,
     UnprocessableEntityError,
 )
+from ._journal import Journal, open_journal
+from ._limits import AdaptiveTuning
 from ._models import (
     AgentType,
     Conversation,
@@ -53,18 +55,22 @@ from ._models import (
     parse_datetime,
     parse_timespan,
 )
+from ._options import CampaignOptions
+from ._ratelimit import RateLimit, RateLimitBackend
 from ._records import Outcome, OutcomeError, OutcomeStatus, Record, Target
 from ._report import CampaignSummary
 from ._retry import RetryPolicy, is_safe_to_retry, parse_retry_after
 from ._version import __version__
 
 __all__ = [
+    "AdaptiveTuning",
     "AgentType",
     "ApiResponse",
     "AsyncClient",
     "AuthenticationError",
     "BadRequestError",
     "Campaign",
+    "CampaignOptions",
     "CampaignSummary",
     "ClientStateError",
     "ConflictError",
@@ -79,6 +85,7 @@ __all__ = [
     "DecodingError",
     "HTTPStatusError",
     "InputError",
+    "Journal",
     "JournalError",
     "JournalMismatchError",
     "Limits",
@@ -91,6 +98,8 @@ __all__ = [
     "ProactiveConversationRequest",
     "ProactiveError",
     "ProblemDetails",
+    "RateLimit",
+    "RateLimitBackend",
     "RateLimitError",
     "ReadTimeout",
     "Record",
@@ -108,6 +117,7 @@ __all__ = [
     "__version__",
     "is_safe_to_retry",
     "mask_phone",
+    "open_journal",
     "parse_datetime",
     "parse_retry_after",
     "parse_timespan",

@@ -24,6 +24,7 @@ import msgspec
 from rich.console import Console
 
 from ._models import ProactiveConversationRequest
+from ._options import CampaignOptions
 from ._records import Outcome, OutcomeStatus
 from .cli import (
     EXIT_FAILED,
@@ -221,7 +222,7 @@ async def _run_demo(args: argparse.Namespace, workdir: Path, stderr: Console) ->
                 conversation_template_id=3,
                 content_variables={"company": "Acme"},
             ),
-            default_region="BR",
+            options=CampaignOptions(default_region="BR"),
             journal=str(workdir / "journal.db"),
             report=str(workdir / "report.jsonl"),
             progress=not args.no_progress,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -42,12 +43,12 @@ from ._errors import (
     TLSError,
 )
 from ._input import read_records
-from ._journal_sqlite import SQLiteJournal
+from ._journal import open_journal
 from ._models import ProactiveConversationRequest
+from ._options import CampaignOptions
 from ._progress import PlainProgress, ProgressDisplay, ProgressWatcher, RichProgress
 from ._records import OutcomeStatus
 from ._report import CampaignSummary
-from ._retry import RetryPolicy
 from ._version import __version__
 
 __all__ = ["CampaignSettings", "main", "run_campaign"]
@@ -72,6 +73,9 @@ exit codes:
 """
 
 
+_DEFAULTS: Final = CampaignOptions()
+
+
 class UsageError(Exception):
     """A problem the user can fix: reported as one line, exit code 2, no traceback."""
 
@@ -81,30 +85,47 @@ class UsageError(Exception):
 
 @dataclass(frozen=True)
 class CampaignSettings:
-    """Everything one CLI campaign run needs, resolved and checked."""
+    """Everything one CLI campaign run needs, resolved and checked.
+
+    ``options`` is the library's own :class:`CampaignOptions`, built from the flags, so
+    every default (chunk size, attempts, grace period...) lives in one place.
+    """
 
     targets: str
     base_url: str
     token: str = field(repr=False)
     template: ProactiveConversationRequest
-    chunk_size: int = 50
-    concurrency: int = 16
-    rate: float | None = None
-    calls_per_second: float | None = None
-    burst: float | None = None
-    adaptive: bool | None = None
-    retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(max_attempts=8, deadline=None))
-    default_region: str | None = None
-    dedupe: bool = True
-    allow_repeats: bool = False
-    allow_vanity_numbers: bool = False
-    multiline_values: bool = False
+    options: CampaignOptions = _DEFAULTS
     journal: str | None = None
     report: str | None = None
-    resend_unknown: bool = False
-    grace_period: float = 10.0
     progress: bool = True
     ca_file: str | None = None
+
+
+def _options_from_args(args: argparse.Namespace) -> CampaignOptions:
+    try:
+        return CampaignOptions(
+            chunk_size=args.chunk_size,
+            concurrency=args.concurrency,
+            rate=args.rate,
+            calls_per_second=args.calls_per_second,
+            burst=args.burst,
+            adaptive=False if args.no_adaptive else None,
+            retry=dataclasses.replace(
+                _DEFAULTS.retry,
+                max_attempts=args.max_attempts,
+                retry_ambiguous=args.retry_ambiguous,
+            ),
+            default_region=args.default_region.upper() if args.default_region else None,
+            dedupe=not args.no_dedupe,
+            allow_repeats_with_different_variables=args.allow_repeats,
+            allow_vanity_numbers=args.allow_vanity_numbers,
+            multiline_values=args.multiline_values,
+            resend_unknown=args.resend_unknown,
+            grace_period=args.grace_period,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def _settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> CampaignSettings:
@@ -117,24 +138,9 @@ def _settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Cam
         base_url=base_url,
         token=token,
         template=_template_from_args(args),
-        chunk_size=args.chunk_size,
-        concurrency=args.concurrency,
-        rate=args.rate,
-        calls_per_second=args.calls_per_second,
-        burst=args.burst,
-        adaptive=False if args.no_adaptive else None,
-        retry=RetryPolicy(
-            max_attempts=args.max_attempts, deadline=None, retry_ambiguous=args.retry_ambiguous
-        ),
-        default_region=args.default_region.upper() if args.default_region else None,
-        dedupe=not args.no_dedupe,
-        allow_repeats=args.allow_repeats,
-        allow_vanity_numbers=args.allow_vanity_numbers,
-        multiline_values=args.multiline_values,
+        options=_options_from_args(args),
         journal=args.journal,
         report=args.report if args.report else _default_report_path(args.recipients_file),
-        resend_unknown=args.resend_unknown,
-        grace_period=args.grace_period,
         progress=not args.no_progress,
         ca_file=args.ca_file,
     )
@@ -240,7 +246,7 @@ async def run_campaign(settings: CampaignSettings, *, stderr: Console) -> Campai
         try:
             await _check_journal(campaign, settings.journal)
             display = _make_display(settings.progress, campaign.total, stderr)
-            interrupted = await _drive(campaign, display, settings.grace_period)
+            interrupted = await _drive(campaign, display, settings.options.grace_period)
         except InputError as exc:
             raise UsageError(str(exc)) from exc
         except JournalError as exc:
@@ -278,7 +284,7 @@ def _make_client(settings: CampaignSettings) -> AsyncClient:
         return AsyncClient(
             settings.base_url,
             settings.token,
-            limits=Limits(max_connections=max(100, settings.concurrency)),
+            limits=Limits(max_connections=max(100, settings.options.concurrency)),
             verify=settings.ca_file if settings.ca_file is not None else True,
         )
     except ClientStateError as exc:
@@ -291,22 +297,9 @@ def _make_campaign(client: AsyncClient, settings: CampaignSettings) -> Campaign:
             client,
             template=settings.template,
             targets=settings.targets,
-            chunk_size=settings.chunk_size,
-            concurrency=settings.concurrency,
-            rate=settings.rate,
-            calls_per_second=settings.calls_per_second,
-            burst=settings.burst,
-            adaptive=settings.adaptive,
-            retry=settings.retry,
-            default_region=settings.default_region,
-            dedupe=settings.dedupe,
-            allow_repeats_with_different_variables=settings.allow_repeats,
-            allow_vanity_numbers=settings.allow_vanity_numbers,
-            multiline_values=settings.multiline_values,
+            options=settings.options,
             journal=settings.journal,
             report=settings.report,
-            resend_unknown=settings.resend_unknown,
-            grace_period=settings.grace_period,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
@@ -320,9 +313,9 @@ async def _check_journal(campaign: Campaign, path: str | None) -> None:
     """
     if path is None or not await asyncio.to_thread(os.path.exists, path):
         return
-    # The identity is the campaign's own (a private method): the check must be the one
-    # the run makes, or it could refuse what the run accepts.
-    journal = await SQLiteJournal.open(path, campaign.identity())
+    # The campaign's own identity: the check must be the one the run makes, or it could
+    # refuse what the run accepts.
+    journal = await open_journal(path, campaign.identity(), secrets=campaign.client.secrets)
     await journal.aclose()
 
 
@@ -629,16 +622,16 @@ def _add_pace_options(p: argparse.ArgumentParser) -> None:
     pace.add_argument(
         "--chunk-size",
         type=_positive_int,
-        default=50,
+        default=_DEFAULTS.chunk_size,
         metavar="N",
-        help="targets per call (default 50)",
+        help=f"targets per call (default {_DEFAULTS.chunk_size})",
     )
     pace.add_argument(
         "--concurrency",
         type=_positive_int,
-        default=16,
+        default=_DEFAULTS.concurrency,
         metavar="N",
-        help="calls in flight (default 16)",
+        help=f"calls in flight (default {_DEFAULTS.concurrency})",
     )
     pace.add_argument(
         "--rate",
@@ -665,7 +658,7 @@ def _add_safety_options(p: argparse.ArgumentParser) -> None:
     safe.add_argument(
         "--journal",
         metavar="PATH",
-        help="SQLite journal: makes the campaign resumable (re-run to resume)",
+        help="journal (a file path, SQLite): makes the campaign resumable (re-run to resume)",
     )
     safe.add_argument(
         "--report",
@@ -686,9 +679,9 @@ def _add_safety_options(p: argparse.ArgumentParser) -> None:
     safe.add_argument(
         "--max-attempts",
         type=_positive_int,
-        default=8,
+        default=_DEFAULTS.retry.max_attempts,
         metavar="N",
-        help="attempts per call (default 8)",
+        help=f"attempts per call (default {_DEFAULTS.retry.max_attempts})",
     )
     safe.add_argument(
         "--default-region",
@@ -718,9 +711,10 @@ def _add_safety_options(p: argparse.ArgumentParser) -> None:
     safe.add_argument(
         "--grace-period",
         type=_positive_float,
-        default=10.0,
+        default=_DEFAULTS.grace_period,
         metavar="SECONDS",
-        help="on Ctrl-C, how long calls in flight may take to finish (default 10)",
+        help="on Ctrl-C, how long calls in flight may take to finish "
+        f"(default {_DEFAULTS.grace_period:g})",
     )
 
 
