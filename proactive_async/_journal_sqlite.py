@@ -232,6 +232,11 @@ class SQLiteJournal:
         self._check_usable()
         if not lines:
             return
+        if self._releases:
+            # A commit applies marks before releases: a release buffered before this mark
+            # must not withdraw it (the line would not be in flight while it is sent).
+            marked = set(lines)
+            self._releases = [line for line in self._releases if line not in marked]
         self._marks.extend(lines)
         await self._wait_for_commit()
 
