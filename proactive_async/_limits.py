@@ -299,6 +299,17 @@ class AdaptiveTuning:
         confirm: a new estimate within this share of the last one confirms it.
         unknown_pause: the pause assumed for a 429 without Retry-After (the caller backs
             off for a time we are not told).
+        noise_share, noise_run: a 429 cuts the rate only when 429s are more than
+            ``noise_share`` of the calls of the last one to two ``window``s (counted over
+            at least 20 calls), or when ``noise_run`` come with no success between them;
+            otherwise it is noise: it pauses for its Retry-After, and the rate stays.
+
+    How the noise threshold was chosen: a sender above a server's limit by x gets about
+    x / (1 + x) of its calls refused, so a real limit passed by 5% or more shows at once;
+    random 429s (a busy shard, a proxy) of 1-2% of calls do not. What it costs: a limit
+    passed by less than 5% is found only when probing has gone past 5% (up to ~5% of calls
+    refused meanwhile), and at fewer than 20 calls per window a lone 429 is taken for noise
+    (the second one, or a run, cuts). 0.0 reads every 429 as the limit (the old behaviour).
     """
 
     floor: float = 1.0
@@ -318,18 +329,23 @@ class AdaptiveTuning:
     max_plateau: float = 60.0
     confirm: float = 0.15
     unknown_pause: float = 0.5
+    noise_share: float = 0.05
+    noise_run: int = 3
 
     def __post_init__(self) -> None:
         for name in ("floor", "interval", "window"):
             _check_positive(name, getattr(self, name))
         if not 0 < self.decrease < 1:
             raise ValueError("decrease must be between 0 and 1")
+        if not 0 <= self.noise_share < 1 or self.noise_run < 1:
+            raise ValueError("noise_share must be in [0, 1) and noise_run at least 1")
         for name in ("reaction_window", "unknown_pause"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must not be negative")
 
 
 DEFAULT_TUNING: Final = AdaptiveTuning()
+_NOISE_MIN_CALLS: Final = 20
 
 
 class AdaptiveRate:
@@ -396,6 +412,13 @@ class AdaptiveRate:
         self._max_plateau = tuning.max_plateau
         self._confirm = tuning.confirm
         self._unknown_pause = tuning.unknown_pause
+        self._noise_share = tuning.noise_share
+        self._noise_run = tuning.noise_run
+        # Calls answered and 429s in this window and the one before: the noise filter.
+        self._calls_since = clock()
+        self._calls = [0, 0]
+        self._previous_calls = [0, 0]
+        self._throttle_run = 0
         # When the rate came up to just under the estimate (inf: not since the last 429).
         self._reached = math.inf
         # (time, weight) of accepted calls within the last `window` seconds.
@@ -438,6 +461,7 @@ class AdaptiveRate:
         if self._started is None:
             self._started = now
             self._mark = (now, self._mark[1])
+        self._count_call(now, throttled=False)
         self._accepted.append((now, weight))
         self._accepted_sum += weight
         self._step_weight += weight
@@ -462,7 +486,8 @@ class AdaptiveRate:
         self._paused_until = max(self._paused_until, now + wait)
         if self._drain:
             self._limiter.drain(until=self._paused_until)
-        if now < self._hold_until:
+        self._count_call(now, throttled=True)
+        if now < self._hold_until or self._is_noise():
             return
         rate = self._rate
         self._forget_before(now - self._window)
@@ -529,6 +554,23 @@ class AdaptiveRate:
             # Long without a 429 the estimate was just low: grow as in slow start, no faster.
             self._apply(rate * min(self._slow_start, 1 + step))
             self._probes += 1
+
+    def _count_call(self, now: float, *, throttled: bool) -> None:
+        if now - self._calls_since >= self._window:
+            recent = now - self._calls_since < 2 * self._window
+            self._previous_calls = self._calls if recent else [0, 0]
+            self._calls = [0, 0]
+            self._calls_since = now
+        self._calls[throttled] += 1
+        self._throttle_run = self._throttle_run + 1 if throttled else 0
+
+    def _is_noise(self) -> bool:
+        """A 429 among many accepted calls, not in a run: a pause, not a limit."""
+        if self._throttle_run >= self._noise_run:
+            return False
+        throttles = self._calls[1] + self._previous_calls[1]
+        calls = sum(self._calls) + sum(self._previous_calls)
+        return throttles / max(calls, _NOISE_MIN_CALLS) <= self._noise_share
 
     def _forget_before(self, horizon: float) -> None:
         accepted = self._accepted

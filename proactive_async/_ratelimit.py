@@ -25,7 +25,7 @@ from ._limits import DEFAULT_TUNING, AdaptiveRate, AdaptiveTuning, Clock, Cooldo
 from ._limits import SleepFn as Sleep
 from ._retry import RetryPolicy
 
-__all__ = ["RateLimit", "RateLimitBackend", "report_failure"]
+__all__ = ["RateLimit", "RateLimitBackend", "report_failure", "unnamed_throttle_wait"]
 
 ADAPTIVE_START: Final = 1_000_000.0
 """Targets/s an adaptive limit with no ceiling starts at: no limit until the first 429."""
@@ -86,9 +86,14 @@ class RateLimit:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
-        self._targets = RateLimiter(rate, burst, clock=clock, sleep=sleep) if rate else None
+        # RateLimiter refuses a rate of 0 or less: 0 is never read as "no limit".
+        self._targets = (
+            RateLimiter(rate, burst, clock=clock, sleep=sleep) if rate is not None else None
+        )
         self._calls = (
-            RateLimiter(calls_per_second, clock=clock, sleep=sleep) if calls_per_second else None
+            RateLimiter(calls_per_second, clock=clock, sleep=sleep)
+            if calls_per_second is not None
+            else None
         )
         self._adaptive: AdaptiveRate | None = None
         if adaptive if adaptive is not None else rate is None:
@@ -134,7 +139,7 @@ class RateLimit:
             self._adaptive.on_success(weight)
 
     async def on_throttle(self, weight: float, retry_after: float | None) -> None:
-        wait = retry_after if retry_after is not None else self._unnamed_wait(weight)
+        wait = retry_after if retry_after is not None else unnamed_throttle_wait(weight, self.rate)
         if self._adaptive is not None:
             self._adaptive.on_throttle(wait)
         self._cooldown.pause(wait)
@@ -142,17 +147,17 @@ class RateLimit:
     async def on_busy(self, seconds: float) -> None:
         self._cooldown.pause(seconds)
 
-    def _unnamed_wait(self, weight: float) -> float:
-        """The shared pause for a 429 that names no wait (nginx ``limit_req`` sends none).
 
-        Such a server refuses what passes its rate *now*; the time for a couple of calls'
-        worth of tokens at the (lowered) rate is enough, where a backoff of seconds would
-        idle every sender and waste the server's capacity.
-        """
-        rate = self.rate or 0.0
-        if rate <= 0 or math.isinf(rate):
-            return _THROTTLE_WAIT_MAX
-        return min(_THROTTLE_WAIT_MAX, max(_THROTTLE_WAIT_MIN, 2 * weight / rate))
+def unnamed_throttle_wait(weight: float, rate: float | None) -> float:
+    """The shared pause for a 429 that names no wait (nginx ``limit_req`` sends none).
+
+    Such a server refuses what passes its rate *now*; the time for a couple of calls'
+    worth of tokens at the current rate is enough, where a backoff of seconds would idle
+    every sender and waste the server's capacity.
+    """
+    if rate is None or rate <= 0 or math.isinf(rate):
+        return _THROTTLE_WAIT_MAX
+    return min(_THROTTLE_WAIT_MAX, max(_THROTTLE_WAIT_MIN, 2 * weight / rate))
 
 
 async def report_failure(

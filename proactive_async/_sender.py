@@ -188,7 +188,11 @@ class ChunkSender:
                 await self._settle(targets, OutcomeStatus.UNKNOWN, attempt, None, INTERRUPTED)
                 raise
             except BadRequestError as exc:
-                if len(targets) > 1:
+                if sent_once:
+                    # An earlier attempt may have been processed (a retried ambiguous
+                    # failure): not "certainly not created", and no half is sent again.
+                    await self._settle(targets, OutcomeStatus.UNKNOWN, attempt, exc)
+                elif len(targets) > 1:
                     await self._bisect(targets, variables)
                 else:
                     await self._settle(targets, OutcomeStatus.FAILED, attempt, exc)

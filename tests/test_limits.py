@@ -426,7 +426,9 @@ class Steering:
             initial=initial,
             ceiling=ceiling,
             clock=self.clock,
-            tuning=AdaptiveTuning(**tuning),
+            # Every 429 is a limit here unless a test says otherwise (the noise filter
+            # has its own tests).
+            tuning=AdaptiveTuning(**{"noise_share": 0.0, **tuning}),
         )
 
     def succeed(self, adaptive: AdaptiveRate, per_second: float, seconds: float) -> None:
@@ -461,6 +463,61 @@ def test_slow_start_doubles_while_busy_but_not_while_idle() -> None:
     assert adaptive.rate == 200
     s.succeed(adaptive, 20, 2.0)  # a tenth of the rate used: no growth
     assert adaptive.rate == 200
+
+
+def test_rare_429s_among_many_accepted_calls_pause_but_do_not_cut_the_rate() -> None:
+    """1% random 429s (noise) at 1,000 calls/s: the rate stays; each still pauses."""
+    s = Steering()
+    adaptive = s.adaptive(initial=1000, noise_share=0.05)
+    for second in range(5):
+        s.succeed(adaptive, 990, 1.0)
+        for _ in range(10):
+            adaptive.on_throttle(0.05)
+            s.clock.now += 0.001
+            adaptive.on_success(1)
+        assert adaptive.rate >= 1000, f"cut after second {second}"
+        assert s.limiter.rate == adaptive.rate
+
+
+def test_a_429_share_above_the_threshold_cuts_the_rate() -> None:
+    s = Steering()
+    adaptive = s.adaptive(initial=1000, noise_share=0.05)
+    s.succeed(adaptive, 900, 1.0)
+    for _ in range(60):  # ~6% of the window's calls, spread out: a limit, not noise
+        s.clock.now += 0.001
+        adaptive.on_success(1)
+        adaptive.on_throttle(0.0)
+    assert adaptive.rate < 1000
+
+
+def test_a_run_of_429s_cuts_the_rate_even_when_they_are_few() -> None:
+    s = Steering()
+    adaptive = s.adaptive(initial=1000, noise_share=0.05, noise_run=3)
+    s.succeed(adaptive, 1000, 2.0)
+    adaptive.on_throttle(0.0)
+    adaptive.on_throttle(0.0)
+    assert adaptive.rate >= 1000  # two in a row among 2,000 calls: still noise
+    adaptive.on_throttle(0.0)
+    assert adaptive.rate < 1000
+
+
+def test_a_lone_429_at_a_low_call_rate_is_noise_and_a_second_one_cuts() -> None:
+    s = Steering()
+    adaptive = s.adaptive(initial=100, noise_share=0.05)
+    s.succeed(adaptive, 10, 1.0)  # 10 calls in the window: fewer than the 20 counted
+    adaptive.on_throttle(0.0)
+    assert adaptive.rate == 100
+    s.clock.now += 0.01
+    adaptive.on_success(1)
+    adaptive.on_throttle(0.0)
+    assert adaptive.rate < 100
+
+
+def test_noise_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="noise_share"):
+        AdaptiveTuning(noise_share=1.0)
+    with pytest.raises(ValueError, match="noise_run"):
+        AdaptiveTuning(noise_run=0)
 
 
 def test_throttle_drops_to_a_share_of_achieved_goodput_not_of_the_configured_rate() -> None:

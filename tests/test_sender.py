@@ -1,0 +1,687 @@
+"""ChunkSender: the life of one chunk, driven directly with a scripted client.
+
+The client, journal and rate limit are fakes that write into one shared event log, so a
+test can check the order of things (acquire, mark in flight, send, settle) as well as
+the outcome each target ends with. Sleeps are recorded and return at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import msgspec
+import pytest
+
+from proactive_async._client import ApiResponse, AsyncClient
+from proactive_async._errors import (
+    AuthenticationError,
+    BadRequestError,
+    ConnectError,
+    RateLimitError,
+    ServerError,
+    ServiceUnavailableError,
+)
+from proactive_async._journal import INTERRUPTED, Journal, JournalEntry
+from proactive_async._models import Conversation, Message, ProactiveConversationRequest
+from proactive_async._planner import Chunk, PlannedTarget
+from proactive_async._ratelimit import RateLimitBackend
+from proactive_async._records import Outcome, OutcomeStatus
+from proactive_async._report import CampaignSummary, LatencySample
+from proactive_async._retry import RetryPolicy
+from proactive_async._sender import ABORTED, MAX_THROTTLES, ChunkSender, make_outcome
+
+TEMPLATE = ProactiveConversationRequest(channel_id=1, bot_id=2, conversation_template_id=3)
+# No jitter: every backoff is exact (0.5 s, then 1 s, ...).
+POLICY = RetryPolicy(max_attempts=5, deadline=None, backoff_initial=0.5, jitter=0.0)
+
+Event = tuple[Any, ...]
+Reply = ApiResponse[list[Conversation]] | BaseException
+Handler = Callable[[dict[str, Any]], Reply]
+
+
+def phone(index: int) -> str:
+    return f"+5511{910000000 + index}"
+
+
+def targets(*lines: int) -> list[PlannedTarget]:
+    """Recipient targets whose number follows from their line."""
+    return [PlannedTarget(line=line, recipient=phone(line)) for line in lines]
+
+
+def chunk(*lines: int, variables: dict[str, Any] | None = None) -> Chunk:
+    return Chunk(variables=variables, targets=targets(*lines))
+
+
+def conversation(conversation_id: int, to: str) -> Conversation:
+    return Conversation(id=conversation_id, messages=[Message(to=to)])
+
+
+def answer(*conversations: Conversation) -> ApiResponse[list[Conversation]]:
+    return ApiResponse(list(conversations), 201, {}, 0.01, 1)
+
+
+def answer_each(body: dict[str, Any]) -> ApiResponse[list[Conversation]]:
+    """A success naming every recipient of the body, conversation id 1000 + its line."""
+    return answer(*(conversation(1000 + int(to[-3:]), to) for to in body.get("recipient", [])))
+
+
+# -- fakes -------------------------------------------------------------------------------
+
+
+class Hang:
+    """A scripted reply: the call never returns (until it is cancelled)."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+
+
+class FakeClient:
+    """``send_once`` replies from a script: a reply, an error to raise, or a handler."""
+
+    def __init__(self, log: list[Event], script: Sequence[Reply | Handler | Hang]) -> None:
+        self.log = log
+        self.script = list(script)
+        self.bodies: list[dict[str, Any]] = []
+
+    @property
+    def calls(self) -> int:
+        return len(self.bodies)
+
+    async def send_once(self, body: bytes, *, attempt: int = 1) -> ApiResponse[list[Conversation]]:
+        decoded: dict[str, Any] = msgspec.json.decode(body)
+        self.bodies.append(decoded)
+        self.log.append(("send", attempt, tuple(decoded.get("recipient", ()))))
+        if not self.script:
+            raise LookupError("the client was called more often than scripted")
+        step = self.script[0] if len(self.script) == 1 and callable(self.script[0]) else None
+        item = step if step is not None else self.script.pop(0)
+        if isinstance(item, Hang):
+            item.entered.set()
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+        reply = item(decoded) if callable(item) else item
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
+
+
+class FakeJournal:
+    """Records mark_in_flight / record / release, in order, into the shared log."""
+
+    resumed = False
+
+    def __init__(self, log: list[Event]) -> None:
+        self.log = log
+        self.recorded: list[Outcome] = []
+
+    async def lookup(self, lines: Sequence[int]) -> dict[int, JournalEntry]:
+        return {}
+
+    async def mark_in_flight(self, lines: Sequence[int]) -> None:
+        self.log.append(("mark", tuple(lines)))
+
+    async def release(self, lines: Sequence[int]) -> None:
+        self.log.append(("release", tuple(lines)))
+
+    async def record(self, outcomes: Sequence[Outcome]) -> None:
+        self.recorded.extend(outcomes)
+        self.log.append(("record", tuple(o.line for o in outcomes)))
+
+    async def flush(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+    def events(self, name: str) -> list[Event]:
+        return [e for e in self.log if e[0] == name]
+
+
+class FakeClock:
+    """Monotonic seconds that only move when told (or when slept)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+        self.on_sleep: Callable[[], None] | None = None
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float, /) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        if self.on_sleep is not None:
+            self.on_sleep()
+
+
+class FakeRateLimit:
+    """Records what it is told; ``acquire`` can move the clock (time spent waiting)."""
+
+    def __init__(self, log: list[Event], clock: FakeClock, acquire_takes: float = 0.0) -> None:
+        self.log = log
+        self.clock = clock
+        self.acquire_takes = acquire_takes
+
+    async def acquire(self, weight: float = 1.0) -> None:
+        self.clock.now += self.acquire_takes
+        self.log.append(("acquire", weight))
+
+    async def on_success(self, weight: float) -> None:
+        self.log.append(("on_success", weight))
+
+    async def on_throttle(self, weight: float, retry_after: float | None) -> None:
+        self.log.append(("on_throttle", weight, retry_after))
+
+    async def on_busy(self, seconds: float) -> None:
+        self.log.append(("on_busy", seconds))
+
+    @property
+    def rate(self) -> float | None:
+        return None
+
+
+@dataclass
+class Harness:
+    log: list[Event]
+    client: FakeClient
+    journal: FakeJournal
+    limit: FakeRateLimit | None
+    clock: FakeClock
+    sender: ChunkSender
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def named(self, *names: str) -> list[Event]:
+        return [e for e in self.log if e[0] in names]
+
+    def by_line(self) -> dict[int, Outcome]:
+        return {o.line: o for o in self.outcomes}
+
+
+def make(
+    *script: Reply | Handler | Hang,
+    retry: RetryPolicy = POLICY,
+    rate_limit: bool = True,
+    acquire_takes: float = 0.0,
+    latency: LatencySample | None = None,
+) -> Harness:
+    log: list[Event] = []
+    clock = FakeClock()
+    client = FakeClient(log, script)
+    journal = FakeJournal(log)
+    limit = FakeRateLimit(log, clock, acquire_takes) if rate_limit else None
+    outcomes: list[Outcome] = []
+
+    async def collect(outcome: Outcome, /) -> None:
+        outcomes.append(outcome)
+        log.append(("outcome", outcome.line, outcome.status))
+
+    sender = ChunkSender(
+        cast(AsyncClient, client),
+        TEMPLATE,
+        retry=retry,
+        rate_limit=limit,
+        journal=journal,
+        on_outcome=collect,
+        latency=latency,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    return Harness(log, client, journal, limit, clock, sender, outcomes)
+
+
+def assert_one_outcome_each(outcomes: Sequence[Outcome], sent: Sequence[PlannedTarget]) -> None:
+    lines = [o.line for o in outcomes]
+    assert sorted(lines) == sorted(t.line for t in sent), "each target exactly one outcome"
+
+
+# -- the fakes keep to the protocols -----------------------------------------------------
+
+
+def test_the_fakes_satisfy_the_journal_and_rate_limit_protocols() -> None:
+    h = make()
+    assert isinstance(h.journal, Journal)
+    assert isinstance(h.limit, RateLimitBackend)
+
+
+# -- order and success -------------------------------------------------------------------
+
+
+async def test_lines_are_marked_in_flight_after_acquire_and_before_the_call() -> None:
+    h = make(answer_each)
+    await h.sender.send(chunk(1, 2))
+    assert [e[0] for e in h.log] == [
+        "acquire",
+        "mark",
+        "send",
+        "on_success",
+        "record",
+        "outcome",
+        "outcome",
+    ]
+    assert h.log[0] == ("acquire", 2.0)
+    assert h.log[1] == ("mark", (1, 2))
+
+
+async def test_the_body_carries_the_template_the_targets_and_the_chunks_variables() -> None:
+    h = make(answer_each)
+    h.sender.template = msgspec.structs.replace(TEMPLATE, content_variables={"a": 1, "b": 1})
+    mixed = Chunk(
+        variables={"b": 2},
+        targets=[PlannedTarget(line=1, recipient=phone(1)), PlannedTarget(line=2, contact_id=77)],
+    )
+    await h.sender.send(mixed)
+    (body,) = h.client.bodies
+    assert body["channelId"] == 1 and body["botId"] == 2 and body["conversationTemplateId"] == 3
+    assert body["recipient"] == [phone(1)]
+    assert body["contactIds"] == [77]
+    assert body["contentVariables"] == {"a": 1, "b": 2}
+    assert h.named("acquire") == [("acquire", 2.0)]
+
+
+async def test_a_success_sends_each_target_with_the_conversation_that_names_its_number() -> None:
+    latency = LatencySample()
+    # The answer lists the conversations in the other order: matched by number, not position.
+    h = make(answer(conversation(502, phone(2)), conversation(501, phone(1))), latency=latency)
+    sent = targets(1, 2)
+    await h.sender.send(Chunk(variables=None, targets=sent))
+    assert_one_outcome_each(h.outcomes, sent)
+    by_line = h.by_line()
+    assert by_line[1].status is OutcomeStatus.SENT and by_line[1].conversation_ids == [501]
+    assert by_line[2].status is OutcomeStatus.SENT and by_line[2].conversation_ids == [502]
+    assert by_line[1].recipient == phone(1) and by_line[1].attempts == 1
+    assert h.named("on_success") == [("on_success", 2.0)]
+    assert [o.line for o in h.journal.recorded] == [1, 2]
+    assert latency.percentile(50) is not None
+
+
+async def test_a_success_naming_other_numbers_leaves_the_targets_unknown_unmatched() -> None:
+    h = make(answer(conversation(900, "+5521988887777")))
+    sent = targets(1, 2)
+    await h.sender.send(Chunk(variables=None, targets=sent))
+    assert_one_outcome_each(h.outcomes, sent)
+    for outcome in h.outcomes:
+        assert outcome.status is OutcomeStatus.UNKNOWN
+        assert outcome.error is not None and outcome.error.kind == "unmatched"
+        assert outcome.conversation_ids == []
+    assert [o.line for o in h.journal.recorded] == [1, 2]  # durable: never resent
+
+
+async def test_a_partial_answer_sends_the_named_target_and_leaves_the_other_unknown() -> None:
+    h = make(answer(conversation(501, phone(1))))
+    sent = targets(1, 2)
+    await h.sender.send(Chunk(variables=None, targets=sent))
+    assert_one_outcome_each(h.outcomes, sent)
+    assert h.by_line()[1].status is OutcomeStatus.SENT
+    assert h.by_line()[2].status is OutcomeStatus.UNKNOWN
+
+
+# -- 429 and 503 -------------------------------------------------------------------------
+
+
+async def test_a_429_tells_the_rate_limit_its_weight_and_retry_after_then_retries() -> None:
+    h = make(RateLimitError("slow down", status=429, retry_after=1.5), answer_each)
+    sent = targets(1, 2, 3)
+    await h.sender.send(Chunk(variables=None, targets=sent))
+    assert_one_outcome_each(h.outcomes, sent)
+    assert all(o.status is OutcomeStatus.SENT and o.attempts == 2 for o in h.outcomes)
+    assert h.named("acquire", "on_throttle", "send", "mark") == [
+        ("acquire", 3.0),
+        ("mark", (1, 2, 3)),
+        ("send", 1, (phone(1), phone(2), phone(3))),
+        ("on_throttle", 3.0, 1.5),
+        ("acquire", 3.0),
+        ("send", 2, (phone(1), phone(2), phone(3))),
+    ]
+    # The wait is the rate limit's shared pause, not a sleep of the sender's own.
+    assert h.clock.sleeps == []
+
+
+async def test_429s_do_not_use_up_the_policys_attempts() -> None:
+    throttled = RateLimitError("slow down", status=429, retry_after=0.1)
+    h = make(
+        throttled,
+        throttled,
+        ConnectError("refused"),
+        answer_each,
+        retry=RetryPolicy(max_attempts=2, deadline=None, backoff_initial=0.5, jitter=0.0),
+    )
+    sent = targets(1)
+    await h.sender.send(Chunk(variables=None, targets=sent))
+    # Two 429s and one connect error: the connect error is the policy's first failure.
+    assert_one_outcome_each(h.outcomes, sent)
+    assert h.outcomes[0].status is OutcomeStatus.SENT
+    assert h.outcomes[0].attempts == 4
+    assert h.client.calls == 4
+
+
+async def test_a_retry_after_above_the_cap_fails_the_chunk_and_pauses_nobody() -> None:
+    policy = RetryPolicy(max_retry_after=10.0, deadline=None, jitter=0.0)
+    h = make(RateLimitError("go away", status=429, retry_after=60.0), retry=policy)
+    sent = targets(1, 2)
+    await h.sender.send(Chunk(variables=None, targets=sent))
+    assert_one_outcome_each(h.outcomes, sent)
+    for outcome in h.outcomes:
+        assert outcome.status is OutcomeStatus.FAILED
+        assert outcome.error is not None
+        assert (outcome.error.kind, outcome.error.status) == ("RateLimitError", 429)
+    assert h.named("on_throttle", "on_busy") == []
+    assert h.client.calls == 1
+    assert h.clock.sleeps == []
+    assert h.sender.aborted is None
+    assert [o.line for o in h.journal.recorded] == [1, 2]
+
+
+async def test_a_chunk_meeting_max_throttles_429s_ends_failed() -> None:
+    h = make(lambda body: RateLimitError("slow down", status=429, retry_after=0.0))
+    sent = targets(1)
+    await h.sender.send(Chunk(variables=None, targets=sent))
+    assert_one_outcome_each(h.outcomes, sent)
+    assert h.outcomes[0].status is OutcomeStatus.FAILED
+    assert h.client.calls == MAX_THROTTLES
+    assert h.sender.summary.throttled == MAX_THROTTLES
+    assert h.sender.aborted is None  # the clock never moved: not "throttled too long"
+
+
+async def test_429s_with_no_call_accepted_for_max_retry_after_abort_the_sender() -> None:
+    policy = RetryPolicy(max_retry_after=10.0, deadline=None, jitter=0.0)
+    # Each acquire takes 6 s (the shared pause): the third 429 is 12 s after the first.
+    h = make(
+        lambda body: RateLimitError("slow down", status=429, retry_after=1.0),
+        retry=policy,
+        acquire_takes=6.0,
+    )
+    sent = targets(1, 2)
+    await h.sender.send(Chunk(variables=None, targets=sent))
+    assert h.client.calls == 3
+    assert isinstance(h.sender.aborted, RateLimitError)
+    assert h.sender.summary.aborted is not None
+    assert_one_outcome_each(h.outcomes, sent)
+    assert all(o.status is OutcomeStatus.FAILED for o in h.outcomes)
+    # Certainly not processed: left unfinished in the journal for a resume.
+    assert h.journal.events("record") == []
+    assert h.journal.events("release") == [("release", (1, 2))]
+
+
+async def test_a_503_tells_the_rate_limit_it_is_busy_and_retries() -> None:
+    h = make(ServiceUnavailableError("busy", status=503, retry_after=3.0), answer_each)
+    sent = targets(1, 2)
+    await h.sender.send(Chunk(variables=None, targets=sent))
+    assert_one_outcome_each(h.outcomes, sent)
+    assert all(o.status is OutcomeStatus.SENT and o.attempts == 2 for o in h.outcomes)
+    assert h.named("on_busy", "on_throttle") == [("on_busy", 3.0)]
+    assert h.clock.sleeps == []  # the shared pause waits, not the sender
+    assert h.named("mark") == [("mark", (1, 2))]
+
+
+async def test_a_503_without_retry_after_pauses_for_the_policys_backoff() -> None:
+    h = make(ServiceUnavailableError("busy", status=503), answer_each)
+    await h.sender.send(chunk(1))
+    assert h.named("on_busy") == [("on_busy", 0.5)]
+    assert h.outcomes[0].status is OutcomeStatus.SENT
+
+
+# -- other failures ----------------------------------------------------------------------
+
+
+async def test_a_connect_error_is_retried_after_a_backoff_and_the_chunk_is_sent() -> None:
+    h = make(ConnectError("refused"), answer_each)
+    sent = targets(1, 2)
+    await h.sender.send(Chunk(variables=None, targets=sent))
+    assert_one_outcome_each(h.outcomes, sent)
+    assert all(o.status is OutcomeStatus.SENT and o.attempts == 2 for o in h.outcomes)
+    assert h.clock.sleeps == [0.5]
+    assert h.named("on_throttle", "on_busy") == []
+    # Marked once, before the first attempt; the retry needs no second mark.
+    assert [e[0] for e in h.named("acquire", "mark", "send")] == [
+        "acquire",
+        "mark",
+        "send",
+        "acquire",
+        "send",
+    ]
+
+
+async def test_connect_errors_past_the_attempt_budget_fail_the_chunk() -> None:
+    policy = RetryPolicy(max_attempts=3, deadline=None, backoff_initial=0.5, jitter=0.0)
+    h = make(lambda body: ConnectError("refused"), retry=policy)
+    sent = targets(1, 2)
+    await h.sender.send(Chunk(variables=None, targets=sent))
+    assert h.client.calls == 3
+    assert h.clock.sleeps == [0.5, 1.0]
+    assert_one_outcome_each(h.outcomes, sent)
+    assert all(o.status is OutcomeStatus.FAILED and o.attempts == 3 for o in h.outcomes)
+    assert [o.line for o in h.journal.recorded] == [1, 2]
+
+
+async def test_a_500_is_unknown_and_never_retried_by_default() -> None:
+    h = make(ServerError("boom", status=500), answer_each)
+    sent = targets(1, 2)
+    await h.sender.send(Chunk(variables=None, targets=sent))
+    assert h.client.calls == 1
+    assert_one_outcome_each(h.outcomes, sent)
+    for outcome in h.outcomes:
+        assert outcome.status is OutcomeStatus.UNKNOWN
+        assert outcome.error is not None
+        assert (outcome.error.kind, outcome.error.status) == ("ServerError", 500)
+    assert [o.line for o in h.journal.recorded] == [1, 2]
+
+
+async def test_a_500_is_retried_when_the_policy_retries_ambiguous_failures() -> None:
+    policy = RetryPolicy(retry_ambiguous=True, deadline=None, backoff_initial=0.5, jitter=0.0)
+    h = make(ServerError("boom", status=500), answer_each, retry=policy)
+    sent = targets(1, 2)
+    await h.sender.send(Chunk(variables=None, targets=sent))
+    assert h.client.calls == 2
+    assert h.clock.sleeps == [0.5]
+    assert_one_outcome_each(h.outcomes, sent)
+    assert all(o.status is OutcomeStatus.SENT for o in h.outcomes)
+
+
+async def test_a_400_after_a_retried_ambiguous_failure_is_unknown_and_not_bisected() -> None:
+    """The 500 may have created the conversations: the 400 does not make them 'failed'."""
+    policy = RetryPolicy(retry_ambiguous=True, deadline=None, backoff_initial=0.5, jitter=0.0)
+    h = make(
+        ServerError("boom", status=500),
+        BadRequestError("already started", status=400),
+        answer_each,
+        retry=policy,
+    )
+    sent = targets(1, 2)
+    await h.sender.send(Chunk(variables=None, targets=sent))
+    assert h.client.calls == 2  # no half is sent again
+    assert_one_outcome_each(h.outcomes, sent)
+    assert all(o.status is OutcomeStatus.UNKNOWN for o in h.outcomes)
+
+
+async def test_a_400_bisects_until_the_bad_target_alone_fails() -> None:
+    bad = phone(3)
+
+    def reply(body: dict[str, Any]) -> Reply:
+        if bad in body["recipient"]:
+            return BadRequestError("invalid recipient", status=400)
+        return answer_each(body)
+
+    h = make(reply)
+    sent = targets(1, 2, 3, 4)
+    await h.sender.send(Chunk(variables=None, targets=sent))
+    assert_one_outcome_each(h.outcomes, sent)
+    by_line = h.by_line()
+    assert by_line[3].status is OutcomeStatus.FAILED
+    assert by_line[3].error is not None
+    assert (by_line[3].error.kind, by_line[3].error.status) == ("BadRequestError", 400)
+    for line in (1, 2, 4):
+        assert by_line[line].status is OutcomeStatus.SENT
+        assert by_line[line].conversation_ids == [1000 + line]
+    assert [e[2] for e in h.named("send")] == [
+        (phone(1), phone(2), phone(3), phone(4)),
+        (phone(1), phone(2)),
+        (phone(3), phone(4)),
+        (phone(3),),
+        (phone(4),),
+    ]
+    assert [e[1] for e in h.named("acquire")] == [4.0, 2.0, 2.0, 1.0, 1.0]
+    # Every half is marked in flight before its own call.
+    assert [e[0] for e in h.named("mark", "send")] == ["mark", "send"] * 5
+    assert h.sender.summary.retries == 0  # a half is a new chunk, not a retry
+
+
+async def test_a_400_for_one_target_fails_it_without_a_retry() -> None:
+    h = make(BadRequestError("invalid", status=400), answer_each)
+    await h.sender.send(chunk(7))
+    assert h.client.calls == 1
+    assert h.outcomes[0].status is OutcomeStatus.FAILED
+
+
+# -- abort, stop, cancellation, bugs -----------------------------------------------------
+
+
+async def test_a_401_aborts_fails_the_chunk_unrecorded_and_sends_nothing_more() -> None:
+    h = make(AuthenticationError("bad token", status=401), answer_each)
+    first = targets(1, 2)
+    await h.sender.send(Chunk(variables=None, targets=first))
+    assert isinstance(h.sender.aborted, AuthenticationError)
+    assert (
+        h.sender.summary.aborted is not None and "AuthenticationError" in h.sender.summary.aborted
+    )
+    assert_one_outcome_each(h.outcomes, first)
+    for outcome in h.outcomes:
+        assert outcome.status is OutcomeStatus.FAILED
+        assert outcome.error is not None
+        assert (outcome.error.kind, outcome.error.status) == ("AuthenticationError", 401)
+    assert h.journal.events("release") == [("release", (1, 2))]
+    assert h.journal.events("record") == []
+
+    h.outcomes.clear()
+    second = targets(3, 4)
+    await h.sender.send(Chunk(variables=None, targets=second))
+    assert h.client.calls == 1  # no new call
+    assert h.named("acquire") == [("acquire", 2.0)]  # nor waits for the rate limit
+    assert_one_outcome_each(h.outcomes, second)
+    for outcome in h.outcomes:
+        assert outcome.status is OutcomeStatus.FAILED
+        assert outcome.error is not None and outcome.error.kind == ABORTED
+    assert h.journal.events("release") == [("release", (1, 2)), ("release", (3, 4))]
+    assert h.journal.events("record") == []  # still unfinished: a resume sends them
+
+
+async def test_stop_before_the_first_attempt_makes_no_call_no_mark_and_no_outcome() -> None:
+    h = make(answer_each)
+    h.sender.stop()
+    assert h.sender.stopping
+    await h.sender.send(chunk(1, 2))
+    assert h.client.calls == 0
+    assert h.named("mark", "record", "release") == []
+    assert h.outcomes == []
+
+
+async def test_stop_during_a_backoff_after_an_unprocessed_attempt_leaves_the_chunk_unsent() -> None:
+    h = make(ConnectError("refused"), answer_each)
+    h.clock.on_sleep = h.sender.stop
+    await h.sender.send(chunk(1, 2))
+    assert h.client.calls == 1
+    assert h.outcomes == []
+    assert h.journal.events("release") == [("release", (1, 2))]
+    assert h.journal.events("record") == []
+    assert h.sender.summary.pending == 2
+
+
+async def test_stop_during_a_backoff_after_an_ambiguous_attempt_leaves_the_chunk_unknown() -> None:
+    policy = RetryPolicy(retry_ambiguous=True, deadline=None, backoff_initial=0.5, jitter=0.0)
+    h = make(ServerError("boom", status=500), answer_each, retry=policy)
+    h.clock.on_sleep = h.sender.stop
+    sent = targets(1, 2)
+    await h.sender.send(Chunk(variables=None, targets=sent))
+    assert h.client.calls == 1
+    assert_one_outcome_each(h.outcomes, sent)
+    assert all(o.status is OutcomeStatus.UNKNOWN and o.error == INTERRUPTED for o in h.outcomes)
+    assert [o.line for o in h.journal.recorded] == [1, 2]
+
+
+async def test_cancelled_during_the_call_every_target_is_unknown_and_the_cancel_propagates() -> (
+    None
+):
+    hang = Hang()
+    h = make(hang)
+    sent = targets(1, 2, 3)
+    task = asyncio.create_task(h.sender.send(Chunk(variables=None, targets=sent)))
+    await hang.entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert_one_outcome_each(h.outcomes, sent)
+    assert all(o.status is OutcomeStatus.UNKNOWN and o.error == INTERRUPTED for o in h.outcomes)
+    assert [o.line for o in h.journal.recorded] == [1, 2, 3]  # durable: never resent
+
+
+async def test_an_unexpected_exception_in_the_call_leaves_every_target_unknown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = make(RuntimeError("a bug"), answer_each)
+    sent = targets(1, 2)
+    with caplog.at_level(logging.ERROR, logger="proactive_async"):
+        await h.sender.send(Chunk(variables=None, targets=sent))
+    assert h.client.calls == 1  # the call may have gone out: never retried
+    assert_one_outcome_each(h.outcomes, sent)
+    for outcome in h.outcomes:
+        assert outcome.status is OutcomeStatus.UNKNOWN
+        assert outcome.error is not None
+        assert (outcome.error.kind, outcome.error.message) == ("RuntimeError", "a bug")
+    assert [o.line for o in h.journal.recorded] == [1, 2]
+    assert "unexpected error" in caplog.text
+
+
+# -- counters and no rate limit -----------------------------------------------------------
+
+
+async def test_the_summary_counts_calls_retries_and_throttles() -> None:
+    summary = CampaignSummary()
+    h = make(
+        RateLimitError("slow down", status=429, retry_after=0.1),
+        ConnectError("refused"),
+        answer_each,
+    )
+    h.sender.summary = summary
+    await h.sender.send(chunk(1, 2))
+    await h.sender.send(chunk(3))
+    assert (summary.calls, summary.retries, summary.throttled) == (4, 2, 1)
+    assert summary.pending == 0 and summary.aborted is None
+
+
+async def test_without_a_rate_limit_every_wait_is_the_senders_own_sleep() -> None:
+    h = make(
+        RateLimitError("slow down", status=429, retry_after=2.0),
+        ConnectError("refused"),
+        ServiceUnavailableError("busy", status=503),
+        answer_each,
+        rate_limit=False,
+    )
+    sent = targets(1, 2)
+    await h.sender.send(Chunk(variables=None, targets=sent))
+    # The 429's Retry-After, then backoff(1) and backoff(2): the 429 used no attempt.
+    assert h.clock.sleeps == [2.0, 0.5, 1.0]
+    assert_one_outcome_each(h.outcomes, sent)
+    assert all(o.status is OutcomeStatus.SENT and o.attempts == 4 for o in h.outcomes)
+    assert h.named("mark") == [("mark", (1, 2))]
+
+
+async def test_without_a_journal_the_outcomes_still_reach_the_callback() -> None:
+    h = make(answer_each)
+    h.sender.journal = None
+    sent = targets(1, 2)
+    await h.sender.send(Chunk(variables=None, targets=sent))
+    assert_one_outcome_each(h.outcomes, sent)
+    assert h.named("mark", "record", "release") == []
+
+
+def test_make_outcome_copies_the_target_and_defaults_to_no_conversations() -> None:
+    target = PlannedTarget(line=9, contact_id=44, raw="x")
+    outcome = make_outcome(target, OutcomeStatus.FAILED, attempts=2)
+    assert (outcome.line, outcome.recipient, outcome.contact_id) == (9, None, 44)
+    assert outcome.conversation_ids == []
+    assert outcome.attempts == 2
+    assert outcome.error is None
