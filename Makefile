@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench lint typecheck clean venv
+.PHONY: test demo bench lint typecheck clean venv servers
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy proactive_async
 
-test: lint typecheck
+# The servers the tests start on their own free ports (redis-server), installed if missing.
+servers:
+	bash scripts/ensure-servers.sh
+
+test: lint typecheck servers
 	rm -f .coverage .coverage.*
 	$(BIN)/coverage run -m pytest
 	$(BIN)/coverage combine --quiet

@@ -57,6 +57,7 @@ from ._models import (
 )
 from ._options import CampaignOptions
 from ._ratelimit import RateLimit, RateLimitBackend
+from ._ratelimit_redis import SharedRateLimit, default_limit_key
 from ._records import Outcome, OutcomeError, OutcomeStatus, Record, Target
 from ._report import CampaignSummary
 from ._retry import RetryPolicy, is_safe_to_retry, parse_retry_after
@@ -108,6 +109,7 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "ServiceUnavailableError",
+    "SharedRateLimit",
     "TLSError",
     "Tag",
     "Target",
@@ -115,6 +117,7 @@ __all__ = [
     "TransportError",
     "UnprocessableEntityError",
     "__version__",
+    "default_limit_key",
     "is_safe_to_retry",
     "mask_phone",
     "open_journal",

@@ -74,3 +74,21 @@ def tls_ca(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     ca_file = tmp_path_factory.mktemp("tls") / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     return SimpleNamespace(server_context=server_context, ca_file=str(ca_file))
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real redis-server for the session (installed by scripts/ensure-servers.sh)."""
+    import os
+
+    from _redis import RedisServer, find_redis_server
+
+    executable = find_redis_server()
+    if executable is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing: scripts/ensure-servers.sh installs it")
+        pytest.skip("redis-server is missing: run scripts/ensure-servers.sh (make test does)")
+    server = RedisServer(executable, tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
