@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Final, NoReturn
+from typing import IO, Any, Final, Literal, NoReturn
 
 import msgspec
 from rich.console import Console
@@ -47,6 +47,7 @@ from ._journal import open_journal
 from ._models import ProactiveConversationRequest
 from ._options import CampaignOptions
 from ._progress import PlainProgress, ProgressDisplay, ProgressWatcher, RichProgress
+from ._ratelimit_redis import SharedRateLimit, default_limit_key
 from ._records import OutcomeStatus
 from ._report import CampaignSummary
 from ._version import __version__
@@ -100,6 +101,18 @@ class CampaignSettings:
     report: str | None = None
     progress: bool = True
     ca_file: str | None = None
+    shared_limit: SharedLimitSettings | None = None
+    """Set: the rate limit is shared through Redis (``--redis-url``)."""
+
+
+@dataclass(frozen=True)
+class SharedLimitSettings:
+    """``--redis-url`` and its companions: one limit for every process on the key."""
+
+    redis_url: str = field(repr=False)  # may hold a Redis password
+    key: str
+    on_redis_error: Literal["wait", "local"] = "wait"
+    processes: int = 1
 
 
 def _options_from_args(args: argparse.Namespace) -> CampaignOptions:
@@ -143,6 +156,29 @@ def _settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Cam
         report=args.report if args.report else _default_report_path(args.recipients_file),
         progress=not args.no_progress,
         ca_file=args.ca_file,
+        shared_limit=_shared_limit_from_args(args, env, base_url),
+    )
+
+
+def _shared_limit_from_args(
+    args: argparse.Namespace, env: Mapping[str, str], base_url: str
+) -> SharedLimitSettings | None:
+    redis_url = args.redis_url or env.get("PROACTIVE_REDIS_URL")
+    if not redis_url:
+        if args.limit_key:
+            raise UsageError("--limit-key names a shared limit: give --redis-url too")
+        return None
+    if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise UsageError("--redis-url must start with redis://, rediss:// or unix://")
+    if args.calls_per_second is not None:
+        raise UsageError("--calls-per-second is not shared through Redis: use --rate")
+    if args.no_adaptive and args.rate is None:
+        raise UsageError("a shared limit needs --rate, or the adaptive mode (no --no-adaptive)")
+    return SharedLimitSettings(
+        redis_url=redis_url,
+        key=args.limit_key or default_limit_key(base_url, args.channel_id),
+        on_redis_error="local" if args.processes else "wait",
+        processes=args.processes or 1,
     )
 
 
@@ -241,8 +277,11 @@ class CampaignResult:
 async def run_campaign(settings: CampaignSettings, *, stderr: Console) -> CampaignResult:
     """Run one campaign with progress and signal handling; user-fixable errors: UsageError."""
     client = _make_client(settings)
-    async with client:
-        campaign = _make_campaign(client, settings)
+    shared = _make_shared_limit(settings)
+    async with client, contextlib.AsyncExitStack() as stack:
+        if shared is not None:
+            stack.push_async_callback(shared.aclose)
+        campaign = _make_campaign(client, settings, shared)
         try:
             await _check_journal(campaign, settings.journal)
             display = _make_display(settings.progress, campaign.total, stderr)
@@ -291,13 +330,41 @@ def _make_client(settings: CampaignSettings) -> AsyncClient:
         raise UsageError(str(exc)) from exc
 
 
-def _make_campaign(client: AsyncClient, settings: CampaignSettings) -> Campaign:
+def _make_shared_limit(settings: CampaignSettings) -> SharedRateLimit | None:
+    shared = settings.shared_limit
+    if shared is None:
+        return None
+    options = settings.options
+    try:
+        return SharedRateLimit(
+            shared.redis_url,
+            key=shared.key,
+            rate=options.rate,
+            burst=options.burst,
+            tuning=options.tuning,
+            on_redis_error=shared.on_redis_error,
+            processes=shared.processes,
+        )
+    except (ValueError, ImportError) as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _make_campaign(
+    client: AsyncClient, settings: CampaignSettings, shared: SharedRateLimit | None = None
+) -> Campaign:
+    options = settings.options
+    if shared is not None:
+        # The pace is the shared limit's: the options keep no local one.
+        options = dataclasses.replace(
+            options, rate=None, burst=None, calls_per_second=None, adaptive=None
+        )
     try:
         return Campaign(
             client,
             template=settings.template,
             targets=settings.targets,
-            options=settings.options,
+            options=options,
+            rate_limit=shared,
             journal=settings.journal,
             report=settings.report,
         )
@@ -645,6 +712,25 @@ def _add_pace_options(p: argparse.ArgumentParser) -> None:
         type=_positive_float,
         metavar="N",
         help="token bucket size in targets (default: one second of --rate)",
+    )
+    pace.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="share the rate limit through Redis with every process on the same key "
+        "(default: $PROACTIVE_REDIS_URL); --rate is then the total for all of them",
+    )
+    pace.add_argument(
+        "--limit-key",
+        metavar="KEY",
+        help="the shared limit's name (default: from the API host and the channel id, "
+        "so campaigns on one channel share it)",
+    )
+    pace.add_argument(
+        "--processes",
+        type=_positive_int,
+        metavar="N",
+        help="with --redis-url: if Redis is unreachable, pace locally at --rate / N "
+        "(default: wait for Redis; never send unpaced)",
     )
     pace.add_argument(
         "--no-adaptive",
