@@ -29,6 +29,7 @@ __all__ = [
     "CampaignIdentity",
     "Journal",
     "JournalEntry",
+    "SecretScrubber",
     "check_identity",
     "interrupted_outcome",
     "kept_secrets",
@@ -160,7 +161,8 @@ async def open_journal(
 ) -> Journal:
     """Open (create, or resume) the journal at ``location``: a file path or a URL.
 
-    ``campaign.db`` or ``sqlite:///campaign.db``: the SQLite journal. Raises
+    ``campaign.db`` or ``sqlite:///campaign.db``: the SQLite journal;
+    ``postgresql://user@host/db?campaign=NAME``: the PostgreSQL journal. Raises
     :class:`JournalError` for a scheme no installed backend handles.
     """
     from ._journal_sqlite import SQLiteJournal  # a backend is imported when used
@@ -172,10 +174,22 @@ async def open_journal(
     if scheme == "sqlite":
         return await SQLiteJournal.open(rest, identity, secrets=secrets)
     if scheme in ("postgres", "postgresql"):
-        raise JournalError(
-            "a PostgreSQL journal needs the postgres backend, which this version lacks"
-        )
+        from ._journal_pg import PostgresJournal
+
+        return await PostgresJournal.open(text, identity, secrets=secrets)
     raise JournalError(f"no journal backend for {scheme}:// (a path or sqlite:/// is)")
+
+
+class SecretScrubber:
+    """Replaces the JSON-encoded forms of secrets in encoded outcomes before they are stored."""
+
+    def __init__(self, secrets: Collection[str]) -> None:
+        self._forms = tuple(msgspec.json.encode(secret)[1:-1] for secret in secrets)
+
+    def scrub(self, encoded: bytes) -> bytes:
+        for form in self._forms:
+            encoded = encoded.replace(form, b"[redacted]")
+        return encoded
 
 
 def kept_secrets(secrets: Collection[str]) -> tuple[str, ...]:

@@ -37,6 +37,7 @@ from ._journal import (
     IN_FLIGHT,
     CampaignIdentity,
     JournalEntry,
+    SecretScrubber,
     check_identity,
     kept_secrets,
     refuse_secrets,
@@ -146,7 +147,7 @@ class SQLiteJournal:
         self._conn = conn
         self._executor = executor
         # The JSON forms of the secrets, as they would appear in an encoded outcome.
-        self._secrets = tuple(_ENCODER.encode(secret)[1:-1] for secret in secrets)
+        self._scrubber = SecretScrubber(secrets)
         # Guards the connection between the worker thread and counts().
         self._lock = threading.Lock()
         # Outcomes recorded since the last commit, each as its JSON object.
@@ -388,10 +389,8 @@ class SQLiteJournal:
                 raise JournalError(f"cannot write the journal {self.path}: {exc}") from exc
 
     def _redact(self, array: bytes) -> str:
-        for secret in self._secrets:
-            array = array.replace(secret, b"[redacted]")
         # str, not bytes: SQLite 3.45+ would read a BLOB as its binary JSONB.
-        return array.decode()
+        return self._scrubber.scrub(array).decode()
 
     def _locked_lookup(self, lines: list[int]) -> dict[int, JournalEntry]:
         with self._lock:

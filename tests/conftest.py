@@ -92,3 +92,21 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """A throwaway PostgreSQL for the session (installed by scripts/ensure-servers.sh)."""
+    import os
+
+    from _postgres import PostgresServer, find_pg_bin
+
+    bin_dir = find_pg_bin()
+    if bin_dir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is missing: scripts/ensure-servers.sh installs it")
+        pytest.skip("PostgreSQL is missing: run scripts/ensure-servers.sh (make test does)")
+    server = PostgresServer(bin_dir)
+    server.start()
+    yield server
+    server.stop()

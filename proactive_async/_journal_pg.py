@@ -1,0 +1,430 @@
+"""The PostgreSQL journal: campaign state in a database many processes can share.
+
+psycopg 3 (async) rather than asyncpg: it is the maintained successor of psycopg2 that
+most deployments already run, speaks libpq's URLs and environment (``PGPASSWORD``,
+``sslmode``) unchanged, and has COPY and pipelining from asyncio for bulk loads.
+
+Tables (created when missing):
+
+* ``proactive_campaign``: one row per campaign: its id, the identity it is checked
+  against (template, input fingerprint, planning options), created/planned/finished/
+  cancelled times.
+* ``proactive_record``: one row per input line that reached the sending stage (or, for a
+  distributed campaign, that was planned): ``state`` and the stored ``outcome`` (JSON,
+  with every secret scrubbed), and for a distributed campaign its ``chunk`` and target.
+
+States of a line and their transitions::
+
+    (no row) --mark--> in_flight --record--> sent | failed | unknown | rejected | duplicate
+    planned  --mark--> in_flight --release--> planned (certainly not processed)
+    (no row) --record--> rejected | duplicate          (final when planned)
+
+``in_flight`` is committed before the call is made; a line found ``in_flight`` by a later
+run whose sender is gone ended ``unknown`` (``interrupted``) and is never resent unless
+asked. Commits go through one writer connection in order; callers arriving during a
+commit share the next one (group commit). Reads use a second connection.
+
+A single-process campaign holds a session advisory lock on its campaign while the journal
+is open, so a second process opening the same campaign is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import msgspec
+
+from ._errors import JournalError
+from ._journal import (
+    IN_FLIGHT,
+    CampaignIdentity,
+    JournalEntry,
+    SecretScrubber,
+    check_identity,
+    kept_secrets,
+    refuse_secrets,
+)
+from ._records import Outcome
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["PLANNED", "PostgresJournal", "display_dsn", "split_location"]
+
+PLANNED: Final = "planned"
+"""A distributed campaign's line, stored and chunked, not yet sent."""
+DEFAULT_CAMPAIGN: Final = "default"
+_FLUSH_ROWS: Final = 2048
+_FLUSH_SECONDS: Final = 0.25
+_LOCK_NAMESPACE: Final = "proactive-async:"
+
+SCHEMA: Final = (
+    """CREATE TABLE IF NOT EXISTS proactive_campaign (
+        id text PRIMARY KEY,
+        template text NOT NULL,
+        input_fingerprint text NOT NULL,
+        options text NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        planned_at timestamptz,
+        finished_at timestamptz,
+        cancelled_at timestamptz,
+        chunks bigint NOT NULL DEFAULT 0,
+        records bigint NOT NULL DEFAULT 0
+    )""",
+    """CREATE TABLE IF NOT EXISTS proactive_record (
+        campaign_id text NOT NULL REFERENCES proactive_campaign (id) ON DELETE CASCADE,
+        line bigint NOT NULL,
+        state text NOT NULL,
+        outcome text,
+        chunk bigint,
+        target text,
+        PRIMARY KEY (campaign_id, line)
+    )""",
+    """CREATE INDEX IF NOT EXISTS proactive_record_chunk
+        ON proactive_record (campaign_id, chunk) WHERE chunk IS NOT NULL""",
+    """CREATE TABLE IF NOT EXISTS proactive_chunk (
+        campaign_id text NOT NULL REFERENCES proactive_campaign (id) ON DELETE CASCADE,
+        chunk bigint NOT NULL,
+        variables text,
+        state text NOT NULL DEFAULT 'queued',
+        PRIMARY KEY (campaign_id, chunk)
+    )""",
+)
+_MARK_SQL: Final = """
+    INSERT INTO proactive_record (campaign_id, line, state)
+    SELECT %s, line, 'in_flight' FROM (SELECT DISTINCT unnest(%s::bigint[]) AS line) AS m
+    ON CONFLICT (campaign_id, line) DO UPDATE SET state = 'in_flight', outcome = NULL
+"""
+_RELEASE_SQL: Final = (
+    "DELETE FROM proactive_record WHERE campaign_id = %s AND state = 'in_flight'"
+    " AND chunk IS NULL AND line = ANY(%s)",
+    "UPDATE proactive_record SET state = 'planned' WHERE campaign_id = %s"
+    " AND state = 'in_flight' AND chunk IS NOT NULL AND line = ANY(%s)",
+)
+_RECORD_SQL: Final = """
+    INSERT INTO proactive_record (campaign_id, line, state, outcome)
+    SELECT %s, line, state, outcome
+    FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS r (line, state, outcome)
+    ON CONFLICT (campaign_id, line)
+    DO UPDATE SET state = EXCLUDED.state, outcome = EXCLUDED.outcome
+"""
+_LOOKUP_SQL: Final = (
+    "SELECT line, state, outcome FROM proactive_record"
+    " WHERE campaign_id = %s AND line = ANY(%s) AND state <> 'planned'"
+)
+
+_ENCODER: Final = msgspec.json.Encoder()
+_OUTCOME: Final = msgspec.json.Decoder(Outcome)
+_Op = tuple[str, Any]
+
+
+def split_location(location: str) -> tuple[str, str]:
+    """``postgresql://...?campaign=NAME`` -> (the DSN without it, the campaign id)."""
+    parts = urlsplit(location)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    campaign = DEFAULT_CAMPAIGN
+    kept = []
+    for name, value in query:
+        if name == "campaign":
+            campaign = value
+        else:
+            kept.append((name, value))
+    if not campaign:
+        raise JournalError("the journal URL's campaign= is empty")
+    return urlunsplit(parts._replace(query=urlencode(kept))), campaign
+
+
+def display_dsn(dsn: str) -> str:
+    """The DSN with its password hidden, for messages."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def connect(dsn: str) -> psycopg.AsyncConnection[Any]:
+    """An autocommit connection; JournalError (never the password) when it cannot be had."""
+    try:
+        import psycopg
+    except ImportError as exc:  # pragma: no cover - the extra is in the dev install
+        raise JournalError(
+            "a PostgreSQL journal needs psycopg: pip install 'proactive-async[postgres]'"
+        ) from exc
+    try:
+        return await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    except psycopg.Error as exc:
+        raise JournalError(
+            f"cannot open the journal database {display_dsn(dsn)}: "
+            f"{type(exc).__name__}: {_first_line(exc)}"
+        ) from None
+
+
+async def ensure_schema(conn: psycopg.AsyncConnection[Any]) -> None:
+    async with conn.transaction():
+        # Concurrent first opens must not race on CREATE TABLE.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('proactive-async:schema'))")
+        for statement in SCHEMA:
+            await conn.execute(statement)
+
+
+async def open_campaign(
+    conn: psycopg.AsyncConnection[Any], campaign: str, identity: CampaignIdentity, where: str
+) -> bool:
+    """Create the campaign's row, or check it is this campaign; True when it has lines."""
+    async with conn.transaction():
+        cursor = await conn.execute(
+            "SELECT template, input_fingerprint, options FROM proactive_campaign"
+            " WHERE id = %s FOR UPDATE",
+            (campaign,),
+        )
+        row = await cursor.fetchone()
+        if row is None:
+            await conn.execute(
+                "INSERT INTO proactive_campaign (id, template, input_fingerprint, options)"
+                " VALUES (%s, %s, %s, %s)",
+                (campaign, identity.template, identity.input_fingerprint, identity.options),
+            )
+            return False
+        stored = dict(zip(("template", "input_fingerprint", "options"), row, strict=True))
+        check_identity(where, stored, identity)
+        cursor = await conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM proactive_record WHERE campaign_id = %s"
+            " AND state <> 'planned')",
+            (campaign,),
+        )
+        found = await cursor.fetchone()
+        return bool(found and found[0])
+
+
+class PostgresJournal:
+    """The durable state of one campaign in PostgreSQL (a ``Journal`` backend).
+
+    Usage::
+
+        journal = await PostgresJournal.open(
+            "postgresql://app@db/campaigns?campaign=spring-sale", identity,
+            secrets=client.secrets,
+        )
+
+    Parameters (of :meth:`open`):
+        location: a ``postgresql://`` URL; ``?campaign=NAME`` names the campaign in the
+            database (default ``default``), the rest is libpq's.
+        identity: the campaign's identity; another campaign's is refused.
+        secrets: strings never to be stored (the token).
+        exclusive: hold the campaign's advisory lock while open (a single-process
+            campaign); a distributed worker opens without it.
+    """
+
+    resumed: bool
+
+    def __init__(
+        self,
+        writer: psycopg.AsyncConnection[Any],
+        reader: psycopg.AsyncConnection[Any],
+        *,
+        campaign: str,
+        where: str,
+        resumed: bool,
+        secrets: tuple[str, ...],
+    ) -> None:
+        self.resumed = resumed
+        self.campaign = campaign
+        self.where = where
+        self._writer_conn = writer
+        self._reader = reader
+        self._scrubber = SecretScrubber(secrets)
+        self._ops: list[_Op] = []
+        self._buffered = 0
+        self._waiters: list[asyncio.Future[None]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._failure: JournalError | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        location: str,
+        identity: CampaignIdentity,
+        *,
+        secrets: Collection[str] = (),
+        exclusive: bool = True,
+    ) -> PostgresJournal:
+        kept = kept_secrets(secrets)
+        refuse_secrets(identity, kept)
+        dsn, campaign = split_location(os.fspath(location))
+        where = f"{display_dsn(dsn)} (campaign {campaign!r})"
+        writer = await connect(dsn)
+        reader: psycopg.AsyncConnection[Any] | None = None
+        try:
+            if exclusive and not await _try_lock(writer, campaign):
+                raise JournalError(
+                    f"the journal {where} is in use by another run; wait for it to end"
+                )
+            await ensure_schema(writer)
+            resumed = await open_campaign(writer, campaign, identity, where)
+            reader = await connect(dsn)
+        except BaseException:
+            await writer.close()
+            raise
+        return cls(writer, reader, campaign=campaign, where=where, resumed=resumed, secrets=kept)
+
+    async def __aenter__(self) -> PostgresJournal:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def lookup(self, lines: Sequence[int]) -> dict[int, JournalEntry]:
+        self._check_usable()
+        if not lines:
+            return {}
+        try:
+            cursor = await self._reader.execute(_LOOKUP_SQL, (self.campaign, list(lines)))
+            rows = await cursor.fetchall()
+        except Exception as exc:
+            raise self._error("read", exc) from None
+        return {row[0]: _entry(row) for row in rows}
+
+    async def mark_in_flight(self, lines: Sequence[int]) -> None:
+        self._check_usable()
+        if not lines:
+            return
+        self._ops.append(("mark", list(lines)))
+        await self._commit()
+
+    async def release(self, lines: Sequence[int]) -> None:
+        self._check_usable()
+        if lines:
+            self._ops.append(("release", list(lines)))
+            self._arm_timer()
+
+    async def record(self, outcomes: Sequence[Outcome]) -> None:
+        self._check_usable()
+        if not outcomes:
+            return
+        encoded = [self._scrubber.scrub(_ENCODER.encode(o)).decode() for o in outcomes]
+        lines = [o.line for o in outcomes]
+        states = [o.status.value for o in outcomes]
+        self._ops.append(("record", (lines, states, encoded)))
+        self._buffered += len(outcomes)
+        if self._buffered >= _FLUSH_ROWS:
+            await self._commit()
+        else:
+            self._arm_timer()
+
+    async def flush(self) -> None:
+        self._check_usable()
+        await self._commit()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._failure is None and (self._ops or self._writer is not None):
+                await self._commit(closing=True)
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+            await self._reader.close()
+            await self._writer_conn.close()  # also releases the advisory lock
+
+    # -- writing -----------------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        if self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(_FLUSH_SECONDS, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._ops and self._failure is None:
+            future = asyncio.ensure_future(self._commit(closing=True))
+            future.add_done_callback(_ignore_result)
+
+    async def _commit(self, *, closing: bool = False) -> None:
+        if not closing:
+            self._check_usable()
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_loop())
+        # Cancelling the caller does not withdraw its lines: they may still commit.
+        await asyncio.shield(waiter)
+
+    async def _write_loop(self) -> None:
+        while self._waiters:
+            ops, self._ops = self._ops, []
+            waiters, self._waiters = self._waiters, []
+            self._buffered = 0
+            try:
+                await self._write(ops)
+            except Exception as exc:
+                failure = self._error("write", exc)
+                self._failure = failure
+                for waiter in waiters + self._waiters:
+                    if not waiter.done():
+                        waiter.set_exception(failure)
+                self._waiters = []
+                return
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def _write(self, ops: list[_Op]) -> None:
+        if not ops:
+            return
+        conn = self._writer_conn
+        campaign = self.campaign
+        async with conn.transaction():
+            for kind, payload in ops:  # in call order: a later op wins
+                if kind == "mark":
+                    await conn.execute(_MARK_SQL, (campaign, payload))
+                elif kind == "release":
+                    for statement in _RELEASE_SQL:
+                        await conn.execute(statement, (campaign, payload))
+                else:
+                    lines, states, encoded = payload
+                    await conn.execute(_RECORD_SQL, (campaign, lines, states, encoded))
+
+    def _check_usable(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._closed:
+            raise JournalError(f"the journal {self.where} is closed")
+
+    def _error(self, what: str, exc: Exception) -> JournalError:
+        return JournalError(
+            f"cannot {what} the journal {self.where}: {type(exc).__name__}: {_first_line(exc)}"
+        )
+
+
+async def _try_lock(conn: psycopg.AsyncConnection[Any], campaign: str) -> bool:
+    cursor = await conn.execute(
+        "SELECT pg_try_advisory_lock(hashtext(%s))", (_LOCK_NAMESPACE + campaign,)
+    )
+    row = await cursor.fetchone()
+    return bool(row and row[0])
+
+
+def _entry(row: tuple[Any, ...]) -> JournalEntry:
+    line, state, outcome = row
+    if state == IN_FLIGHT or outcome is None:
+        return JournalEntry(line=line, state=IN_FLIGHT)
+    return JournalEntry(line=line, state=state, outcome=_OUTCOME.decode(outcome))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _ignore_result(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()  # read, so that a failure is not "never retrieved"

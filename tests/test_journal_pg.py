@@ -1,0 +1,95 @@
+"""What is particular to the PostgreSQL journal (the protocol is tested by the conformance
+suite): campaign names in one database, no password in messages, a campaign resumed."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from proactive_async import (
+    AsyncClient,
+    Campaign,
+    JournalError,
+    JournalMismatchError,
+    ProactiveConversationRequest,
+    open_journal,
+)
+from proactive_async._journal import CampaignIdentity
+from proactive_async._journal_pg import display_dsn, split_location
+from proactive_async.simulator import Simulator, SimulatorConfig
+
+IDENTITY = CampaignIdentity.build({"channelId": 1}, input_fingerprint="x")
+TEMPLATE = ProactiveConversationRequest(channel_id=1, bot_id=2, conversation_template_id=3)
+
+
+@pytest.fixture
+def dsn(postgres_server: Any) -> str:
+    return str(postgres_server.create_database(f"pg_{uuid.uuid4().hex[:10]}"))
+
+
+def test_the_campaign_name_is_taken_out_of_the_url_and_the_rest_kept() -> None:
+    assert split_location("postgresql://u@h/db?sslmode=disable&campaign=spring") == (
+        "postgresql://u@h/db?sslmode=disable",
+        "spring",
+    )
+    assert split_location("postgresql://u@h/db")[1] == "default"
+    with pytest.raises(JournalError, match="campaign"):
+        split_location("postgresql://u@h/db?campaign=")
+
+
+def test_a_password_is_never_shown() -> None:
+    assert display_dsn("postgresql://app:s3cret@db:5432/x") == "postgresql://app:***@db:5432/x"
+
+
+async def test_a_refused_connection_names_the_database_but_not_its_password() -> None:
+    with pytest.raises(JournalError) as caught:
+        await open_journal("postgresql://app:hunter2-pw@127.0.0.1:1/none", IDENTITY)
+    assert "127.0.0.1:1" in str(caught.value) and "hunter2-pw" not in str(caught.value)
+
+
+async def test_two_campaigns_live_side_by_side_in_one_database(dsn: str) -> None:
+    other = CampaignIdentity.build({"channelId": 2}, input_fingerprint="y")
+    first = await open_journal(f"{dsn}?campaign=a", IDENTITY)
+    second = await open_journal(f"{dsn}?campaign=b", other)  # not locked by the first
+    await first.mark_in_flight([1])
+    await second.mark_in_flight([1, 2])
+    assert list(await first.lookup([1, 2])) == [1]
+    await first.aclose()
+    await second.aclose()
+    with pytest.raises(JournalMismatchError, match="campaign 'a'"):
+        await open_journal(f"{dsn}?campaign=a", other)
+
+
+async def test_a_campaign_killed_half_way_resumes_from_a_postgresql_journal(
+    dsn: str, tmp_path: Path
+) -> None:
+    """The single-process campaign with --journal postgresql://: nothing sent twice."""
+    numbers = [f"+55119{index:08d}" for index in range(300)]
+    journal = f"{dsn}?campaign=resume"
+    config = SimulatorConfig(token="t" * 16)
+    async with Simulator(config) as sim, AsyncClient(sim.url, "t" * 16) as client:
+        first = Campaign(client, template=TEMPLATE, targets=numbers, chunk_size=10, journal=journal)
+        seen = 0
+        async for _ in first:
+            seen += 1
+            if seen == 100:
+                first.stop()
+        second = Campaign(
+            client, template=TEMPLATE, targets=numbers, chunk_size=10, journal=journal
+        )
+        summary = await second.run()
+        processed = sim.audit.snapshot()
+    assert summary.records == 300
+    assert summary.resumed >= 100
+    assert all(count == 1 for count in processed.values())
+    assert len(processed) == 300
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT state, count(*) FROM proactive_record WHERE campaign_id = 'resume'"
+            " GROUP BY state"
+        ).fetchall()
+    assert dict(rows) == {"sent": 300}
