@@ -72,6 +72,7 @@ SCHEMA: Final = (
         planned_at timestamptz,
         finished_at timestamptz,
         cancelled_at timestamptz,
+        settings text NOT NULL DEFAULT '{}',
         chunks bigint NOT NULL DEFAULT 0,
         records bigint NOT NULL DEFAULT 0
     )""",
@@ -81,7 +82,8 @@ SCHEMA: Final = (
         state text NOT NULL,
         outcome text,
         chunk bigint,
-        target text,
+        recipient text,
+        contact_id bigint,
         PRIMARY KEY (campaign_id, line)
     )""",
     """CREATE INDEX IF NOT EXISTS proactive_record_chunk
@@ -178,11 +180,17 @@ async def open_campaign(
     """Create the campaign's row, or check it is this campaign; True when it has lines."""
     async with conn.transaction():
         cursor = await conn.execute(
-            "SELECT template, input_fingerprint, options FROM proactive_campaign"
-            " WHERE id = %s FOR UPDATE",
+            "SELECT template, input_fingerprint, options, planned_at IS NOT NULL"
+            " FROM proactive_campaign WHERE id = %s FOR UPDATE",
             (campaign,),
         )
         row = await cursor.fetchone()
+        if row is not None and row[3]:
+            # Its chunks belong to the workers: a second sender here would not be fenced.
+            raise JournalError(
+                f"{where} is a distributed campaign (enqueued for workers): follow it with "
+                "`proactive-async status`, not a one-process run"
+            )
         if row is None:
             await conn.execute(
                 "INSERT INTO proactive_campaign (id, template, input_fingerprint, options)"
@@ -190,7 +198,7 @@ async def open_campaign(
                 (campaign, identity.template, identity.input_fingerprint, identity.options),
             )
             return False
-        stored = dict(zip(("template", "input_fingerprint", "options"), row, strict=True))
+        stored = dict(zip(("template", "input_fingerprint", "options"), row[:3], strict=True))
         check_identity(where, stored, identity)
         cursor = await conn.execute(
             "SELECT EXISTS (SELECT 1 FROM proactive_record WHERE campaign_id = %s"
@@ -273,6 +281,36 @@ class PostgresJournal:
             await writer.close()
             raise
         return cls(writer, reader, campaign=campaign, where=where, resumed=resumed, secrets=kept)
+
+    @classmethod
+    async def attach(cls, location: str, *, secrets: Collection[str] = ()) -> PostgresJournal:
+        """Open a campaign that exists (a worker's view: no identity check, no lock)."""
+        dsn, campaign = split_location(os.fspath(location))
+        where = f"{display_dsn(dsn)} (campaign {campaign!r})"
+        writer = await connect(dsn)
+        try:
+            cursor = await writer.execute(
+                "SELECT 1 FROM proactive_campaign WHERE id = %s", (campaign,)
+            )
+            if await cursor.fetchone() is None:
+                raise JournalError(f"no campaign {campaign!r} in {display_dsn(dsn)}")
+            reader = await connect(dsn)
+        except JournalError:
+            await writer.close()
+            raise
+        except Exception as exc:  # no tables yet: nothing was ever enqueued there
+            await writer.close()
+            raise JournalError(
+                f"no campaign {campaign!r} in {display_dsn(dsn)}: {_first_line(exc)}"
+            ) from None
+        return cls(
+            writer,
+            reader,
+            campaign=campaign,
+            where=where,
+            resumed=True,
+            secrets=kept_secrets(secrets),
+        )
 
     async def __aenter__(self) -> PostgresJournal:
         return self

@@ -1,0 +1,225 @@
+"""The distributed campaign commands: enqueue, worker, status, report, cancel.
+
+Kept apart from ``cli.py`` so that ``campaign`` and ``--help`` never import arq or psycopg.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import msgspec
+
+from ._errors import JournalError
+from .cli import UsageError
+
+__all__ = ["add_distributed_parsers"]
+
+EXIT_OK: Final = 0
+EXIT_RUNNING: Final = 4
+
+
+def add_distributed_parsers(
+    commands: Any,
+    *,
+    add_campaign_options: Callable[[argparse.ArgumentParser], None],
+    campaign_inputs: Callable[[argparse.Namespace], Any],
+) -> None:
+    """Register the commands; ``campaign_inputs(args)`` gives (template, options) from the
+    same flags as ``campaign``, so both plan a file alike."""
+    p = commands.add_parser(
+        "enqueue",
+        help="plan a file once into PostgreSQL and queue one arq job per chunk",
+        allow_abbrev=False,
+    )
+    p.add_argument("recipients_file", metavar="RECIPIENTS_FILE")
+    p.add_argument("--campaign", metavar="ID", help="the campaign's id (default: a new one)")
+    add_campaign_options(p)
+    p.set_defaults(handler=lambda args: _enqueue(args, campaign_inputs))
+
+    w = commands.add_parser(
+        "worker", help="run an arq worker that sends queued chunks", allow_abbrev=False
+    )
+    _add_connection(w, redis=True)
+    w.add_argument("--concurrency", type=int, metavar="N", help="jobs at once (default 16)")
+    w.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    w.set_defaults(handler=_worker)
+
+    s = commands.add_parser("status", help="counts of a distributed campaign", allow_abbrev=False)
+    _add_connection(s, redis=False, campaign=True)
+    s.add_argument("--wait", action="store_true", help="block until the campaign is finished")
+    s.add_argument("--json", action="store_true", help="print the status as JSON")
+    s.set_defaults(handler=_status)
+
+    r = commands.add_parser("report", help="a distributed campaign's report", allow_abbrev=False)
+    _add_connection(r, redis=False, campaign=True)
+    r.add_argument("--out", metavar="PATH", required=True, help="the JSONL report to write")
+    r.set_defaults(handler=_report)
+
+    c = commands.add_parser("cancel", help="cancel a distributed campaign", allow_abbrev=False)
+    _add_connection(c, redis=False, campaign=True)
+    c.set_defaults(handler=_cancel)
+
+
+def _add_connection(p: argparse.ArgumentParser, *, redis: bool, campaign: bool = False) -> None:
+    p.add_argument(
+        "--journal", metavar="DSN", help="postgresql://... (default: $PROACTIVE_JOURNAL)"
+    )
+    if redis:
+        p.add_argument("--redis-url", metavar="URL", help="default: $PROACTIVE_REDIS_URL")
+    if campaign:
+        p.add_argument("--campaign", metavar="ID", required=True)
+
+
+def _journal(args: argparse.Namespace, env: Mapping[str, str]) -> str:
+    dsn = args.journal or env.get("PROACTIVE_JOURNAL")
+    if not dsn or not dsn.startswith(("postgresql://", "postgres://")):
+        raise UsageError("give the journal: --journal postgresql://... or PROACTIVE_JOURNAL")
+    return str(dsn)
+
+
+def _redis(args: argparse.Namespace, env: Mapping[str, str]) -> str:
+    url = getattr(args, "redis_url", None) or env.get("PROACTIVE_REDIS_URL")
+    if not url:
+        raise UsageError("give Redis: --redis-url redis://... or PROACTIVE_REDIS_URL")
+    return str(url)
+
+
+def _location(dsn: str, campaign: str) -> str:
+    return f"{dsn}{'&' if '?' in dsn else '?'}campaign={campaign}"
+
+
+def _run(handler: Callable[[], int]) -> int:
+    try:
+        return handler()
+    except JournalError as exc:  # the database or the campaign: the operator's to fix
+        raise UsageError(str(exc)) from exc
+
+
+def _enqueue(args: argparse.Namespace, campaign_inputs: Callable[[argparse.Namespace], Any]) -> int:
+    def go() -> int:
+        from ._distributed import new_campaign_id, plan_campaign
+        from .arq import enqueue_chunks
+
+        env = os.environ
+        dsn = _journal(args, env)
+        redis_url = args.redis_url or env.get("PROACTIVE_REDIS_URL")
+        if not redis_url:
+            raise UsageError("give Redis: --redis-url redis://... or PROACTIVE_REDIS_URL")
+        template, options = campaign_inputs(args)
+        campaign = args.campaign or new_campaign_id()
+        token = env.get("PROACTIVE_TOKEN")
+
+        async def main() -> dict[str, object]:
+            plan = await plan_campaign(
+                _location(dsn, campaign),
+                template=template,
+                targets=args.recipients_file,
+                options=options,
+                secrets=[token] if token else [],
+            )
+            queued = await enqueue_chunks(redis_url, campaign, plan.pending_chunks)
+            return {
+                "campaign": plan.campaign,
+                "records": plan.records,
+                "chunks": plan.chunks,
+                "rejected": plan.rejected,
+                "duplicates": plan.duplicates,
+                "queued": queued,
+                "already_planned": plan.already_planned,
+            }
+
+        result = asyncio.run(main())
+        sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
+        return EXIT_OK
+
+    return _run(go)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    def go() -> int:
+        env = os.environ
+        os.environ["PROACTIVE_JOURNAL"] = _journal(args, env)
+        os.environ["PROACTIVE_REDIS_URL"] = _redis(args, env)
+        if args.concurrency:
+            os.environ["PROACTIVE_WORKER_CONCURRENCY"] = str(args.concurrency)
+        for name in ("PROACTIVE_BASE_URL", "PROACTIVE_TOKEN"):
+            if not env.get(name):
+                raise UsageError(f"the worker takes the API from its environment: set {name}")
+        from arq.worker import run_worker
+
+        from . import arq as settings
+
+        run_worker(
+            settings.WorkerSettings,  # type: ignore[arg-type]
+            redis_settings=settings.redis_settings(os.environ["PROACTIVE_REDIS_URL"]),
+            max_jobs=int(os.environ.get("PROACTIVE_WORKER_CONCURRENCY", "16")),
+            burst=args.burst,
+        )
+        return EXIT_OK
+
+    return _run(go)
+
+
+def _status(args: argparse.Namespace) -> int:
+    def go() -> int:
+        from ._distributed import campaign_status
+
+        location = _location(_journal(args, os.environ), args.campaign)
+        while True:
+            status = asyncio.run(campaign_status(location))
+            if status.finished or not args.wait:
+                break
+            _progress_line(status.counts, status.chunks_done, status.chunks)
+            time.sleep(1.0)
+        if args.json:
+            sys.stdout.write(msgspec.json.encode(status.as_dict()).decode() + "\n")
+        else:
+            counts = ", ".join(
+                f"{state} {count:,}" for state, count in sorted(status.counts.items())
+            )
+            state = "finished" if status.finished else "running"
+            if status.cancelled:
+                state += " (cancelled)"
+            sys.stdout.write(
+                f"campaign {status.campaign}: {state}; chunks {status.chunks_done:,}/"
+                f"{status.chunks:,} done; {counts}\n"
+            )
+        return EXIT_OK if status.finished else EXIT_RUNNING
+
+    return _run(go)
+
+
+def _progress_line(counts: Mapping[str, int], done: int, chunks: int) -> None:
+    left = counts.get("planned", 0) + counts.get("in_flight", 0)
+    sys.stderr.write(f"waiting: {done:,}/{chunks:,} chunks done, {left:,} records to go\n")
+
+
+def _report(args: argparse.Namespace) -> int:
+    def go() -> int:
+        from ._distributed import write_report
+
+        location = _location(_journal(args, os.environ), args.campaign)
+        with open(args.out, "wb") as out:
+            written = asyncio.run(write_report(location, out))
+        sys.stderr.write(f"{written:,} records written to {args.out}\n")
+        return EXIT_OK
+
+    return _run(go)
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    def go() -> int:
+        from ._distributed import cancel_campaign
+
+        location = _location(_journal(args, os.environ), args.campaign)
+        cancelled = asyncio.run(cancel_campaign(location))
+        sys.stdout.write(f"campaign {args.campaign} cancelled: {cancelled:,} records not sent\n")
+        return EXIT_OK
+
+    return _run(go)

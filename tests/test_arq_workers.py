@@ -1,0 +1,154 @@
+"""A distributed campaign on real arq workers (subprocesses), with faults and a kill -9.
+
+The CLI enqueues; three ``proactive-async worker`` processes send; one is killed with
+SIGKILL mid-run and a replacement started. Every record ends with exactly one outcome,
+the server processed no target twice, ``sent`` records were processed once, ``failed``
+ones never, and neither PostgreSQL nor Redis holds the token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from test_cli import ThreadedSimulator
+
+from proactive_async.simulator import Faults, SimulatorConfig
+
+TOKEN = "arq-token-" + uuid.uuid4().hex
+FAULTS = Faults(
+    rate_429=0.03,
+    rate_503=0.03,
+    rate_500=0.02,
+    drop_before=0.02,
+    drop_after=0.02,
+    latency=0.002,
+    latency_jitter=0.002,
+    retry_after=0.05,
+    seed=11,
+)
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proactive_async.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "proactive_async.cli", "worker", "--concurrency", "8"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def status(dsn: str, campaign: str, env: dict[str, str]) -> dict[str, Any]:
+    done = cli("status", "--journal", dsn, "--campaign", campaign, "--json", env=env)
+    assert done.returncode in (0, 4), done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+@pytest.fixture
+def environment(postgres_server: Any, redis_server: Any, tmp_path: Path) -> dict[str, str]:
+    dsn = postgres_server.create_database(f"arq_{uuid.uuid4().hex[:10]}")
+    store = redis.Redis.from_url(redis_server.url)
+    store.flushdb()
+    store.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROACTIVE_")}
+    env |= {
+        "PROACTIVE_JOURNAL": dsn,
+        "PROACTIVE_REDIS_URL": redis_server.url,
+        "PROACTIVE_TOKEN": TOKEN,
+        "PROACTIVE_JOB_TIMEOUT": "5",  # a killed worker's job runs again after 15 s
+    }
+    return env
+
+
+@pytest.mark.slow
+def test_three_workers_and_a_kill_9_give_every_record_one_outcome_and_no_duplicate(
+    environment: dict[str, str], tmp_path: Path
+) -> None:
+    records = 3000
+    targets = tmp_path / "targets.csv"
+    targets.write_text("phone,name\n" + "".join(f"+55119{i:08d},Ana\n" for i in range(records)))
+    env = environment
+    with ThreadedSimulator(SimulatorConfig(token=TOKEN, faults=FAULTS)) as sim:
+        env = env | {"PROACTIVE_BASE_URL": sim.url}
+        enqueued = cli(
+            "enqueue", str(targets), "--channel-id", "1", "--bot-id", "2", "--template-id", "3",
+            "--chunk-size", "5", "--campaign", "kill9", "--rate", "1500", "--burst", "50",
+            env=env,
+        )  # fmt: skip
+        assert enqueued.returncode == 0, enqueued.stderr
+        plan = json.loads(enqueued.stdout)
+        assert plan["records"] == records and plan["queued"] == plan["chunks"] == records // 5
+        assert TOKEN not in enqueued.stdout + enqueued.stderr
+        logs = [tmp_path / f"worker-{n}.log" for n in range(4)]
+        workers = [start_worker(env, logs[n]) for n in range(3)]
+        try:
+            deadline = time.monotonic() + 60
+            while status(env["PROACTIVE_JOURNAL"], "kill9", env)["chunks_done"] < 150:
+                assert time.monotonic() < deadline, "no progress"
+                time.sleep(0.2)
+            workers[0].send_signal(signal.SIGKILL)
+            workers[0].wait()
+            workers.append(start_worker(env, logs[3]))
+            deadline = time.monotonic() + 150
+            while not (final := status(env["PROACTIVE_JOURNAL"], "kill9", env))["finished"]:
+                assert time.monotonic() < deadline, f"not finished: {final}"
+                time.sleep(0.5)
+        finally:
+            for worker in workers:
+                if worker.poll() is None:
+                    worker.send_signal(signal.SIGTERM)
+            for worker in workers:
+                try:
+                    worker.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+        processed = sim.audit.snapshot()
+    assert sum(final["counts"].values()) == records
+    assert set(final["counts"]) <= {"sent", "failed", "unknown"}
+    assert all(count == 1 for count in processed.values()), "a target processed twice"
+    with psycopg.connect(env["PROACTIVE_JOURNAL"]) as conn:
+        states = dict(
+            conn.execute(
+                "SELECT recipient, state FROM proactive_record WHERE campaign_id = 'kill9'"
+            ).fetchall()
+        )
+        dump = "".join(
+            row[0]
+            for table in ("proactive_campaign", "proactive_record", "proactive_chunk")
+            for row in conn.execute(f"SELECT row_to_json(t)::text FROM {table} t").fetchall()
+        )
+    assert all(processed.get(phone) == 1 for phone, state in states.items() if state == "sent")
+    assert all(phone not in processed for phone, state in states.items() if state == "failed")
+    assert final["counts"].get("sent", 0) > records * 0.8
+    assert TOKEN not in dump
+    store = redis.Redis.from_url(env["PROACTIVE_REDIS_URL"])
+    try:
+        for key in store.scan_iter("*"):
+            kind = store.type(key)
+            value = store.hgetall(key) if kind == b"hash" else store.dump(key) or b""
+            assert TOKEN.encode() not in key + json.dumps(str(value)).encode()
+    finally:
+        store.close()
