@@ -29,7 +29,8 @@ servers:
 
 test: lint typecheck servers
 	rm -f .coverage .coverage.*
-	$(BIN)/coverage run -m pytest
+	# Subprocesses (the CLI, arq workers) report coverage too (coverage's .pth hook).
+	COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml $(BIN)/coverage run -m pytest
 	$(BIN)/coverage combine --quiet
 	$(BIN)/coverage report
 

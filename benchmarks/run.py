@@ -1,4 +1,4 @@
-"""Run the benchmark suite: ``make bench`` (all seven), ``--only N``, ``--quick`` (smoke size).
+"""Run the benchmark suite: ``make bench`` (all eight), ``--only N``, ``--quick`` (smoke size).
 
 Installs wrk and nginx first (``setup.sh``, only if missing, never fatal), runs each
 ``bench_<topic>.run(quick)``, writes ``benchmarks/results.json`` with the machine it ran on,
@@ -30,6 +30,7 @@ BENCHMARKS = {
     5: "bench_rate",
     6: "bench_adaptive",
     7: "bench_latency",
+    8: "bench_cli",
 }
 
 

@@ -29,12 +29,9 @@ import dataclasses
 import os
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import anyio
-import anyio.to_thread
 import msgspec
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from msgspec import UNSET
 
 from ._client import AsyncClient
@@ -50,7 +47,12 @@ from ._report import CampaignSummary, LatencySample, ReportWriter
 from ._retry import Sleep
 from ._sender import ABORTED, MAX_THROTTLES, ChunkSender, make_outcome
 
-__all__ = ["ABORTED", "MAX_THROTTLES", "Campaign"]
+if TYPE_CHECKING:
+    # anyio is imported when a campaign runs: importing the package (``--help``) need not.
+    import anyio
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+__all__ = ["ABORTED", "MAX_THROTTLES", "Campaign", "campaign_identity", "file_records"]
 
 _DONE: Final = object()
 
@@ -222,6 +224,8 @@ class Campaign:
     # -- the run -------------------------------------------------------------------
 
     async def _run(self) -> None:
+        import anyio
+
         self._started = self._clock()
         try:
             await self._open()
@@ -237,6 +241,8 @@ class Campaign:
 
     async def _dispatch_all(self) -> None:
         """The feeder and the workers in one task group; the grace period on cancellation."""
+        import anyio
+
         concurrency = self.options.concurrency
         send, receive = anyio.create_memory_object_stream[Chunk](concurrency)
         workers_done = anyio.Event()
@@ -267,6 +273,8 @@ class Campaign:
 
     async def _wind_down(self, workers_done: anyio.Event) -> None:
         """Cancelled: no new calls; calls in flight get the grace period, then are cancelled."""
+        import anyio
+
         self.summary.interrupted = True
         self.stop()
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.options.grace_period):
@@ -280,6 +288,8 @@ class Campaign:
         # The journal first: a refused resume must leave the earlier report untouched.
         if self.journal_path is not None:
             # Hashing a large input file takes a while: not on the event loop.
+            import anyio.to_thread
+
             identity = await anyio.to_thread.run_sync(self.identity)
             self._journal = await open_journal(
                 self.journal_path, identity, secrets=self.client.secrets
@@ -291,11 +301,7 @@ class Campaign:
 
     def identity(self) -> CampaignIdentity:
         """What a journal checks on resume: template, input fingerprint, planning options."""
-        return CampaignIdentity.build(
-            msgspec.to_builtins(self.template),
-            input_fingerprint=_fingerprint(self.targets),
-            options=self.options.identity_options(),
-        )
+        return campaign_identity(self.template, self.targets, self.options)
 
     async def _close(self) -> None:
         summary = self.summary
@@ -313,6 +319,8 @@ class Campaign:
 
     async def _feed(self, chunks: MemoryObjectSendStream[Chunk]) -> None:
         """Plan into the stream until the input ends, or until stop() cancels this scope."""
+        import anyio
+
         with chunks, anyio.CancelScope() as self._feed_scope:
             if self._sender.stopping:
                 self._feed_scope.cancel()
@@ -321,20 +329,30 @@ class Campaign:
                 await self._plan_into(chunks)
 
     async def _plan_into(self, chunks: MemoryObjectSendStream[Chunk]) -> None:
+        import anyio
+
         planner = Planner(self.planner_config)
         async with contextlib.aclosing(planner.plan(self._records())) as plan:
             async for item in plan:
                 if isinstance(item, Outcome):
                     await self._settle_planned(item)
                     continue
-                targets = await self._unfinished(item.targets) if self._resuming else item.targets
-                if targets:
-                    await chunks.send(Chunk(variables=item.variables, targets=list(targets)))
+                if self._resuming:
+                    targets = await self._unfinished(item.targets)
+                    if not targets:
+                        continue
+                    item = Chunk(variables=item.variables, targets=targets)
+                try:
+                    # Without the checkpoint of send(): a feeder that never finds the stream
+                    # full still yields to the workers whenever the planner reads ahead.
+                    chunks.send_nowait(item)
+                except anyio.WouldBlock:
+                    await chunks.send(item)
 
     def _records(self) -> AsyncIterator[Record]:
         source = self.targets
         if isinstance(source, str | os.PathLike):
-            return _file_records(source, multiline=self.options.multiline_values)
+            return file_records(source, multiline=self.options.multiline_values)
         return aiter_records(source)
 
     async def _settle_planned(self, outcome: Outcome) -> None:
@@ -375,8 +393,21 @@ class Campaign:
     # -- sending and outcomes --------------------------------------------------------------
 
     async def _work(self, chunks: MemoryObjectReceiveStream[Chunk]) -> None:
+        import anyio
+
         with chunks:
-            async for chunk in chunks:
+            while True:
+                try:
+                    # A chunk waiting in the stream is taken without the checkpoint of
+                    # receive(): each send is an await on the network anyway.
+                    chunk = chunks.receive_nowait()
+                except anyio.WouldBlock:
+                    try:
+                        chunk = await chunks.receive()
+                    except anyio.EndOfStream:
+                        return
+                except anyio.EndOfStream:
+                    return
                 if self._sender.stopping:
                     return  # taken but never marked in flight: unsent, for a resume
                 await self._sender.send(chunk)
@@ -399,6 +430,17 @@ class Campaign:
 _DEFAULT_OPTIONS: Final = CampaignOptions()
 
 
+def campaign_identity(
+    template: ProactiveConversationRequest, targets: object, options: CampaignOptions
+) -> CampaignIdentity:
+    """A campaign's identity: its template, its input's fingerprint, its planning options."""
+    return CampaignIdentity.build(
+        msgspec.to_builtins(template),
+        input_fingerprint=_fingerprint(targets),
+        options=options.identity_options(),
+    )
+
+
 def _with_overrides(options: CampaignOptions, overrides: dict[str, Any]) -> CampaignOptions:
     names = {field.name for field in dataclasses.fields(CampaignOptions)}
     unknown = sorted(set(overrides) - names)
@@ -415,7 +457,7 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return error
 
 
-async def _file_records(path: str | os.PathLike[str], *, multiline: bool) -> AsyncIterator[Record]:
+async def file_records(path: str | os.PathLike[str], *, multiline: bool) -> AsyncIterator[Record]:
     for index, record in enumerate(read_records(path, multiline=multiline)):
         yield record
         if index & 255 == 255:

@@ -8,7 +8,7 @@ import os
 import re
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
@@ -184,9 +184,7 @@ class AsyncClient:
         (the keywords override). Raises a ProactiveError; its ``may_have_been_processed``
         tells whether conversations may exist even so.
         """
-        response = await self.create_proactive_conversation_with_response(
-            request, retry=retry, **fields
-        )
+        response = await self._create(request, retry, fields)
         return response.value
 
     async def create_proactive_conversation_with_response(
@@ -198,19 +196,30 @@ class AsyncClient:
         **fields: Any,
     ) -> ApiResponse[list[Conversation]]:
         """As ``create_proactive_conversation``, with status, headers, elapsed and attempts."""
+        return await self._create(request, retry, fields)
+
+    async def _create(
+        self,
+        request: ProactiveConversationRequest | None,
+        retry: RetryPolicy | None,
+        fields: dict[str, Any],
+    ) -> ApiResponse[list[Conversation]]:
+        # Both public methods come here with their keywords as one dict, not unpacked again.
         built = build_request(request, fields)
         body = encode_request(built)
         policy = retry if retry is not None else self.retry
         limit = self.rate_limit
+        attempt: Callable[[int], Awaitable[ApiResponse[list[Conversation]]]]
         if limit is None:
+            # Not a coroutine of its own: the attempt is send_once's coroutine, one frame less.
+            def unpaced(number: int) -> Awaitable[ApiResponse[list[Conversation]]]:
+                return self.send_once(body, attempt=number)
 
-            async def attempt(number: int) -> ApiResponse[list[Conversation]]:
-                return await self.send_once(body, attempt=number)
-
+            attempt = unpaced
         else:
             weight = float(max(1, _targets_in(built)))
 
-            async def attempt(number: int) -> ApiResponse[list[Conversation]]:
+            async def paced(number: int) -> ApiResponse[list[Conversation]]:
                 await limit.acquire(weight)
                 try:
                     response = await self.send_once(body, attempt=number)
@@ -220,6 +229,7 @@ class AsyncClient:
                 await limit.on_success(weight)
                 return response
 
+            attempt = paced
         return await retry_call(attempt, policy, sleep=self._sleep, clock=self._clock)
 
     async def send_once(self, body: bytes, *, attempt: int = 1) -> ApiResponse[list[Conversation]]:

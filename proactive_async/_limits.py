@@ -132,11 +132,18 @@ class RateLimiter:
 
         Raises ValueError for a negative or non-finite weight.
         """
-        if not (weight >= 0 and math.isfinite(weight)):
-            raise ValueError(f"weight must be a non-negative finite number, got {weight!r}")
-        if not self._waiters and self._try_take(weight):
+        if self.try_acquire(weight):
             return
         await self._wait_in_line(weight)
+
+    def try_acquire(self, weight: float = 1.0) -> bool:
+        """Take ``weight`` tokens if that needs no wait (nobody in line, tokens there).
+
+        Raises ValueError for a negative or non-finite weight.
+        """
+        if not (weight >= 0 and math.isfinite(weight)):
+            raise ValueError(f"weight must be a non-negative finite number, got {weight!r}")
+        return not self._waiters and self._try_take(weight)
 
     async def _wait_in_line(self, weight: float) -> None:
         loop = asyncio.get_running_loop()

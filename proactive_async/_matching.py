@@ -23,6 +23,21 @@ def match_conversations(
     left over, in order. Whatever is left (a conversation for another number, or none at
     all) matches nobody: those targets end ``unknown``, never ``sent``.
     """
+    if len(targets) == 1 and len(conversations) == 1:
+        # A chunk of one recipient answered by one conversation naming it (every call of a
+        # campaign with chunk_size=1): the answer of the general path, without its tables.
+        target, conversation = targets[0], conversations[0]
+        recipient = target.recipient
+        if recipient is not None:
+            digits = None
+            for message in conversation.messages or ():
+                to = message.to
+                if to == recipient:  # the server echoed the E.164 number we sent
+                    return {target.line: [conversation.id]}
+                if to:
+                    digits = digits or _digits(recipient)
+                    if _digits(to) == digits:
+                        return {target.line: [conversation.id]}
     by_digits: dict[str, list[PlannedTarget]] = {}
     for target in targets:
         if target.recipient is not None:

@@ -18,7 +18,6 @@ instead of a ``set[str]``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import time
 from array import array
@@ -27,9 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
-import phonenumbers
 
-from ._phone import normalize_phone
 from ._records import Outcome, OutcomeError, OutcomeStatus, Record
 
 __all__ = [
@@ -89,9 +86,7 @@ class PlannerConfig:
     allow_vanity_numbers: bool = False
 
     def __post_init__(self) -> None:
-        if self.default_region is not None and (
-            self.default_region not in phonenumbers.SUPPORTED_REGIONS
-        ):
+        if self.default_region is not None and not _is_known_region(self.default_region):
             raise ValueError(f"default_region {self.default_region!r} is not a known region")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, not {self.chunk_size}")
@@ -257,6 +252,10 @@ class _PlanState:
         self._stats = stats
         self._clock = clock
         self._table = DedupeTable() if config.dedupe else None
+        # phonenumbers and its metadata load with the first plan, not with the package.
+        from ._phone import normalize_phone
+
+        self._normalize = normalize_phone
         # Insertion order is opening order, so the first group is the oldest and due first.
         self._groups: dict[bytes, _Group] = {}
 
@@ -285,6 +284,8 @@ class _PlanState:
         self._add(target, variables, encoded, out)
 
     def flush_due(self, out: list[Outcome | Chunk]) -> None:
+        if not self._groups:
+            return
         now = self._clock()
         while self._groups:
             encoded, group = next(iter(self._groups.items()))
@@ -309,7 +310,7 @@ class _PlanState:
             key = _contact_key(contact_id)
             target = PlannedTarget(line=record.line, contact_id=contact_id)
         elif recipient is not None:
-            e164 = _checked_phone(recipient, self._config)
+            e164 = _checked_phone(recipient, self._config, self._normalize)
             key = int(e164[1:])
             target = PlannedTarget(line=record.line, recipient=e164, raw=recipient)
         else:
@@ -325,6 +326,12 @@ class _PlanState:
         out: list[Outcome | Chunk],
     ) -> None:
         group = self._groups.get(encoded)
+        if group is None and self._config.chunk_size == 1:
+            # A chunk of one never waits in a group (and no group is ever open to close).
+            self._stats.chunks += 1
+            self._stats.targets += 1
+            out.append(Chunk(variables=variables, targets=[target]))
+            return
         if group is None:
             if len(self._groups) >= self._config.max_open_groups:
                 out.append(self._close(next(iter(self._groups))))
@@ -354,7 +361,15 @@ def _contact_key(contact_id: object) -> int:
     return _CONTACT_TAG | contact_id
 
 
-def _checked_phone(recipient: object, config: PlannerConfig) -> str:
+def _is_known_region(region: str) -> bool:
+    import phonenumbers
+
+    return region in phonenumbers.SUPPORTED_REGIONS
+
+
+def _checked_phone(
+    recipient: object, config: PlannerConfig, normalize_phone: Callable[..., str]
+) -> str:
     if not isinstance(recipient, str):
         raise _Rejection(
             REJECT_INVALID_INPUT,
@@ -459,7 +474,10 @@ class Planner:
         out: list[Outcome | Chunk] = []
         try:
             while True:
-                item = await self._next(queue, state)
+                try:
+                    item: Record | _End | None = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    item = await self._next(queue, state)
                 if isinstance(item, _End):
                     if item.error is not None:
                         raise item.error
@@ -482,9 +500,8 @@ class Planner:
     async def _next(
         self, queue: asyncio.Queue[Record | _End], state: _PlanState
     ) -> Record | _End | None:
-        """The next queued item, or ``None`` when the oldest open group fell due first."""
-        with contextlib.suppress(asyncio.QueueEmpty):
-            return queue.get_nowait()
+        """The next queued item (the queue was empty), or ``None`` when the oldest open group
+        fell due first."""
         deadline = state.next_deadline()
         if deadline is None:
             return await queue.get()
@@ -502,7 +519,10 @@ async def _feed(records: AsyncIterable[Record], queue: asyncio.Queue[Record | _E
     """Move the source into the bounded queue; its end or error goes in last."""
     try:
         async for record in records:
-            await queue.put(record)
+            try:
+                queue.put_nowait(record)
+            except asyncio.QueueFull:
+                await queue.put(record)
     except Exception as exc:
         await queue.put(_End(exc))
         return

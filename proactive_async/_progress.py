@@ -10,23 +10,17 @@ import asyncio
 import dataclasses
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import IO, Protocol
-
-from rich.console import Console, RenderableType
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from ._records import OutcomeStatus
 from ._report import CampaignSummary
+
+if TYPE_CHECKING:
+    # rich.progress is imported by RichProgress only: plain progress lines do without it.
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
 
 __all__ = [
     "PlainProgress",
@@ -97,14 +91,19 @@ def take_snapshot(summary: CampaignSummary, total: int | None, meter: RateMeter)
     )
 
 
-class _TwoLineProgress(Progress):
-    """The bar on one line and the counts per status under it: both fit in 80 columns."""
+def _two_line_progress(second_line: Callable[[], str], *columns: Any, **options: Any) -> Progress:
+    """A rich Progress with the bar on one line and ``second_line()`` (the counts per status)
+    under it: both fit in 80 columns."""
+    from rich.console import RenderableType
+    from rich.progress import Progress
+    from rich.text import Text
 
-    counts = ""
+    class TwoLineProgress(Progress):
+        def get_renderables(self) -> Iterable[RenderableType]:
+            yield self.make_tasks_table(self.tasks)
+            yield Text(second_line())
 
-    def get_renderables(self) -> Iterable[RenderableType]:
-        yield self.make_tasks_table(self.tasks)
-        yield Text(self.counts)
+    return TwoLineProgress(*columns, **options)
 
 
 class RichProgress:
@@ -113,7 +112,11 @@ class RichProgress:
     interval = 0.2
 
     def __init__(self, console: Console, total: int | None) -> None:
-        self._progress = _TwoLineProgress(
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+        self._counts = ""
+        self._progress = _two_line_progress(
+            lambda: self._counts,
             TextColumn("[bold]campaign"),
             BarColumn(bar_width=24),
             MofNCompleteColumn(),
@@ -129,7 +132,7 @@ class RichProgress:
         self._progress.start()
 
     def show(self, snapshot: Snapshot) -> None:
-        self._progress.counts = "  ".join(
+        self._counts = "  ".join(
             f"{status} {snapshot.counts.get(status, 0):,}" for status in OutcomeStatus
         )
         self._progress.update(

@@ -128,10 +128,13 @@ class RateLimit:
             self._targets.drain()
 
     async def acquire(self, weight: float = 1.0) -> None:
-        await self._cooldown.wait()
-        if self._targets is not None:
-            await self._targets.acquire(weight)
-        if self._calls is not None:
+        # Called before every attempt: what needs no wait is done without awaiting.
+        if self._cooldown.remaining() > 0:
+            await self._cooldown.wait()
+        targets = self._targets
+        if targets is not None and not targets.try_acquire(weight):
+            await targets.acquire(weight)
+        if self._calls is not None and not self._calls.try_acquire(1.0):
             await self._calls.acquire(1.0)
 
     async def on_success(self, weight: float) -> None:

@@ -51,6 +51,7 @@ class LatencySample:
         self._values: list[float] = []
         self._seen = 0
         self._random = random.Random(seed)
+        self._sorted: tuple[int, list[float]] = (-1, [])  # (seen when sorted, values)
 
     def add(self, seconds: float) -> None:
         self._seen += 1
@@ -65,7 +66,10 @@ class LatencySample:
         """The q-th percentile (0-100) in seconds, or None with no samples."""
         if not self._values:
             return None
-        ordered = sorted(self._values)
+        seen, ordered = self._sorted
+        if seen != self._seen:  # p50, p95 and p99 of one summary sort once
+            ordered = sorted(self._values)
+            self._sorted = (self._seen, ordered)
         index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
         return ordered[index]
 

@@ -157,7 +157,11 @@ class ChunkSender:
         backoff = 0.0
         while True:
             try:
-                await self._pace(weight, backoff)
+                # The rate limit (and its shared pause) before every attempt; a backoff first.
+                if backoff > 0:
+                    await self._sleep(backoff)
+                if self.rate_limit is not None:
+                    await self.rate_limit.acquire(weight)
             except asyncio.CancelledError:
                 # Cancelled past the grace period while waiting to retry: the records still
                 # get their outcome, in the report and the journal.
@@ -228,13 +232,6 @@ class ChunkSender:
                 await self.rate_limit.on_success(weight)
             await self._settle_response(targets, response.value, attempt)
             return
-
-    async def _pace(self, weight: float, backoff: float) -> None:
-        """Wait out a backoff, then the rate limit (and its shared pause), before an attempt."""
-        if backoff > 0:
-            await self._sleep(backoff)
-        if self.rate_limit is not None:
-            await self.rate_limit.acquire(weight)
 
     async def _on_failure(
         self, exc: ProactiveError, attempt: int, throttles: int, weight: float, elapsed: float

@@ -24,11 +24,9 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Final, Literal, NoReturn
+from typing import IO, TYPE_CHECKING, Any, Final, Literal, NoReturn
 
 import msgspec
-from rich.console import Console
-from rich.table import Table
 
 from ._campaign import Campaign
 from ._client import AsyncClient
@@ -46,11 +44,18 @@ from ._input import read_records
 from ._journal import open_journal
 from ._models import ProactiveConversationRequest
 from ._options import CampaignOptions
-from ._progress import PlainProgress, ProgressDisplay, ProgressWatcher, RichProgress
 from ._ratelimit_redis import SharedRateLimit, default_limit_key
 from ._records import OutcomeStatus
 from ._report import CampaignSummary
 from ._version import __version__
+
+if TYPE_CHECKING:
+    # rich (and the progress display built on it) is imported where it is used: neither
+    # --help nor a usage error pays for it.
+    from rich.console import Console
+    from rich.table import Table
+
+    from ._progress import ProgressDisplay
 
 __all__ = ["CampaignSettings", "main", "run_campaign"]
 
@@ -378,7 +383,9 @@ async def _check_journal(campaign: Campaign, path: str | None) -> None:
     ``Campaign.run`` opens the report before the journal, so a refused resume would
     otherwise empty the report of the run being resumed.
     """
-    if path is None or not await asyncio.to_thread(os.path.exists, path):
+    if path is None:
+        return
+    if "://" not in path and not await asyncio.to_thread(os.path.exists, path):
         return
     # The campaign's own identity: the check must be the one the run makes, or it could
     # refuse what the run accepts.
@@ -387,6 +394,8 @@ async def _check_journal(campaign: Campaign, path: str | None) -> None:
 
 
 def _make_display(progress: bool, total: int | None, stderr: Console) -> ProgressDisplay:
+    from ._progress import PlainProgress, RichProgress
+
     if progress and stderr.is_terminal:
         return RichProgress(stderr, total)
     return PlainProgress(stderr.file)
@@ -399,6 +408,8 @@ def os_error_text(exc: OSError) -> str:
 
 async def _drive(campaign: Campaign, display: ProgressDisplay, grace_period: float) -> bool:
     """Run the campaign under progress and signal handlers; True when it was interrupted."""
+    from ._progress import ProgressWatcher
+
     loop = asyncio.get_running_loop()
     runner = asyncio.create_task(campaign.run())
     watcher = ProgressWatcher(campaign.summary, campaign.total, display)
@@ -478,6 +489,8 @@ def _exit_now(campaign: Campaign, display: ProgressDisplay) -> NoReturn:
 
 def summary_table(summary: CampaignSummary, *, report: str | None, journal: str | None) -> Table:
     """The end-of-campaign table: counts per status, rates, calls, latency, files."""
+    from rich.table import Table
+
     table = Table(title="campaign summary", show_header=False, title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value", justify="right", overflow="fold")  # paths shown whole
@@ -564,6 +577,8 @@ def stderr_console() -> Console:
 
 
 def console(file: IO[str]) -> Console:
+    from rich.console import Console
+
     # soft_wrap: a long message stays one line in a log instead of breaking at 80 columns.
     return Console(file=file, highlight=False, soft_wrap=True)
 
@@ -629,6 +644,11 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     _add_demo_parser(commands)
+    from ._distributed_cli import add_distributed_parsers
+
+    add_distributed_parsers(
+        commands, add_campaign_options=_add_campaign_options, campaign_inputs=_campaign_inputs
+    )
     return parser
 
 
@@ -645,6 +665,29 @@ def _add_campaign_parser(commands: Any) -> None:
     )
     p.add_argument("recipients_file", metavar="RECIPIENTS_FILE", help=".csv, .tsv, .txt, .jsonl")
     p.set_defaults(handler=_campaign_command)
+    _add_campaign_options(p)
+    out = p.add_argument_group("connection and output")
+    out.add_argument("--base-url", metavar="URL", help="default: $PROACTIVE_BASE_URL")
+    out.add_argument(
+        "--token-file", metavar="PATH", help="a file holding the token (default: $PROACTIVE_TOKEN)"
+    )
+    out.add_argument(
+        "--ca-file",
+        metavar="PATH",
+        help="a PEM bundle of CA certificates to trust (a private CA); verification stays on",
+    )
+    out.add_argument(
+        "--no-progress", action="store_true", help="plain progress lines instead of a live bar"
+    )
+    out.add_argument(
+        "--json-summary",
+        action="store_true",
+        help="print the summary as JSON on stdout (the table goes to stderr)",
+    )
+
+
+def _add_campaign_options(p: argparse.ArgumentParser) -> None:
+    """The template, pace and safety flags: shared by ``campaign`` and ``enqueue``."""
     req = p.add_argument_group("the template")
     req.add_argument("--channel-id", type=_int, required=True, metavar="N")
     req.add_argument("--bot-id", type=_int, required=True, metavar="N")
@@ -664,24 +707,12 @@ def _add_campaign_parser(commands: Any) -> None:
     )
     _add_pace_options(p)
     _add_safety_options(p)
-    out = p.add_argument_group("connection and output")
-    out.add_argument("--base-url", metavar="URL", help="default: $PROACTIVE_BASE_URL")
-    out.add_argument(
-        "--token-file", metavar="PATH", help="a file holding the token (default: $PROACTIVE_TOKEN)"
-    )
-    out.add_argument(
-        "--ca-file",
-        metavar="PATH",
-        help="a PEM bundle of CA certificates to trust (a private CA); verification stays on",
-    )
-    out.add_argument(
-        "--no-progress", action="store_true", help="plain progress lines instead of a live bar"
-    )
-    out.add_argument(
-        "--json-summary",
-        action="store_true",
-        help="print the summary as JSON on stdout (the table goes to stderr)",
-    )
+
+
+def _campaign_inputs(
+    args: argparse.Namespace,
+) -> tuple[ProactiveConversationRequest, CampaignOptions]:
+    return _template_from_args(args), _options_from_args(args)
 
 
 def _add_pace_options(p: argparse.ArgumentParser) -> None:
@@ -744,7 +775,8 @@ def _add_safety_options(p: argparse.ArgumentParser) -> None:
     safe.add_argument(
         "--journal",
         metavar="PATH",
-        help="journal (a file path, SQLite): makes the campaign resumable (re-run to resume)",
+        help="journal: a file path (SQLite) or postgresql://...?campaign=NAME; makes the "
+        "campaign resumable (re-run to resume)",
     )
     safe.add_argument(
         "--report",

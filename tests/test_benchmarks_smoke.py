@@ -41,7 +41,8 @@ def _quick(module_name: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    "module_name", ["bench_calls", "bench_campaign", "bench_decode", "bench_rate", "bench_latency"]
+    "module_name",
+    ["bench_calls", "bench_campaign", "bench_decode", "bench_rate", "bench_latency", "bench_cli"],
 )
 def test_quick_benchmark_reports_rows_with_every_table_column(module_name: str) -> None:
     result = _quick(module_name)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import uuid
 from collections.abc import AsyncIterator
@@ -53,6 +54,16 @@ async def sim() -> AsyncIterator[Simulator]:
 def rows(dsn: str, sql: str, *params: object) -> list[tuple[Any, ...]]:
     with psycopg.connect(dsn) as conn:
         return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+
+
+async def wait_until_unlocked(dsn: str) -> None:
+    """The server notices a closed connection a moment later: wait for its locks to go."""
+    for _ in range(200):
+        held = rows(dsn, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")[0][0]
+        if held == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the advisory lock outlived its connection")
 
 
 async def test_planning_stores_every_record_once_with_rejections_and_duplicates_final(
@@ -146,6 +157,7 @@ async def test_a_chunk_whose_lock_is_held_by_a_live_execution_is_not_sent_twice(
                 await runner.run("d", 1)
             assert sim.audit.snapshot() == {}
             holder.close()  # the live execution's connection dies: the lock goes with it
+            await wait_until_unlocked(dsn)
             assert await runner.run("d", 1) == "done"
             await runner.aclose()
     assert len(sim.audit.snapshot()) == 5

@@ -1,0 +1,234 @@
+"""Benchmark 8: records/s of a whole CLI campaign process, startup and shutdown included.
+
+Measures the wall time of ``proactive-async campaign FILE.csv --chunk-size 1 --concurrency 64
+--no-adaptive --no-progress --default-region BR --report R`` (no journal; the report is on,
+as it always is in the CLI) over a CSV of 20,000 unique valid Brazilian mobiles, one call
+per record, against the fast local server (its own process on core 1; the CLI on core 0).
+The baseline, run the same way and alternating round by round with the CLI: a hand-written
+aiohttp script (``_BASELINE`` below: the csv module, one ClientSession with
+TCPConnector(limit=64), 64 worker tasks, msgspec decode into bare Structs) making the same
+20,000 POSTs. Both figures are records per second of the whole process (interpreter start,
+imports, reading, sending, exit), so the CLI pays for its imports, planning (normalising,
+deduplicating), outcome matching and the JSONL report; the script for none of them. Every
+CLI run is checked to exit 0 with one report line per record.
+
+Target: CLI >= 0.85x the hand-written script.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (
+    HERE,
+    PATH,
+    PYTHON,
+    ROOT,
+    TOKEN,
+    alternate,
+    brazil_mobiles,
+    client_prefix,
+    fast_server,
+    median,
+    pin_client,
+    rate_str,
+    row,
+    sdk_missing,
+)
+
+NAME = "8 CLI campaign process"
+CONCURRENCY = 64
+_CLI = "import sys; from proactive_async.cli import main; sys.exit(main())"
+_BASELINE = """\
+import asyncio, csv, sys, msgspec, aiohttp
+path, url, here, token, concurrency = sys.argv[1:6]
+concurrency = int(concurrency)
+sys.path.insert(0, here)
+from _baselines import BARE_DECODER
+
+async def main(path, url):
+    with open(path, newline="") as handle:
+        rows = csv.reader(handle)
+        next(rows)
+        phones = iter([row[0] for row in rows])
+    encode = msgspec.json.Encoder().encode
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
+               "Accept": "application/json"}
+    done = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+        async def worker():
+            nonlocal done
+            for phone in phones:
+                body = encode({"channelId": 1, "botId": 1, "conversationTemplateId": 7,
+                               "recipient": [phone]})
+                async with session.post(url, data=body) as resp:
+                    payload = await resp.read()
+                    if resp.status != 200:
+                        raise RuntimeError(f"HTTP {resp.status}")
+                    BARE_DECODER.decode(payload)
+                done += 1
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    print("DONE", done)
+
+asyncio.run(main(path, url))
+"""
+
+
+def write_csv(path: Path, count: int) -> None:
+    with path.open("w") as handle:
+        handle.write("phone\n")
+        handle.writelines(f"{phone}\n" for phone in brazil_mobiles(count))
+
+
+def cli_argv(csv_path: Path, url: str, report: Path) -> list[str]:
+    return [
+        *client_prefix(),
+        PYTHON,
+        "-c",
+        _CLI,
+        "campaign",
+        str(csv_path),
+        "--channel-id",
+        "1",
+        "--bot-id",
+        "1",
+        "--template-id",
+        "7",
+        "--base-url",
+        url,
+        "--concurrency",
+        str(CONCURRENCY),
+        "--chunk-size",
+        "1",
+        "--no-adaptive",
+        "--no-progress",
+        "--default-region",
+        "BR",
+        "--report",
+        str(report),
+    ]
+
+
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """Wall seconds of one process, from spawn to exit."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600, check=False
+    )
+    return time.perf_counter() - start, done
+
+
+def count_lines(path: Path) -> int:
+    if not path.exists():
+        return -1
+    with path.open("rb") as handle:
+        return sum(1 for _ in handle)
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Run benchmark 8; returns its rows and the per-round figures."""
+    pinned = pin_client()
+    records = 500 if quick else 20_000
+    rounds = 1 if quick else 5
+    missing = sdk_missing("proactive_async.cli:main")
+    env = {**os.environ, "PROACTIVE_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)}
+    # Imports timed as an installed package has them: compiled once, not on every start.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    subprocess.run(
+        [PYTHON, "-m", "compileall", "-q", str(ROOT / "proactive_async")],
+        capture_output=True,
+        check=False,
+    )
+    runs: list[dict[str, Any]] = []
+    with fast_server() as server, tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        csv_path = tmp / "targets.csv"
+        write_csv(csv_path, records)
+        report = tmp / "report.jsonl"
+
+        def cli() -> float:
+            report.unlink(missing_ok=True)
+            seconds, done = timed(cli_argv(csv_path, server.url, report), env)
+            lines = count_lines(report)
+            runs.append(
+                {
+                    "seconds": round(seconds, 3),
+                    "exit_code": done.returncode,
+                    "report_lines": lines,
+                    "stderr_tail": done.stderr[-300:] if done.returncode else "",
+                }
+            )
+            return records / seconds
+
+        def script() -> float:
+            argv = [
+                *client_prefix(),
+                PYTHON,
+                "-c",
+                _BASELINE,
+                str(csv_path),
+                server.url + PATH,
+                str(HERE),
+                TOKEN,
+                str(CONCURRENCY),
+            ]
+            seconds, done = timed(argv, env)
+            if done.returncode != 0 or f"DONE {records}" not in done.stdout:
+                raise RuntimeError(f"baseline script failed: {done.stderr[-500:]}")
+            return records / seconds
+
+        variants = {"aiohttp_script": script}
+        if missing is None:
+            variants = {"cli": cli, **variants}
+        figures = alternate(variants, rounds)
+    med = {name: median(values) for name, values in figures.items()}
+    raw = med["aiohttp_script"]
+    target = ">= 0.85x"
+    label = f"{NAME}, {records:,} records, chunk 1, 64 in flight vs aiohttp script"
+    if missing is not None:
+        rows = [row(label, baseline=rate_str(raw, "records/s"), target=target, skipped=missing)]
+    else:
+        bad = [r for r in runs if r["exit_code"] != 0 or r["report_lines"] != records]
+        note = (
+            f"{len(bad)} run(s) exited non-zero or lost records"
+            if bad
+            else "every record one outcome"
+        )
+        rows = [
+            row(
+                label,
+                sdk=rate_str(med["cli"], "records/s"),
+                baseline=rate_str(raw, "records/s"),
+                ratio=med["cli"] / raw,
+                target=target,
+                ok=med["cli"] >= 0.85 * raw and not bad,
+                note=note,
+            )
+        ]
+    return {
+        "name": NAME,
+        "rows": rows,
+        "details": {
+            "pinning": pinned,
+            "records_per_round": records,
+            "rounds": rounds,
+            "figures": figures,
+            "medians": med,
+            "cli_runs": runs,
+        },
+    }
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(run("--quick" in sys.argv), indent=2))
