@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import selectors
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+from _virtual_time import VirtualClock, run_virtual
 from aioresponses import aioresponses
 from conftest import FakeTime
 
@@ -29,8 +28,6 @@ from proactive_async._errors import (
 )
 from proactive_async._ratelimit import ADAPTIVE_START, RateLimit, RateLimitBackend, report_failure
 
-T = TypeVar("T")
-
 BASE = "http://api.test"
 URL = BASE + "/api/Conversation/proactive-conversation"
 TOKEN = "tok-S3CRET-ratelimit-5b4a3c2d1e"
@@ -39,50 +36,7 @@ OK_BODY = json.dumps([{"id": i, "messages": [{"to": p}]} for i, p in enumerate(P
 POLICY = RetryPolicy(max_attempts=3, deadline=None, backoff_initial=0.5, jitter=0.0)
 
 
-# -- virtual time (the pattern of tests/test_limits.py) ---------------------------------------
-
-
-class VirtualClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class _JumpingSelector(selectors.DefaultSelector):
-    """Instead of blocking for ``timeout``, jump the clock to the next timer."""
-
-    def __init__(self, clock: VirtualClock) -> None:
-        super().__init__()
-        self._clock = clock
-
-    def select(self, timeout: float | None = None) -> list[Any]:
-        if timeout is None:
-            raise RuntimeError("deadlock: every task waits and no timer is set")
-        if timeout > 0:
-            self._clock.now += timeout
-        return super().select(0)
-
-
-class _VirtualLoop(asyncio.SelectorEventLoop):
-    def __init__(self, clock: VirtualClock) -> None:
-        super().__init__(_JumpingSelector(clock))
-        self._virtual = clock
-
-    def time(self) -> float:
-        return self._virtual.now
-
-
-def run_virtual(main: Callable[[VirtualClock], Awaitable[T]]) -> T:
-    """Run ``main(clock)`` to its end on a fresh virtual-time loop."""
-    clock = VirtualClock()
-
-    async def runner() -> T:
-        return await main(clock)
-
-    with asyncio.Runner(loop_factory=lambda: _VirtualLoop(clock)) as loop_runner:
-        return loop_runner.run(runner())
+# -- virtual time --------------------------------------------------------------------------
 
 
 async def virtual_sleep(seconds: float) -> None:
