@@ -61,6 +61,7 @@ from ._ratelimit_redis import SharedRateLimit, default_limit_key
 from ._records import Outcome, OutcomeError, OutcomeStatus, Record, Target
 from ._report import CampaignSummary
 from ._retry import RetryPolicy, is_safe_to_retry, parse_retry_after
+from ._sync import Client, ClientOptions
 from ._version import __version__
 
 __all__ = [
@@ -73,6 +74,8 @@ __all__ = [
     "Campaign",
     "CampaignOptions",
     "CampaignSummary",
+    "Client",
+    "ClientOptions",
     "ClientStateError",
     "ConflictError",
     "ConnectError",

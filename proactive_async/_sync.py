@@ -1,0 +1,460 @@
+"""Client: the blocking client, over one event loop per process (an anyio blocking portal).
+
+Every ``Client`` of a process shares one event loop, run by an anyio blocking portal in a
+daemon thread: started by the first call, stopped at interpreter exit (``atexit``) once the
+clients still open are closed, so that a script that never calls ``close()`` still exits
+cleanly. Calls from any number of threads are handed to that loop, where each Client's
+``AsyncClient`` (and so its one connection pool) lives.
+
+A call goes over with ``asyncio.run_coroutine_threadsafe`` rather than ``portal.call``: the
+portal spawns each task through a first blocking hop into its task group, then waits for
+the result, two cross-thread hand-offs instead of one (about 70 us against 30 us a call,
+``benchmarks/bench_sync.py``). The portal still owns the loop's life: its start, its stop,
+and the cancellation of whatever is left when it stops. A caller interrupted while it waits
+(Ctrl-C) cancels its call rather than leaving it running.
+
+After ``os.fork()`` the child has no loop thread, but it holds copies of the parent's loop,
+sessions and sockets. The child forgets them (a new loop and a new pool are made at its
+first call) and never closes or uses them: closing a copied TLS connection would write a
+close_notify into the parent's stream, and unregistering a copied socket from the copied
+epoll instance (the very one the parent's loop waits on) would deafen the parent. So the
+child points each descriptor the old loop watched, and the epoll descriptor itself, at
+harmless stand-ins, and keeps the old objects referenced so that nothing tears them down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import contextlib
+import os
+import select
+import selectors
+import ssl
+import threading
+import weakref
+from collections.abc import AsyncIterable, Callable, Coroutine, Iterable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Self, TypedDict, TypeVar, Unpack
+
+from ._campaign import Campaign
+from ._client import ApiResponse, AsyncClient
+from ._config import Limits, Timeout
+from ._errors import ClientStateError
+from ._models import Conversation, ProactiveConversationRequest
+from ._ratelimit import RateLimitBackend
+from ._report import CampaignSummary
+from ._retry import RetryPolicy, Sleep
+
+if TYPE_CHECKING:
+    from anyio.from_thread import BlockingPortal
+
+__all__ = ["Client", "ClientOptions"]
+
+T = TypeVar("T")
+
+_CLOSED: Final = "the client is closed; create a new Client"
+_IN_EVENT_LOOP: Final = (
+    "Client blocks, so it cannot be called from a running event loop (it would stall that "
+    "loop, or deadlock); in async code use AsyncClient and await its methods"
+)
+_EXITING: Final = "the interpreter is exiting: the event loop of Client is stopped"
+_EXIT_CLOSE_TIMEOUT: Final = 5.0
+"""Seconds the clients left open get to close at interpreter exit: exit must not hang."""
+_EXIT_JOIN_TIMEOUT: Final = 10.0
+
+
+class ClientOptions(TypedDict, total=False):
+    """The keyword options of ``AsyncClient``, which ``Client`` forwards unchanged."""
+
+    retry: RetryPolicy | None
+    timeout: Timeout | None
+    limits: Limits
+    verify: bool | str | os.PathLike[str] | ssl.SSLContext
+    proxy: str | None
+    headers: Mapping[str, str] | None
+    max_response_bytes: int
+    mask_phone_numbers: bool
+    rate_limit: RateLimitBackend | None
+    sleep: Sleep | None
+    clock: Callable[[], float] | None
+
+
+class _Runtime:
+    """The process's one event loop: a blocking portal in a daemon thread, made on first use."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.generation = 0
+        """Bumped in a fork child: a client built in an earlier generation is the parent's."""
+        self._thread: threading.Thread | None = None
+        self._portal: BlockingPortal | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._exiting = False
+        self._clients: weakref.WeakSet[Client] = weakref.WeakSet()
+        self._closing: set[asyncio.Task[None]] = set()  # closes of collected clients
+        self._inherited: list[object] = []  # a fork child's copies of the parent's objects
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, started if need be."""
+        loop = self._loop
+        if loop is not None:
+            return loop
+        with self.lock:
+            if self._loop is None:
+                self._start()
+            assert self._loop is not None
+            return self._loop
+
+    def _start(self) -> None:
+        if self._exiting:
+            raise ClientStateError(_EXITING)
+        started: concurrent.futures.Future[_Running] = concurrent.futures.Future()
+        # A daemon thread of our own rather than start_blocking_portal()'s context manager:
+        # a fork child may drop its copy of our state, and dropping a suspended context
+        # manager runs its exit, which would wait for the parent's loop for ever.
+        thread = threading.Thread(
+            target=_serve_portal, args=(started,), name="proactive-async-loop", daemon=True
+        )
+        thread.start()
+        self._portal, self._loop = started.result()
+        self._thread = thread
+
+    def register(self, client: Client) -> None:
+        with self.lock:
+            self._clients.add(client)
+
+    def keep(self, inherited: object) -> None:
+        """Hold a fork child's copy of the parent's objects for good: never closed, never freed."""
+        self._inherited.append(inherited)
+
+    def close(self, async_client: AsyncClient, generation: int) -> None:
+        """Close a client's pool, waiting for it (a pool exists only if the loop does)."""
+        if generation != self.generation:
+            self.keep(async_client)
+            return
+        loop = self._loop
+        if loop is not None:
+            wait(submit(async_client.aclose(), loop))
+
+    def release(self, async_client: AsyncClient, generation: int) -> None:
+        """A client was collected without ``close()``: close its pool soon, from any thread."""
+        if generation != self.generation:
+            self.keep(async_client)
+            return
+        loop = self._loop
+        if loop is None:
+            return
+        # Any thread may collect a client, the loop's own included: never block here.
+        with contextlib.suppress(RuntimeError):  # the loop closed: interpreter exit
+            loop.call_soon_threadsafe(self._close_soon, async_client)
+
+    def _close_soon(self, async_client: AsyncClient) -> None:
+        task = asyncio.ensure_future(async_client.aclose())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def shutdown(self) -> None:
+        """At interpreter exit: close every client still open, then stop the loop."""
+        with self.lock:
+            self._exiting = True
+            thread, portal = self._thread, self._portal
+            self._thread = self._portal = self._loop = None
+            clients = [c for c in list(self._clients) if c._generation == self.generation]
+        if thread is None or portal is None:
+            return
+        try:
+            portal.call(self._close_all, [client._async for client in clients])
+        finally:
+            # Whatever still runs (a call from a daemon thread) is cancelled as the loop ends.
+            with contextlib.suppress(RuntimeError):
+                portal.call(portal.stop, True)
+            thread.join(_EXIT_JOIN_TIMEOUT)
+
+    async def _close_all(self, pools: list[AsyncClient]) -> None:
+        closes = [pool.aclose() for pool in pools]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_EXIT_CLOSE_TIMEOUT):
+                await asyncio.gather(*closes, *self._closing, return_exceptions=True)
+
+    def after_fork_in_child(self) -> None:
+        """Forget the parent's loop, neutralised and kept (never closed, never freed)."""
+        self.lock = threading.Lock()  # another thread may have held it at the fork
+        self.generation += 1
+        if self._loop is not None:
+            _neutralize_inherited(self._loop)
+        self.keep((self._thread, self._portal, self._loop, self._closing))
+        self._thread = self._portal = self._loop = None
+        self._closing = set()
+
+
+_Running = tuple["BlockingPortal", asyncio.AbstractEventLoop]
+
+
+def _serve_portal(started: concurrent.futures.Future[_Running]) -> None:
+    """The loop thread: a blocking portal until it is stopped."""
+    import anyio
+    from anyio.from_thread import BlockingPortal
+
+    async def serve() -> None:
+        async with BlockingPortal() as portal:
+            started.set_result((portal, asyncio.get_running_loop()))
+            await portal.sleep_until_stopped()
+
+    try:
+        anyio.run(serve, backend="asyncio")
+    except BaseException as exc:
+        if started.done():
+            raise
+        started.set_exception(exc)  # the loop never ran: the caller of loop() raises it
+
+
+def _neutralize_inherited(loop: asyncio.AbstractEventLoop) -> None:
+    """In a fork child: point the descriptors the parent's loop watches at stand-ins.
+
+    Each socket the loop watched now refers to /dev/null and its epoll descriptor to a new,
+    empty epoll instance of the child's own, so that whatever the copied objects do (close,
+    write, unregister) never reaches the parent's connections or the parent's epoll. Loops
+    without a selector (uvloop) are only kept, never used.
+    """
+    # What the copies say if they are ever freed ("Unclosed client session") is not news.
+    loop.set_exception_handler(_ignore)
+    selector = getattr(loop, "_selector", None)  # asyncio's selector event loops
+    if not isinstance(selector, selectors.BaseSelector):
+        return
+    watched = [key.fd for key in selector.get_map().values()]
+    stand_in = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        for fd in watched:
+            with contextlib.suppress(OSError):
+                os.dup2(stand_in, fd, inheritable=False)
+    finally:
+        os.close(stand_in)
+    if isinstance(selector, selectors.EpollSelector):
+        fresh = select.epoll()
+        try:
+            os.dup2(fresh.fileno(), selector.fileno(), inheritable=False)
+        finally:
+            fresh.close()
+
+
+def _ignore(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    pass
+
+
+_RUNTIME: Final = _Runtime()
+atexit.register(_RUNTIME.shutdown)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_RUNTIME.after_fork_in_child)
+
+
+def refuse_inside_event_loop() -> None:
+    """A blocking call from a running event loop stalls it (or, from our own, deadlocks)."""
+    if asyncio._get_running_loop() is not None:
+        raise ClientStateError(_IN_EVENT_LOOP)
+
+
+def submit(
+    coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop
+) -> concurrent.futures.Future[T]:
+    """Hand ``coro`` to ``loop``; a loop stopped meanwhile (interpreter exit) is our error."""
+    try:
+        return asyncio.run_coroutine_threadsafe(coro, loop)
+    except RuntimeError:
+        coro.close()
+        raise ClientStateError(_EXITING) from None
+
+
+def wait(future: concurrent.futures.Future[T], finished: threading.Event | None = None) -> T:
+    """The result of ``future``; interrupted (Ctrl-C), its task is cancelled, not left running.
+
+    ``finished``, if given, is set once the task has ended: the interrupted caller waits for
+    it, so that a task's own wind-down (a campaign's grace period) completes first.
+    """
+    try:
+        return future.result()
+    except concurrent.futures.CancelledError:
+        raise ClientStateError(
+            "the call was cancelled: the event loop of Client stopped (interpreter exit)"
+        ) from None
+    except BaseException:
+        if not future.done():
+            future.cancel()
+            if finished is not None:
+                finished.wait()
+        raise
+
+
+class Client:
+    """A blocking client for the Proactive Conversation API, safe to share between threads.
+
+    Usage::
+
+        with Client(base_url="https://api.example.com", token=TOKEN) as client:
+            conversations = client.create_proactive_conversation(
+                channel_id=1, bot_id=2, conversation_template_id=3,
+                recipient=["+5511999990000"],
+            )
+
+    Its methods are those of ``AsyncClient``, blocking, and raise the same errors. All the
+    Clients of a process share one event loop in a background thread (started by the first
+    call, stopped at exit); each Client has one connection pool, used by every thread. A
+    Client left open is closed at interpreter exit; after ``os.fork()`` the child makes its
+    own pool at its first call. From async code use ``AsyncClient``: a Client called from a
+    running event loop raises ClientStateError.
+
+    Parameters:
+        base_url, token, and every keyword of ``AsyncClient`` (``retry``, ``timeout``,
+        ``limits``, ``verify``, ``proxy``, ``headers``, ...), with the same defaults.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        token: str | None = None,
+        **options: Unpack[ClientOptions],
+    ) -> None:
+        self._base_url_arg = base_url
+        self._token_arg = token
+        self._options = options
+        self._async = AsyncClient(base_url, token, **options)
+        self._generation = _RUNTIME.generation
+        self._closed = False
+        self._finalizer = self._watch()
+        _RUNTIME.register(self)
+
+    def _watch(self) -> weakref.finalize[[AsyncClient, int], Client]:
+        """Close the pool if this Client is collected unclosed (interpreter exit has its own)."""
+        finalizer = weakref.finalize(self, _RUNTIME.release, self._async, self._generation)
+        finalizer.atexit = False
+        return finalizer
+
+    def __repr__(self) -> str:
+        return f"Client(base_url={self._async.base_url!r})"
+
+    @property
+    def base_url(self) -> str:
+        return self._async.base_url
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What must never be stored or shown (the token): for journals and reports."""
+        return self._async.secrets
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Self:
+        if self._closed:
+            raise ClientStateError(_CLOSED)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool. Idempotent; calls in flight on other threads fail."""
+        if self._closed:
+            return
+        refuse_inside_event_loop()
+        self._closed = True
+        self._finalizer.detach()
+        _RUNTIME.close(self._async, self._generation)
+
+    def create_proactive_conversation(
+        self,
+        request: ProactiveConversationRequest | None = None,
+        /,
+        *,
+        retry: RetryPolicy | None = None,
+        **fields: Any,
+    ) -> list[Conversation]:
+        """Start proactive conversations: one per recipient and per contact id.
+
+        As ``AsyncClient.create_proactive_conversation``, blocking: a request, keyword
+        fields, or both (the keywords override); raises the same ProactiveErrors.
+        """
+        client, loop = self._ready()
+        coro = client.create_proactive_conversation(request, retry=retry, **fields)
+        return wait(submit(coro, loop))
+
+    def create_proactive_conversation_with_response(
+        self,
+        request: ProactiveConversationRequest | None = None,
+        /,
+        *,
+        retry: RetryPolicy | None = None,
+        **fields: Any,
+    ) -> ApiResponse[list[Conversation]]:
+        """As ``create_proactive_conversation``, with status, headers, elapsed and attempts."""
+        client, loop = self._ready()
+        coro = client.create_proactive_conversation_with_response(request, retry=retry, **fields)
+        return wait(submit(coro, loop))
+
+    def run_campaign(
+        self,
+        *,
+        template: ProactiveConversationRequest,
+        targets: str | os.PathLike[str] | Iterable[object] | AsyncIterable[object],
+        **campaign: Any,
+    ) -> CampaignSummary:
+        """Run a ``Campaign`` on this client to its end and return its summary, blocking.
+
+        Usage::
+
+            summary = client.run_campaign(
+                template=ProactiveConversationRequest(channel_id=1, bot_id=2,
+                                                      conversation_template_id=3),
+                targets="recipients.csv", default_region="BR", report="report.jsonl",
+            )
+
+        The keywords are ``Campaign``'s (``options``, ``journal``, ``report``,
+        ``rate_limit``, or any ``CampaignOptions`` field). Ctrl-C stops it as a
+        cancellation stops a campaign: calls in flight get the grace period, then
+        KeyboardInterrupt is raised. A fatal error (401, 403, TLS) is raised as from
+        ``Campaign.run()``.
+        """
+        client, loop = self._ready()
+        # Built here, not on the loop: it may count the lines of a large targets file.
+        runner = Campaign(client, template=template, targets=targets, **campaign)
+        finished = threading.Event()
+        return wait(submit(_run_to_end(runner, finished), loop), finished)
+
+    def _ready(self) -> tuple[AsyncClient, asyncio.AbstractEventLoop]:
+        """This process's AsyncClient and the loop it lives in, or why a call cannot be made."""
+        if self._closed:
+            raise ClientStateError(_CLOSED)
+        refuse_inside_event_loop()
+        if self._generation != _RUNTIME.generation:
+            self._renew()
+        loop = _RUNTIME.loop()
+        # Closed while the loop was starting: close() saw no loop and so no pool to close.
+        if self._closed:
+            raise ClientStateError(_CLOSED)
+        return self._async, loop
+
+    def _renew(self) -> None:
+        """In a fork child: a new AsyncClient (a new pool); the parent's is kept, untouched."""
+        with _RUNTIME.lock:
+            if self._generation == _RUNTIME.generation:
+                return
+            inherited = self._async
+            self._finalizer.detach()
+            self._async = AsyncClient(self._base_url_arg, self._token_arg, **self._options)
+            self._generation = _RUNTIME.generation
+            self._finalizer = self._watch()
+        _RUNTIME.keep(inherited)
+
+
+async def _run_to_end(campaign: Campaign, finished: threading.Event) -> CampaignSummary:
+    try:
+        return await campaign.run()
+    finally:
+        finished.set()
