@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Celery and arq cannot share an environment (redis-py < 6 against >= 6.4): the Celery
+# engine's tests run in a second one.
+CELERY_VENV := .venv-celery
+CELERY_STAMP := $(CELERY_VENV)/.installed
 
 .PHONY: test demo bench lint typecheck clean venv servers
 
@@ -13,6 +17,12 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
+
+$(CELERY_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(CELERY_VENV)
+	$(CELERY_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CELERY_VENV)/bin/python -m pip install --quiet -e '.[dev-celery]'
+	touch $(CELERY_STAMP)
 
 venv: $(STAMP)
 
@@ -27,10 +37,12 @@ typecheck: $(STAMP)
 servers:
 	bash scripts/ensure-servers.sh
 
-test: lint typecheck servers
+test: lint typecheck servers $(CELERY_STAMP)
 	rm -f .coverage .coverage.*
 	# Subprocesses (the CLI, arq workers) report coverage too (coverage's .pth hook).
 	COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml $(BIN)/coverage run -m pytest
+	# The Celery engine, in its own environment (celery and arq cannot share one).
+	COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml $(CELERY_VENV)/bin/coverage run -m pytest tests/test_celery_workers.py
 	$(BIN)/coverage combine --quiet
 	$(BIN)/coverage report
 
@@ -41,4 +53,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .coverage .coverage.* .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CELERY_VENV) .coverage .coverage.* .mypy_cache .pytest_cache .ruff_cache

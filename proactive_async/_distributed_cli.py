@@ -39,6 +39,7 @@ def add_distributed_parsers(
     )
     p.add_argument("recipients_file", metavar="RECIPIENTS_FILE")
     p.add_argument("--campaign", metavar="ID", help="the campaign's id (default: a new one)")
+    _add_engine(p)
     add_campaign_options(p)
     p.set_defaults(handler=lambda args: _enqueue(args, campaign_inputs))
 
@@ -46,7 +47,13 @@ def add_distributed_parsers(
         "worker", help="run an arq worker that sends queued chunks", allow_abbrev=False
     )
     _add_connection(w, redis=True)
-    w.add_argument("--concurrency", type=int, metavar="N", help="jobs at once (default 16)")
+    _add_engine(w)
+    w.add_argument(
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help="arq: jobs at once (default 16); celery: worker processes (default 4)",
+    )
     w.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     w.set_defaults(handler=_worker)
 
@@ -64,6 +71,25 @@ def add_distributed_parsers(
     c = commands.add_parser("cancel", help="cancel a distributed campaign", allow_abbrev=False)
     _add_connection(c, redis=False, campaign=True)
     c.set_defaults(handler=_cancel)
+
+
+def _add_engine(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine",
+        choices=("arq", "celery"),
+        default="arq",
+        help="the task queue (default arq; celery needs proactive-async[celery])",
+    )
+    p.add_argument(
+        "--broker", metavar="URL", help="celery: the broker (default: $PROACTIVE_BROKER_URL)"
+    )
+
+
+def _broker(args: argparse.Namespace, env: Mapping[str, str]) -> str:
+    url = args.broker or env.get("PROACTIVE_BROKER_URL")
+    if not url:
+        raise UsageError("give the broker: --broker URL or PROACTIVE_BROKER_URL")
+    return str(url)
 
 
 def _add_connection(p: argparse.ArgumentParser, *, redis: bool, campaign: bool = False) -> None:
@@ -104,13 +130,17 @@ def _run(handler: Callable[[], int]) -> int:
 def _enqueue(args: argparse.Namespace, campaign_inputs: Callable[[argparse.Namespace], Any]) -> int:
     def go() -> int:
         from ._distributed import new_campaign_id, plan_campaign
-        from .arq import enqueue_chunks
+
+        if args.engine == "arq":
+            from .arq import enqueue_chunks
 
         env = os.environ
         dsn = _journal(args, env)
-        redis_url = args.redis_url or env.get("PROACTIVE_REDIS_URL")
-        if not redis_url:
-            raise UsageError("give Redis: --redis-url redis://... or PROACTIVE_REDIS_URL")
+        if args.engine == "celery":
+            broker = _broker(args, env)
+            redis_url = ""
+        else:
+            redis_url = _redis(args, env)
         template, options = campaign_inputs(args)
         campaign = args.campaign or new_campaign_id()
         token = env.get("PROACTIVE_TOKEN")
@@ -123,7 +153,10 @@ def _enqueue(args: argparse.Namespace, campaign_inputs: Callable[[argparse.Names
                 options=options,
                 secrets=[token] if token else [],
             )
-            queued = await enqueue_chunks(redis_url, campaign, plan.pending_chunks)
+            if args.engine == "celery":
+                queued = await asyncio.to_thread(_celery_enqueue, broker, campaign, plan)
+            else:
+                queued = await enqueue_chunks(redis_url, campaign, plan.pending_chunks)
             return {
                 "campaign": plan.campaign,
                 "records": plan.records,
@@ -141,16 +174,39 @@ def _enqueue(args: argparse.Namespace, campaign_inputs: Callable[[argparse.Names
     return _run(go)
 
 
+def _celery_enqueue(broker: str, campaign: str, plan: Any) -> int:
+    os.environ["PROACTIVE_BROKER_URL"] = broker
+    from .celery import create_app, enqueue_chunks
+
+    return enqueue_chunks(create_app(broker), campaign, plan.pending_chunks)
+
+
+def _celery_worker(args: argparse.Namespace) -> int:
+    env = os.environ
+    os.environ["PROACTIVE_BROKER_URL"] = _broker(args, env)
+    from .celery import QUEUE, app
+
+    concurrency = args.concurrency or 4
+    argv = ["worker", "--pool=prefork", f"--concurrency={concurrency}", "-Q", QUEUE]
+    argv += ["--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    app.worker_main(argv)
+    return EXIT_OK
+
+
 def _worker(args: argparse.Namespace) -> int:
     def go() -> int:
         env = os.environ
         os.environ["PROACTIVE_JOURNAL"] = _journal(args, env)
-        os.environ["PROACTIVE_REDIS_URL"] = _redis(args, env)
-        if args.concurrency:
-            os.environ["PROACTIVE_WORKER_CONCURRENCY"] = str(args.concurrency)
         for name in ("PROACTIVE_BASE_URL", "PROACTIVE_TOKEN"):
             if not env.get(name):
                 raise UsageError(f"the worker takes the API from its environment: set {name}")
+        if args.engine == "celery":
+            if args.redis_url:
+                os.environ["PROACTIVE_REDIS_URL"] = args.redis_url
+            return _celery_worker(args)
+        os.environ["PROACTIVE_REDIS_URL"] = _redis(args, env)
+        if args.concurrency:
+            os.environ["PROACTIVE_WORKER_CONCURRENCY"] = str(args.concurrency)
         from arq.worker import run_worker
 
         from . import arq as settings

@@ -34,7 +34,7 @@ import selectors
 import ssl
 import threading
 import weakref
-from collections.abc import AsyncIterable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self, TypedDict, TypeVar, Unpack
 
@@ -427,6 +427,15 @@ class Client:
         finished = threading.Event()
         return wait(submit(_run_to_end(runner, finished), loop), finished)
 
+    def run(self, function: Callable[..., Awaitable[T]], /, *args: Any) -> T:
+        """Run ``await function(async_client, *args)`` on this client's event loop; blocking.
+
+        For integrations that drive async parts of the SDK from sync code (a Celery task
+        sending a stored chunk): they share this client's loop and connection pool.
+        """
+        client, loop = self._ready()
+        return wait(submit(_call(function, client, args), loop))
+
     def _ready(self) -> tuple[AsyncClient, asyncio.AbstractEventLoop]:
         """This process's AsyncClient and the loop it lives in, or why a call cannot be made."""
         if self._closed:
@@ -458,3 +467,9 @@ async def _run_to_end(campaign: Campaign, finished: threading.Event) -> Campaign
         return await campaign.run()
     finally:
         finished.set()
+
+
+async def _call(
+    function: Callable[..., Awaitable[T]], client: AsyncClient, args: tuple[Any, ...]
+) -> T:
+    return await function(client, *args)

@@ -1,0 +1,148 @@
+"""Distributed campaigns on real Celery workers (prefork), with faults and a kill -9.
+
+Celery cannot share an environment with arq (redis-py < 6 against >= 6.4): these tests run
+in ``.venv-celery`` (``make test`` runs them there) and are skipped where celery is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+celery = pytest.importorskip("celery")
+
+import psycopg  # noqa: E402
+import redis  # noqa: E402
+from test_cli import ThreadedSimulator  # noqa: E402
+
+from proactive_async.simulator import Faults, SimulatorConfig  # noqa: E402
+
+TOKEN = "celery-token-" + uuid.uuid4().hex
+FAULTS = Faults(
+    rate_429=0.03,
+    rate_503=0.03,
+    rate_500=0.02,
+    drop_before=0.02,
+    drop_after=0.02,
+    latency=0.002,
+    latency_jitter=0.002,
+    retry_after=0.05,
+    seed=5,
+)
+
+
+def test_register_adds_the_chunk_task_with_late_acks_and_the_single_call_task() -> None:
+    from proactive_async.celery import CHUNK_TASK, SINGLE_CALL_TASK, register
+
+    app = celery.Celery("users-own-app", broker="memory://")
+    register(app)
+    chunk = app.tasks[CHUNK_TASK]
+    assert chunk.acks_late and chunk.reject_on_worker_lost and chunk.max_retries is None
+    assert not app.tasks[SINGLE_CALL_TASK].acks_late  # a redelivered single call could send twice
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proactive_async.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "proactive_async.cli", "worker", "--engine", "celery",
+             "--concurrency", "3"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: kill -9 takes the pool with it
+        )  # fmt: skip
+
+
+def status(env: dict[str, str]) -> dict[str, Any]:
+    done = cli("status", "--campaign", "celery9", "--json", env=env)
+    assert done.returncode in (0, 4), done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+@pytest.mark.slow
+def test_three_celery_workers_and_a_kill_9_give_every_record_one_outcome(
+    postgres_server: Any, redis_server: Any, tmp_path: Path
+) -> None:
+    records = 900
+    targets = tmp_path / "targets.csv"
+    targets.write_text("phone,name\n" + "".join(f"+55119{i:08d},Ana\n" for i in range(records)))
+    store = redis.Redis.from_url(redis_server.url)
+    store.flushdb()
+    dsn = postgres_server.create_database(f"celery_{uuid.uuid4().hex[:10]}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROACTIVE_")}
+    env |= {
+        "PROACTIVE_JOURNAL": dsn,
+        "PROACTIVE_BROKER_URL": redis_server.url,
+        "PROACTIVE_TOKEN": TOKEN,
+        "PROACTIVE_VISIBILITY_TIMEOUT": "10",  # a killed worker's chunks come back in 10 s
+    }
+    with ThreadedSimulator(SimulatorConfig(token=TOKEN, faults=FAULTS)) as sim:
+        env["PROACTIVE_BASE_URL"] = sim.url
+        enqueued = cli(
+            "enqueue", str(targets), "--engine", "celery", "--channel-id", "1", "--bot-id", "2",
+            "--template-id", "3", "--chunk-size", "4", "--campaign", "celery9",
+            "--rate", "1500", "--burst", "50", env=env,
+        )  # fmt: skip
+        assert enqueued.returncode == 0, enqueued.stderr
+        assert json.loads(enqueued.stdout)["queued"] == records // 4
+        workers = [start_worker(env, tmp_path / f"w{n}.log") for n in range(3)]
+        try:
+            deadline = time.monotonic() + 90
+            while status(env)["chunks_done"] < 40:
+                assert time.monotonic() < deadline, (tmp_path / "w0.log").read_text()[-3000:]
+                time.sleep(0.2)
+            os.killpg(workers[0].pid, signal.SIGKILL)
+            workers[0].wait()
+            workers.append(start_worker(env, tmp_path / "w3.log"))
+            deadline = time.monotonic() + 150
+            while not (final := status(env))["finished"]:
+                assert time.monotonic() < deadline, f"not finished: {final}"
+                time.sleep(0.5)
+        finally:
+            for worker in workers:
+                if worker.poll() is None:
+                    os.killpg(worker.pid, signal.SIGTERM)
+            for worker in workers:
+                try:
+                    worker.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(worker.pid, signal.SIGKILL)
+        processed = sim.audit.snapshot()
+    assert sum(final["counts"].values()) == records
+    assert all(count == 1 for count in processed.values()), "a target processed twice"
+    with psycopg.connect(dsn) as conn:
+        states = dict(conn.execute("SELECT recipient, state FROM proactive_record").fetchall())
+        dump = "".join(
+            row[0]
+            for table in ("proactive_campaign", "proactive_record", "proactive_chunk")
+            for row in conn.execute(f"SELECT row_to_json(t)::text FROM {table} t").fetchall()
+        )
+    assert all(processed.get(phone) == 1 for phone, state in states.items() if state == "sent")
+    assert all(phone not in processed for phone, state in states.items() if state == "failed")
+    assert TOKEN not in dump
+    for key in store.scan_iter("*"):
+        assert TOKEN.encode() not in key
+        if store.type(key) == b"list":
+            assert not any(TOKEN.encode() in item for item in store.lrange(key, 0, -1))
+    store.close()
