@@ -349,3 +349,143 @@ def wrk_ceiling(url: str, *, seconds: int = 3, connections: int = 64) -> float |
     if match is None:
         return f"wrk said {done.stdout[-200:]!r} {done.stderr[-200:]!r}"
     return float(match.group(1))
+
+
+# --- throwaway Redis and PostgreSQL (the test suite's helpers) ------------------------
+
+
+def _tests_on_path() -> None:
+    """tests/_redis.py and tests/_postgres.py start the servers; they import each other."""
+    tests = str(ROOT / "tests")
+    if tests not in sys.path:
+        sys.path.append(tests)
+
+
+def _pin_to_server_core(pid: int) -> None:
+    """Move an already started server (Redis, the postmaster) to the server core."""
+    if can_pin():
+        subprocess.run(
+            ["taskset", "-a", "-p", "-c", str(SERVER_CORE), str(pid)],
+            capture_output=True,
+            check=False,
+        )
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """A throwaway redis-server (tests/_redis.py) on a free port; yields its URL.
+
+    Raises RuntimeError saying why when redis-server is missing (scripts/ensure-servers.sh
+    installs it) or does not start: the caller turns that into skipped rows.
+    """
+    import tempfile
+
+    _tests_on_path()
+    from _redis import RedisServer, find_redis_server
+
+    executable = find_redis_server()
+    if executable is None:
+        raise RuntimeError("redis-server not installed (scripts/ensure-servers.sh installs it)")
+    with tempfile.TemporaryDirectory(prefix="bench-redis-") as workdir:
+        server = RedisServer(executable, Path(workdir))
+        server.start()
+        try:
+            process = getattr(server, "_process", None)
+            if process is not None:
+                _pin_to_server_core(process.pid)
+            yield server.url
+        finally:
+            server.stop()
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL (tests/_postgres.py) on a free port; yields a fresh database's
+    DSN. Raises RuntimeError saying why when PostgreSQL is missing or does not start."""
+    _tests_on_path()
+    from _postgres import PostgresServer, find_pg_bin
+
+    bin_dir = find_pg_bin()
+    if bin_dir is None:
+        raise RuntimeError("PostgreSQL not installed (scripts/ensure-servers.sh installs it)")
+    server = PostgresServer(bin_dir)
+    try:
+        server.start()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        server.stop()
+        raise RuntimeError(f"PostgreSQL did not start: {exc}") from exc
+    try:
+        postmaster = server._postmaster_pid()
+        if postmaster is not None:
+            _pin_to_server_core(postmaster)
+        yield server.create_database("bench")
+    finally:
+        server.stop()
+
+
+# --- the CLI as a process -------------------------------------------------------------
+
+CLI_CODE = "import sys; from proactive_async.cli import main; sys.exit(main())"
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of a CLI subprocess: the token, the repo importable, no stray
+    PROACTIVE_* settings of the caller's shell."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROACTIVE_")}
+    return {**env, "PROACTIVE_TOKEN": TOKEN, "PYTHONPATH": str(ROOT), **extra}
+
+
+def campaign_argv(csv_path: Path | str, url: str, report: Path | str, *extra: str) -> list[str]:
+    """``proactive-async campaign`` pinned to the client core: template 1/1/7, region BR,
+    no progress bar, the summary as JSON on stdout; ``extra`` adds pace flags."""
+    return [
+        *client_prefix(),
+        PYTHON,
+        "-c",
+        CLI_CODE,
+        "campaign",
+        str(csv_path),
+        "--channel-id", "1", "--bot-id", "1", "--template-id", "7",
+        "--base-url", url,
+        "--default-region", "BR",
+        "--no-progress",
+        "--json-summary",
+        "--report", str(report),
+        *extra,
+    ]  # fmt: skip
+
+
+def write_csv(path: Path, count: int, *, start: int = 0) -> None:
+    """A one-column CSV of ``count`` unique valid mobiles."""
+    with path.open("w") as handle:
+        handle.write("phone\n")
+        handle.writelines(f"{phone}\n" for phone in brazil_mobiles(count, start=start))
+
+
+def report_outcomes(path: Path) -> dict[str, int]:
+    """Outcome counts of a JSONL report, plus ``lines``, and ``records`` (distinct lines
+    numbers): every record exactly one outcome means lines == records == input size."""
+    import json
+
+    counts: dict[str, int] = {}
+    lines = 0
+    seen: set[int] = set()
+    if path.exists():
+        with path.open() as handle:
+            for text in handle:
+                item = json.loads(text)
+                lines += 1
+                seen.add(item.get("line"))
+                status = str(item.get("status"))
+                counts[status] = counts.get(status, 0) + 1
+    return {**counts, "lines": lines, "records": len(seen)}
+
+
+def max_window(stamps: Sequence[float], width: float = 1.0) -> int:
+    """The most timestamps (sorted) in any window [t, t + width) starting at a timestamp."""
+    import bisect
+
+    best = 0
+    for i, start in enumerate(stamps):
+        best = max(best, bisect.bisect_left(stamps, start + width, lo=i) - i)
+    return best

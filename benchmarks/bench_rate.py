@@ -13,7 +13,6 @@ Targets: achieved rate within +-2% of 500/s; no 1-second window above rate + bur
 from __future__ import annotations
 
 import asyncio
-import bisect
 import sys
 import tempfile
 from pathlib import Path
@@ -21,7 +20,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import TOKEN, brazil_mobiles, fast_server, pin_client, row, sdk_missing
+from _common import (
+    TOKEN,
+    brazil_mobiles,
+    fast_server,
+    max_window,
+    pin_client,
+    row,
+    sdk_missing,
+)
 
 NAME = "5 rate accuracy"
 
@@ -50,14 +57,6 @@ async def campaign_at(url: str, count: int, rate: float, burst: float) -> dict[s
         "calls": summary.calls,
         "elapsed": summary.elapsed,
     }
-
-
-def max_window(stamps: list[float], width: float = 1.0) -> int:
-    """The most timestamps in any window [t, t + width) that starts at a timestamp."""
-    best = 0
-    for i, start in enumerate(stamps):
-        best = max(best, bisect.bisect_left(stamps, start + width, lo=i) - i)
-    return best
 
 
 def run(quick: bool = False) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Run the benchmark suite: ``make bench`` (all eight), ``--only N``, ``--quick`` (smoke size).
+"""Run the benchmark suite: ``make bench`` (all ten), ``--only N``, ``--quick`` (smoke size).
 
 Installs wrk and nginx first (``setup.sh``, only if missing, never fatal), runs each
 ``bench_<topic>.run(quick)``, writes ``benchmarks/results.json`` with the machine it ran on,
@@ -31,6 +31,9 @@ BENCHMARKS = {
     6: "bench_adaptive",
     7: "bench_latency",
     8: "bench_cli",
+    9: "bench_shared",
+    10: "bench_distributed",
+    11: "bench_sync",
 }
 
 

@@ -309,14 +309,16 @@ class AdaptiveTuning:
         noise_share, noise_run: a 429 cuts the rate only when 429s are more than
             ``noise_share`` of the calls of the last one to two ``window``s (counted over
             at least 20 calls), or when ``noise_run`` come with no success between them;
-            otherwise it is noise: it pauses for its Retry-After, and the rate stays.
+            otherwise it is noise: the rate stays, nobody else pauses, and only the call
+            that met it waits its Retry-After.
 
     How the noise threshold was chosen: a sender above a server's limit by x gets about
     x / (1 + x) of its calls refused, so a real limit passed by 5% or more shows at once;
     random 429s (a busy shard, a proxy) of 1-2% of calls do not. What it costs: a limit
     passed by less than 5% is found only when probing has gone past 5% (up to ~5% of calls
     refused meanwhile), and at fewer than 20 calls per window a lone 429 is taken for noise
-    (the second one, or a run, cuts). 0.0 reads every 429 as the limit (the old behaviour).
+    (the second one, or a run, cuts). A 429 with no call accepted lately (the start) is
+    always the limit. 0.0 reads every 429 as the limit (the old behaviour).
     """
 
     floor: float = 1.0
@@ -477,12 +479,20 @@ class AdaptiveRate:
         if now - self._last_step >= interval:
             self._increase(now)
 
-    def on_throttle(self, retry_after: float | None) -> None:
-        """A 429: lower the rate, unless one was already acted on in the reaction window."""
+    def on_throttle(self, retry_after: float | None) -> bool:
+        """A 429: lower the rate, unless one was already acted on in the reaction window.
+
+        Returns False for noise (a rare 429, see ``AdaptiveTuning.noise_share``): nothing
+        changes, and only the call that met it waits; True when it is the server's limit
+        speaking, which pauses every sender.
+        """
         now = self._clock()
         if self._started is None:
             self._started = now
             self._mark = (now, self._mark[1])
+        self._count_call(now, throttled=True)
+        if now >= self._hold_until and self._is_noise():
+            return False
         # Without a Retry-After the caller backs off for some time we are not told.
         wait = self._unknown_pause if retry_after is None else max(0.0, retry_after)
         # Paused time in the window, before this 429: only the latest pause can overlap
@@ -493,9 +503,8 @@ class AdaptiveRate:
         self._paused_until = max(self._paused_until, now + wait)
         if self._drain:
             self._limiter.drain(until=self._paused_until)
-        self._count_call(now, throttled=True)
-        if now < self._hold_until or self._is_noise():
-            return
+        if now < self._hold_until:
+            return True
         rate = self._rate
         self._forget_before(now - self._window)
         # Accepted per second of sending in the window: paused time does not count (a
@@ -532,6 +541,7 @@ class AdaptiveRate:
         self._last_step = now
         self._step_weight = 0.0
         self._probes = 0
+        return True
 
     def _increase(self, now: float) -> None:
         self._forget_before(now - self._window)
@@ -575,9 +585,11 @@ class AdaptiveRate:
         """A 429 among many accepted calls, not in a run: a pause, not a limit."""
         if self._throttle_run >= self._noise_run:
             return False
+        accepted = self._calls[0] + self._previous_calls[0]
+        if accepted == 0:
+            return False  # nothing accepted lately (the start, say): the limit speaks
         throttles = self._calls[1] + self._previous_calls[1]
-        calls = sum(self._calls) + sum(self._previous_calls)
-        return throttles / max(calls, _NOISE_MIN_CALLS) <= self._noise_share
+        return throttles / max(accepted + throttles, _NOISE_MIN_CALLS) <= self._noise_share
 
     def _forget_before(self, horizon: float) -> None:
         accepted = self._accepted

@@ -43,8 +43,12 @@ class RateLimitBackend(Protocol):
     async def on_success(self, weight: float) -> None:
         """A call of ``weight`` targets was accepted."""
 
-    async def on_throttle(self, weight: float, retry_after: float | None) -> None:
-        """A 429 for a call of ``weight`` targets; ``retry_after`` as the server named it."""
+    async def on_throttle(self, weight: float, retry_after: float | None) -> bool:
+        """A 429 for a call of ``weight`` targets; ``retry_after`` as the server named it.
+
+        True: every sender now waits a shared pause (the caller needs no wait of its own).
+        False: a rare 429 taken for noise; only the caller waits its ``retry_after``.
+        """
 
     async def on_busy(self, seconds: float) -> None:
         """A 503: pause every sender for ``seconds``."""
@@ -141,11 +145,12 @@ class RateLimit:
         if self._adaptive is not None:
             self._adaptive.on_success(weight)
 
-    async def on_throttle(self, weight: float, retry_after: float | None) -> None:
+    async def on_throttle(self, weight: float, retry_after: float | None) -> bool:
         wait = retry_after if retry_after is not None else unnamed_throttle_wait(weight, self.rate)
-        if self._adaptive is not None:
-            self._adaptive.on_throttle(wait)
+        if self._adaptive is not None and not self._adaptive.on_throttle(wait):
+            return False  # noise: the rate stays and nobody else waits
         self._cooldown.pause(wait)
+        return True
 
     async def on_busy(self, seconds: float) -> None:
         self._cooldown.pause(seconds)
@@ -165,17 +170,20 @@ def unnamed_throttle_wait(weight: float, rate: float | None) -> float:
 
 async def report_failure(
     limit: RateLimitBackend, exc: ProactiveError, weight: float, policy: RetryPolicy, attempt: int
-) -> None:
+) -> bool:
     """Tell a rate limit about a 429 or 503; the one rule for the client and the sender.
 
-    A wait past ``policy.max_retry_after`` pauses nobody: the call that met it ends with
-    the error, while everyone else goes on (a hostile ``Retry-After: 86400`` must not
-    freeze a campaign).
+    Returns True when every sender now waits a shared pause (so the caller need not wait
+    on its own). A wait past ``policy.max_retry_after`` pauses nobody: the call that met
+    it ends with the error, while everyone else goes on (a hostile ``Retry-After: 86400``
+    must not freeze a campaign).
     """
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None and retry_after > policy.max_retry_after:
-        return
+        return False
     if isinstance(exc, RateLimitError):
-        await limit.on_throttle(weight, retry_after)
-    elif isinstance(exc, ServiceUnavailableError):
+        return await limit.on_throttle(weight, retry_after)
+    if isinstance(exc, ServiceUnavailableError):
         await limit.on_busy(policy.wait_for(exc, attempt))
+        return True
+    return False

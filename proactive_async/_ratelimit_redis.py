@@ -116,6 +116,18 @@ if now - wt >= window then
   if now - pt >= 2 * window then pt, pg, pok, pth = wt, wg, 0, 0 end
 end
 
+-- Is a 429 the server's limit? More than noise_share of recent calls, or a run of them.
+-- Counted here, before the decision, for every 429.
+if op == 'throttle' then
+  th = th + 1
+  run = run + 1
+end
+local function limit_speaks()
+  if ok + pok == 0 then return true end  -- nothing accepted lately: the limit speaks
+  local calls = math.max(ok + th + pok + pth, min_calls)
+  return (th + pth) / calls > noise_share or run >= noise_run
+end
+
 local result
 if op == 'acquire' then
   if pause > now then
@@ -128,15 +140,14 @@ if op == 'acquire' then
     granted = granted + arg
     result = {'1', tostring(math.max(0, go - now)), tostring(rate)}
   end
+elseif op == 'throttle' and fixed == 0 and now >= hold and not limit_speaks() then
+  -- Noise (a rare 429): the rate stays and nobody else waits.
+  result = {'0', tostring(math.max(0, pause - now)), tostring(rate)}
 elseif op == 'throttle' or op == 'busy' then
   if now + arg > pause then pause = now + arg end
   if op == 'throttle' then
     tat = math.max(tat, pause + tolerance)
-    th = th + 1
-    run = run + 1
-    local calls = math.max(ok + th + pok + pth, min_calls)
-    local limit = (th + pth) / calls > noise_share or run >= noise_run
-    if fixed == 0 and now >= hold and limit then
+    if fixed == 0 and now >= hold then
       local span = math.max(now - pt, window / 4)
       local sent = (granted - pg) / span
       local basis = rate
@@ -305,7 +316,7 @@ class SharedRateLimit:
     async def on_success(self, weight: float) -> None:
         if self._fixed is not None:
             return
-        self._accepted += weight
+        self._accepted += 1  # calls: the noise filter counts 429s against calls
         now = time.monotonic()
         if now - self._reported_at < _REPORT_INTERVAL:
             return
@@ -313,9 +324,9 @@ class SharedRateLimit:
         accepted, self._accepted = self._accepted, 0.0
         await self._tell("report", accepted)
 
-    async def on_throttle(self, weight: float, retry_after: float | None) -> None:
+    async def on_throttle(self, weight: float, retry_after: float | None) -> bool:
         wait = retry_after if retry_after is not None else unnamed_throttle_wait(weight, self._rate)
-        await self._tell("throttle", wait)
+        return await self._tell("throttle", wait)
 
     async def on_busy(self, seconds: float) -> None:
         await self._tell("busy", seconds)
@@ -349,17 +360,22 @@ class SharedRateLimit:
         self._rate = float(reply[2])
         return reply[0] in (b"1", "1"), float(reply[1])
 
-    async def _tell(self, op: str, value: float) -> None:
-        """Report to the group; if Redis is away, the local fallback (if any) hears it."""
+    async def _tell(self, op: str, value: float) -> bool:
+        """Report to the group; True when every process now waits a shared pause. If Redis
+        is away, the local fallback (if any) hears it instead."""
         try:
-            await self._call(op, value)
+            paused, _ = await self._call(op, value)
+            return paused
         except self._errors as exc:
             self._note_outage(exc)
-            if self._fallback is not None:
-                if op == "throttle":
-                    await self._fallback.on_throttle(1.0, value)
-                elif op == "busy":
-                    await self._fallback.on_busy(value)
+            if self._fallback is None:
+                return False
+            if op == "throttle":
+                return await self._fallback.on_throttle(1.0, value)
+            if op == "busy":
+                await self._fallback.on_busy(value)
+                return True
+            return False
 
     def _local(self, exc: BaseException) -> RateLimit:
         self._note_outage(exc)

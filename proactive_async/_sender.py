@@ -27,12 +27,12 @@ from typing import Any, Final, Protocol
 from msgspec import UNSET
 
 from ._client import AsyncClient
-from ._errors import BadRequestError, ProactiveError, RateLimitError, ServiceUnavailableError
+from ._errors import BadRequestError, ProactiveError, RateLimitError
 from ._journal import INTERRUPTED, Journal
 from ._matching import match_conversations
 from ._models import Conversation, ProactiveConversationRequest, build_request, encode_request
 from ._planner import Chunk, PlannedTarget
-from ._ratelimit import RateLimitBackend, report_failure
+from ._ratelimit import RateLimitBackend, report_failure, unnamed_throttle_wait
 from ._records import Outcome, OutcomeError, OutcomeStatus
 from ._report import CampaignSummary, LatencySample
 from ._retry import RetryPolicy, Sleep
@@ -205,7 +205,7 @@ class ChunkSender:
                 sent_once = sent_once or exc.may_have_been_processed
                 if isinstance(exc, RateLimitError):
                     throttles += 1
-                wait = await self._on_failure(
+                wait, shared = await self._on_failure(
                     exc, attempt - throttles, throttles, weight, self._clock() - first_try
                 )
                 if wait is None and self._abort is not None and not sent_once:
@@ -216,9 +216,8 @@ class ChunkSender:
                     status = OutcomeStatus.UNKNOWN if sent_once else OutcomeStatus.FAILED
                     await self._settle(targets, status, attempt, exc)
                     return
-                # A 429/503 paused every sender (the rate limit's shared pause) instead.
-                limited = isinstance(exc, RateLimitError | ServiceUnavailableError)
-                backoff = 0.0 if limited and self.rate_limit is not None else wait
+                # A shared pause (a 429 or 503 told to the rate limit) is waited in acquire.
+                backoff = 0.0 if shared else wait
                 continue
             except Exception as exc:  # a bug must not lose records: they may have been sent
                 _log.exception("unexpected error while sending a chunk")
@@ -235,8 +234,9 @@ class ChunkSender:
 
     async def _on_failure(
         self, exc: ProactiveError, attempt: int, throttles: int, weight: float, elapsed: float
-    ) -> float | None:
-        """Tell the rate limit; the wait before the next attempt, or None to stop.
+    ) -> tuple[float | None, bool]:
+        """Tell the rate limit; the wait before the next attempt (None: stop), and whether
+        that wait is a pause every sender shares (then ``acquire`` waits it out).
 
         ``attempt`` counts the attempts that were not throttled: a 429 is the rate
         limit's business and does not use the policy's attempts (up to MAX_THROTTLES a
@@ -245,22 +245,28 @@ class ChunkSender:
         policy = self.retry
         if exc.fatal:
             self._abort_with(exc)
-            return None
+            return None, False
         throttled = isinstance(exc, RateLimitError)
         if throttled:
             self.summary.throttled += 1
             if self._throttled_too_long(exc):
-                return None
-        if self.rate_limit is not None:
-            await report_failure(self.rate_limit, exc, weight, policy, max(1, attempt))
+                return None, False
+        shared = False
+        limit = self.rate_limit
+        if limit is not None:
+            shared = await report_failure(limit, exc, weight, policy, max(1, attempt))
         if not throttled:
-            return policy.next_wait(exc, max(1, attempt), elapsed)
+            return policy.next_wait(exc, max(1, attempt), elapsed), shared
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None and retry_after > policy.max_retry_after:
-            return None  # nobody waits that long: this chunk ends failed, its wait in the error
+            return None, False  # nobody waits that long: this chunk ends failed
         if throttles >= MAX_THROTTLES:
-            return None
-        return retry_after if retry_after is not None else policy.backoff(throttles)
+            return None, False
+        if retry_after is not None:
+            return retry_after, shared
+        if limit is not None:
+            return unnamed_throttle_wait(weight, limit.rate), shared
+        return policy.backoff(throttles), shared
 
     def _abort_with(self, exc: ProactiveError) -> None:
         if self._abort is None:

@@ -178,7 +178,7 @@ def _shared_limit_from_args(
     if args.calls_per_second is not None:
         raise UsageError("--calls-per-second is not shared through Redis: use --rate")
     if args.no_adaptive and args.rate is None:
-        raise UsageError("a shared limit needs --rate, or the adaptive mode (no --no-adaptive)")
+        return None  # no limit at all: nothing to share (Redis is not used)
     return SharedLimitSettings(
         redis_url=redis_url,
         key=args.limit_key or default_limit_key(base_url, args.channel_id),

@@ -1,8 +1,10 @@
 """Smoke runs of the benchmarks at their tiny ``--quick`` size: they run and report rows.
 
 These check shape only, never timing: a benchmark is a measurement, not a test. Benchmarks
-4 (CLI over CSV files) and 6 (adaptive behind nginx) take longer than this file's budget
-of ~10 s and are exercised by ``benchmarks/run.py --quick`` instead.
+4 (CLI over CSV files), 6 (adaptive behind nginx) and 10 (arq workers on a fresh
+PostgreSQL) take longer than this file's budget of ~10 s and are exercised by
+``benchmarks/run.py --quick`` instead; 9 starts its own redis-server (skipped rows without
+one), as the session does.
 """
 
 from __future__ import annotations
@@ -42,7 +44,15 @@ def _quick(module_name: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     "module_name",
-    ["bench_calls", "bench_campaign", "bench_decode", "bench_rate", "bench_latency", "bench_cli"],
+    [
+        "bench_calls",
+        "bench_campaign",
+        "bench_decode",
+        "bench_rate",
+        "bench_latency",
+        "bench_cli",
+        "bench_shared",
+    ],
 )
 def test_quick_benchmark_reports_rows_with_every_table_column(module_name: str) -> None:
     result = _quick(module_name)

@@ -26,6 +26,7 @@ from proactive_async._errors import (
     ServerError,
     ServiceUnavailableError,
 )
+from proactive_async._limits import AdaptiveTuning
 from proactive_async._ratelimit import ADAPTIVE_START, RateLimit, RateLimitBackend, report_failure
 
 BASE = "http://api.test"
@@ -82,8 +83,9 @@ class RecordingLimit:
     async def on_success(self, weight: float) -> None:
         self.events.append(("on_success", weight))
 
-    async def on_throttle(self, weight: float, retry_after: float | None) -> None:
+    async def on_throttle(self, weight: float, retry_after: float | None) -> bool:
         self.events.append(("on_throttle", weight, retry_after))
+        return True
 
     async def on_busy(self, seconds: float) -> None:
         self.events.append(("on_busy", seconds))
@@ -230,9 +232,22 @@ async def test_a_429_without_retry_after_pauses_a_short_bounded_time(
     rate: float | None, weight: float, pause: float
 ) -> None:
     clock = StillClock()
-    limit = RateLimit(rate, clock=clock)
-    await limit.on_throttle(weight, None)
+    # Every 429 is the limit here (noise has its own test below).
+    limit = RateLimit(rate, clock=clock, tuning=AdaptiveTuning(noise_share=0.0))
+    assert await limit.on_throttle(weight, None) is True
     assert limit.paused == pytest.approx(pause)
+
+
+async def test_a_rare_429_is_noise_for_an_adaptive_limit_and_pauses_nobody() -> None:
+    clock = StillClock()
+    limit = RateLimit(clock=clock)
+    for _ in range(100):
+        await limit.on_success(1.0)
+    assert await limit.on_throttle(1.0, 2.0) is False
+    assert limit.paused == 0.0 and limit.rate == ADAPTIVE_START
+    fixed = RateLimit(100.0, clock=clock)  # a fixed rate has no noise: every 429 pauses
+    assert await fixed.on_throttle(1.0, 2.0) is True
+    assert fixed.paused == pytest.approx(2.0)
 
 
 async def test_a_longer_pause_is_not_shortened_by_a_later_one() -> None:

@@ -166,6 +166,7 @@ class FakeRateLimit:
         self.log = log
         self.clock = clock
         self.acquire_takes = acquire_takes
+        self.shared_pause = True  # False: the limit takes a 429 for noise
 
     async def acquire(self, weight: float = 1.0) -> None:
         self.clock.now += self.acquire_takes
@@ -174,8 +175,9 @@ class FakeRateLimit:
     async def on_success(self, weight: float) -> None:
         self.log.append(("on_success", weight))
 
-    async def on_throttle(self, weight: float, retry_after: float | None) -> None:
+    async def on_throttle(self, weight: float, retry_after: float | None) -> bool:
         self.log.append(("on_throttle", weight, retry_after))
+        return self.shared_pause
 
     async def on_busy(self, seconds: float) -> None:
         self.log.append(("on_busy", seconds))
@@ -357,6 +359,15 @@ async def test_429s_do_not_use_up_the_policys_attempts() -> None:
     assert h.outcomes[0].status is OutcomeStatus.SENT
     assert h.outcomes[0].attempts == 4
     assert h.client.calls == 4
+
+
+async def test_a_429_the_limit_takes_for_noise_is_waited_by_its_chunk_alone() -> None:
+    h = make(RateLimitError("429", status=429, retry_after=0.7), answer_each)
+    assert h.limit is not None
+    h.limit.shared_pause = False
+    await h.sender.send(chunk(1))
+    assert h.clock.sleeps == [0.7]  # nobody else paused: this chunk waits its Retry-After
+    assert h.outcomes[0].status is OutcomeStatus.SENT
 
 
 async def test_a_retry_after_above_the_cap_fails_the_chunk_and_pauses_nobody() -> None:
