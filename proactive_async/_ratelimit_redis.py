@@ -17,7 +17,9 @@ that is then cancelled is lost: the group sends less, never more.
 A 429 pauses every process on the key for its ``Retry-After`` and empties the bucket until
 the pause ends (so the first calls after it are paced, not a burst); a 503 pauses them all.
 
-Adaptive mode (``rate=None``): the rate lives in the hash beside the GCRA state. One
+Adaptive mode (``rate=None``): the rate lives in the hash beside the GCRA state; a new
+group starts at ``SHARED_START`` (100 targets/s) and doubles every quarter second until its
+first 429 (slow start). One
 congestion event cuts it once for the group: after a cut, 429s are not a new signal until
 the pause plus a reaction window has passed (the same script holds that epoch). A rare 429
 is noise, not a limit: it pauses but does not cut unless 429s are more than
@@ -48,10 +50,14 @@ from ._ratelimit import ADAPTIVE_START, RateLimit, unnamed_throttle_wait
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
-__all__ = ["SharedRateLimit", "default_limit_key"]
+__all__ = ["SHARED_START", "SharedRateLimit", "default_limit_key"]
 
 _log = logging.getLogger("proactive_async")
 
+SHARED_START: Final = 100.0
+"""Targets/s a new adaptive group starts at, doubling every quarter second until its first
+429: several processes must not open with all their calls at once at an unknown server
+(the local mode can start unbounded: one process learns from its own first answers)."""
 _KEY_TTL_MS: Final = 3_600_000
 """An idle limit's state is forgotten after an hour (then it starts empty again)."""
 _BACKOFF_MIN: Final = 0.05
@@ -162,7 +168,9 @@ elseif op == 'throttle' or op == 'busy' then
 elseif op == 'report' then
   ok = ok + arg
   if arg > 0 then run = 0 end
-  if fixed == 0 and now >= hold and now - grow >= interval then
+  local step = interval
+  if cuts == 0 then step = interval / 2 end  -- slow start: twice as often
+  if fixed == 0 and now >= hold and now - grow >= step then
     local span = math.max(now - pt, window / 4)
     local sent = (granted - pg) / span
     if sent >= busy * rate then
@@ -260,7 +268,7 @@ class SharedRateLimit:
         self._on_error = on_redis_error
         self._processes = processes
         self._script = self._redis.register_script(_SCRIPT)
-        self._rate = rate if rate is not None else ADAPTIVE_START
+        self._rate = rate if rate is not None else SHARED_START
         self._fallback: RateLimit | None = None
         self._outage_since: float | None = None
         self._accepted = 0.0
@@ -352,7 +360,7 @@ class SharedRateLimit:
             repr(tuning.noise_share),
             tuning.noise_run,
             repr(tuning.probe),
-            repr(ADAPTIVE_START),
+            repr(SHARED_START),
             _NOISE_MIN_CALLS,
         ]
         reply = await self._script(keys=[self.key], args=args)

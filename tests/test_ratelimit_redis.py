@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from proactive_async import AdaptiveTuning, RateLimitBackend
-from proactive_async._ratelimit_redis import SharedRateLimit, default_limit_key
+from proactive_async._ratelimit_redis import SHARED_START, SharedRateLimit, default_limit_key
 
 
 @pytest.fixture
@@ -119,7 +119,7 @@ async def test_one_congestion_event_cuts_a_shared_adaptive_rate_once(
                 await limit._call("acquire", 1.0)
         await limits[0].on_throttle(1.0, 0.05)
         cut_once = limits[0].rate
-        assert cut_once is not None and cut_once < 1_000_000
+        assert cut_once is not None and cut_once < SHARED_START
         for limit in limits[1:]:  # the same event, heard by the other processes
             await limit.on_throttle(1.0, 0.05)
             assert limit.rate == cut_once
@@ -132,8 +132,8 @@ async def test_rare_429s_do_not_cut_a_shared_adaptive_rate(redis_server: Any, ke
     limit = SharedRateLimit(redis_server.url, key=key)
     try:
         await limit._call("report", 500.0)  # 500 accepted calls in the window
-        await limit.on_throttle(1.0, 0.01)
-        assert limit.rate == 1_000_000
+        assert await limit.on_throttle(1.0, 0.01) is False
+        assert limit.rate == SHARED_START
     finally:
         await limit.aclose()
 
@@ -268,3 +268,18 @@ async def test_a_campaign_through_a_shared_limit_writes_no_token_to_redis(
         await client_redis.aclose()
     assert key.encode() in dump
     assert token.encode() not in dump and token[8:20].encode() not in dump
+
+
+async def test_a_new_adaptive_group_starts_modest_and_doubles_at_most_every_quarter_second(
+    redis_server: Any, key: str
+) -> None:
+    limit = SharedRateLimit(redis_server.url, key=key)
+    try:
+        for _ in range(60):  # the group is using its rate: slow start may double it
+            await limit._call("acquire", 1.0)
+        await limit._call("report", 60.0)
+        assert limit.rate == 2 * SHARED_START
+        await limit._call("report", 1.0)
+        assert limit.rate == 2 * SHARED_START  # not again within a quarter second
+    finally:
+        await limit.aclose()
