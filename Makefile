@@ -27,8 +27,8 @@ $(CELERY_STAMP): pyproject.toml
 venv: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check proactive_async tests benchmarks
-	$(BIN)/ruff format --check proactive_async tests benchmarks
+	$(BIN)/ruff check proactive_async tests benchmarks docs
+	$(BIN)/ruff format --check proactive_async tests benchmarks docs
 
 typecheck: $(STAMP)
 	$(BIN)/mypy proactive_async
@@ -42,7 +42,7 @@ test: lint typecheck servers $(CELERY_STAMP)
 	# Subprocesses (the CLI, arq workers) report coverage too (coverage's .pth hook).
 	COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml $(BIN)/coverage run -m pytest
 	# The Celery engine, in its own environment (celery and arq cannot share one).
-	COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml $(CELERY_VENV)/bin/coverage run -m pytest tests/test_celery_workers.py
+	COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml $(CELERY_VENV)/bin/coverage run -m pytest tests/test_celery_workers.py tests/test_celery_recipes.py
 	$(BIN)/coverage combine --quiet
 	$(BIN)/coverage report
 

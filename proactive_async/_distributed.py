@@ -26,6 +26,7 @@ comes from the journal, never from the engine:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import datetime
@@ -336,6 +337,7 @@ class ChunkRunner:
         self.client = client
         self._rate_limit_for = rate_limit_for
         self._campaigns: dict[str, _CampaignView] = {}
+        self._opening = asyncio.Lock()
         self._idle: list[psycopg.AsyncConnection[Any]] = []
 
     async def aclose(self) -> None:
@@ -383,6 +385,16 @@ class ChunkRunner:
         view = self._campaigns.get(campaign)
         if view is not None:
             return view
+        # Chunks of a new campaign often start together: one of them opens its journal.
+        async with self._opening:
+            view = self._campaigns.get(campaign)
+            if view is not None:
+                return view
+            view = await self._open_view(campaign)
+            self._campaigns[campaign] = view
+            return view
+
+    async def _open_view(self, campaign: str) -> _CampaignView:
         conn = await self._connection()
         try:
             cursor = await conn.execute(
@@ -402,9 +414,7 @@ class ChunkRunner:
         limit = None
         if self._rate_limit_for is not None and settings.paced:
             limit = self._rate_limit_for(template, settings)
-        view = _CampaignView(template, settings, journal, limit)
-        self._campaigns[campaign] = view
-        return view
+        return _CampaignView(template, settings, journal, limit)
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         while self._idle:

@@ -8,7 +8,7 @@ Run a worker with arq's own command (or ``proactive-async worker``)::
 
 or add the job to your own worker settings::
 
-    from proactive_async.arq import JOB_NAME, send_chunk_job, startup, shutdown
+    from proactive_async.arq import JOB, startup, shutdown     # functions = [JOB, ...]
 
 A job names its campaign and chunk, nothing more (no token, no password): the worker
 takes the API's base URL and token, the journal's DSN and Redis from its own environment.
@@ -37,6 +37,7 @@ from ._models import ProactiveConversationRequest
 from ._ratelimit_redis import SharedRateLimit, default_limit_key
 
 __all__ = [
+    "JOB",
     "JOB_NAME",
     "WorkerSettings",
     "enqueue_chunks",
@@ -126,6 +127,12 @@ async def send_chunk_job(ctx: dict[str, Any], campaign: str, chunk: int) -> str:
         raise Retry(defer=5) from None
 
 
+JOB: Final = func(send_chunk_job, name=JOB_NAME, keep_result=0, max_tries=1000)
+"""The chunk job as arq registers it, for your own ``WorkerSettings.functions``: results
+are not kept (so a chunk can be queued again at once) and tries are many (a journal outage
+retries rather than drops a chunk)."""
+
+
 class WorkerSettings:
     """``arq proactive_async.arq.WorkerSettings``: settings from the environment.
 
@@ -135,7 +142,7 @@ class WorkerSettings:
     worker's job runs again after this plus 10 s).
     """
 
-    functions: Final = [func(send_chunk_job, name=JOB_NAME, keep_result=0, max_tries=1000)]
+    functions: Final = [JOB]
     on_startup = startup
     on_shutdown = shutdown
     redis_settings = redis_settings()

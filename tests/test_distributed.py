@@ -221,3 +221,28 @@ async def test_a_distributed_campaign_is_refused_to_a_one_process_run(
     await plan_campaign(f"{dsn}?campaign=g", template=TEMPLATE, targets=targets, options=options)
     with pytest.raises(JournalError, match="distributed campaign"):
         await open_journal(f"{dsn}?campaign=g", campaign_identity(TEMPLATE, targets, options))
+
+
+async def test_chunks_of_a_new_campaign_started_together_share_one_journal(
+    dsn: str, tmp_path: Path, sim: Simulator
+) -> None:
+    """No connection is left open after aclose, however many chunks started at once."""
+    targets = write_targets(tmp_path / "t.csv", 12)
+    plan = await plan_campaign(
+        f"{dsn}?campaign=h",
+        template=TEMPLATE,
+        targets=targets,
+        options=CampaignOptions(chunk_size=4),
+    )
+    async with AsyncClient(sim.url, TOKEN) as client:
+        runner = ChunkRunner(dsn, client)
+        states = await asyncio.gather(*(runner.run("h", c) for c in plan.pending_chunks))
+        await runner.aclose()
+    assert states == ["done"] * 3
+    database = dsn.rsplit("/", 1)[1]
+    left = rows(
+        dsn,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+        database,
+    )[0][0]
+    assert left == 0

@@ -1,0 +1,75 @@
+"""arq: your own worker settings, running your jobs beside the SDK's campaign chunks.
+
+Run (from this folder)::
+
+    pip install 'proactive-async[arq]'
+    export PROACTIVE_BASE_URL=https://api.example.com PROACTIVE_TOKEN=...
+    export PROACTIVE_REDIS_URL=redis://127.0.0.1:6379/0
+    export PROACTIVE_JOURNAL=postgresql://app@db/campaigns   # distributed campaigns' journal
+    export PROACTIVE_CHANNEL_ID=1 PROACTIVE_BOT_ID=2 PROACTIVE_TEMPLATE_ID=3   # the welcome
+    arq arq_settings.WorkerSettings
+
+Queue your own job from anywhere with ``await pool.enqueue_job("send_welcome", phone,
+"Ana")``; queue a campaign's chunks with ``proactive-async enqueue`` (same Redis, same
+journal): this worker runs both. The SDK's ``startup`` puts one ``AsyncClient`` and one
+chunk runner per worker process in ``ctx``; ``startup`` here runs it, then adds what your
+own jobs need (here a client of their own, for the welcome message), and ``shutdown`` closes
+both, yours first.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from arq.connections import RedisSettings
+from arq.worker import func
+
+from proactive_async import AsyncClient, ProactiveConversationRequest
+from proactive_async import arq as proactive
+
+WELCOME = ProactiveConversationRequest(
+    channel_id=int(os.environ["PROACTIVE_CHANNEL_ID"]),
+    bot_id=int(os.environ["PROACTIVE_BOT_ID"]),
+    conversation_template_id=int(os.environ["PROACTIVE_TEMPLATE_ID"]),
+)
+
+
+async def send_welcome(ctx: dict[str, Any], phone: str, name: str) -> list[int]:
+    """Your own job: one welcome message; the ids of the conversations it created."""
+    client: AsyncClient = ctx["welcome_client"]
+    conversations = await client.create_proactive_conversation(
+        WELCOME, recipient=[phone], content_variables={"name": name}
+    )
+    return [conversation.id for conversation in conversations]
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    await proactive.startup(ctx)
+    ctx["welcome_client"] = AsyncClient()  # PROACTIVE_BASE_URL, PROACTIVE_TOKEN
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    client: AsyncClient | None = ctx.pop("welcome_client", None)
+    try:
+        if client is not None:
+            await client.aclose()
+    finally:
+        await proactive.shutdown(ctx)
+
+
+class WorkerSettings:
+    functions = [
+        # A single send is not safe to run twice (it could send twice): one try.
+        func(send_welcome, name="send_welcome", max_tries=1),
+        # The SDK's chunk job as it registers it (many tries: it re-queues itself while
+        # another execution holds its chunk or the journal is down).
+        proactive.JOB,
+    ]
+    on_startup = startup
+    on_shutdown = shutdown
+    redis_settings = RedisSettings.from_dsn(
+        os.environ.get("PROACTIVE_REDIS_URL", "redis://127.0.0.1:6379/0")
+    )
+    # Jobs at once; the SDK's startup sizes its connection pool from the same variable.
+    max_jobs = int(os.environ.get("PROACTIVE_WORKER_CONCURRENCY", "16"))
