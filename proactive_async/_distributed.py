@@ -474,21 +474,24 @@ async def _finish_chunk(
     conn: psycopg.AsyncConnection[Any], campaign: str, chunk: int, state: str
 ) -> None:
     async with conn.transaction():
-        await conn.execute(
-            "UPDATE proactive_chunk SET state = %s WHERE campaign_id = %s AND chunk = %s",
+        cursor = await conn.execute(
+            "UPDATE proactive_chunk SET state = %s WHERE campaign_id = %s AND chunk = %s"
+            " AND state <> 'done' RETURNING chunk",
             (state, campaign, chunk),
         )
-        await _finish_campaign_if_done(conn, campaign)
+        if state == "done" and await cursor.fetchone() is not None:
+            await _count_done(conn, campaign, 1)
 
 
-async def _finish_campaign_if_done(conn: psycopg.AsyncConnection[Any], campaign: str) -> None:
-    await conn.execute(
-        "UPDATE proactive_campaign SET finished_at = now() WHERE id = %s"
-        " AND finished_at IS NULL AND planned_at IS NOT NULL AND NOT EXISTS ("
-        " SELECT 1 FROM proactive_record WHERE campaign_id = %s"
-        " AND state IN ('planned', 'in_flight'))",
-        (campaign, campaign),
-    )
+async def _count_done(conn: psycopg.AsyncConnection[Any], campaign: str, done: int) -> None:
+    """Chunks newly done; the campaign is finished when all are (a counter, not a scan)."""
+    if done:
+        await conn.execute(
+            "UPDATE proactive_campaign SET chunks_done = chunks_done + %s,"
+            " finished_at = CASE WHEN finished_at IS NULL AND planned_at IS NOT NULL"
+            " AND chunks_done + %s >= chunks THEN now() ELSE finished_at END WHERE id = %s",
+            (done, done, campaign),
+        )
 
 
 def _targets(
@@ -584,13 +587,14 @@ async def cancel_campaign(location: str) -> int:
                 (error, campaign),
             )
             cancelled = cursor.rowcount
-            await conn.execute(
+            cursor = await conn.execute(
                 "UPDATE proactive_chunk k SET state = 'done' WHERE campaign_id = %s"
-                " AND NOT EXISTS (SELECT 1 FROM proactive_record r WHERE r.campaign_id = %s"
-                " AND r.chunk = k.chunk AND r.state IN ('planned', 'in_flight'))",
+                " AND state <> 'done' AND NOT EXISTS (SELECT 1 FROM proactive_record r"
+                " WHERE r.campaign_id = %s AND r.chunk = k.chunk"
+                " AND r.state IN ('planned', 'in_flight'))",
                 (campaign, campaign),
             )
-            await _finish_campaign_if_done(conn, campaign)
+            await _count_done(conn, campaign, cursor.rowcount)
     finally:
         await conn.close()
     return cancelled

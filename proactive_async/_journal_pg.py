@@ -74,6 +74,7 @@ SCHEMA: Final = (
         cancelled_at timestamptz,
         settings text NOT NULL DEFAULT '{}',
         chunks bigint NOT NULL DEFAULT 0,
+        chunks_done bigint NOT NULL DEFAULT 0,
         records bigint NOT NULL DEFAULT 0
     )""",
     """CREATE TABLE IF NOT EXISTS proactive_record (
