@@ -7,6 +7,8 @@ ends ``rejected`` with that reason. Only a file that cannot be read at all (miss
 empty, no header, a header over the limits below, no target column) raises
 ``InputError``, when iteration starts.
 
+A ``.txt`` file without such a header is a plain list of numbers, one a line.
+
 CSV columns, matched case-insensitively and ignoring ``_``, ``-`` and spaces:
 
 * the phone column: ``recipient``, ``phone``, ``phone_number`` or ``mobile``;
@@ -43,15 +45,19 @@ from ._errors import InputError
 from ._records import Record, Target
 
 __all__ = [
+    "COLUMN_ALIASES",
     "aiter_records",
     "fingerprint_file",
     "read_csv",
     "read_jsonl",
+    "read_lines",
     "read_records",
 ]
 
 _RECIPIENT_NAMES = frozenset({"recipient", "phone", "phonenumber", "mobile"})
 _CONTACT_NAMES = frozenset({"contactid"})
+COLUMN_ALIASES = "recipient, phone, phone_number, mobile (a phone number); contactId, contact_id"
+"""The target columns a CSV header may name, for help texts."""
 _SNIFF_DELIMITERS = (",", ";", "\t")
 _CSV_SUFFIXES = frozenset({".csv", ".tsv", ".txt"})
 _JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
@@ -86,6 +92,8 @@ def read_records(path: str | os.PathLike[str], *, multiline: bool = False) -> It
     suffix = Path(path).suffix.lower()
     if suffix == ".tsv":
         return read_csv(path, delimiter="\t", multiline=multiline)
+    if suffix == ".txt" and not _has_header(path):
+        return read_lines(path)
     if suffix in _CSV_SUFFIXES:
         return read_csv(path, multiline=multiline)
     if suffix in _JSONL_SUFFIXES:
@@ -155,6 +163,38 @@ def read_jsonl(path: str | os.PathLike[str]) -> Iterator[Record]:
             yield _jsonl_record(line, raw)
         if line == 0:
             raise InputError(f"{name}: the file is empty (no records)")
+
+
+def read_lines(path: str | os.PathLike[str]) -> Iterator[Record]:
+    """Stream a plain list of phone numbers: one a line, no header, blank lines skipped."""
+    name = os.fspath(path)
+    with _open_text(name) as handle:
+        line = 0
+        for text in handle:
+            number = text.strip()
+            if not number:
+                continue
+            line += 1
+            if _has_surrogates(number):
+                yield Record(line=line, error=f"line {line}: {_NOT_UTF8}")
+            else:
+                yield Record(line=line, recipient=number)
+        if line == 0:
+            raise InputError(f"{name}: the file is empty (no records)")
+
+
+def _has_header(path: str | os.PathLike[str]) -> bool:
+    """Whether a ``.txt`` file starts with a CSV header naming a target column (else it is
+    a plain list of numbers, one a line)."""
+    name = os.fspath(path)
+    with _open_text(name) as handle:
+        first = next((text for text in handle if text.strip()), "")
+    cells = first.replace(";", ",").replace("\t", ",").split(",")
+    names = {
+        cell.strip().strip('"').lower().replace("_", "").replace("-", "").replace(" ", "")
+        for cell in cells
+    }
+    return bool(names & (_RECIPIENT_NAMES | _CONTACT_NAMES))
 
 
 async def aiter_records(

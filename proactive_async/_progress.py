@@ -1,7 +1,9 @@
 """Live progress of a running campaign for the CLI: a rich bar on a terminal, plain lines elsewhere.
 
 Both displays poll ``Campaign.summary`` on a timer; nothing is rendered per outcome, so
-a fast campaign is never slowed by its own progress display.
+a fast campaign is never slowed by its own progress display. Besides the counts they say
+why nothing is being sent: the latest failed call (``retrying: ConnectError x 12, next in
+4 s``) and the shared pause after a 429. The ETA follows the rate of the last few seconds.
 """
 
 from __future__ import annotations
@@ -45,10 +47,21 @@ class Snapshot:
     total: int | None
     targets_per_second: float
     counts: dict[OutcomeStatus, int]
+    eta: float | None = None
+    """Seconds left at the records rate of the last few seconds; None: no rate to go by."""
+    problem: str | None = None
+    """Why calls are failing or waiting, while they are (``retrying: ConnectError x 3, ...``)."""
 
     def counts_text(self) -> str:
         """``sent=1, failed=0, ...`` in OutcomeStatus order."""
         return ", ".join(f"{status}={self.counts.get(status, 0)}" for status in OutcomeStatus)
+
+    def eta_text(self) -> str:
+        """``0:01:05``, or ``-:--:--`` when nothing is moving."""
+        if self.eta is None:
+            return "-:--:--"
+        seconds = round(self.eta)
+        return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 class ProgressDisplay(Protocol):
@@ -81,19 +94,39 @@ class RateMeter:
         return (targets - first_targets) / span if span > 0 else 0.0
 
 
-def take_snapshot(summary: CampaignSummary, total: int | None, meter: RateMeter) -> Snapshot:
+def take_snapshot(
+    summary: CampaignSummary,
+    total: int | None,
+    meter: RateMeter,
+    records_meter: RateMeter | None = None,
+    paused: Callable[[], float] | None = None,
+) -> Snapshot:
     """Read the live summary (only plain attribute reads: cheap, no locking needed)."""
+    now = time.monotonic()
+    eta: float | None = None
+    if records_meter is not None:
+        records_rate = records_meter.add(now, summary.records)
+        if total is not None and records_rate > 0:
+            eta = max(0, total - summary.records) / records_rate
+    failure = summary.last_failure
+    problem = None
+    if failure is not None:
+        problem = failure.text(now, paused() if paused is not None else 0.0)
     return Snapshot(
         records=summary.records,
         total=total,
-        targets_per_second=meter.add(time.monotonic(), summary.targets_sent),
+        targets_per_second=meter.add(now, summary.targets_sent),
         counts=dict(summary.counts),
+        eta=eta,
+        problem=problem,
     )
 
 
-def _two_line_progress(second_line: Callable[[], str], *columns: Any, **options: Any) -> Progress:
-    """A rich Progress with the bar on one line and ``second_line()`` (the counts per status)
-    under it: both fit in 80 columns."""
+def _two_line_progress(
+    more_lines: Callable[[], list[str]], *columns: Any, **options: Any
+) -> Progress:
+    """A rich Progress with the bar on one line and ``more_lines()`` (the counts per status,
+    then why calls fail, if they do) under it: each fits in 80 columns."""
     from rich.console import RenderableType
     from rich.progress import Progress
     from rich.text import Text
@@ -101,44 +134,47 @@ def _two_line_progress(second_line: Callable[[], str], *columns: Any, **options:
     class TwoLineProgress(Progress):
         def get_renderables(self) -> Iterable[RenderableType]:
             yield self.make_tasks_table(self.tasks)
-            yield Text(second_line())
+            for line in more_lines():
+                yield Text(line, overflow="ellipsis", no_wrap=True)
 
     return TwoLineProgress(*columns, **options)
 
 
 class RichProgress:
-    """A progress bar on a terminal: records done of total, targets/s, ETA, counts per status."""
+    """A progress bar on a terminal: records done of total, targets/s, ETA, counts per status,
+    and the latest error while calls fail."""
 
     interval = 0.2
 
     def __init__(self, console: Console, total: int | None) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
-        self._counts = ""
+        self._lines: list[str] = []
         self._progress = _two_line_progress(
-            lambda: self._counts,
+            lambda: self._lines,
             TextColumn("[bold]campaign"),
             BarColumn(bar_width=24),
             MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
+            TextColumn("eta {task.fields[eta]}"),
             console=console,
             auto_refresh=False,  # refreshed by our poll, in the event loop's thread
             redirect_stdout=False,
             redirect_stderr=False,
         )
-        self._task: TaskID = self._progress.add_task("campaign", total=total, rate="")
+        self._task: TaskID = self._progress.add_task("campaign", total=total, rate="", eta="")
         self._progress.start()
 
     def show(self, snapshot: Snapshot) -> None:
-        self._counts = "  ".join(
+        counts = "  ".join(
             f"{status} {snapshot.counts.get(status, 0):,}" for status in OutcomeStatus
         )
+        self._lines = [counts] if snapshot.problem is None else [counts, snapshot.problem]
         self._progress.update(
             self._task,
             completed=snapshot.records,
             rate=f"{snapshot.targets_per_second:,.0f} targets/s",
+            eta=snapshot.eta_text(),
         )
         self._progress.refresh()
 
@@ -150,24 +186,41 @@ class RichProgress:
 
 
 class PlainProgress:
-    """One line every couple of seconds, for logs and pipes."""
+    """A line every couple of seconds, for logs and pipes; at once when calls start failing
+    in a new way (a new error kind, or a pause)."""
 
-    interval = 2.0
+    interval = 0.25
+    every = 2.0
+    """Seconds between two progress lines when nothing new happens."""
 
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(self, stream: IO[str], clock: Callable[[], float] = time.monotonic) -> None:
         self._stream = stream
+        self._clock = clock
         self._last: str | None = None
+        self._last_at = float("-inf")
+        self._last_problem: str | None = None
 
     def show(self, snapshot: Snapshot) -> None:
+        now = self._clock()
+        problem = _problem_key(snapshot.problem)
+        news = problem is not None and problem != self._last_problem
+        self._last_problem = problem
+        if not news and now - self._last_at < self.every:
+            return
         of_total = f"/{snapshot.total}" if snapshot.total is not None else ""
         line = (
             f"{snapshot.records}{of_total} records, "
             f"{snapshot.targets_per_second:.0f} targets/s, {snapshot.counts_text()}"
         )
+        if snapshot.eta is not None:
+            line += f", eta {snapshot.eta_text()}"
+        if snapshot.problem is not None:
+            line += f"; {snapshot.problem}"
         if line != self._last:  # an idle campaign (a long Retry-After) does not spam the log
             self._stream.write(line + "\n")
             self._stream.flush()
             self._last = line
+            self._last_at = now
 
     def note(self, text: str) -> None:
         self._stream.write(text + "\n")
@@ -177,18 +230,36 @@ class PlainProgress:
         pass
 
 
-class ProgressWatcher:
-    """Polls a live summary into a display until ``finish``, which shows the final state."""
+def _problem_key(problem: str | None) -> str | None:
+    """``retrying: ConnectError`` of ``retrying: ConnectError x 3, ...``: what is new news."""
+    return None if problem is None else problem.partition(" x ")[0]
 
-    def __init__(self, summary: CampaignSummary, total: int | None, display: ProgressDisplay):
+
+class ProgressWatcher:
+    """Polls a live summary into a display until ``finish``, which shows the final state.
+
+    ``paused``: seconds left in the rate limit's shared pause (after a 429), if it tells.
+    """
+
+    def __init__(
+        self,
+        summary: CampaignSummary,
+        total: int | None,
+        display: ProgressDisplay,
+        paused: Callable[[], float] | None = None,
+    ):
         self._summary = summary
         self._total = total
         self.display = display
+        self._paused = paused
         self._meter = RateMeter()
+        self._records_meter = RateMeter()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._meter.add(time.monotonic(), self._summary.targets_sent)
+        now = time.monotonic()
+        self._meter.add(now, self._summary.targets_sent)
+        self._records_meter.add(now, self._summary.records)
         self._task = asyncio.create_task(self._poll())
 
     async def finish(self, *, show: bool = True) -> None:
@@ -200,13 +271,21 @@ class ProgressWatcher:
             self.display.close()
             return
         summary = self._summary
-        final = take_snapshot(summary, self._total, self._meter)
+        final = self._snapshot()
+        final = dataclasses.replace(final, eta=None, problem=None)  # the summary tells
         if summary.elapsed > 0:
             final = dataclasses.replace(final, targets_per_second=summary.targets_per_second)
+        if isinstance(self.display, PlainProgress):
+            self.display.every = 0.0  # the end state is always shown
         self.display.show(final)
         self.display.close()
+
+    def _snapshot(self) -> Snapshot:
+        return take_snapshot(
+            self._summary, self._total, self._meter, self._records_meter, self._paused
+        )
 
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self.display.interval)
-            self.display.show(take_snapshot(self._summary, self._total, self._meter))
+            self.display.show(self._snapshot())

@@ -2,45 +2,173 @@
 
 from __future__ import annotations
 
+import heapq
 import os
 import random
+import re
+import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, NamedTuple
 
 import msgspec
 
 from ._records import Outcome, OutcomeStatus
 
-__all__ = ["CampaignSummary", "LatencySample", "ReportWriter"]
+__all__ = [
+    "CampaignSummary",
+    "ErrorCount",
+    "FailedAttempt",
+    "LatencySample",
+    "ReportWriter",
+]
+
+# Lines held for an earlier line before they are spilled to a temporary file; and how many
+# spilled runs may be open before they are merged into one (each holds a file descriptor).
+_MAX_HELD = 20_000
+_MAX_RUNS = 16
 
 
 class ReportWriter:
-    """Appends one JSON line per outcome; buffered, flushed on ``flush()`` and ``close()``."""
+    """Writes one JSON line per outcome, in input order (by ``line``), in flat memory.
 
-    def __init__(self, path: str | os.PathLike[str], *, append: bool = False) -> None:
+    Outcomes arrive in completion order. A line is written once every earlier line has been;
+    later ones wait, up to ``max_held`` in memory, past that sorted into temporary files
+    (runs) that are merged back as the gap fills, or at ``close()``. A line that never
+    comes (a record left unsent by a stop) holds the rest back until ``close()``, which
+    writes every line still held in order. Buffered; flushed past 64 KiB and on ``close()``.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, append: bool = False, max_held: int = _MAX_HELD
+    ) -> None:
         self.path = os.fspath(path)
         self._file: IO[bytes] = open(self.path, "ab" if append else "wb")  # noqa: SIM115
         self._encoder = msgspec.json.Encoder()
         self._buffer = bytearray()
+        self._max_held = max_held
+        self._next = 1  # records are numbered from 1
+        self._held: dict[int, bytes] = {}
+        self._runs: list[tuple[int, int, _Run]] = []  # a heap by each run's first line
+        self._spills = 0
 
     def write(self, outcome: Outcome) -> None:
-        self._encoder.encode_into(outcome, self._buffer, -1)
-        self._buffer.extend(b"\n")
-        if len(self._buffer) >= 1 << 16:
-            self.flush()
+        line = outcome.line
+        data = self._encoder.encode(outcome) + b"\n"
+        if line == self._next:
+            self._emit(data)
+            self._next += 1
+            self._advance()
+        elif line < self._next or line in self._held:
+            self._emit(data)  # a line seen again: nothing to wait for
+        else:
+            self._held[line] = data
+            if len(self._held) > self._max_held:
+                self._spill()
 
     def flush(self) -> None:
-        if self._buffer:
-            self._file.write(self._buffer)
-            self._buffer.clear()
-        self._file.flush()
+        """Write every line so far, the held ones too (in order across the gaps: a line
+        coming later is written after them), for an exit that cannot wait."""
+        for line, data in self._remaining():
+            self._emit(data)
+            self._next = max(self._next, line + 1)
+        self._write_buffer()
 
     def close(self) -> None:
         if self._file.closed:
             return
         self.flush()
         self._file.close()
+
+    def _emit(self, data: bytes) -> None:
+        self._buffer.extend(data)
+        if len(self._buffer) >= 1 << 16:
+            self._write_buffer()
+
+    def _write_buffer(self) -> None:
+        if self._buffer:
+            self._file.write(self._buffer)
+            self._buffer.clear()
+        self._file.flush()
+
+    def _advance(self) -> None:
+        """Write the lines that now follow on, from memory or from the runs."""
+        held, runs = self._held, self._runs
+        while True:
+            data = held.pop(self._next, None)
+            if data is None and runs and runs[0][0] <= self._next:
+                first, _, run = runs[0]
+                data = run.pop()
+                self._replace_head(run)
+                if first < self._next:  # a repeat of a line already written
+                    self._emit(data)
+                    continue
+            if data is None:
+                return
+            self._emit(data)
+            self._next += 1
+
+    def _replace_head(self, run: _Run) -> None:
+        if run.head is None:
+            heapq.heappop(self._runs)
+        else:
+            heapq.heapreplace(self._runs, (run.head[0], self._spills, run))
+            self._spills += 1
+
+    def _spill(self) -> None:
+        """Move the held lines to a sorted run on disk; merge the runs when there are many."""
+        run = _Run(sorted(self._held.items()))
+        self._held.clear()
+        self._push(run)
+        if len(self._runs) > _MAX_RUNS:
+            merged = _Run(self._drain_runs())
+            self._push(merged)
+
+    def _push(self, run: _Run) -> None:
+        if run.head is not None:
+            heapq.heappush(self._runs, (run.head[0], self._spills, run))
+            self._spills += 1
+
+    def _drain_runs(self) -> Iterator[tuple[int, bytes]]:
+        runs = [run for _, _, run in self._runs]
+        self._runs = []
+        return heapq.merge(*(iter(run) for run in runs), key=lambda item: item[0])
+
+    def _remaining(self) -> Iterator[tuple[int, bytes]]:
+        held = sorted(self._held.items())
+        self._held = {}
+        return heapq.merge(held, self._drain_runs(), key=lambda item: item[0])
+
+
+class _Run:
+    """Report lines sorted by line number in a temporary file, read back one at a time."""
+
+    def __init__(self, items: Iterator[tuple[int, bytes]] | list[tuple[int, bytes]]) -> None:
+        self._file: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
+        self._file.writelines(b"%d\t%s" % item for item in items)
+        self._file.seek(0)
+        self.head: tuple[int, bytes] | None = self._read()
+
+    def _read(self) -> tuple[int, bytes] | None:
+        raw = self._file.readline()
+        if not raw:
+            self._file.close()
+            return None
+        tab = raw.index(b"\t")
+        return int(raw[:tab]), raw[tab + 1 :]
+
+    def pop(self) -> bytes:
+        assert self.head is not None
+        data = self.head[1]
+        self.head = self._read()
+        return data
+
+    def __iter__(self) -> Iterator[tuple[int, bytes]]:
+        while self.head is not None:
+            item = self.head
+            self.head = self._read()
+            yield item
 
 
 class LatencySample:
@@ -102,6 +230,10 @@ class CampaignSummary:
     latency_p50: float | None = None
     latency_p95: float | None = None
     latency_p99: float | None = None
+    errors: Counter[ErrorKey] = field(default_factory=Counter)
+    """Records that ended failed, unknown or rejected, by (status, kind, HTTP status, message)."""
+    last_failure: FailedAttempt | None = None
+    """The latest failed call, while no call has succeeded since (live, for the display)."""
 
     @property
     def targets_per_second(self) -> float:
@@ -113,6 +245,41 @@ class CampaignSummary:
         return not self.interrupted and not (
             self.counts[OutcomeStatus.FAILED] or self.counts[OutcomeStatus.UNKNOWN]
         )
+
+    def note_outcome(self, outcome: Outcome) -> None:
+        """Count the error of a record that did not end sent (distinct keys are bounded)."""
+        error = outcome.error
+        if error is None or outcome.status in (OutcomeStatus.SENT, OutcomeStatus.DUPLICATE):
+            return
+        message = error.message
+        if outcome.status is OutcomeStatus.REJECTED:
+            # "phone number '12' has no country code": one reason, whatever the number.
+            message = _QUOTED.sub("'...'", message)
+        key = ErrorKey(str(outcome.status), error.kind, error.status, message)
+        if key not in self.errors and len(self.errors) >= _MAX_ERROR_KEYS:
+            key = key._replace(message=_OTHER_MESSAGES)
+        self.errors[key] += 1
+
+    def note_failed_attempt(
+        self, kind: str, status: int | None, message: str, *, at: float, wait: float | None
+    ) -> None:
+        """A call failed (``wait``: seconds until it is tried again; None: not retried)."""
+        last = self.last_failure
+        same = last is not None and (last.kind, last.status) == (kind, status)
+        count = last.count + 1 if same and last is not None else 1
+        self.last_failure = FailedAttempt(kind, status, message, count, at, wait)
+
+    def note_success(self) -> None:
+        self.last_failure = None
+
+    def top_errors(
+        self, limit: int = 5, *, statuses: tuple[OutcomeStatus, ...] = ()
+    ) -> list[ErrorCount]:
+        """The most frequent record errors (of ``statuses``; default: failed and unknown)."""
+        wanted = {str(s) for s in statuses or (OutcomeStatus.FAILED, OutcomeStatus.UNKNOWN)}
+        ranked = [(n, key) for key, n in self.errors.items() if key.status in wanted]
+        ranked.sort(key=lambda item: (-item[0], item[1].kind, item[1].message))
+        return [ErrorCount(n, *key) for n, key in ranked[:limit]]
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -133,7 +300,69 @@ class CampaignSummary:
                 "p95": _ms(self.latency_p95),
                 "p99": _ms(self.latency_p99),
             },
+            "top_errors": [error.as_dict() for error in self.top_errors(10)],
         }
+
+
+class ErrorKey(NamedTuple):
+    """What record errors are counted by."""
+
+    status: str
+    kind: str
+    http_status: int | None
+    message: str
+
+
+class ErrorCount(NamedTuple):
+    """``records`` records ended ``status`` with this error."""
+
+    records: int
+    status: str
+    kind: str
+    http_status: int | None
+    message: str
+
+    def text(self) -> str:
+        """``1,900 x HTTP 401 Unauthorized (AuthenticationError, failed)``."""
+        return f"{self.records:,} x {self.message} ({self.kind}, {self.status})"
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "records": self.records,
+            "status": self.status,
+            "kind": self.kind,
+            "http_status": self.http_status,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FailedAttempt:
+    """The latest failed call: its error, how many like it in a row, and the wait after it."""
+
+    kind: str
+    status: int | None
+    message: str
+    count: int
+    at: float
+    """When it failed (monotonic seconds)."""
+    wait: float | None
+    """Seconds until the next attempt; None: not retried."""
+
+    def text(self, now: float, paused: float = 0.0) -> str:
+        """``retrying: ConnectError x 12, next in 4 s`` (or ``paused`` while the limit is)."""
+        what = self.kind if self.status is None else f"{self.kind} {self.status}"
+        if paused > 0:
+            return f"paused: {what} x {self.count:,}, resuming in {paused:.0f} s"
+        if self.wait is None:
+            return f"failing: {what} x {self.count:,}: {self.message}"
+        left = max(0.0, self.at + self.wait - now)
+        return f"retrying: {what} x {self.count:,}, next in {left:.0f} s: {self.message}"
+
+
+_MAX_ERROR_KEYS = 1000
+_QUOTED = re.compile(r"'[^']*'")
+_OTHER_MESSAGES = "(other messages)"
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -18,10 +18,12 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final, Literal, NoReturn
@@ -29,8 +31,8 @@ from typing import IO, TYPE_CHECKING, Any, Final, Literal, NoReturn
 import msgspec
 
 from ._campaign import Campaign
-from ._client import AsyncClient
-from ._config import Limits
+from ._client import ApiResponse, AsyncClient, mask_phones_in
+from ._config import DEFAULT_TIMEOUT, Limits, Timeout
 from ._errors import (
     AuthenticationError,
     ClientStateError,
@@ -40,13 +42,15 @@ from ._errors import (
     ProactiveError,
     TLSError,
 )
-from ._input import read_records
+from ._input import COLUMN_ALIASES, read_records
 from ._journal import open_journal
-from ._models import ProactiveConversationRequest
+from ._models import Conversation, ProactiveConversationRequest
 from ._options import CampaignOptions
+from ._ratelimit import RateLimit
 from ._ratelimit_redis import SharedRateLimit, default_limit_key
-from ._records import OutcomeStatus
-from ._report import CampaignSummary
+from ._records import Outcome, OutcomeStatus
+from ._report import CampaignSummary, ReportWriter
+from ._retry import RetryPolicy
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -64,6 +68,7 @@ EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_UNKNOWN: Final = 3
 EXIT_INTERRUPTED: Final = 130
+STDIN: Final = "-"
 
 _PROG: Final = "proactive-async"
 _EXIT_CODES_HELP: Final = """\
@@ -80,6 +85,7 @@ exit codes:
 
 
 _DEFAULTS: Final = CampaignOptions()
+_log = logging.getLogger("proactive_async.cli")
 
 
 class UsageError(Exception):
@@ -108,6 +114,8 @@ class CampaignSettings:
     ca_file: str | None = None
     shared_limit: SharedLimitSettings | None = None
     """Set: the rate limit is shared through Redis (``--redis-url``)."""
+    timeout: Timeout = DEFAULT_TIMEOUT
+    proxy: str | None = field(default=None, repr=False)  # may hold the proxy's password
 
 
 @dataclass(frozen=True)
@@ -162,7 +170,25 @@ def _settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Cam
         progress=not args.no_progress,
         ca_file=args.ca_file,
         shared_limit=_shared_limit_from_args(args, env, base_url),
+        timeout=_timeout_from_args(args),
+        proxy=_proxy_from_args(args),
     )
+
+
+def _timeout_from_args(args: argparse.Namespace) -> Timeout:
+    return Timeout(
+        connect=args.connect_timeout or DEFAULT_TIMEOUT.connect,
+        read=args.read_timeout or DEFAULT_TIMEOUT.read,
+        total=args.timeout or DEFAULT_TIMEOUT.total,
+    )
+
+
+def _proxy_from_args(args: argparse.Namespace) -> str | None:
+    proxy: str | None = args.proxy
+    if proxy is not None and not proxy.startswith(("http://", "https://")):
+        # Not echoed: the URL may hold the proxy's password.
+        raise UsageError("--proxy must be an http:// or https:// URL")
+    return proxy
 
 
 def _shared_limit_from_args(
@@ -238,7 +264,10 @@ def _template_from_args(args: argparse.Namespace) -> ProactiveConversationReques
 
 
 def _default_report_path(targets: str) -> str:
-    """``recipients.csv`` -> ``recipients.report.jsonl``, next to the input."""
+    """``recipients.csv`` -> ``recipients.report.jsonl``, next to the input
+    (standard input: ``stdin.report.jsonl`` here)."""
+    if targets == STDIN:
+        return "stdin.report.jsonl"
     path = Path(targets)
     return str(path.with_name(path.stem + ".report.jsonl"))
 
@@ -287,6 +316,9 @@ async def run_campaign(settings: CampaignSettings, *, stderr: Console) -> Campai
         if shared is not None:
             stack.push_async_callback(shared.aclose)
         campaign = _make_campaign(client, settings, shared)
+        if isinstance(client, _WatchedClient):
+            client.summary = campaign.summary
+            client.retry_policy = settings.options.retry
         try:
             await _check_journal(campaign, settings.journal)
             display = _make_display(settings.progress, campaign.total, stderr)
@@ -323,13 +355,48 @@ def _fatal_text(exc: ProactiveError, settings: CampaignSettings) -> str:
     return why + resume
 
 
+class _WatchedClient(AsyncClient):
+    """An AsyncClient that tells a campaign's summary of each failed and successful call,
+    so that the display can say why nothing is being sent while it happens.
+
+    The wait shown is the retry policy's (its jitter aside) or the server's Retry-After:
+    the chunk sender decides the real one, and does not tell it.
+    """
+
+    summary: CampaignSummary | None = None
+    retry_policy: RetryPolicy | None = None
+
+    async def send_once(self, body: bytes, *, attempt: int = 1) -> ApiResponse[list[Conversation]]:
+        summary = self.summary
+        try:
+            response = await super().send_once(body, attempt=attempt)
+        except ProactiveError as exc:
+            _log.info("attempt %d failed: %s: %s", attempt, exc.kind, exc.message)
+            if summary is not None:
+                policy = self.retry_policy or self.retry
+                wait = None if exc.fatal else policy.next_wait(exc, attempt)
+                summary.note_failed_attempt(
+                    exc.kind,
+                    getattr(exc, "status", None),
+                    exc.message,
+                    at=time.monotonic(),
+                    wait=wait,
+                )
+            raise
+        if summary is not None:
+            summary.note_success()
+        return response
+
+
 def _make_client(settings: CampaignSettings) -> AsyncClient:
     try:
-        return AsyncClient(
+        return _WatchedClient(
             settings.base_url,
             settings.token,
             limits=Limits(max_connections=max(100, settings.options.concurrency)),
             verify=settings.ca_file if settings.ca_file is not None else True,
+            timeout=settings.timeout,
+            proxy=settings.proxy,
         )
     except ClientStateError as exc:
         raise UsageError(str(exc)) from exc
@@ -411,8 +478,10 @@ async def _drive(campaign: Campaign, display: ProgressDisplay, grace_period: flo
     from ._progress import ProgressWatcher
 
     loop = asyncio.get_running_loop()
-    runner = asyncio.create_task(campaign.run())
-    watcher = ProgressWatcher(campaign.summary, campaign.total, display)
+    runner = asyncio.create_task(_consume(campaign))
+    limit = campaign.rate_limit
+    paused = (lambda: limit.paused) if isinstance(limit, RateLimit) else None
+    watcher = ProgressWatcher(campaign.summary, campaign.total, display, paused)
     watcher.start()
 
     def stop() -> None:
@@ -437,6 +506,17 @@ async def _drive(campaign: Campaign, display: ProgressDisplay, grace_period: flo
         return True
     runner.result()  # raises what the run raised
     return False  # a signal that came after the end changes nothing
+
+
+async def _consume(campaign: Campaign) -> None:
+    """Run the campaign, counting each record's error for the summary's top errors.
+
+    Outcomes settled after an interrupt (calls finishing in the grace period) are in the
+    report and the counts, not in the top errors.
+    """
+    summary = campaign.summary
+    async for outcome in campaign:
+        summary.note_outcome(outcome)
 
 
 class _Interrupts:
@@ -512,6 +592,8 @@ def summary_table(summary: CampaignSummary, *, report: str | None, journal: str 
         table.add_row(label, "-" if value is None else f"{value * 1e3:.1f} ms")
     table.add_row("report", report or "-")
     table.add_row("journal", journal or "-")
+    for index, error in enumerate(summary.top_errors()):
+        table.add_row("top errors" if index == 0 else "", error.text())
     return table
 
 
@@ -552,15 +634,225 @@ def print_summary(
 
 
 def _campaign_command(args: argparse.Namespace) -> int:
+    if args.recipients_file != STDIN:
+        return _run_or_plan(args)
+    with _spooled_stdin() as path:
+        args.report = args.report or _default_report_path(STDIN)
+        return _run_or_plan(argparse.Namespace(**{**vars(args), "recipients_file": path}))
+
+
+@contextlib.contextmanager
+def _spooled_stdin() -> Iterator[str]:
+    """Standard input copied to a temporary file, so that a campaign can count, fingerprint
+    and (with the same input again) resume it: ``.jsonl`` if it starts with ``{``, else
+    ``.txt`` (a CSV with a header, or one number a line)."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="proactive-async-") as folder:
+        spool = Path(folder, "stdin")
+        with spool.open("wb") as out:
+            shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
+        with spool.open("rb") as handle:
+            start = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+        path = spool.rename(spool.with_suffix(".jsonl" if start[:1] == b"{" else ".txt"))
+        yield str(path)
+
+
+def _run_or_plan(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _dry_run_command(args)
     settings = _settings_from_args(args, os.environ)
     try:
         _check_targets_file(settings.targets)
     except InputError as exc:
         raise UsageError(str(exc)) from exc
     stderr = stderr_console()
-    result = asyncio.run(run_campaign(settings, stderr=stderr))
+    with _logging(args.verbose, args.log_file, (settings.token,)):
+        result = asyncio.run(run_campaign(settings, stderr=stderr))
     print_summary(result, settings, json_summary=args.json_summary, stderr=stderr)
     return result.exit_code
+
+
+class _LogScrubber(logging.Filter):
+    """No secret and no whole phone number reaches a log line, whoever wrote it."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        super().__init__()
+        self._secrets = [secret for secret in secrets if secret]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = mask_phones_in(record.getMessage())
+        for secret in self._secrets:
+            text = text.replace(secret, "[redacted]")
+        record.msg, record.args = text, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_phones_in(record.exc_text)
+            for secret in self._secrets:
+                record.exc_text = record.exc_text.replace(secret, "[redacted]")
+        return True
+
+
+@contextlib.contextmanager
+def _logging(verbose: int, log_file: str | None, secrets: Sequence[str]) -> Iterator[None]:
+    """``-v`` (INFO) / ``-vv`` (DEBUG) on stderr, ``--log-file`` at DEBUG: the
+    ``proactive_async`` logger's lines, the token redacted and phone numbers masked."""
+    logger = logging.getLogger("proactive_async")
+    handlers: list[logging.Handler] = []
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose:
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setLevel(logging.INFO if verbose == 1 else logging.DEBUG)
+        handlers.append(handler)
+    if log_file is not None:
+        try:
+            handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--log-file: {os_error_text(exc)}") from exc
+        handler.setLevel(logging.DEBUG)
+        handlers.append(handler)
+    level = logger.level
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler.addFilter(_LogScrubber(secrets))
+        logger.addHandler(handler)
+    if handlers:
+        logger.setLevel(min(handler.level for handler in handlers))
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
+        logger.setLevel(level)
+
+
+@dataclass
+class DryRun:
+    """What a campaign would do with a file: records by outcome, calls and their sizes."""
+
+    summary: CampaignSummary = field(default_factory=CampaignSummary)
+    calls: int = 0
+    targets: int = 0
+    smallest: int = 0
+    largest: int = 0
+
+    @property
+    def sendable(self) -> bool:
+        counts = self.summary.counts
+        return not (counts[OutcomeStatus.REJECTED] or counts[OutcomeStatus.DUPLICATE])
+
+    def add_call(self, size: int) -> None:
+        self.calls += 1
+        self.targets += size
+        self.smallest = size if self.calls == 1 else min(self.smallest, size)
+        self.largest = max(self.largest, size)
+
+    def as_dict(self) -> dict[str, object]:
+        counts = self.summary.counts
+        return {
+            "dry_run": True,
+            "records": self.summary.records,
+            "valid": self.targets,
+            "rejected": counts[OutcomeStatus.REJECTED],
+            "duplicate": counts[OutcomeStatus.DUPLICATE],
+            "calls": self.calls,
+            "targets_per_call": {
+                "min": self.smallest,
+                "mean": round(self.targets / self.calls, 1) if self.calls else 0,
+                "max": self.largest,
+            },
+            "top_rejections": [
+                error.as_dict()
+                for error in self.summary.top_errors(10, statuses=(OutcomeStatus.REJECTED,))
+            ],
+        }
+
+
+async def plan_dry_run(
+    targets: str, options: CampaignOptions, report: ReportWriter | None
+) -> DryRun:
+    """Read and plan the whole file as a campaign would, sending nothing."""
+    from ._campaign import file_records
+    from ._planner import Planner
+
+    result = DryRun()
+    summary = result.summary
+    planner = Planner(options.planner)
+    records = file_records(targets, multiline=options.multiline_values)
+    async with contextlib.aclosing(planner.plan(records)) as plan:
+        async for item in plan:
+            if isinstance(item, Outcome):
+                summary.counts[item.status] += 1
+                summary.records += 1
+                summary.note_outcome(item)
+                if report is not None:
+                    report.write(item)
+                continue
+            result.add_call(len(item.targets))
+            summary.records += len(item.targets)
+    return result
+
+
+def _dry_run_command(args: argparse.Namespace) -> int:
+    """``campaign --dry-run``: no token, no network; the report holds the records not sent."""
+    from ._campaign import _check_report_path
+
+    options = _options_from_args(args)
+    targets: str = args.recipients_file
+    report_path = args.report if args.report else _default_report_path(targets)
+    try:
+        _check_targets_file(targets)
+        _check_report_path(report_path, targets, args.journal)
+        report = ReportWriter(report_path)
+    except InputError as exc:
+        raise UsageError(str(exc)) from exc
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    except OSError as exc:
+        raise UsageError(os_error_text(exc)) from exc
+    try:
+        result = asyncio.run(plan_dry_run(targets, options, report))
+    except InputError as exc:
+        raise UsageError(str(exc)) from exc
+    finally:
+        report.close()
+    table = dry_run_table(result, report_path)
+    if args.json_summary:
+        stderr_console().print(table)
+        sys.stdout.write(msgspec.json.encode(result.as_dict()).decode() + "\n")
+        sys.stdout.flush()
+    else:
+        console(sys.stdout).print(table)
+    return EXIT_OK if result.sendable else EXIT_FAILED
+
+
+def dry_run_table(result: DryRun, report: str) -> Table:
+    """The dry run's table: records by outcome, the calls, the top rejection reasons."""
+    from rich.table import Table
+
+    counts = result.summary.counts
+    table = Table(title="dry run: nothing sent", show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value", justify="right", overflow="fold")
+    table.add_row("records", f"{result.summary.records:,}")
+    table.add_row("valid", f"{result.targets:,}")
+    table.add_row("rejected", f"{counts[OutcomeStatus.REJECTED]:,}")
+    table.add_row("duplicate", f"{counts[OutcomeStatus.DUPLICATE]:,}")
+    table.add_row("calls", f"{result.calls:,}")
+    if result.calls:
+        mean = result.targets / result.calls
+        sizes = f"min {result.smallest:,}, mean {mean:,.1f}, max {result.largest:,}"
+        table.add_row("targets per call", sizes)
+    rejections = result.summary.top_errors(5, statuses=(OutcomeStatus.REJECTED,))
+    for index, error in enumerate(rejections):
+        table.add_row(
+            "top rejections" if index == 0 else "", f"{error.records:,} x {error.message}"
+        )
+    table.add_row("report", f"{report} (rejected and duplicate records)")
+    return table
 
 
 def _simulate_command(argv: Sequence[str]) -> int:
@@ -663,7 +955,13 @@ def _add_campaign_parser(commands: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,  # "--token" must not be taken for "--token-file"
     )
-    p.add_argument("recipients_file", metavar="RECIPIENTS_FILE", help=".csv, .tsv, .txt, .jsonl")
+    p.add_argument(
+        "recipients_file",
+        metavar="RECIPIENTS_FILE",
+        help=".csv, .tsv, .jsonl, or .txt (a CSV, or one number a line); - for standard "
+        f"input. CSV target columns: {COLUMN_ALIASES}; every other column is a content "
+        "variable",
+    )
     p.set_defaults(handler=_campaign_command)
     _add_campaign_options(p)
     out = p.add_argument_group("connection and output")
@@ -677,7 +975,50 @@ def _add_campaign_parser(commands: Any) -> None:
         help="a PEM bundle of CA certificates to trust (a private CA); verification stays on",
     )
     out.add_argument(
+        "--connect-timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help=f"to open a connection (default {DEFAULT_TIMEOUT.connect:g})",
+    )
+    out.add_argument(
+        "--read-timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help=f"between two reads of an answer (default {DEFAULT_TIMEOUT.read:g})",
+    )
+    out.add_argument(
+        "--timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help=f"for one whole attempt (default {DEFAULT_TIMEOUT.total:g})",
+    )
+    out.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="an HTTP proxy, credentials in the URL (http://user:pass@host:3128); never echoed",
+    )
+    out.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log to stderr: -v INFO, -vv DEBUG (token redacted, phone numbers masked)",
+    )
+    out.add_argument(
+        "--log-file",
+        metavar="PATH",
+        help="append DEBUG log lines to PATH (token redacted, phone numbers masked)",
+    )
+    out.add_argument(
         "--no-progress", action="store_true", help="plain progress lines instead of a live bar"
+    )
+    out.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read and plan the whole file, send nothing (no token, no network): counts of "
+        "valid, rejected (top reasons) and duplicate records, the calls it would make; the "
+        "report lists the rejected and duplicate records. Exit 0 when every record is "
+        "sendable, else 1",
     )
     out.add_argument(
         "--json-summary",
@@ -781,8 +1122,9 @@ def _add_safety_options(p: argparse.ArgumentParser) -> None:
     safe.add_argument(
         "--report",
         metavar="PATH",
-        help="JSONL report, one line per record (default: "
-        "RECIPIENTS_FILE's name with .report.jsonl)",
+        help='JSONL report, one line per record in input order; its "line" counts data '
+        "records from 1 (a CSV header and blank lines are not counted), not file lines "
+        "(default: RECIPIENTS_FILE's name with .report.jsonl)",
     )
     safe.add_argument(
         "--resend-unknown",
