@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import heapq
+import io
 import os
 import random
 import re
@@ -10,19 +12,54 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, NamedTuple
+from typing import IO, Final, NamedTuple
 
 import msgspec
 
 from ._records import Outcome, OutcomeStatus
 
 __all__ = [
+    "REPORT_FORMATS",
     "CampaignSummary",
     "ErrorCount",
     "FailedAttempt",
     "LatencySample",
     "ReportWriter",
+    "report_format",
 ]
+
+REPORT_FORMATS: Final = ("jsonl", "csv")
+_CSV_COLUMNS: Final = (
+    "line", "status", "recipient", "contact_id", "conversation_ids", "attempts",
+    "error_kind", "error_status", "error_message", "duplicate_of",
+)  # fmt: skip
+_CSV_HEADER: Final = (",".join(_CSV_COLUMNS) + "\r\n").encode()
+
+
+def report_format(path: str) -> str:
+    """The format a report path asks for: ``csv`` for ``*.csv``, else ``jsonl``."""
+    return "csv" if path.lower().endswith(".csv") else "jsonl"
+
+
+def _csv_line(outcome: Outcome) -> bytes:
+    """One outcome as a CSV row (for spreadsheets): ids space-separated, the error split."""
+    error = outcome.error
+    row = [
+        outcome.line,
+        outcome.status.value,
+        outcome.recipient or "",
+        "" if outcome.contact_id is None else outcome.contact_id,
+        " ".join(str(i) for i in outcome.conversation_ids),
+        outcome.attempts,
+        error.kind if error else "",
+        "" if error is None or error.status is None else error.status,
+        error.message if error else "",
+        "" if outcome.duplicate_of is None else outcome.duplicate_of,
+    ]
+    text = io.StringIO()
+    csv.writer(text).writerow(row)
+    return text.getvalue().encode()
+
 
 # Lines held for an earlier line before they are spilled to a temporary file; and how many
 # spilled runs may be open before they are merged into one (each holds a file descriptor).
@@ -31,7 +68,7 @@ _MAX_RUNS = 16
 
 
 class ReportWriter:
-    """Writes one JSON line per outcome, in input order (by ``line``), in flat memory.
+    """Writes one line per outcome (JSON; CSV for a ``.csv`` path), by ``line``, in flat memory.
 
     Outcomes arrive in completion order. A line is written once every earlier line has been;
     later ones wait, up to ``max_held`` in memory, past that sorted into temporary files
@@ -41,11 +78,21 @@ class ReportWriter:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, append: bool = False, max_held: int = _MAX_HELD
+        self,
+        path: str | os.PathLike[str],
+        *,
+        append: bool = False,
+        max_held: int = _MAX_HELD,
+        format: str | None = None,
     ) -> None:
         self.path = os.fspath(path)
+        self.format = format or report_format(self.path)
+        if self.format not in REPORT_FORMATS:
+            raise ValueError(f"a report is jsonl or csv, not {self.format!r}")
         self._file: IO[bytes] = open(self.path, "ab" if append else "wb")  # noqa: SIM115
         self._encoder = msgspec.json.Encoder()
+        if self.format == "csv" and self._file.tell() == 0:
+            self._file.write(_CSV_HEADER)
         self._buffer = bytearray()
         self._max_held = max_held
         self._next = 1  # records are numbered from 1
@@ -55,7 +102,7 @@ class ReportWriter:
 
     def write(self, outcome: Outcome) -> None:
         line = outcome.line
-        data = self._encoder.encode(outcome) + b"\n"
+        data = self._encode(outcome)
         if line == self._next:
             self._emit(data)
             self._next += 1
@@ -66,6 +113,11 @@ class ReportWriter:
             self._held[line] = data
             if len(self._held) > self._max_held:
                 self._spill()
+
+    def _encode(self, outcome: Outcome) -> bytes:
+        if self.format == "csv":
+            return _csv_line(outcome)
+        return self._encoder.encode(outcome) + b"\n"
 
     def flush(self) -> None:
         """Write every line so far, the held ones too (in order across the gaps: a line

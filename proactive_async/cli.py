@@ -49,7 +49,7 @@ from ._options import CampaignOptions
 from ._ratelimit import RateLimit
 from ._ratelimit_redis import SharedRateLimit, default_limit_key
 from ._records import Outcome, OutcomeStatus
-from ._report import CampaignSummary, ReportWriter
+from ._report import REPORT_FORMATS, CampaignSummary, ReportWriter, report_format
 from ._retry import RetryPolicy
 from ._version import __version__
 
@@ -166,7 +166,7 @@ def _settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Cam
         template=_template_from_args(args),
         options=_options_from_args(args),
         journal=args.journal,
-        report=args.report if args.report else _default_report_path(args.recipients_file),
+        report=_report_path(args, args.recipients_file),
         progress=not args.no_progress,
         ca_file=args.ca_file,
         shared_limit=_shared_limit_from_args(args, env, base_url),
@@ -263,13 +263,26 @@ def _template_from_args(args: argparse.Namespace) -> ProactiveConversationReques
     return ProactiveConversationRequest(**fields)
 
 
-def _default_report_path(targets: str) -> str:
-    """``recipients.csv`` -> ``recipients.report.jsonl``, next to the input
-    (standard input: ``stdin.report.jsonl`` here)."""
+def _default_report_path(targets: str, kind: str = "jsonl") -> str:
+    """``recipients.csv`` -> ``recipients.report.jsonl`` (or ``.report.csv``), next to the
+    input (standard input: ``stdin.report.jsonl`` here)."""
     if targets == STDIN:
-        return "stdin.report.jsonl"
+        return f"stdin.report.{kind}"
     path = Path(targets)
-    return str(path.with_name(path.stem + ".report.jsonl"))
+    return str(path.with_name(f"{path.stem}.report.{kind}"))
+
+
+def _report_path(args: argparse.Namespace, targets: str) -> str:
+    """``--report`` and ``--report-format`` agreed: a CSV report is a ``.csv`` file."""
+    wanted = getattr(args, "report_format", None)
+    if not args.report:
+        return _default_report_path(targets, wanted or "jsonl")
+    if wanted is not None and report_format(args.report) != wanted:
+        raise UsageError(
+            f"--report-format {wanted}: the report path must end with "
+            f"{'.csv' if wanted == 'csv' else 'anything but .csv'} ({args.report})"
+        )
+    return str(args.report)
 
 
 def _check_targets_file(path: str) -> None:
@@ -637,7 +650,7 @@ def _campaign_command(args: argparse.Namespace) -> int:
     if args.recipients_file != STDIN:
         return _run_or_plan(args)
     with _spooled_stdin() as path:
-        args.report = args.report or _default_report_path(STDIN)
+        args.report = _report_path(args, STDIN)
         return _run_or_plan(argparse.Namespace(**{**vars(args), "recipients_file": path}))
 
 
@@ -802,7 +815,7 @@ def _dry_run_command(args: argparse.Namespace) -> int:
 
     options = _options_from_args(args)
     targets: str = args.recipients_file
-    report_path = args.report if args.report else _default_report_path(targets)
+    report_path = _report_path(args, targets)
     try:
         _check_targets_file(targets)
         _check_report_path(report_path, targets, args.journal)
@@ -1122,9 +1135,14 @@ def _add_safety_options(p: argparse.ArgumentParser) -> None:
     safe.add_argument(
         "--report",
         metavar="PATH",
-        help='JSONL report, one line per record in input order; its "line" counts data '
+        help='the report, one line per record in input order; its "line" counts data '
         "records from 1 (a CSV header and blank lines are not counted), not file lines "
-        "(default: RECIPIENTS_FILE's name with .report.jsonl)",
+        "(default: RECIPIENTS_FILE's name with .report.jsonl, or .report.csv)",
+    )
+    safe.add_argument(
+        "--report-format",
+        choices=REPORT_FORMATS,
+        help="jsonl (default) or csv, for spreadsheets (a .csv --report is CSV anyway)",
     )
     safe.add_argument(
         "--resend-unknown",

@@ -242,3 +242,25 @@ def test_help_lists_the_column_aliases_and_what_the_report_line_counts(tmp_path:
     assert "recipient, phone, phone_number, mobile" in text and "contactId" in text
     assert '"line" counts data records from 1 (a CSV header and blank lines are not' in text
     assert "- for standard input" in text
+
+
+def test_report_format_csv_writes_a_spreadsheet_in_input_order(tmp_path: Path) -> None:
+    import csv
+
+    targets = write_csv(tmp_path / "r.csv", [f"{p},Ana" for p in phones(30)] + ["12,Bo"])
+    with ThreadedSimulator(SimulatorConfig(token=TOKEN)) as sim:
+        done = run_cli(
+            *campaign(targets, sim.url, "--report-format", "csv", "--chunk-size", "4"),
+            cwd=tmp_path,
+        )
+    assert done.returncode == 0, done.stderr  # a rejected record is reported, not an error
+    with (tmp_path / "r.report.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["line"]) for row in rows] == list(range(1, 32))
+    assert all(row["status"] == "sent" and row["conversation_ids"] for row in rows[:30])
+    assert rows[30]["status"] == "rejected" and rows[30]["error_kind"]
+    mismatched = run_cli(
+        *campaign(targets, "http://127.0.0.1:9", "--report-format", "csv", "--report", "x.jsonl"),
+        cwd=tmp_path,
+    )
+    assert mismatched.returncode == 2 and "--report-format csv" in mismatched.stderr
