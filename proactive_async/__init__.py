@@ -40,6 +40,7 @@ from ._errors import (
     TransportError,
     UnprocessableEntityError,
 )
+from ._hooks import OutcomeHook, RetryHook, ThrottleHook
 from ._journal import Journal, open_journal
 from ._limits import AdaptiveTuning
 from ._models import (
@@ -50,6 +51,7 @@ from ._models import (
     ConversationType,
     ConversationVariable,
     Message,
+    ProactiveConversationFields,
     ProactiveConversationRequest,
     Tag,
     parse_datetime,
@@ -97,8 +99,10 @@ __all__ = [
     "NotFoundError",
     "Outcome",
     "OutcomeError",
+    "OutcomeHook",
     "OutcomeStatus",
     "PermissionDeniedError",
+    "ProactiveConversationFields",
     "ProactiveConversationRequest",
     "ProactiveError",
     "ProblemDetails",
@@ -109,6 +113,7 @@ __all__ = [
     "Record",
     "RedirectError",
     "ResponseTooLargeError",
+    "RetryHook",
     "RetryPolicy",
     "ServerError",
     "ServiceUnavailableError",
@@ -116,6 +121,7 @@ __all__ = [
     "TLSError",
     "Tag",
     "Target",
+    "ThrottleHook",
     "Timeout",
     "TransportError",
     "UnprocessableEntityError",

@@ -36,6 +36,7 @@ from msgspec import UNSET
 
 from ._client import AsyncClient
 from ._errors import ProactiveError
+from ._hooks import OutcomeHook, RetryHook, ThrottleHook, safe_hook
 from ._input import aiter_records, fingerprint_file, read_records
 from ._journal import INTERRUPTED, CampaignIdentity, Journal, open_journal
 from ._models import ProactiveConversationRequest
@@ -86,6 +87,14 @@ class Campaign:
         journal: where the campaign's durable state goes, a path (``campaign.db``) or URL;
             it makes the campaign resumable after a crash.
         report: a JSONL path, one line per input record.
+        on_outcome: called with each record's final outcome (an ``OutcomeHook``), as
+            ``async for`` yields them: outcomes replayed from the journal on a resume too.
+        on_retry: called when a failed attempt will be retried, with the error, the
+            attempt's number and the wait (a ``RetryHook``); a retried 429 too.
+        on_throttle: called with each 429 and its ``Retry-After`` (a ``ThrottleHook``).
+            Each is a plain function (an ``async def`` is refused: it would never be
+            awaited), run on the event loop: keep it quick. One that raises is logged and
+            never costs a record.
         clock, sleep: monotonic seconds and an awaitable sleep for every wait of the
             campaign (rate limit, pauses, backoff); injectable so tests need no real waits.
     """
@@ -100,6 +109,9 @@ class Campaign:
         rate_limit: RateLimitBackend | None = None,
         journal: str | os.PathLike[str] | None = None,
         report: str | os.PathLike[str] | None = None,
+        on_outcome: OutcomeHook | None = None,
+        on_retry: RetryHook | None = None,
+        on_throttle: ThrottleHook | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         **overrides: Any,
@@ -128,12 +140,15 @@ class Campaign:
         self._sink: asyncio.Queue[object] | None = None
         self._feed_scope: anyio.CancelScope | None = None
         self._started: float | None = None
+        self._outcome_hook = safe_hook(on_outcome, "on_outcome")
         self._sender = ChunkSender(
             client,
             template,
             retry=options.retry,
             rate_limit=self.rate_limit,
             on_outcome=self._tally,
+            on_retry=on_retry,
+            on_throttle=on_throttle,
             summary=self.summary,
             latency=self._latency,
             clock=clock,
@@ -162,6 +177,31 @@ class Campaign:
             clock=clock,
             sleep=sleep,
         )
+
+    def __repr__(self) -> str:
+        """What it sends, to what, how far it got and how fast: never the token."""
+        template = self.template
+        parts = [
+            f"{name}={value!r}"
+            for name in ("channel_id", "bot_id", "conversation_template_id")
+            if (value := getattr(template, name)) is not UNSET
+        ]
+        parts.append(f"targets={_describe_targets(self.targets)}")
+        summary = self.summary
+        total = f"/{self.total}" if self.total is not None else ""
+        parts.append(f"records={summary.records}{total}")
+        parts += [f"{s.value}={summary.counts[s]}" for s in OutcomeStatus if summary.counts[s]]
+        if summary.calls:
+            parts.append(f"calls={summary.calls}")
+        if summary.retries:
+            parts.append(f"retries={summary.retries}")
+        if summary.throttled:
+            parts.append(f"throttled={summary.throttled}")
+        rate = self.rate
+        parts.append(f"rate={rate:g}/s" if rate is not None else "rate=unlimited")
+        if self.aborted is not None:
+            parts.append(f"aborted={self.aborted.kind!r}")
+        return f"Campaign({', '.join(parts)})"
 
     # -- public control ------------------------------------------------------------
 
@@ -425,6 +465,8 @@ class Campaign:
             self._report.write(outcome)
         if self._sink is not None:
             await self._sink.put(outcome)
+        if self._outcome_hook is not None:
+            self._outcome_hook(outcome)
 
 
 _DEFAULT_OPTIONS: Final = CampaignOptions()
@@ -495,6 +537,17 @@ def _same_file(a: str, b: str) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return False
+
+
+def _describe_targets(source: object) -> str:
+    """A path as itself; an iterable as its type (and length, when it has one)."""
+    if isinstance(source, str | os.PathLike):
+        return repr(os.fspath(source))
+    kind = type(source).__name__
+    try:
+        return f"<{kind} of {len(source)}>"  # type: ignore[arg-type]
+    except TypeError:
+        return f"<{kind}>"
 
 
 def _fingerprint(source: object) -> str:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar, Unpack
 
 import msgspec
 from msgspec import UNSET
@@ -29,9 +29,11 @@ from ._errors import (
 )
 from ._models import (
     Conversation,
+    ProactiveConversationFields,
     ProactiveConversationRequest,
     build_request,
     decode_conversations,
+    decode_conversations_utc,
     encode_request,
 )
 from ._ratelimit import RateLimitBackend, report_failure
@@ -88,6 +90,9 @@ class AsyncClient:
         rate_limit: paces every attempt (a ``RateLimit``, or a shared one) by its number of
             targets, and hears of its 429s and 503s; a campaign on this client uses it too.
             None (default): calls are not paced.
+        assume_utc: read a date-time the server sent without an offset (``created_at``
+            and friends) as UTC, so that every date-time decoded is aware. Off by default:
+            such a value is naive, as sent; one sent with an offset or ``Z`` is always aware.
     """
 
     def __init__(
@@ -104,6 +109,7 @@ class AsyncClient:
         max_response_bytes: int = 32 * 1024 * 1024,
         mask_phone_numbers: bool = True,
         rate_limit: RateLimitBackend | None = None,
+        assume_utc: bool = False,
         sleep: Sleep | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
@@ -120,6 +126,9 @@ class AsyncClient:
         self.retry = retry if retry is not None else RetryPolicy()
         self.mask_phone_numbers = mask_phone_numbers
         self.rate_limit = rate_limit
+        self.assume_utc = assume_utc
+        # Chosen once: without the option, the hot path decodes exactly as before.
+        self._decode = decode_conversations_utc if assume_utc else decode_conversations
         self._token = token  # kept only so a journal can refuse to store it
         self._redactor = Redactor([token])
         self._url = self.base_url + PATH
@@ -176,13 +185,14 @@ class AsyncClient:
         /,
         *,
         retry: RetryPolicy | None = None,
-        **fields: Any,
+        **fields: Unpack[ProactiveConversationFields],
     ) -> list[Conversation]:
         """Start proactive conversations: one per recipient and per contact id.
 
         Pass a ProactiveConversationRequest, keyword fields (``channel_id=1, ...``), or both
         (the keywords override). Raises a ProactiveError; its ``may_have_been_processed``
-        tells whether conversations may exist even so.
+        tells whether conversations may exist even so. A list field given as something
+        else (``recipient="+55..."``) is a TypeError, raised before anything is sent.
         """
         response = await self._create(request, retry, fields)
         return response.value
@@ -193,7 +203,7 @@ class AsyncClient:
         /,
         *,
         retry: RetryPolicy | None = None,
-        **fields: Any,
+        **fields: Unpack[ProactiveConversationFields],
     ) -> ApiResponse[list[Conversation]]:
         """As ``create_proactive_conversation``, with status, headers, elapsed and attempts."""
         return await self._create(request, retry, fields)
@@ -202,7 +212,7 @@ class AsyncClient:
         self,
         request: ProactiveConversationRequest | None,
         retry: RetryPolicy | None,
-        fields: dict[str, Any],
+        fields: Mapping[str, Any],
     ) -> ApiResponse[list[Conversation]]:
         # Both public methods come here with their keywords as one dict, not unpacked again.
         built = build_request(request, fields)
@@ -245,7 +255,7 @@ class AsyncClient:
             )
         if 200 <= raw.status < 300:
             try:
-                value = decode_conversations(raw.body)
+                value = self._decode(raw.body)
             except DecodingError as exc:
                 exc.status = raw.status
                 exc.attempts = attempt

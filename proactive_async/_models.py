@@ -14,7 +14,7 @@ import logging
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any, Final
+from typing import Any, Final, TypedDict
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -29,9 +29,12 @@ __all__ = [
     "ConversationType",
     "ConversationVariable",
     "Message",
+    "ProactiveConversationFields",
     "ProactiveConversationRequest",
     "Tag",
+    "build_request",
     "decode_conversations",
+    "decode_conversations_utc",
     "encode_request",
     "parse_datetime",
     "parse_timespan",
@@ -159,6 +162,27 @@ class ProactiveConversationRequest(
         return count
 
 
+class ProactiveConversationFields(TypedDict, total=False):
+    """The request's fields as keywords, for ``create_proactive_conversation(**fields)``.
+
+    Editors complete these names and type checkers check them; each is the field of
+    ``ProactiveConversationRequest`` of the same name (a test keeps the two in step).
+    """
+
+    channel_id: int
+    bot_id: int
+    recipient: list[str] | None
+    live_agent: bool
+    conversation_template_id: int
+    counterpart_user_id: int
+    user_id: int
+    queue_id: int
+    content_variables: dict[str, Any]
+    account_ids: list[int] | None
+    contact_ids: list[int] | None
+    conversation_integration_type: ConversationIntegrationType | int
+
+
 class Message(msgspec.Struct, kw_only=True, frozen=True, rename="camel", gc=False):
     """A message of a conversation; ``to`` is the recipient's WhatsApp id."""
 
@@ -281,12 +305,44 @@ def build_request(
     """``request`` with ``fields`` (snake_case) set over it; from ``fields`` alone if None.
 
     The one way a request is made, for a single call and for each chunk of a campaign.
+    A list field given as something else (``recipient="+55..."``, ``contact_ids=7``) is
+    a TypeError naming the field, raised here, before anything is sent.
     """
     if request is None:
-        return ProactiveConversationRequest(**fields)
-    if fields:
-        return msgspec.structs.replace(request, **fields)
-    return request
+        built = ProactiveConversationRequest(**fields)
+    elif fields:
+        built = msgspec.structs.replace(request, **fields)
+    else:
+        built = request
+    # A few identity checks on the common path; the loop runs only to name a culprit.
+    recipient, contact_ids = built.recipient, built.contact_ids
+    if (
+        (recipient.__class__ is not list and recipient is not UNSET)
+        or (contact_ids.__class__ is not list and contact_ids is not UNSET)
+        or built.account_ids is not UNSET
+    ):
+        _check_lists(built)
+    return built
+
+
+_LIST_FIELDS: Final = (
+    ("recipient", "phone numbers (str)"),
+    ("contact_ids", "contact ids (int)"),
+    ("account_ids", "account ids (int)"),
+)
+
+
+def _check_lists(request: ProactiveConversationRequest) -> None:
+    """Refuse a list field that is not a list (a str is iterable, but one number is not 13)."""
+    for name, items in _LIST_FIELDS:
+        value = getattr(request, name)
+        if value is UNSET or value is None or isinstance(value, list | tuple):
+            continue
+        example = "['+5511999990000']" if name == "recipient" else "[123]"
+        raise TypeError(
+            f"{name} must be a list of {items} or None, not {type(value).__name__}: "
+            f"write {name}={example}"
+        )
 
 
 def encode_request(request: ProactiveConversationRequest) -> bytes:
@@ -295,13 +351,44 @@ def encode_request(request: ProactiveConversationRequest) -> bytes:
 
 
 def decode_conversations(body: bytes) -> list[Conversation]:
-    """Decode a 2xx body into Conversations; raises DecodingError if it is not an array of them."""
+    """Decode a 2xx body into Conversations; raises DecodingError if it is not an array of them.
+
+    A date-time the server sent with an offset (or ``Z``) is aware; one sent without is
+    naive, as sent (``decode_conversations_utc`` reads those as UTC).
+    """
     try:
         return _CONVERSATIONS.decode(body)
     except msgspec.ValidationError:
         return _decode_tolerant(body)
     except msgspec.DecodeError as exc:
         raise DecodingError(f"response body is not valid JSON: {exc}", body=body[:2048]) from exc
+
+
+def decode_conversations_utc(body: bytes) -> list[Conversation]:
+    """As ``decode_conversations``, with every naive date-time made UTC-aware (``assume_utc``)."""
+    return [_conversation_in_utc(conversation) for conversation in decode_conversations(body)]
+
+
+def _in_utc(moment: datetime | None) -> datetime | None:
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def _conversation_in_utc(conversation: Conversation) -> Conversation:
+    """The conversation with naive date-times (its own, its messages' and tags') as UTC."""
+    changes: dict[str, Any] = {}
+    for name in ("created_at", "finished_at", "queued_at", "last_conversation_update_time"):
+        value = getattr(conversation, name)
+        if value is not None and value.tzinfo is None:
+            changes[name] = value.replace(tzinfo=UTC)
+    for name in ("messages", "tags"):
+        items: list[Message] | list[Tag] | None = getattr(conversation, name)
+        if items and any(i.created_at is not None and i.created_at.tzinfo is None for i in items):
+            changes[name] = [
+                msgspec.structs.replace(i, created_at=_in_utc(i.created_at)) for i in items
+            ]
+    return msgspec.structs.replace(conversation, **changes) if changes else conversation
 
 
 # --- tolerant second pass -------------------------------------------------------------

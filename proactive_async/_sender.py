@@ -28,6 +28,7 @@ from msgspec import UNSET
 
 from ._client import AsyncClient
 from ._errors import BadRequestError, ProactiveError, RateLimitError
+from ._hooks import RetryHook, ThrottleHook, safe_hook
 from ._journal import INTERRUPTED, Journal
 from ._matching import match_conversations
 from ._models import Conversation, ProactiveConversationRequest, build_request, encode_request
@@ -77,6 +78,8 @@ class ChunkSender:
         rate_limit: paces each attempt and hears of 429s and 503s; None: no pacing.
         journal: the fence and the durable outcomes; None: nothing is durable.
         on_outcome: awaited with each final outcome.
+        on_retry, on_throttle: told of each retry (``RetryHook``) and each 429
+            (``ThrottleHook``): plain functions; one that raises is logged, not raised.
         summary: where the call counters go (``calls``, ``retries``, ``throttled``,
             ``pending``); a new one when not given.
         latency: a sample of successful calls' latencies; None: not measured.
@@ -92,6 +95,8 @@ class ChunkSender:
         rate_limit: RateLimitBackend | None = None,
         journal: Journal | None = None,
         on_outcome: OutcomeSink | None = None,
+        on_retry: RetryHook | None = None,
+        on_throttle: ThrottleHook | None = None,
         summary: CampaignSummary | None = None,
         latency: LatencySample | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -104,6 +109,8 @@ class ChunkSender:
         self.journal = journal
         self.summary = summary if summary is not None else CampaignSummary()
         self._on_outcome = on_outcome
+        self._on_retry = safe_hook(on_retry, "on_retry")
+        self._on_throttle = safe_hook(on_throttle, "on_throttle")
         self._latency = latency
         self._clock = clock
         self._sleep = sleep
@@ -141,8 +148,9 @@ class ChunkSender:
             "contact_ids": contacts or UNSET,
         }
         if variables:
-            base = self.template.content_variables
-            fields["content_variables"] = {**base, **variables} if base else variables
+            fields["content_variables"] = merge_variables(
+                self.template.content_variables, variables
+            )
         return encode_request(build_request(self.template, fields))
 
     async def _dispatch(
@@ -216,6 +224,8 @@ class ChunkSender:
                     status = OutcomeStatus.UNKNOWN if sent_once else OutcomeStatus.FAILED
                     await self._settle(targets, status, attempt, exc)
                     return
+                if self._on_retry is not None:
+                    self._on_retry(exc, attempt, wait)
                 # A shared pause (a 429 or 503 told to the rate limit) is waited in acquire.
                 backoff = 0.0 if shared else wait
                 continue
@@ -249,6 +259,8 @@ class ChunkSender:
         throttled = isinstance(exc, RateLimitError)
         if throttled:
             self.summary.throttled += 1
+            if self._on_throttle is not None:
+                self._on_throttle(exc, getattr(exc, "retry_after", None))
             if self._throttled_too_long(exc):
                 return None, False
         shared = False
@@ -363,6 +375,18 @@ class ChunkSender:
         if self._on_outcome is not None:
             for outcome in outcomes:
                 await self._on_outcome(outcome)
+
+
+def merge_variables(defaults: dict[str, Any] | Any, own: dict[str, Any]) -> dict[str, Any]:
+    """A record's content variables over the template's: the record's win, except an empty
+    value (a blank CSV cell), which falls back to the template's value for that name."""
+    if not isinstance(defaults, dict) or not defaults:
+        return own
+    merged = dict(defaults)
+    for name, value in own.items():
+        if value != "" or name not in defaults:
+            merged[name] = value
+    return merged
 
 
 def make_outcome(

@@ -42,7 +42,7 @@ from ._campaign import Campaign
 from ._client import ApiResponse, AsyncClient
 from ._config import Limits, Timeout
 from ._errors import ClientStateError
-from ._models import Conversation, ProactiveConversationRequest
+from ._models import Conversation, ProactiveConversationFields, ProactiveConversationRequest
 from ._ratelimit import RateLimitBackend
 from ._report import CampaignSummary
 from ._retry import RetryPolicy, Sleep
@@ -77,6 +77,7 @@ class ClientOptions(TypedDict, total=False):
     max_response_bytes: int
     mask_phone_numbers: bool
     rate_limit: RateLimitBackend | None
+    assume_utc: bool
     sleep: Sleep | None
     clock: Callable[[], float] | None
 
@@ -374,7 +375,7 @@ class Client:
         /,
         *,
         retry: RetryPolicy | None = None,
-        **fields: Any,
+        **fields: Unpack[ProactiveConversationFields],
     ) -> list[Conversation]:
         """Start proactive conversations: one per recipient and per contact id.
 
@@ -391,7 +392,7 @@ class Client:
         /,
         *,
         retry: RetryPolicy | None = None,
-        **fields: Any,
+        **fields: Unpack[ProactiveConversationFields],
     ) -> ApiResponse[list[Conversation]]:
         """As ``create_proactive_conversation``, with status, headers, elapsed and attempts."""
         client, loop = self._ready()
@@ -416,7 +417,8 @@ class Client:
             )
 
         The keywords are ``Campaign``'s (``options``, ``journal``, ``report``,
-        ``rate_limit``, or any ``CampaignOptions`` field). Ctrl-C stops it as a
+        ``rate_limit``, the callbacks ``on_outcome``/``on_retry``/``on_throttle``, which
+        run on the event loop's thread, or any ``CampaignOptions`` field). Ctrl-C stops it as a
         cancellation stops a campaign: calls in flight get the grace period, then
         KeyboardInterrupt is raised. A fatal error (401, 403, TLS) is raised as from
         ``Campaign.run()``.

@@ -285,6 +285,21 @@ async def test_the_body_carries_the_template_the_targets_and_the_chunks_variable
     assert h.named("acquire") == [("acquire", 2.0)]
 
 
+async def test_an_empty_variable_falls_back_to_the_templates_value() -> None:
+    """A blank CSV cell is not sent as "": the template's (the CLI's --var) value is."""
+    h = make(answer_each)
+    h.sender.template = msgspec.structs.replace(
+        TEMPLATE, content_variables={"city": "Lisbon", "name": "friend"}
+    )
+    blank = Chunk(
+        variables={"city": "", "name": "Ana", "extra": ""},
+        targets=[PlannedTarget(line=1, recipient=phone(1))],
+    )
+    await h.sender.send(blank)
+    (body,) = h.client.bodies
+    assert body["contentVariables"] == {"city": "Lisbon", "name": "Ana", "extra": ""}
+
+
 async def test_a_success_sends_each_target_with_the_conversation_that_names_its_number() -> None:
     latency = LatencySample()
     # The answer lists the conversations in the other order: matched by number, not position.

@@ -1,0 +1,110 @@
+"""Callbacks for observability: what a campaign tells you of outcomes, retries and 429s.
+
+A callback is a plain function, called on the campaign's event loop: keep it quick (a
+metrics counter, a log line), and hand slower work to a queue or a task of your own. It
+is never awaited, so it adds no await point inside the life of a chunk: a slow or
+cancelled callback cannot cut a chunk's settlement short. A callback that raises never
+costs a record: the error is logged and the campaign goes on.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any, Protocol
+
+from ._errors import ProactiveError, RateLimitError
+from ._records import Outcome
+
+__all__ = ["OutcomeHook", "RetryHook", "SafeHook", "ThrottleHook", "safe_hook"]
+
+_log = logging.getLogger("proactive_async")
+
+
+class OutcomeHook(Protocol):
+    """Called with each record's final outcome (``Campaign(on_outcome=...)``).
+
+    Usage::
+
+        def count(outcome: Outcome) -> None:
+            OUTCOMES.labels(outcome.status.value).inc()
+    """
+
+    def __call__(self, outcome: Outcome, /) -> None: ...
+
+
+class RetryHook(Protocol):
+    """Called when a failed attempt will be retried (``Campaign(on_retry=...)``).
+
+    ``attempt`` is the number of the attempt that failed (1 for the first), ``wait`` the
+    seconds before the next one. A retried 429 calls it too (after ``on_throttle``).
+    """
+
+    def __call__(self, error: ProactiveError, attempt: int, wait: float, /) -> None: ...
+
+
+class ThrottleHook(Protocol):
+    """Called with each 429 the server answers (``Campaign(on_throttle=...)``).
+
+    ``retry_after`` is the server's ``Retry-After`` in seconds, None when it sent none.
+    """
+
+    def __call__(self, error: RateLimitError, retry_after: float | None, /) -> None: ...
+
+
+class SafeHook:
+    """A user callback whose errors are logged and never raised."""
+
+    __slots__ = ("_function", "_name", "failures")
+
+    def __init__(self, function: Any, name: str) -> None:
+        # An object whose __call__ is async counts as an async function too.
+        call = inspect.getattr_static(type(function), "__call__", None)
+        if inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(call):
+            raise TypeError(
+                f"{name} must be a plain function, not an async one: it is called on the "
+                "event loop and never awaited (start a task or fill a queue from it instead)"
+            )
+        self._function = function
+        self._name = name
+        self.failures = 0
+
+    def __call__(self, *args: Any) -> None:
+        try:
+            result = self._function(*args)
+        except Exception:
+            self._failed()
+            return
+        # An async callable that the check at construction missed (a wrapped one).
+        if result is not None and inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()  # never awaited: no "was never awaited" warning either
+            self._failed("returned an awaitable, which is never awaited")
+
+    def _failed(self, why: str = "raised") -> None:
+        self.failures += 1
+        # The 1st, 10th, 100th... failure: a callback broken for every record of a
+        # million-record campaign must not write a million tracebacks.
+        if _is_power_of_ten(self.failures):
+            _log.error(
+                "the %s callback %s (%d time(s) so far); the record is kept and the "
+                "campaign goes on",
+                self._name,
+                why,
+                self.failures,
+                exc_info=why == "raised",
+            )
+
+    def __repr__(self) -> str:
+        return f"SafeHook({self._name}={self._function!r})"
+
+
+def safe_hook(function: Any, name: str) -> SafeHook | None:
+    """A SafeHook around ``function``; None stays None (no per-call work without a callback)."""
+    return SafeHook(function, name) if function is not None else None
+
+
+def _is_power_of_ten(number: int) -> bool:
+    while number % 10 == 0:
+        number //= 10
+    return number == 1
