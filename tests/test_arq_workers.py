@@ -18,9 +18,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import redis
+from _distributed_checks import assert_exactly_once, assert_no_token_stored, cli, status
 from test_cli import ThreadedSimulator
 
 from proactive_async.simulator import Faults, SimulatorConfig
@@ -39,17 +39,6 @@ FAULTS = Faults(
 )
 
 
-def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proactive_async.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
-
-
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
@@ -58,13 +47,6 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-
-
-def status(dsn: str, campaign: str, env: dict[str, str]) -> dict[str, Any]:
-    done = cli("status", "--journal", dsn, "--campaign", campaign, "--json", env=env)
-    assert done.returncode in (0, 4), done.stderr
-    result: dict[str, Any] = json.loads(done.stdout)
-    return result
 
 
 @pytest.fixture
@@ -107,14 +89,14 @@ def test_three_workers_and_a_kill_9_give_every_record_one_outcome_and_no_duplica
         workers = [start_worker(env, logs[n]) for n in range(3)]
         try:
             deadline = time.monotonic() + 60
-            while status(env["PROACTIVE_JOURNAL"], "kill9", env)["chunks_done"] < records // 20:
+            while status("kill9", env)["chunks_done"] < records // 20:
                 assert time.monotonic() < deadline, "no progress"
                 time.sleep(0.2)
             workers[0].send_signal(signal.SIGKILL)
             workers[0].wait()
             workers.append(start_worker(env, logs[3]))
             deadline = time.monotonic() + 150 + records / 50
-            while not (final := status(env["PROACTIVE_JOURNAL"], "kill9", env))["finished"]:
+            while not (final := status("kill9", env))["finished"]:
                 assert time.monotonic() < deadline, f"not finished: {final}"
                 time.sleep(0.5)
         finally:
@@ -127,29 +109,6 @@ def test_three_workers_and_a_kill_9_give_every_record_one_outcome_and_no_duplica
                 except subprocess.TimeoutExpired:
                     worker.kill()
         processed = sim.audit.snapshot()
-    assert sum(final["counts"].values()) == records
-    assert set(final["counts"]) <= {"sent", "failed", "unknown"}
-    assert all(count == 1 for count in processed.values()), "a target processed twice"
-    with psycopg.connect(env["PROACTIVE_JOURNAL"]) as conn:
-        states = dict(
-            conn.execute(
-                "SELECT recipient, state FROM proactive_record WHERE campaign_id = 'kill9'"
-            ).fetchall()
-        )
-        dump = "".join(
-            row[0]
-            for table in ("proactive_campaign", "proactive_record", "proactive_chunk")
-            for row in conn.execute(f"SELECT row_to_json(t)::text FROM {table} t").fetchall()
-        )
-    assert all(processed.get(phone) == 1 for phone, state in states.items() if state == "sent")
-    assert all(phone not in processed for phone, state in states.items() if state == "failed")
+    assert_exactly_once(env["PROACTIVE_JOURNAL"], "kill9", processed, final["counts"], records)
     assert final["counts"].get("sent", 0) > records * 0.8
-    assert TOKEN not in dump
-    store = redis.Redis.from_url(env["PROACTIVE_REDIS_URL"])
-    try:
-        for key in store.scan_iter("*"):
-            kind = store.type(key)
-            value = store.hgetall(key) if kind == b"hash" else store.dump(key) or b""
-            assert TOKEN.encode() not in key + json.dumps(str(value)).encode()
-    finally:
-        store.close()
+    assert_no_token_stored(env["PROACTIVE_JOURNAL"], env["PROACTIVE_REDIS_URL"], TOKEN)

@@ -20,8 +20,8 @@ import pytest
 
 celery = pytest.importorskip("celery")
 
-import psycopg  # noqa: E402
 import redis  # noqa: E402
+from _distributed_checks import assert_exactly_once, assert_no_token_stored, cli, status  # noqa: E402
 from test_cli import ThreadedSimulator  # noqa: E402
 
 from proactive_async.simulator import Faults, SimulatorConfig  # noqa: E402
@@ -50,17 +50,6 @@ def test_register_adds_the_chunk_task_with_late_acks_and_the_single_call_task() 
     assert not app.tasks[SINGLE_CALL_TASK].acks_late  # a redelivered single call could send twice
 
 
-def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proactive_async.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
-
-
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
@@ -73,13 +62,6 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         )  # fmt: skip
 
 
-def status(env: dict[str, str]) -> dict[str, Any]:
-    done = cli("status", "--campaign", "celery9", "--json", env=env)
-    assert done.returncode in (0, 4), done.stderr
-    result: dict[str, Any] = json.loads(done.stdout)
-    return result
-
-
 @pytest.mark.slow
 def test_three_celery_workers_and_a_kill_9_give_every_record_one_outcome(
     postgres_server: Any, redis_server: Any, tmp_path: Path
@@ -89,6 +71,7 @@ def test_three_celery_workers_and_a_kill_9_give_every_record_one_outcome(
     targets.write_text("phone,name\n" + "".join(f"+55119{i:08d},Ana\n" for i in range(records)))
     store = redis.Redis.from_url(redis_server.url)
     store.flushdb()
+    store.close()
     dsn = postgres_server.create_database(f"celery_{uuid.uuid4().hex[:10]}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROACTIVE_")}
     env |= {
@@ -109,14 +92,14 @@ def test_three_celery_workers_and_a_kill_9_give_every_record_one_outcome(
         workers = [start_worker(env, tmp_path / f"w{n}.log") for n in range(3)]
         try:
             deadline = time.monotonic() + 90
-            while status(env)["chunks_done"] < 40:
+            while status("celery9", env)["chunks_done"] < 40:
                 assert time.monotonic() < deadline, (tmp_path / "w0.log").read_text()[-3000:]
                 time.sleep(0.2)
             os.killpg(workers[0].pid, signal.SIGKILL)
             workers[0].wait()
             workers.append(start_worker(env, tmp_path / "w3.log"))
             deadline = time.monotonic() + 150
-            while not (final := status(env))["finished"]:
+            while not (final := status("celery9", env))["finished"]:
                 assert time.monotonic() < deadline, f"not finished: {final}"
                 time.sleep(0.5)
         finally:
@@ -129,20 +112,5 @@ def test_three_celery_workers_and_a_kill_9_give_every_record_one_outcome(
                 except subprocess.TimeoutExpired:
                     os.killpg(worker.pid, signal.SIGKILL)
         processed = sim.audit.snapshot()
-    assert sum(final["counts"].values()) == records
-    assert all(count == 1 for count in processed.values()), "a target processed twice"
-    with psycopg.connect(dsn) as conn:
-        states = dict(conn.execute("SELECT recipient, state FROM proactive_record").fetchall())
-        dump = "".join(
-            row[0]
-            for table in ("proactive_campaign", "proactive_record", "proactive_chunk")
-            for row in conn.execute(f"SELECT row_to_json(t)::text FROM {table} t").fetchall()
-        )
-    assert all(processed.get(phone) == 1 for phone, state in states.items() if state == "sent")
-    assert all(phone not in processed for phone, state in states.items() if state == "failed")
-    assert TOKEN not in dump
-    for key in store.scan_iter("*"):
-        assert TOKEN.encode() not in key
-        if store.type(key) == b"list":
-            assert not any(TOKEN.encode() in item for item in store.lrange(key, 0, -1))
-    store.close()
+    assert_exactly_once(dsn, "celery9", processed, final["counts"], records)
+    assert_no_token_stored(dsn, redis_server.url, TOKEN)

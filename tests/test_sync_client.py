@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from test_cli import ThreadedSimulator
 
 from proactive_async import (
     ApiResponse,
@@ -37,7 +38,7 @@ from proactive_async import (
     Timeout,
 )
 from proactive_async._sync import _RUNTIME, Client, ClientOptions
-from proactive_async.simulator import Faults, Simulator, SimulatorConfig
+from proactive_async.simulator import Faults, SimulatorConfig
 
 TOKEN = "sync-test-token"
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,16 +105,12 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()  # one side ended: so does the other (HTTP/1.1 keep-alive is symmetric)
 
 
-class ServedSimulator:
+class ServedSimulator(ThreadedSimulator):
     """The simulator and a ConnectionCounter in front of it, on a thread and loop of their own."""
 
     def __init__(self, config: SimulatorConfig) -> None:
-        self.simulator = Simulator(config)
+        super().__init__(config)
         self.counter: ConnectionCounter | None = None
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(),), daemon=True)
 
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -128,14 +125,8 @@ class ServedSimulator:
                 await self.counter.aclose()
 
     def __enter__(self) -> ServedSimulator:
-        self._thread.start()
-        assert self._ready.wait(10), "the simulator did not start"
+        super().__enter__()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._loop is not None and self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
 
     @property
     def url(self) -> str:
