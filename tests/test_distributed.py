@@ -240,9 +240,10 @@ async def test_chunks_of_a_new_campaign_started_together_share_one_journal(
         await runner.aclose()
     assert states == ["done"] * 3
     database = dsn.rsplit("/", 1)[1]
-    left = rows(
-        dsn,
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-        database,
-    )[0][0]
-    assert left == 0
+    sql = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
+    for _ in range(200):  # the server sees a closed connection go a moment later
+        left = rows(dsn, sql, database)[0][0]
+        if left == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert left == 0  # a leak stays: 4 connections before the fix
