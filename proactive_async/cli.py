@@ -443,8 +443,12 @@ def _make_campaign(
         options = dataclasses.replace(
             options, rate=None, burst=None, calls_per_second=None, adaptive=None
         )
+
+    def count_error(outcome: Outcome) -> None:
+        campaign.summary.note_outcome(outcome)  # for the summary's top errors
+
     try:
-        return Campaign(
+        campaign = Campaign(
             client,
             template=settings.template,
             targets=settings.targets,
@@ -452,9 +456,11 @@ def _make_campaign(
             rate_limit=shared,
             journal=settings.journal,
             report=settings.report,
+            on_outcome=count_error,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+    return campaign
 
 
 async def _check_journal(campaign: Campaign, path: str | None) -> None:
@@ -491,7 +497,7 @@ async def _drive(campaign: Campaign, display: ProgressDisplay, grace_period: flo
     from ._progress import ProgressWatcher
 
     loop = asyncio.get_running_loop()
-    runner = asyncio.create_task(_consume(campaign))
+    runner = asyncio.create_task(campaign.run())
     limit = campaign.rate_limit
     paused = (lambda: limit.paused) if isinstance(limit, RateLimit) else None
     watcher = ProgressWatcher(campaign.summary, campaign.total, display, paused)
@@ -519,17 +525,6 @@ async def _drive(campaign: Campaign, display: ProgressDisplay, grace_period: flo
         return True
     runner.result()  # raises what the run raised
     return False  # a signal that came after the end changes nothing
-
-
-async def _consume(campaign: Campaign) -> None:
-    """Run the campaign, counting each record's error for the summary's top errors.
-
-    Outcomes settled after an interrupt (calls finishing in the grace period) are in the
-    report and the counts, not in the top errors.
-    """
-    summary = campaign.summary
-    async for outcome in campaign:
-        summary.note_outcome(outcome)
 
 
 class _Interrupts:
