@@ -444,7 +444,8 @@ class AdaptiveRate:
         # Increases in a row above the estimate without a 429.
         self._probes = 0
         # The latest pause a 429 asked for.
-        self._pause_start = -math.inf
+        # The pauses 429s asked for lately, (start, end), oldest first; the last may go on.
+        self._pauses: deque[list[float]] = deque()
         self._paused_until = -math.inf
         # The goodput at the last 429: our best guess at the server's limit.
         self._estimate: float | None = None
@@ -495,11 +496,12 @@ class AdaptiveRate:
             return False
         # Without a Retry-After the caller backs off for some time we are not told.
         wait = self._unknown_pause if retry_after is None else max(0.0, retry_after)
-        # Paused time in the window, before this 429: only the latest pause can overlap
-        # it, since a decrease holds off the next one for a while.
-        paused = max(0.0, min(self._paused_until, now) - max(self._pause_start, now - self._window))
+        # Paused time in the window, before this 429: time not sending is not goodput lost.
+        paused = self._paused_within(now)
         if now >= self._paused_until:
-            self._pause_start = now
+            self._pauses.append([now, now + wait])
+        else:
+            self._pauses[-1][1] = max(self._pauses[-1][1], now + wait)
         self._paused_until = max(self._paused_until, now + wait)
         if self._drain:
             self._limiter.drain(until=self._paused_until)
@@ -571,6 +573,15 @@ class AdaptiveRate:
             # Long without a 429 the estimate was just low: grow as in slow start, no faster.
             self._apply(rate * min(self._slow_start, 1 + step))
             self._probes += 1
+
+    def _paused_within(self, now: float) -> float:
+        """Seconds of the last ``window`` spent paused, before this 429: with short
+        Retry-Afters several pauses fit in one window, and each is time not sending."""
+        horizon = now - self._window
+        pauses = self._pauses
+        while pauses and pauses[0][1] <= horizon:
+            pauses.popleft()
+        return sum(max(0.0, min(end, now) - max(start, horizon)) for start, end in pauses)
 
     def _count_call(self, now: float, *, throttled: bool) -> None:
         if now - self._calls_since >= self._window:
