@@ -25,7 +25,9 @@ the pause plus a reaction window has passed (the same script holds that epoch). 
 is noise, not a limit: it pauses but does not cut unless 429s are more than
 ``AdaptiveTuning.noise_share`` of the group's recent calls or ``noise_run`` come in a row
 (see ``AdaptiveTuning``). Increases happen at most once per ``interval`` for the whole
-group, and only when the group used at least ``busy`` of the rate.
+group, and only when the group used at least ``busy`` of the rate: after a cut they close
+``approach`` of the gap to just under the rate the group was sending at when cut, then
+probe above it slowly.
 
 Redis failing (unreachable, restarted, timing out): by default (``on_redis_error="wait"``)
 acquire waits and retries Redis with backoff, so nothing is ever sent unpaced; with
@@ -88,11 +90,13 @@ local noise_run = tonumber(ARGV[15])
 local probe = tonumber(ARGV[16])
 local start = tonumber(ARGV[17])
 local min_calls = tonumber(ARGV[18])
+local approach = tonumber(ARGV[19])
+local margin = tonumber(ARGV[20])
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local f = redis.call('HMGET', key, 'tat', 'pause', 'rate', 'hold', 'grow',
-  'granted', 'wt', 'wg', 'pt', 'pg', 'ok', 'th', 'pok', 'pth', 'run', 'cuts')
+  'granted', 'wt', 'wg', 'pt', 'pg', 'ok', 'th', 'pok', 'pth', 'run', 'cuts', 'est')
 local rate = fixed
 if fixed == 0 then rate = tonumber(f[3]) or start end
 local spacing = 1 / rate
@@ -114,6 +118,7 @@ local pok = tonumber(f[13]) or 0
 local pth = tonumber(f[14]) or 0
 local run = tonumber(f[15]) or 0
 local cuts = tonumber(f[16]) or 0
+local est = tonumber(f[17]) or 0  -- the group's sending rate at its last cut: the limit
 
 -- Two windows of history: what the group was granted, accepted and refused lately.
 if now - wt >= window then
@@ -158,6 +163,7 @@ elseif op == 'throttle' or op == 'busy' then
       local sent = (granted - pg) / span
       local basis = rate
       if sent > 0 and sent < rate then basis = sent end
+      est = basis
       rate = math.min(ceiling, math.max(floor, basis * decrease))
       hold = now + arg + reaction
       cuts = cuts + 1
@@ -174,7 +180,14 @@ elseif op == 'report' then
     local span = math.max(now - pt, window / 4)
     local sent = (granted - pg) / span
     if sent >= busy * rate then
-      if cuts == 0 then rate = rate * slow_start else rate = rate * (1 + probe) + 1 end
+      local target = est * (1 - margin)
+      if cuts == 0 then
+        rate = rate * slow_start
+      elseif rate < target * (1 - probe) then
+        rate = rate + (target - rate) * approach  -- far under the limit: close the gap
+      else
+        rate = rate * (1 + probe) + 1  -- near it: probe above, slowly
+      end
       rate = math.min(ceiling, math.max(floor, rate))
     end
     grow = now
@@ -185,7 +198,8 @@ end
 redis.call('HSET', key, 'tat', tostring(tat), 'pause', tostring(pause), 'hold', tostring(hold),
   'grow', tostring(grow), 'granted', tostring(granted), 'wt', tostring(wt), 'wg', tostring(wg),
   'pt', tostring(pt), 'pg', tostring(pg), 'ok', tostring(ok), 'th', tostring(th),
-  'pok', tostring(pok), 'pth', tostring(pth), 'run', tostring(run), 'cuts', tostring(cuts))
+  'pok', tostring(pok), 'pth', tostring(pth), 'run', tostring(run), 'cuts', tostring(cuts),
+  'est', tostring(est))
 if fixed == 0 then redis.call('HSET', key, 'rate', tostring(rate)) end
 redis.call('PEXPIRE', key, ttl)
 return result
@@ -362,6 +376,8 @@ class SharedRateLimit:
             repr(tuning.probe),
             repr(SHARED_START),
             _NOISE_MIN_CALLS,
+            repr(tuning.approach),
+            repr(tuning.margin),
         ]
         reply = await self._script(keys=[self.key], args=args)
         self._recovered()
