@@ -43,12 +43,13 @@ from ._journal import (
     INTERRUPTED,
     CampaignIdentity,
     SecretScrubber,
-    check_identity,
     kept_secrets,
     refuse_secrets,
 )
 from ._journal_pg import (
     PostgresJournal,
+    campaign_location,
+    check_stored_identity,
     connect,
     display_dsn,
     ensure_schema,
@@ -201,8 +202,7 @@ async def _existing(
     row = await cursor.fetchone()
     if row is None:
         return None
-    stored = dict(zip(("template", "input_fingerprint", "options"), row[:3], strict=True))
-    check_identity(where, stored, identity)
+    check_stored_identity(where, row, identity)
     cursor = await conn.execute(
         "SELECT chunk FROM proactive_chunk WHERE campaign_id = %s AND state <> 'done'"
         " ORDER BY chunk",
@@ -408,7 +408,7 @@ class ChunkRunner:
         template = _template(row[0])
         settings = msgspec.json.decode(row[1], type=SendSettings)
         journal = await PostgresJournal.attach(
-            f"{self.dsn}{'&' if '?' in self.dsn else '?'}campaign={campaign}",
+            campaign_location(self.dsn, campaign),
             secrets=self.client.secrets,
         )
         limit = None

@@ -117,7 +117,9 @@ def _redis(args: argparse.Namespace, env: Mapping[str, str]) -> str:
 
 
 def _location(dsn: str, campaign: str) -> str:
-    return f"{dsn}{'&' if '?' in dsn else '?'}campaign={campaign}"
+    from ._journal_pg import campaign_location
+
+    return campaign_location(dsn, campaign)
 
 
 def _run(handler: Callable[[], int]) -> int:

@@ -53,7 +53,14 @@ from ._records import Outcome
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["PLANNED", "PostgresJournal", "display_dsn", "split_location"]
+__all__ = [
+    "PLANNED",
+    "PostgresJournal",
+    "campaign_location",
+    "check_stored_identity",
+    "display_dsn",
+    "split_location",
+]
 
 PLANNED: Final = "planned"
 """A distributed campaign's line, stored and chunked, not yet sent."""
@@ -141,6 +148,18 @@ def split_location(location: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=urlencode(kept))), campaign
 
 
+def campaign_location(dsn: str, campaign: str) -> str:
+    """The journal location of ``campaign`` in the database at ``dsn`` (``split_location``'s
+    inverse)."""
+    return f"{dsn}{'&' if '?' in dsn else '?'}{urlencode({'campaign': campaign})}"
+
+
+def check_stored_identity(where: str, row: Sequence[Any], identity: CampaignIdentity) -> None:
+    """``check_identity`` for a row starting with template, input fingerprint, options."""
+    stored = dict(zip(("template", "input_fingerprint", "options"), row[:3], strict=True))
+    check_identity(where, stored, identity)
+
+
 def display_dsn(dsn: str) -> str:
     """The DSN with its password hidden, for messages."""
     parts = urlsplit(dsn)
@@ -199,8 +218,7 @@ async def open_campaign(
                 (campaign, identity.template, identity.input_fingerprint, identity.options),
             )
             return False
-        stored = dict(zip(("template", "input_fingerprint", "options"), row[:3], strict=True))
-        check_identity(where, stored, identity)
+        check_stored_identity(where, row, identity)
         cursor = await conn.execute(
             "SELECT EXISTS (SELECT 1 FROM proactive_record WHERE campaign_id = %s"
             " AND state <> 'planned')",
