@@ -11,12 +11,16 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
 from ._errors import JournalError
 from .cli import UsageError
+
+if TYPE_CHECKING:
+    from ._distributed import CampaignStatus
+    from ._progress import RateMeter, Snapshot
 
 __all__ = ["add_distributed_parsers"]
 
@@ -59,7 +63,13 @@ def add_distributed_parsers(
 
     s = commands.add_parser("status", help="counts of a distributed campaign", allow_abbrev=False)
     _add_connection(s, redis=False, campaign=True)
-    s.add_argument("--wait", action="store_true", help="block until the campaign is finished")
+    s.add_argument(
+        "--wait",
+        action="store_true",
+        help="block until the campaign is finished, with a progress bar on a terminal "
+        "(plain lines elsewhere)",
+    )
+    s.add_argument("--no-progress", action="store_true", help="--wait without the bar: plain lines")
     s.add_argument("--json", action="store_true", help="print the status as JSON")
     s.set_defaults(handler=_status)
 
@@ -229,12 +239,10 @@ def _status(args: argparse.Namespace) -> int:
         from ._distributed import campaign_status
 
         location = _location(_journal(args, os.environ), args.campaign)
-        while True:
+        if args.wait:
+            status = asyncio.run(_wait_until_finished(location, progress=not args.no_progress))
+        else:
             status = asyncio.run(campaign_status(location))
-            if status.finished or not args.wait:
-                break
-            _progress_line(status.counts, status.chunks_done, status.chunks)
-            time.sleep(1.0)
         if args.json:
             sys.stdout.write(msgspec.json.encode(status.as_dict()).decode() + "\n")
         else:
@@ -253,9 +261,71 @@ def _status(args: argparse.Namespace) -> int:
     return _run(go)
 
 
-def _progress_line(counts: Mapping[str, int], done: int, chunks: int) -> None:
-    left = counts.get("planned", 0) + counts.get("in_flight", 0)
-    sys.stderr.write(f"waiting: {done:,}/{chunks:,} chunks done, {left:,} records to go\n")
+async def _wait_until_finished(location: str, *, progress: bool) -> CampaignStatus:
+    """Poll the journal every ``STATUS_POLL`` seconds, showing records settled of all
+    records (the bar on a terminal, a line every few seconds elsewhere), until finished.
+    Interrupted (Ctrl-C), the exit is 130 like any other command's."""
+    from ._distributed import campaign_status
+    from ._progress import RateMeter, choose_display
+    from .cli import stderr_console
+
+    status = await campaign_status(location)
+    display = choose_display(
+        progress, sum(status.counts.values()), stderr_console(), status.campaign
+    )
+    watch = _StatusWatch(RateMeter(_STATUS_RATE_WINDOW), RateMeter(_STATUS_RATE_WINDOW))
+    try:
+        while True:
+            display.show(watch.snapshot(status, time.monotonic()))
+            if status.finished:
+                return status
+            await asyncio.sleep(STATUS_POLL)
+            status = await campaign_status(location)
+    finally:
+        display.close()
+
+
+STATUS_POLL: Final = 1.0
+"""Seconds between two reads of the journal by ``status --wait``."""
+_STATUS_RATE_WINDOW: Final = 10.0
+_STALLED_AFTER: Final = 30.0
+"""Seconds without a record settled, while some are left, before ``--wait`` says so."""
+
+
+class _StatusWatch:
+    """Turns successive statuses into progress snapshots: rates, ETA, and a stall."""
+
+    def __init__(self, sent_meter: RateMeter, records_meter: RateMeter) -> None:
+        self._sent = sent_meter
+        self._records = records_meter
+        self._settled = -1
+        self._moved_at = 0.0
+
+    def snapshot(self, status: CampaignStatus, now: float) -> Snapshot:
+        from ._progress import Snapshot
+        from ._records import OutcomeStatus
+
+        counts = {s: status.counts.get(s.value, 0) for s in OutcomeStatus}
+        settled = sum(counts.values())
+        total = sum(status.counts.values())
+        if settled != self._settled:
+            self._settled, self._moved_at = settled, now
+        records_rate = self._records.add(now, settled)
+        eta = (total - settled) / records_rate if records_rate > 0 else None
+        problem = None
+        if not status.finished and now - self._moved_at >= _STALLED_AFTER:
+            problem = (
+                f"stalled: no record settled in {_STALLED_AFTER:.0f} s or more "
+                f"(chunks {status.chunks_done:,}/{status.chunks:,} done); are workers running?"
+            )
+        return Snapshot(
+            records=settled,
+            total=total,
+            targets_per_second=self._sent.add(now, counts[OutcomeStatus.SENT]),
+            counts=counts,
+            eta=None if status.finished else eta,
+            problem=problem,
+        )
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -31,6 +31,7 @@ __all__ = [
     "RateMeter",
     "RichProgress",
     "Snapshot",
+    "choose_display",
     "take_snapshot",
 ]
 
@@ -146,13 +147,14 @@ class RichProgress:
 
     interval = 0.2
 
-    def __init__(self, console: Console, total: int | None) -> None:
+    def __init__(self, console: Console, total: int | None, label: str = "campaign") -> None:
+        from rich.markup import escape
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
         self._lines: list[str] = []
         self._progress = _two_line_progress(
             lambda: self._lines,
-            TextColumn("[bold]campaign"),
+            TextColumn(f"[bold]{escape(label)}"),
             BarColumn(bar_width=24),
             MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"),
@@ -228,6 +230,15 @@ class PlainProgress:
 
     def close(self) -> None:
         pass
+
+
+def choose_display(
+    progress: bool, total: int | None, console: Console, label: str = "campaign"
+) -> ProgressDisplay:
+    """The bar on a terminal (unless ``progress`` is off), plain lines anywhere else."""
+    if progress and console.is_terminal:
+        return RichProgress(console, total, label)
+    return PlainProgress(console.file)
 
 
 def _problem_key(problem: str | None) -> str | None:

@@ -46,6 +46,7 @@ from ._input import COLUMN_ALIASES, read_records
 from ._journal import open_journal
 from ._models import Conversation, ProactiveConversationRequest
 from ._options import CampaignOptions
+from ._progress import choose_display
 from ._ratelimit import RateLimit
 from ._ratelimit_redis import SharedRateLimit, default_limit_key
 from ._records import Outcome, OutcomeStatus
@@ -334,7 +335,7 @@ async def run_campaign(settings: CampaignSettings, *, stderr: Console) -> Campai
             client.retry_policy = settings.options.retry
         try:
             await _check_journal(campaign, settings.journal)
-            display = _make_display(settings.progress, campaign.total, stderr)
+            display = choose_display(settings.progress, campaign.total, stderr)
             interrupted = await _drive(campaign, display, settings.options.grace_period)
         except InputError as exc:
             raise UsageError(str(exc)) from exc
@@ -477,14 +478,6 @@ async def _check_journal(campaign: Campaign, path: str | None) -> None:
     # refuse what the run accepts.
     journal = await open_journal(path, campaign.identity(), secrets=campaign.client.secrets)
     await journal.aclose()
-
-
-def _make_display(progress: bool, total: int | None, stderr: Console) -> ProgressDisplay:
-    from ._progress import PlainProgress, RichProgress
-
-    if progress and stderr.is_terminal:
-        return RichProgress(stderr, total)
-    return PlainProgress(stderr.file)
 
 
 def os_error_text(exc: OSError) -> str:
