@@ -17,9 +17,14 @@ class Timeout:
 
     Parameters:
         connect: to open the connection (a connect timeout is certainly not processed).
-        read: between two reads of the answer (past it: a read timeout, ambiguous).
+        read: with nothing of the answer coming: from the start of the attempt until its
+            head, then between two pieces of it (past it: a read timeout, ambiguous).
         total: for one whole attempt, so that a server dripping its answer cannot hold a
             call for ever. ``RetryPolicy.deadline`` bounds all attempts together.
+
+    An attempt's clocks start once it has a connection slot (``Limits``): waiting for one
+    is not counted. Read and total fire at most a second late (a twentieth of the shorter
+    one, for short timeouts), never early.
     """
 
     connect: float | None = 10.0

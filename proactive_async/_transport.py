@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 
 from ._config import Limits, Timeout
+from ._deadlines import Deadlines, Watch
 from ._errors import (
     ClientStateError,
     ConnectError,
@@ -82,6 +83,8 @@ class Transport:
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._deadlines: Deadlines | None = None
+        self._slots = asyncio.Semaphore()  # replaced with the pool's size with the session
         # Without a proxy the session's defaults go to the API only, so the request headers
         # join them there: aiohttp then merges one header set per request, not two.
         self._request_headers: dict[str, str] | None = (
@@ -121,8 +124,19 @@ class Transport:
             keepalive_timeout=limits.keepalive_timeout,
             ssl=verify if isinstance(verify, ssl.SSLContext) else bool(verify),
         )
-        client_timeout = aiohttp.ClientTimeout(
-            total=timeout.total, sock_connect=timeout.connect, sock_read=timeout.read
+        # Read and total are kept by one timer for all calls (``_deadlines``), not by
+        # aiohttp's timers per request; connecting stays aiohttp's (only new connections).
+        client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout.connect)
+        self._deadlines = (
+            None
+            if timeout.read is None and timeout.total is None
+            else Deadlines(asyncio.get_running_loop(), timeout.read, timeout.total)
+        )
+        # A call's clocks start once it has its connection slot: the wait for one (more
+        # calls than connections) is not the server's delay, and nothing was sent in it.
+        per_host = limits.max_connections_per_host
+        self._slots = asyncio.Semaphore(
+            min(limits.max_connections, per_host) if per_host else limits.max_connections
         )
         return aiohttp.ClientSession(
             connector=connector,
@@ -142,9 +156,36 @@ class Transport:
         session = self._session
         if session is None or self._loop is not asyncio.get_running_loop():
             session = self._session_for_this_loop()
+        async with self._slots:
+            deadlines = self._deadlines
+            watch = deadlines.watch() if deadlines is not None else None
+            try:
+                return await self._post(session, url, body, watch)
+            except asyncio.CancelledError:
+                if watch is not None and watch.settle():
+                    raise self._timed_out(url, watch) from None
+                raise
+            finally:
+                if deadlines is not None and watch is not None:
+                    deadlines.forget(watch)
+                    watch.settle()  # a cancel that aiohttp turned into something else
+
+    def _timed_out(self, url: str, watch: Watch) -> ReadTimeout:
+        timeout = self._config.timeout
+        if watch.expired == "total":
+            what = f"no complete answer from {_origin(url)} in {timeout.total:g} s"
+        else:
+            what = f"nothing from {_origin(url)} for {timeout.read:g} s"
+        return ReadTimeout(f"{what} (timeout); the request may have been processed")
+
+    async def _post(
+        self, session: aiohttp.ClientSession, url: str, body: bytes, watch: Watch | None
+    ) -> RawResponse:
         started = time.perf_counter()
         try:
             async with session.post(url, data=body, **self._post_options) as response:
+                if watch is not None:
+                    watch.stream = response.content
                 payload = await self._read_capped(response)
                 return RawResponse(
                     status=response.status,
@@ -208,6 +249,8 @@ class Transport:
     async def aclose(self) -> None:
         """Close the pool; idempotent, and completes even if the caller is cancelled."""
         self._closed = True
+        if self._deadlines is not None:
+            self._deadlines.close()
         session, self._session = self._session, None
         if session is None or session.closed:
             return

@@ -25,6 +25,7 @@ from proactive_async import (
     BadRequestError,
     ConnectError,
     ConnectionLostError,
+    Limits,
     ReadTimeout,
     RedirectError,
     ResponseTooLargeError,
@@ -346,6 +347,98 @@ async def test_a_server_slower_than_the_timeout_is_a_read_timeout_not_retried(
     assert info.value.attempts == 1
     assert len(seen) == 1
     assert fake_time.sleeps == []
+
+
+def dripping_server(pieces: int, every: float) -> RawHandler:
+    """Sends its head at once, then a JSON body of ``pieces`` spaces and ``[]``, one piece
+    every ``every`` seconds: an answer that keeps coming, slowly."""
+
+    async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        body = b" " * pieces + b"[]"
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+        writer.write(b"Content-Length: %d\r\n\r\n" % len(body))
+        await writer.drain()
+        for index in range(pieces):
+            await asyncio.sleep(every)
+            writer.write(body[index : index + 1])
+            await writer.drain()
+        writer.write(b"[]")
+        await writer.drain()
+
+    return drip
+
+
+async def test_an_answer_that_keeps_coming_is_no_read_timeout_however_long() -> None:
+    # 0.6 s of answer, a piece every 40 ms: never 0.2 s without one.
+    timeout = Timeout(read=0.2, total=None)
+    async with (
+        raw_server(dripping_server(15, 0.04)) as base,
+        client_for(base, timeout=timeout) as client,
+    ):
+        assert await client.create_proactive_conversation(channel_id=1) == []
+
+
+async def test_an_answer_that_keeps_coming_is_cut_by_the_total_timeout() -> None:
+    loop = asyncio.get_running_loop()
+    timeout = Timeout(read=0.2, total=0.5)
+    async with (
+        raw_server(dripping_server(50, 0.04)) as base,
+        client_for(base, timeout=timeout) as client,
+    ):
+        started = loop.time()
+        with pytest.raises(ReadTimeout) as info:
+            await client.create_proactive_conversation(channel_id=1)
+        assert loop.time() - started >= 0.5  # never early
+    assert "in 0.5 s" in str(info.value) and info.value.may_have_been_processed
+
+
+async def test_a_head_then_silence_is_a_read_timeout_and_the_task_is_not_left_cancelling() -> None:
+    async def head_only(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n[")
+        await writer.drain()
+        await asyncio.sleep(30)
+
+    async with (
+        raw_server(head_only) as base,
+        client_for(base, timeout=Timeout(read=0.2), retry=RetryPolicy(max_attempts=3)) as client,
+    ):
+        with pytest.raises(ReadTimeout) as info:
+            await client.create_proactive_conversation(channel_id=1)
+        assert "for 0.2 s" in str(info.value) and info.value.attempts == 1  # not retried
+        assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+        async with asyncio.timeout(0.05):  # a timeout of the caller's still works after it
+            await asyncio.sleep(0)
+
+
+async def test_waiting_for_a_connection_slot_is_not_counted_in_the_timeouts() -> None:
+    async def slow(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        await asyncio.sleep(0.15)
+        return web.json_response(OK)
+
+    # One connection, four calls: the last waits 0.45 s for the slot, past read and total.
+    timeout = Timeout(read=0.3, total=0.3)
+    async with (
+        web_server(slow) as (base, seen),
+        client_for(base, timeout=timeout, limits=Limits(max_connections=1)) as client,
+    ):
+        answers = await asyncio.gather(
+            *(client.create_proactive_conversation(channel_id=1) for _ in range(4))
+        )
+    assert len(answers) == 4 and len(seen) == 4
+
+
+async def test_the_callers_own_timeout_is_the_callers_not_a_read_timeout() -> None:
+    async with (
+        stalling_server() as (base, _, _),
+        client_for(base, timeout=Timeout(read=5.0)) as client,
+    ):
+        with pytest.raises(TimeoutError) as info:
+            async with asyncio.timeout(0.1):
+                await client.create_proactive_conversation(channel_id=1)
+    assert not isinstance(info.value, ReadTimeout)
 
 
 async def test_cancelling_a_call_mid_request_leaves_nothing_unclosed() -> None:
