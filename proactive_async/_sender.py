@@ -200,6 +200,7 @@ class ChunkSender:
                 await self._settle(targets, OutcomeStatus.UNKNOWN, attempt, None, INTERRUPTED)
                 raise
             except BadRequestError as exc:
+                self._note_failure(exc, attempt, None)
                 if sent_once:
                     # An earlier attempt may have been processed (a retried ambiguous
                     # failure): not "certainly not created", and no half is sent again.
@@ -216,6 +217,7 @@ class ChunkSender:
                 wait, shared = await self._on_failure(
                     exc, attempt - throttles, throttles, weight, self._clock() - first_try
                 )
+                self._note_failure(exc, attempt, wait)
                 if wait is None and self._abort is not None and not sent_once:
                     # Certainly not processed, and the run stops: a resume sends them.
                     await self._settle(targets, OutcomeStatus.FAILED, attempt, exc, durable=False)
@@ -237,10 +239,19 @@ class ChunkSender:
             if self._latency is not None:
                 self._latency.add(time.perf_counter() - started)
             self._throttled_since = None
+            self.summary.last_failure = None  # nothing is failing now, for the display
             if self.rate_limit is not None:
                 await self.rate_limit.on_success(weight)
             await self._settle_response(targets, response.value, attempt)
             return
+
+    def _note_failure(self, exc: ProactiveError, attempt: int, wait: float | None) -> None:
+        """Log a failed attempt and keep it in the summary, where a live display says why
+        nothing is being sent (``wait``: seconds until the next attempt; None: no more)."""
+        _log.info("attempt %d failed: %s: %s", attempt, exc.kind, exc.message)
+        self.summary.note_failed_attempt(
+            exc.kind, getattr(exc, "status", None), exc.message, at=time.monotonic(), wait=wait
+        )
 
     async def _on_failure(
         self, exc: ProactiveError, attempt: int, throttles: int, weight: float, elapsed: float

@@ -22,7 +22,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import IO, TYPE_CHECKING, Any, Final, Literal, NoReturn
 import msgspec
 
 from ._campaign import Campaign
-from ._client import ApiResponse, AsyncClient, mask_phones_in
+from ._client import AsyncClient, mask_phones_in
 from ._config import DEFAULT_TIMEOUT, Limits, Timeout
 from ._errors import (
     AuthenticationError,
@@ -44,14 +43,13 @@ from ._errors import (
 )
 from ._input import COLUMN_ALIASES, read_records
 from ._journal import open_journal
-from ._models import Conversation, ProactiveConversationRequest
+from ._models import ProactiveConversationRequest
 from ._options import CampaignOptions
 from ._progress import choose_display
 from ._ratelimit import RateLimit
 from ._ratelimit_redis import SharedRateLimit, default_limit_key
 from ._records import Outcome, OutcomeStatus
 from ._report import REPORT_FORMATS, CampaignSummary, ReportWriter, report_format
-from ._retry import RetryPolicy
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -330,9 +328,6 @@ async def run_campaign(settings: CampaignSettings, *, stderr: Console) -> Campai
         if shared is not None:
             stack.push_async_callback(shared.aclose)
         campaign = _make_campaign(client, settings, shared)
-        if isinstance(client, _WatchedClient):
-            client.summary = campaign.summary
-            client.retry_policy = settings.options.retry
         try:
             await _check_journal(campaign, settings.journal)
             display = choose_display(settings.progress, campaign.total, stderr)
@@ -369,42 +364,9 @@ def _fatal_text(exc: ProactiveError, settings: CampaignSettings) -> str:
     return why + resume
 
 
-class _WatchedClient(AsyncClient):
-    """An AsyncClient that tells a campaign's summary of each failed and successful call,
-    so that the display can say why nothing is being sent while it happens.
-
-    The wait shown is the retry policy's (its jitter aside) or the server's Retry-After:
-    the chunk sender decides the real one, and does not tell it.
-    """
-
-    summary: CampaignSummary | None = None
-    retry_policy: RetryPolicy | None = None
-
-    async def send_once(self, body: bytes, *, attempt: int = 1) -> ApiResponse[list[Conversation]]:
-        summary = self.summary
-        try:
-            response = await super().send_once(body, attempt=attempt)
-        except ProactiveError as exc:
-            _log.info("attempt %d failed: %s: %s", attempt, exc.kind, exc.message)
-            if summary is not None:
-                policy = self.retry_policy or self.retry
-                wait = None if exc.fatal else policy.next_wait(exc, attempt)
-                summary.note_failed_attempt(
-                    exc.kind,
-                    getattr(exc, "status", None),
-                    exc.message,
-                    at=time.monotonic(),
-                    wait=wait,
-                )
-            raise
-        if summary is not None:
-            summary.note_success()
-        return response
-
-
 def _make_client(settings: CampaignSettings) -> AsyncClient:
     try:
-        return _WatchedClient(
+        return AsyncClient(
             settings.base_url,
             settings.token,
             limits=Limits(max_connections=max(100, settings.options.concurrency)),

@@ -199,7 +199,7 @@ def test_a_failed_attempt_is_logged_with_the_token_redacted_and_the_proxy_never_
     )  # fmt: skip
     assert done.returncode == 1, done.stderr
     text = log.read_text()
-    assert "INFO proactive_async.cli: attempt 1 failed: ConnectError" in text
+    assert "INFO proactive_async: attempt 1 failed: ConnectError" in text
     assert "proxy-pw-1" not in text + done.stderr + done.stdout and TOKEN not in text
     bad = run_cli(*campaign(targets, refused_url(), "--proxy", "socks5://u:pw-2@h:1"), cwd=tmp_path)
     assert bad.returncode == 2 and "--proxy must be an http://" in bad.stderr

@@ -472,6 +472,27 @@ async def test_a_connect_error_is_retried_after_a_backoff_and_the_chunk_is_sent(
     ]
 
 
+async def test_the_summary_shows_the_failing_attempt_with_the_wait_decided_until_one_succeeds() -> (
+    None
+):
+    seen: list[tuple[str, int, float | None] | None] = []
+
+    def refuse_then_answer(body: dict[str, Any]) -> Reply:
+        failure = h.sender.summary.last_failure
+        seen.append(None if failure is None else (failure.kind, failure.count, failure.wait))
+        return ConnectError("refused") if len(seen) < 3 else answer_each(body)
+
+    h = make(refuse_then_answer)
+    await h.sender.send(chunk(1))
+    # What a live display read before each attempt: the sender's own backoffs, counted.
+    assert seen == [None, ("ConnectError", 1, 0.5), ("ConnectError", 2, 1.0)]
+    assert h.sender.summary.last_failure is None  # it succeeded: nothing is failing now
+    h = make(AuthenticationError("no", status=401))
+    await h.sender.send(chunk(2))
+    failure = h.sender.summary.last_failure
+    assert failure is not None and failure.status == 401 and failure.wait is None
+
+
 async def test_connect_errors_past_the_attempt_budget_fail_the_chunk() -> None:
     policy = RetryPolicy(max_attempts=3, deadline=None, backoff_initial=0.5, jitter=0.0)
     h = make(lambda body: ConnectError("refused"), retry=policy)
