@@ -303,7 +303,8 @@ class AdaptiveTuning:
         margin: the rate settles this share below the estimate.
         plateau, max_plateau: seconds spent just under the estimate before probing, at
             first and at most.
-        confirm: a new estimate within this share of the last one confirms it.
+        confirm: a new estimate within this share of the last one confirms it (doubling
+            the plateau) when the rate had come back up to just under the last one.
         unknown_pause: the pause assumed for a 429 without Retry-After (the caller backs
             off for a time we are not told).
         noise_share, noise_run: a 429 cuts the rate only when 429s are more than
@@ -529,8 +530,15 @@ class AdaptiveRate:
             basis = min(rate, sent) * self._max_cut if sent > 0 else rate * self._max_cut
         if measured and now - self._started >= self._window:
             previous, self._estimate = self._estimate, basis
-            if previous is not None and abs(basis - previous) <= self._confirm * previous:
-                # The same limit again: it is real, so probe above it less often.
+            came_back = self._reached != math.inf  # up to just under it since the last cut
+            if (
+                came_back
+                and previous is not None
+                and abs(basis - previous) <= self._confirm * previous
+            ):
+                # The same limit again, met on the way back up: it is real, so probe above
+                # it less often. Cuts in a row before the rate came back (the start, where
+                # a server's initial bucket runs out) are one episode, not confirmations.
                 self._plateau = min(self._max_plateau, self._plateau * 2)
         elif self._estimate is not None:
             self._estimate = min(self._estimate, rate)

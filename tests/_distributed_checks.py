@@ -11,7 +11,25 @@ from typing import Any
 import psycopg
 import redis
 
+from proactive_async.simulator import Faults
+
 TABLES = ("proactive_campaign", "proactive_record", "proactive_chunk")
+
+
+def worker_faults(seed: int) -> Faults:
+    """The simulator's faults in every worker test, whatever the engine: 429 and 503 (not
+    processed), 500 after processing, connections dropped before and after processing."""
+    return Faults(
+        rate_429=0.03,
+        rate_503=0.03,
+        rate_500=0.02,
+        drop_before=0.02,
+        drop_after=0.02,
+        latency=0.002,
+        latency_jitter=0.002,
+        retry_after=0.05,
+        seed=seed,
+    )
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -20,23 +20,19 @@ from typing import Any
 
 import pytest
 import redis
-from _distributed_checks import assert_exactly_once, assert_no_token_stored, cli, status
+from _distributed_checks import (
+    assert_exactly_once,
+    assert_no_token_stored,
+    cli,
+    status,
+    worker_faults,
+)
 from test_cli import ThreadedSimulator
 
-from proactive_async.simulator import Faults, SimulatorConfig
+from proactive_async.simulator import SimulatorConfig
 
 TOKEN = "arq-token-" + uuid.uuid4().hex
-FAULTS = Faults(
-    rate_429=0.03,
-    rate_503=0.03,
-    rate_500=0.02,
-    drop_before=0.02,
-    drop_after=0.02,
-    latency=0.002,
-    latency_jitter=0.002,
-    retry_after=0.05,
-    seed=11,
-)
+FAULTS = worker_faults(11)
 
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

@@ -21,23 +21,19 @@ import pytest
 celery = pytest.importorskip("celery")
 
 import redis  # noqa: E402
-from _distributed_checks import assert_exactly_once, assert_no_token_stored, cli, status  # noqa: E402
+from _distributed_checks import (  # noqa: E402
+    assert_exactly_once,
+    assert_no_token_stored,
+    cli,
+    status,
+    worker_faults,
+)
 from test_cli import ThreadedSimulator  # noqa: E402
 
-from proactive_async.simulator import Faults, SimulatorConfig  # noqa: E402
+from proactive_async.simulator import SimulatorConfig  # noqa: E402
 
 TOKEN = "celery-token-" + uuid.uuid4().hex
-FAULTS = Faults(
-    rate_429=0.03,
-    rate_503=0.03,
-    rate_500=0.02,
-    drop_before=0.02,
-    drop_after=0.02,
-    latency=0.002,
-    latency_jitter=0.002,
-    retry_after=0.05,
-    seed=5,
-)
+FAULTS = worker_faults(5)
 
 
 def test_register_adds_the_chunk_task_with_late_acks_and_the_single_call_task() -> None:

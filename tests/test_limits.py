@@ -566,6 +566,40 @@ def test_probing_above_the_estimate_starts_after_the_plateau() -> None:
     assert max(growth) <= 2.0  # never faster than slow start
 
 
+def probing_starts_after(s: Steering, adaptive: AdaptiveRate, limit: float) -> float:
+    """Seconds of steady success (at the rate allowed) until the rate passes ``limit``."""
+    started = s.clock.now
+    while adaptive.rate <= limit:
+        s.succeed(adaptive, adaptive.rate, 0.5)
+        assert s.clock.now - started < 300, "never probed"
+    return s.clock.now - started
+
+
+def test_cuts_in_a_row_before_the_rate_came_back_do_not_lengthen_the_plateau() -> None:
+    s = Steering()
+    adaptive = s.adaptive(initial=2000, plateau=2.0, interval=0.5, reaction_window=0.1)
+    for _ in range(5):  # the start: the server's initial bucket runs out, cut after cut
+        s.succeed(adaptive, min(adaptive.rate, 1400), 1.2)
+        adaptive.on_throttle(0.05)
+    estimate = adaptive.estimate  # each cut measured within `confirm` of the one before
+    assert estimate is not None and estimate < 1400
+    # The approach and a 2 s plateau; it was 35 s when each of those cuts "confirmed".
+    assert probing_starts_after(s, adaptive, estimate) < 6.0
+
+
+def test_the_same_limit_met_again_after_coming_back_probes_less_often() -> None:
+    s = Steering()
+    adaptive = s.adaptive(initial=300, plateau=2.0, interval=0.5)
+    s.succeed(adaptive, 300, 1.5)
+    adaptive.on_throttle(0.0)
+    first = probing_starts_after(s, adaptive, 300)
+    s.succeed(adaptive, 300, 1.0)  # the server still takes 300/s: a 429 at the same level
+    adaptive.on_throttle(0.0)
+    assert adaptive.estimate == pytest.approx(300, rel=0.05)
+    # The plateau doubled to 4 s (the approach back is a little shorter than the first).
+    assert probing_starts_after(s, adaptive, 300) >= first + 1.0
+
+
 # -- AdaptiveRate against a simulated server ---------------------------------------------------
 
 
