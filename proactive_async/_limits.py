@@ -304,7 +304,8 @@ class AdaptiveTuning:
         plateau, max_plateau: seconds spent just under the estimate before probing, at
             first and at most.
         confirm: a new estimate within this share of the last one confirms it (doubling
-            the plateau) when the rate had come back up to just under the last one.
+            the plateau) when the rate had come back up to just under the last one; one
+            further off starts again from ``plateau``.
         unknown_pause: the pause assumed for a 429 without Retry-After (the caller backs
             off for a time we are not told).
         noise_share, noise_run: a 429 cuts the rate only when 429s are more than
@@ -418,7 +419,7 @@ class AdaptiveRate:
         self._busy = tuning.busy
         self._drain = tuning.drain
         self._margin = tuning.margin
-        self._plateau = tuning.plateau
+        self._plateau = self._first_plateau = tuning.plateau
         self._max_plateau = tuning.max_plateau
         self._confirm = tuning.confirm
         self._unknown_pause = tuning.unknown_pause
@@ -530,15 +531,15 @@ class AdaptiveRate:
             basis = min(rate, sent) * self._max_cut if sent > 0 else rate * self._max_cut
         if measured and now - self._started >= self._window:
             previous, self._estimate = self._estimate, basis
-            came_back = self._reached != math.inf  # up to just under it since the last cut
-            if (
-                came_back
-                and previous is not None
-                and abs(basis - previous) <= self._confirm * previous
-            ):
-                # The same limit again, met on the way back up: it is real, so probe above
-                # it less often. Cuts in a row before the rate came back (the start, where
-                # a server's initial bucket runs out) are one episode, not confirmations.
+            if previous is None or abs(basis - previous) > self._confirm * previous:
+                # Another limit (or a storm read low): what was learnt of the last one
+                # does not hold for this one; probe above it after the first plateau.
+                self._plateau = self._first_plateau
+            elif self._reached != math.inf:
+                # The same limit again, met on the way back up to just under it: it is
+                # real, so probe above it less often. Cuts in a row before the rate came
+                # back (the start, where a server's initial bucket runs out) are one
+                # episode, not confirmations.
                 self._plateau = min(self._max_plateau, self._plateau * 2)
         elif self._estimate is not None:
             self._estimate = min(self._estimate, rate)

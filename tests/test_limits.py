@@ -600,6 +600,22 @@ def test_the_same_limit_met_again_after_coming_back_probes_less_often() -> None:
     assert probing_starts_after(s, adaptive, 300) >= first + 1.0
 
 
+def test_a_different_limit_starts_again_from_the_first_plateau() -> None:
+    s = Steering()
+    adaptive = s.adaptive(initial=300, plateau=2.0, interval=0.5)
+    s.succeed(adaptive, 300, 1.5)
+    adaptive.on_throttle(0.0)
+    for _ in range(3):  # the same limit confirmed three times: a 16 s plateau
+        probing_starts_after(s, adaptive, 300)
+        s.succeed(adaptive, 300, 1.0)
+        adaptive.on_throttle(0.0)
+    s.succeed(adaptive, 150, 1.0)  # then the server takes half: a new limit
+    adaptive.on_throttle(0.0)
+    estimate = adaptive.estimate
+    assert estimate is not None and estimate < 200
+    assert probing_starts_after(s, adaptive, estimate) < 6.0  # not 16 s under it
+
+
 # -- AdaptiveRate against a simulated server ---------------------------------------------------
 
 
