@@ -530,8 +530,11 @@ class AdaptiveRate:
             sent = (self._limiter.granted - granted) / max(now - since, self._window / 4)
             basis = min(rate, sent) * self._max_cut if sent > 0 else rate * self._max_cut
         if measured and now - self._started >= self._window:
-            previous, self._estimate = self._estimate, basis
-            if previous is None or abs(basis - previous) > self._confirm * previous:
+            # The goodput, even where it passes the rate just cut (answers to calls sent
+            # before the cut): in a storm of 429s the rate falls cut after cut, and an
+            # estimate that followed it down would hold the campaign far under the limit.
+            previous, self._estimate = self._estimate, achieved
+            if previous is None or abs(achieved - previous) > self._confirm * previous:
                 # Another limit (or a storm read low): what was learnt of the last one
                 # does not hold for this one; probe above it after the first plateau.
                 self._plateau = self._first_plateau

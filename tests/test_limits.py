@@ -495,6 +495,18 @@ def test_429s_before_any_success_cut_from_the_rate_really_sent_not_the_configure
     assert adaptive.estimate is None  # nothing was measured: slow start goes on
 
 
+def test_the_estimate_is_the_goodput_even_when_cuts_have_taken_the_rate_under_it() -> None:
+    s = Steering()
+    adaptive = s.adaptive(initial=2000, decrease=0.9, reaction_window=0.1)
+    s.succeed(adaptive, 2000, 1.5)
+    for _ in range(4):  # a storm: 429s keep coming, and 2,000/s accepted between pauses
+        adaptive.on_throttle(0.05)
+        s.clock.now += 0.05
+        s.succeed(adaptive, 2000, 0.15)
+    assert adaptive.rate < 1400  # cut after cut ...
+    assert adaptive.estimate == pytest.approx(2000, rel=0.05)  # ... not the limit's estimate
+
+
 def test_a_429_with_no_answer_in_the_window_cuts_from_the_estimate_not_to_zero() -> None:
     s = Steering()
     adaptive = s.adaptive(initial=300, decrease=0.9)
