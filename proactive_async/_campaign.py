@@ -37,7 +37,7 @@ from msgspec import UNSET
 from ._client import AsyncClient
 from ._errors import ProactiveError
 from ._hooks import OutcomeHook, RetryHook, ThrottleHook, safe_hook
-from ._input import aiter_records, fingerprint_file, read_records
+from ._input import aiter_records, fingerprint_file, read_records, starts_with_header
 from ._journal import INTERRUPTED, CampaignIdentity, Journal, open_journal
 from ._models import ProactiveConversationRequest
 from ._options import CampaignOptions
@@ -571,5 +571,4 @@ def _count_records(source: object) -> int | None:
         return None
     if last != b"\n":
         lines += 1
-    is_csv = not os.fspath(source).lower().endswith((".jsonl", ".ndjson"))
-    return max(0, lines - 1) if is_csv else lines
+    return max(0, lines - 1) if starts_with_header(source) else lines

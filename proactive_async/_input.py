@@ -52,6 +52,7 @@ __all__ = [
     "read_jsonl",
     "read_lines",
     "read_records",
+    "starts_with_header",
 ]
 
 _RECIPIENT_NAMES = frozenset({"recipient", "phone", "phonenumber", "mobile"})
@@ -102,6 +103,21 @@ def read_records(path: str | os.PathLike[str], *, multiline: bool = False) -> It
         f"{os.fspath(path)}: unknown targets file type {suffix!r}; "
         "use .csv, .tsv, .txt, .jsonl or .ndjson"
     )
+
+
+def starts_with_header(path: str | os.PathLike[str]) -> bool:
+    """Whether the first line of this targets file is a header, not a record (as
+    ``read_records`` reads it): a CSV's is; a JSONL file has none; a ``.txt`` file has one
+    only when it names a target column."""
+    suffix = Path(path).suffix.lower()
+    if suffix in _JSONL_SUFFIXES:
+        return False
+    if suffix == ".txt":
+        try:
+            return _has_header(path)
+        except (OSError, InputError):
+            return False
+    return True
 
 
 def read_csv(

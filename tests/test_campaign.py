@@ -764,6 +764,19 @@ async def test_a_csv_path_is_read_with_its_variables(tmp_path: Path) -> None:
     assert sim.audit.total_processed == 30
 
 
+@pytest.mark.parametrize("header", ["", "phone\n"], ids=["plain-list", "with-header"])
+async def test_a_txt_list_is_counted_whole_with_or_without_a_header(
+    tmp_path: Path, header: str
+) -> None:
+    path = tmp_path / "in.txt"
+    path.write_text(header + "".join(f"{phone(i)}\n" for i in range(12)))
+    async with Simulator() as sim, client_for(sim.url) as client:
+        campaign = Campaign(client, template=TEMPLATE, targets=path)
+        assert campaign.total == 12  # a plain list has no header line to leave out
+        summary = await campaign.run()
+    assert summary.counts[OutcomeStatus.SENT] == 12
+
+
 async def test_a_jsonl_path_is_read(tmp_path: Path) -> None:
     path = tmp_path / "in.jsonl"
     lines = [
