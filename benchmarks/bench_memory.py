@@ -42,7 +42,7 @@ _WRAPPER = (
     "code = subprocess.run(sys.argv[1:]).returncode\n"
     "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code)\n"
 )
-_BASELINE = (
+CSV_READ_ONLY = (
     "import csv, sys\n"
     "with open(sys.argv[1], newline='') as f:\n"
     "    for _ in csv.reader(f):\n"
@@ -145,7 +145,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             csv_path = tmp / f"{label}.csv"
             write_csv(csv_path, size)
             base_rss, _, _ = peak_rss_mb(
-                [*client_prefix(), PYTHON, "-c", _BASELINE, str(csv_path)], env=env, timeout=600
+                [*client_prefix(), PYTHON, "-c", CSV_READ_ONLY, str(csv_path)], env=env, timeout=600
             )
             with Server(simulator_argv()) as sim:
                 start = time.monotonic()

@@ -34,6 +34,7 @@ BENCHMARKS = {
     9: "bench_shared",
     10: "bench_distributed",
     11: "bench_sync",
+    12: "bench_enqueue",
 }
 
 

@@ -77,6 +77,7 @@ __all__ = [
     "SendSettings",
     "campaign_status",
     "cancel_campaign",
+    "new_campaign_id",
     "plan_campaign",
     "write_report",
 ]

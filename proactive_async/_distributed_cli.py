@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -142,6 +143,7 @@ def _run(handler: Callable[[], int]) -> int:
 def _enqueue(args: argparse.Namespace, campaign_inputs: Callable[[argparse.Namespace], Any]) -> int:
     def go() -> int:
         from ._distributed import new_campaign_id, plan_campaign
+        from ._journal_pg import display_dsn
 
         if args.engine == "arq":
             from .arq import enqueue_chunks
@@ -165,10 +167,23 @@ def _enqueue(args: argparse.Namespace, campaign_inputs: Callable[[argparse.Names
                 options=options,
                 secrets=[token] if token else [],
             )
-            if args.engine == "celery":
-                queued = await asyncio.to_thread(_celery_enqueue, broker, campaign, plan)
-            else:
-                queued = await enqueue_chunks(redis_url, campaign, plan.pending_chunks)
+            try:
+                if args.engine == "celery":
+                    queued = await asyncio.to_thread(_celery_enqueue, broker, campaign, plan)
+                else:
+                    queued = await enqueue_chunks(redis_url, campaign, plan.pending_chunks)
+            except Exception as exc:  # the queue's own errors (redis, kombu), never a traceback
+                url = broker if args.engine == "celery" else redis_url
+                password = urlsplit(url).password
+                reason = f"{type(exc).__name__}: {exc}"
+                if password:
+                    reason = reason.replace(password, "***")
+                raise UsageError(
+                    f"campaign {plan.campaign} is planned ({plan.records:,} records, "
+                    f"{plan.chunks:,} chunks) but its chunks could not all be queued on "
+                    f"{display_dsn(url)}: {reason}; run the same enqueue again with "
+                    f"--campaign {plan.campaign} to queue what is not queued yet"
+                ) from None
             return {
                 "campaign": plan.campaign,
                 "records": plan.records,

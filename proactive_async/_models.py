@@ -124,7 +124,7 @@ class ConversationType(_OpenIntEnum):
 
 
 class ProactiveConversationRequest(
-    msgspec.Struct, kw_only=True, frozen=True, rename="camel", omit_defaults=True
+    msgspec.Struct, kw_only=True, frozen=True, rename="camel", omit_defaults=True, gc=False
 ):
     """The body of ``POST /api/Conversation/proactive-conversation``.
 

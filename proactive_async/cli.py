@@ -1199,4 +1199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as ``python -m proactive_async.cli`` this file is ``__main__``, and the command
+    # modules import ``proactive_async.cli``: a second copy, whose UsageError the first
+    # would not catch. Run the imported module's main, so there is one of each.
+    from proactive_async.cli import main as imported_main
+
+    sys.exit(imported_main())

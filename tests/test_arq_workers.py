@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -108,3 +109,26 @@ def test_three_workers_and_a_kill_9_give_every_record_one_outcome_and_no_duplica
     assert_exactly_once(env["PROACTIVE_JOURNAL"], "kill9", processed, final["counts"], records)
     assert final["counts"].get("sent", 0) > records * 0.8
     assert_no_token_stored(env["PROACTIVE_JOURNAL"], env["PROACTIVE_REDIS_URL"], TOKEN)
+
+
+def test_an_enqueue_that_cannot_reach_redis_says_so_and_a_second_one_queues_the_plan(
+    environment: dict[str, str], tmp_path: Path
+) -> None:
+    targets = tmp_path / "targets.csv"
+    targets.write_text("phone\n" + "".join(f"+55119{i:08d}\n" for i in range(120)))
+    args = ("enqueue", str(targets), "--channel-id", "1", "--bot-id", "2", "--template-id", "3",
+            "--campaign", "requeue")  # fmt: skip
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    refused = f"redis://:redis-pw-9@127.0.0.1:{port}/0"
+    failed = cli(*args, "--redis-url", refused, env=environment)
+    assert failed.returncode == 2, failed.stderr
+    assert "campaign requeue is planned (120 records, 3 chunks)" in failed.stderr
+    assert "run the same enqueue again with --campaign requeue" in failed.stderr
+    assert "redis-pw-9" not in failed.stderr and "Traceback" not in failed.stderr
+    again = cli(*args, env=environment)
+    assert again.returncode == 0, again.stderr
+    plan = json.loads(again.stdout)
+    assert plan["already_planned"] and plan["records"] == 120 and plan["queued"] == 3
+    assert status("requeue", environment)["counts"] == {"planned": 120}

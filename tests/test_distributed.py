@@ -247,3 +247,15 @@ async def test_chunks_of_a_new_campaign_started_together_share_one_journal(
             break
         await asyncio.sleep(0.01)
     assert left == 0  # a leak stays: 4 connections before the fix
+
+
+def test_the_public_module_is_the_engine_free_api_for_your_own_queue() -> None:
+    import proactive_async._distributed as private
+    import proactive_async.distributed as public
+
+    assert public.__all__ == sorted(public.__all__)
+    for name in public.__all__:
+        assert getattr(public, name) is getattr(private, name), name
+    assert {"plan_campaign", "ChunkRunner", "campaign_status", "write_report"} <= set(
+        public.__all__
+    )

@@ -336,3 +336,14 @@ def test_arq_worker_settings_name_the_sdk_job_as_the_sdk_enqueues_it(load_recipe
     functions = {function.name: function for function in recipe.WorkerSettings.functions}
     assert functions[proactive.JOB_NAME].coroutine is proactive.send_chunk_job
     assert functions["send_welcome"].max_tries == 1  # a single send never runs twice
+
+
+def test_the_workers_client_is_found_in_ctx_or_the_missing_startup_is_named() -> None:
+    pytest.importorskip("arq")
+    from proactive_async import AsyncClient
+    from proactive_async import arq as proactive
+
+    client = AsyncClient("http://127.0.0.1:9", "t")
+    assert proactive.client({"proactive_async.client": client}) is client
+    with pytest.raises(RuntimeError, match="on_startup"):
+        proactive.client({})

@@ -12,9 +12,9 @@ Run (from this folder)::
 Queue your own job from anywhere with ``await pool.enqueue_job("send_welcome", phone,
 "Ana")``; queue a campaign's chunks with ``proactive-async enqueue`` (same Redis, same
 journal): this worker runs both. The SDK's ``startup`` puts one ``AsyncClient`` and one
-chunk runner per worker process in ``ctx``; ``startup`` here runs it, then adds what your
-own jobs need (here a client of their own, for the welcome message), and ``shutdown`` closes
-both, yours first.
+chunk runner per worker process in ``ctx``; your jobs send through that same client
+(``proactive.client(ctx)``: one connection pool per process). ``startup`` here runs the
+SDK's, then is where your own resources go; ``shutdown`` closes yours first, then the SDK's.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 from arq.connections import RedisSettings
 from arq.worker import func
 
-from proactive_async import AsyncClient, ProactiveConversationRequest
+from proactive_async import ProactiveConversationRequest
 from proactive_async import arq as proactive
 
 WELCOME = ProactiveConversationRequest(
@@ -37,25 +37,20 @@ WELCOME = ProactiveConversationRequest(
 
 async def send_welcome(ctx: dict[str, Any], phone: str, name: str) -> list[int]:
     """Your own job: one welcome message; the ids of the conversations it created."""
-    client: AsyncClient = ctx["welcome_client"]
-    conversations = await client.create_proactive_conversation(
+    conversations = await proactive.client(ctx).create_proactive_conversation(
         WELCOME, recipient=[phone], content_variables={"name": name}
     )
     return [conversation.id for conversation in conversations]
 
 
 async def startup(ctx: dict[str, Any]) -> None:
-    await proactive.startup(ctx)
-    ctx["welcome_client"] = AsyncClient()  # PROACTIVE_BASE_URL, PROACTIVE_TOKEN
+    await proactive.startup(ctx)  # the client (PROACTIVE_BASE_URL, PROACTIVE_TOKEN), the runner
+    # ... then your own resources: ctx["db"] = await create_db_pool(), ...
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    client: AsyncClient | None = ctx.pop("welcome_client", None)
-    try:
-        if client is not None:
-            await client.aclose()
-    finally:
-        await proactive.shutdown(ctx)
+    # ... your own resources first, then the SDK's
+    await proactive.shutdown(ctx)
 
 
 class WorkerSettings:
