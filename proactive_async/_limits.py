@@ -302,7 +302,8 @@ class AdaptiveTuning:
         drain: empty the limiter's bucket on each 429 until its pause ends.
         margin: the rate settles this share below the estimate.
         plateau, max_plateau: seconds spent just under the estimate before probing, at
-            first and at most.
+            first and at most; and at least 10 times the pause the last 429 asked for
+            (``Retry-After: 1`` stops every sender for a second per probe past the limit).
         confirm: a new estimate within this share of the last one confirms it (doubling
             the plateau) when the rate had come back up to just under the last one; one
             further off starts again from ``plateau``.
@@ -356,6 +357,11 @@ class AdaptiveTuning:
 
 
 DEFAULT_TUNING: Final = AdaptiveTuning()
+_PAUSES_PER_PLATEAU: Final = 10.0
+"""Seconds held just under a found limit per second of the pause a 429 imposed, at least:
+with ``Retry-After: 1`` each probe past the limit stops every sender for a second, so
+probing at most every 10 s keeps its cost near a tenth of the time; with the short
+pauses of most servers the plateau itself is the longer."""
 _NOISE_MIN_CALLS: Final = 20
 
 
@@ -374,7 +380,9 @@ class AdaptiveRate:
     ``window`` of sending (paused time left out), never times the configured rate, which
     may be far above what the server took; before any success it is cut from the rate
     calls were really sent at. After the first second, that goodput is also the estimate
-    of the server's limit. Increases then close half the gap to just under the estimate
+    of the server's limit; before it, the rate calls were really sent at when refused is a
+    ceiling for slow start, which stops just under it and then probes above it instead of
+    doubling into the same refusal. Increases then close half the gap to just under the estimate
     each ``interval`` (concave), hold there for a ``plateau`` that doubles each time a
     429 confirms the same limit, and only then probe above it, slowly at first (convex).
     So the rate spends its time just under the limit instead of saw-toothing down to
@@ -420,6 +428,12 @@ class AdaptiveRate:
         self._drain = tuning.drain
         self._margin = tuning.margin
         self._plateau = self._first_plateau = tuning.plateau
+        # How long to stay just under the estimate before probing: the plateau, or more
+        # when the last 429 paused everyone for long (see _PAUSES_PER_PLATEAU).
+        self._hold_for = tuning.plateau
+        # The rate refused at the start, before anything was measured: a ceiling for
+        # slow start until an estimate is measured.
+        self._provisional: float | None = None
         self._max_plateau = tuning.max_plateau
         self._confirm = tuning.confirm
         self._unknown_pause = tuning.unknown_pause
@@ -517,6 +531,9 @@ class AdaptiveRate:
         span = max(self._window - paused, self._window / 4)
         achieved = self._accepted_sum / span
         measured = achieved > 0
+        # The rate calls were really sent at since the last cut (or the start).
+        since, granted = self._mark
+        sent = (self._limiter.granted - granted) / max(now - since, self._window / 4)
         if measured:
             basis = min(rate, achieved)
         elif self._estimate is not None:
@@ -526,9 +543,12 @@ class AdaptiveRate:
         else:
             # The start, where 429s often come back before any success: the rate calls
             # were really sent at, not the configured one, is what to cut.
-            since, granted = self._mark
-            sent = (self._limiter.granted - granted) / max(now - since, self._window / 4)
             basis = min(rate, sent) * self._max_cut if sent > 0 else rate * self._max_cut
+        if self._estimate is None and sent > 0:
+            # Refused at that rate before anything could be measured: slow start goes on
+            # up to just under it, no further, then probes above it, instead of doubling
+            # into the same refusal again.
+            self._provisional = min(rate, sent)
         if measured and now - self._started >= self._window:
             # The goodput, even where it passes the rate just cut (answers to calls sent
             # before the cut): in a storm of 429s the rate falls cut after cut, and an
@@ -547,6 +567,9 @@ class AdaptiveRate:
         elif self._estimate is not None:
             self._estimate = min(self._estimate, rate)
         self._reached = math.inf
+        # A probe past the limit costs this pause for every sender: hold under the limit
+        # long enough that probing costs about 1/_PAUSES_PER_PLATEAU of the time.
+        self._hold_for = max(self._plateau, wait * _PAUSES_PER_PLATEAU)
         self._apply(basis * self._decrease)
         # The pause and the calls already in flight say nothing new: the next signal
         # comes from calls sent after the pause at the new rate.
@@ -566,17 +589,24 @@ class AdaptiveRate:
             return
         estimate = self._estimate
         rate = self._rate
+        provisional = estimate is None and self._provisional is not None
+        if provisional:
+            estimate = self._provisional
         if estimate is None:
             self._apply(rate * self._slow_start)
             return
         target = estimate * (1 - self._margin)
         if rate < target * (1 - self._probe):
-            # Concave: close most of the gap while far below the limit, little near it.
-            self._apply(rate + (target - rate) * self._approach)
+            if provisional:
+                # Nothing measured yet: slow start, up to just under the rate refused.
+                self._apply(min(rate * self._slow_start, target))
+            else:
+                # Concave: close most of the gap while far below the limit, little near it.
+                self._apply(rate + (target - rate) * self._approach)
             return
         if self._reached == math.inf:
             self._reached = now
-        if now - self._reached < self._plateau:
+        if not provisional and now - self._reached < self._hold_for:
             # Just under the limit: stay; the more often the limit was confirmed, the longer.
             self._apply(max(rate, target))
         else:

@@ -628,6 +628,50 @@ def test_a_different_limit_starts_again_from_the_first_plateau() -> None:
     assert probing_starts_after(s, adaptive, estimate) < 6.0  # not 16 s under it
 
 
+def test_refused_at_the_start_slow_start_stops_just_under_that_rate_then_probes() -> None:
+    s = Steering()
+    adaptive = s.adaptive(initial=1_000_000, max_cut=0.5, margin=0.05, plateau=2.0)
+    s.clock.now = 5.0  # the campaign starts a while after the limiter was built
+    for _ in range(64):  # 64 calls at once: 30 accepted, the rest refused (a burst limit)
+        assert finishes_without_suspending(s.limiter.acquire())
+    s.clock.now += 0.01
+    for _ in range(30):
+        adaptive.on_success(1)
+    adaptive.on_throttle(1.0)
+    assert adaptive.estimate is None  # nothing measured yet
+    refused_at = 64 / 0.25  # 64 calls over at least a quarter window
+    s.clock.now += 1.0  # the pause
+    rates = [adaptive.rate]
+    while adaptive.rate < refused_at * 0.95 and len(rates) < 20:  # slow start ...
+        s.succeed(adaptive, adaptive.rate, 0.25)
+        rates.append(adaptive.rate)
+    assert all(b <= 2 * a for a, b in itertools.pairwise(rates))
+    assert rates[-1] == pytest.approx(refused_at * 0.95)  # ... stops just under it
+    # No plateau on a guess: it probes above it at once, slowly at first.
+    steps = []
+    for _ in range(4):  # an increase every half interval until something is measured
+        before = adaptive.rate
+        s.succeed(adaptive, before, 0.25)
+        steps.append(adaptive.rate / before)
+    assert steps[0] == pytest.approx(1.02) and steps[1] > steps[0]
+
+
+def test_a_long_retry_after_holds_the_rate_under_the_limit_ten_times_as_long() -> None:
+    s = Steering()
+    short = s.adaptive(initial=300, plateau=2.0, interval=0.5)
+    s.succeed(short, 300, 1.5)
+    short.on_throttle(0.0)
+    held_short = probing_starts_after(s, short, 300)
+    s = Steering()
+    long = s.adaptive(initial=300, plateau=2.0, interval=0.5)
+    s.succeed(long, 300, 1.5)
+    long.on_throttle(1.0)  # each probe past the limit would stop every sender for 1 s
+    s.clock.now += 1.0
+    held_long = probing_starts_after(s, long, 300)
+    assert held_short < 6.0
+    assert held_long >= 10.0 and held_long < 15.0
+
+
 # -- AdaptiveRate against a simulated server ---------------------------------------------------
 
 
