@@ -38,7 +38,7 @@ from _common import (
     sdk_missing,
     write_csv,
 )
-from bench_memory import CSV_READ_ONLY, peak_rss_mb
+from bench_memory import CSV_READ_ONLY, peak_rss_mb, peak_rss_rows
 
 NAME = "12 peak RSS, enqueue"
 CHUNK_SIZE = 50
@@ -120,30 +120,19 @@ def run(quick: bool = False) -> dict[str, Any]:
             }
     small, large = details[labels[0]], details[labels[1]]
     complete = small["complete"] and large["complete"]
-    growth = large["peak_rss_mb"] - small["peak_rss_mb"]
     note = "every record planned, every chunk queued" if complete else f"incomplete: {details}"
+    jobs = large["plan"].get("chunks", "?")
     return {
         "name": NAME,
-        "rows": [
-            row(
-                big,
-                sdk=f"{large['peak_rss_mb']:.1f} MB",
-                baseline=f"{large['baseline_peak_rss_mb']:.1f} MB (csv read only)",
-                ratio=large["peak_rss_mb"] / large["baseline_peak_rss_mb"],
-                target="<= 120 MB",
-                ok=large["peak_rss_mb"] <= 120 and complete,
-                note=f"{note}; {large['plan'].get('chunks', '?')} arq jobs; {large['seconds']} s",
-            ),
-            row(
-                growth_name,
-                sdk=f"{growth:+.1f} MB",
-                baseline=f"{large['baseline_peak_rss_mb'] - small['baseline_peak_rss_mb']:+.1f}"
-                " MB (csv read only)",
-                target="<= 64 MB",
-                ok=growth <= 64 and complete,
-                note=f"{labels[0]}: {small['peak_rss_mb']:.1f} MB in {small['seconds']} s",
-            ),
-        ],
+        "rows": peak_rss_rows(
+            NAME,
+            labels,
+            small,
+            large,
+            key="peak_rss_mb",
+            complete=complete,
+            note=f"{note}; {jobs} arq jobs",
+        ),
         "details": details,
     }
 

@@ -35,30 +35,5 @@ Usage::
 
 from __future__ import annotations
 
-from ._distributed import (
-    CANCELLED,
-    CampaignStatus,
-    ChunkBusyError,
-    ChunkRunner,
-    PlanResult,
-    SendSettings,
-    campaign_status,
-    cancel_campaign,
-    new_campaign_id,
-    plan_campaign,
-    write_report,
-)
-
-__all__ = [
-    "CANCELLED",
-    "CampaignStatus",
-    "ChunkBusyError",
-    "ChunkRunner",
-    "PlanResult",
-    "SendSettings",
-    "campaign_status",
-    "cancel_campaign",
-    "new_campaign_id",
-    "plan_campaign",
-    "write_report",
-]
+from ._distributed import *  # noqa: F403  (its __all__ is this module's public surface)
+from ._distributed import __all__ as __all__
