@@ -31,6 +31,7 @@ is open, so a second process opening the same campaign is refused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -258,9 +259,11 @@ class PostgresJournal:
         where: str,
         resumed: bool,
         secrets: tuple[str, ...],
+        locked: bool = False,
     ) -> None:
         self.resumed = resumed
         self.campaign = campaign
+        self._locked = locked
         self.where = where
         self._writer_conn = writer
         self._reader = reader
@@ -288,18 +291,28 @@ class PostgresJournal:
         where = f"{display_dsn(dsn)} (campaign {campaign!r})"
         writer = await connect(dsn)
         reader: psycopg.AsyncConnection[Any] | None = None
+        locked = False
         try:
             if exclusive and not await _try_lock(writer, campaign):
                 raise JournalError(
                     f"the journal {where} is in use by another run; wait for it to end"
                 )
+            locked = exclusive
             await ensure_schema(writer)
             resumed = await open_campaign(writer, campaign, identity, where)
             reader = await connect(dsn)
         except BaseException:
-            await writer.close()
+            await _close_unlocked(writer, campaign if locked else None)
             raise
-        return cls(writer, reader, campaign=campaign, where=where, resumed=resumed, secrets=kept)
+        return cls(
+            writer,
+            reader,
+            campaign=campaign,
+            where=where,
+            resumed=resumed,
+            secrets=kept,
+            locked=locked,
+        )
 
     @classmethod
     async def attach(cls, location: str, *, secrets: Collection[str] = ()) -> PostgresJournal:
@@ -390,7 +403,7 @@ class PostgresJournal:
             if self._timer is not None:
                 self._timer.cancel()
             await self._reader.close()
-            await self._writer_conn.close()  # also releases the advisory lock
+            await _close_unlocked(self._writer_conn, self.campaign if self._locked else None)
 
     # -- writing -----------------------------------------------------------------------
 
@@ -460,6 +473,18 @@ class PostgresJournal:
         return JournalError(
             f"cannot {what} the journal {self.where}: {type(exc).__name__}: {_first_line(exc)}"
         )
+
+
+async def _close_unlocked(conn: psycopg.AsyncConnection[Any], campaign: str | None) -> None:
+    """Release the campaign's advisory lock (if held), then close. Closing alone releases
+    it too, but only once the server has seen the connection go: a moment later, when the
+    same process may already be opening the campaign again and would find it "in use"."""
+    if campaign is not None and not conn.closed:
+        with contextlib.suppress(Exception):  # a broken connection: closing releases it
+            await conn.execute(
+                "SELECT pg_advisory_unlock(hashtext(%s))", (_LOCK_NAMESPACE + campaign,)
+            )
+    await conn.close()
 
 
 async def _try_lock(conn: psycopg.AsyncConnection[Any], campaign: str) -> bool:

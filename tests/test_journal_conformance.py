@@ -334,6 +334,15 @@ async def test_another_campaigns_identity_is_refused_naming_what_differs(
         assert (await journal.lookup([1]))[1].state == IN_FLIGHT
 
 
+async def test_a_closed_or_refused_journal_can_be_opened_again_at_once(location: str) -> None:
+    other = msgspec.structs.replace(IDENTITY, template=IDENTITY.template + "x")
+    for attempt in range(15):  # closed, then opened again by the same process at once
+        async with opened(location) as journal:
+            await journal.mark_in_flight([attempt + 1])
+        with pytest.raises(JournalMismatchError):  # refused: nothing left held either
+            await open_journal(location, other)
+
+
 def _token_pieces(size: int = 6) -> set[str]:
     return {TOKEN[start : start + size] for start in range(len(TOKEN) - size + 1)}
 

@@ -93,3 +93,22 @@ async def test_a_campaign_killed_half_way_resumes_from_a_postgresql_journal(
             " GROUP BY state"
         ).fetchall()
     assert dict(rows) == {"sent": 300}
+
+
+async def test_closing_or_refusing_releases_the_campaign_lock_before_it_returns(dsn: str) -> None:
+    def advisory_locks() -> int:
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+            return int(row.fetchone()[0])  # type: ignore[index]
+
+    location = f"{dsn}?campaign=locks"
+    for _ in range(10):
+        journal = await open_journal(location, IDENTITY)
+        assert advisory_locks() == 1
+        await journal.aclose()
+        assert advisory_locks() == 0  # not only once the server sees the connection go
+    other = CampaignIdentity.build({"channelId": 2}, input_fingerprint="y")
+    for _ in range(10):
+        with pytest.raises(JournalMismatchError):
+            await open_journal(location, other)
+        assert advisory_locks() == 0
