@@ -26,26 +26,24 @@ class ProxyRecord:
         return [head.decode("latin-1").split("\r\n") for head in self.heads]
 
 
-class RecordingProxy:
-    """``async with RecordingProxy() as proxy``: ``proxy.url``, ``proxy.record``."""
+class LoopbackServer:
+    """A TCP server on 127.0.0.1 (port chosen by the OS) that runs ``_handle`` for each
+    connection, closes it after, and cancels the ones still open when it is closed."""
 
-    def __init__(self, *, refuse_connect: int | None = None) -> None:
-        self.record = ProxyRecord()
-        self.refuse_connect = refuse_connect
+    def __init__(self) -> None:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
-    def url(self) -> str:
+    def port(self) -> int:
         assert self._server is not None
-        port = self._server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
 
-    async def __aenter__(self) -> RecordingProxy:
+    async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def aclose(self) -> None:
         assert self._server is not None
         self._server.close()
         for task in list(self._tasks):
@@ -53,12 +51,15 @@ class RecordingProxy:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._server.wait_closed()
 
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
         try:
-            await self._one(reader, writer)
+            await self._handle(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -66,6 +67,29 @@ class RecordingProxy:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+
+class RecordingProxy(LoopbackServer):
+    """``async with RecordingProxy() as proxy``: ``proxy.url``, ``proxy.record``."""
+
+    def __init__(self, *, refuse_connect: int | None = None) -> None:
+        super().__init__()
+        self.record = ProxyRecord()
+        self.refuse_connect = refuse_connect
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> RecordingProxy:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._one(reader, writer)
 
     async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from _proxy import LoopbackServer
 from test_cli import ThreadedSimulator
 
 from proactive_async import (
@@ -45,38 +46,17 @@ ROOT = Path(__file__).resolve().parent.parent
 FORK_WARNING = "ignore:This process .* is multi-threaded:DeprecationWarning"  # Python 3.12+
 
 
-class ConnectionCounter:
+class ConnectionCounter(LoopbackServer):
     """A TCP forwarder to an upstream port that counts the connections it is given."""
 
     def __init__(self, upstream_port: int) -> None:
+        super().__init__()
         self.upstream_port = upstream_port
         self.accepted = 0
         self.open = 0
         self.peak = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-
-    async def aclose(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
         self.open += 1
         self.peak = max(self.peak, self.open)
@@ -86,12 +66,10 @@ class ConnectionCounter:
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
         finally:
             self.open -= 1
-            self._tasks.discard(task)
-            for stream in (writer, up_writer):
-                if stream is not None:
-                    stream.close()
-                    with contextlib.suppress(Exception):
-                        await stream.wait_closed()
+            if up_writer is not None:
+                up_writer.close()
+                with contextlib.suppress(Exception):
+                    await up_writer.wait_closed()
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
