@@ -54,25 +54,36 @@ async def test_it_is_a_rate_limit_backend(shared: SharedRateLimit) -> None:
     assert "fixed" in repr(shared)
 
 
+async def slot(shared: SharedRateLimit, start: float, weight: float) -> float:
+    """When a reservation of ``weight`` may go, in seconds from ``start``: the wait the
+    script gives plus the time already gone, so a slow machine between calls does not
+    show as a shorter wait."""
+    sent = time.monotonic() - start
+    granted, wait = await shared._call("acquire", weight)
+    assert granted  # a reservation, not a pause
+    return sent + wait
+
+
 async def test_reservations_are_spaced_by_weight_over_rate_and_a_new_key_starts_empty(
     shared: SharedRateLimit,
 ) -> None:
-    """Without sleeping: each reservation's wait grows by weight / rate (server clock)."""
-    waits = [(await shared._call("acquire", 1.0))[1] for _ in range(6)]
+    """Without sleeping: each reservation's slot is weight / rate after the last."""
+    start = time.monotonic()
+    slots = [await slot(shared, start, 1.0) for _ in range(6)]
     # An empty bucket of 5 at 100/s: the first slot is 1/100 s away, then 1/100 s apart.
-    for index, wait in enumerate(waits):
-        assert wait == pytest.approx(0.01 * (index + 1), abs=0.004)
-    heavy = (await shared._call("acquire", 10.0))[1]
+    for index, at in enumerate(slots):
+        assert at == pytest.approx(0.01 * (index + 1), abs=0.004)
+    heavy = await slot(shared, start, 10.0)
     assert heavy == pytest.approx(0.06 + 0.10 - 0.05, abs=0.006)
 
 
 async def test_a_weight_above_the_burst_waits_for_a_full_bucket_then_leaves_debt(
     shared: SharedRateLimit,
 ) -> None:
-    granted, first = await shared._call("acquire", 50.0)  # burst is 5
-    assert granted
+    start = time.monotonic()
+    first = await slot(shared, start, 50.0)  # burst is 5
     assert first == pytest.approx(0.05, abs=0.004)  # until the empty bucket is full
-    _, after = await shared._call("acquire", 1.0)
+    after = await slot(shared, start, 1.0)
     assert after == pytest.approx(0.05 + 0.50 - 0.05 + 0.01, abs=0.006)  # paid back first
 
 
