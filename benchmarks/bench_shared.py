@@ -63,7 +63,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         f"{NAME}, {PROCESSES} CLI x --rate {RATE:.0f} --burst {BURST:.0f} --redis-url, "
         f"server {SERVER_LIMIT:.0f}/s"
     )
-    missing = sdk_missing("proactive_async.cli:main", "proactive_async._ratelimit_redis")
+    missing = sdk_missing("proactive_async.cli:main", "proactive_async.ratelimit:SharedRateLimit")
     if missing is not None:
         return {"name": NAME, "rows": [row(label, target=TARGET, skipped=missing)], "details": {}}
     with tempfile.TemporaryDirectory(prefix="bench9-") as tmp_name:

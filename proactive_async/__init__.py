@@ -42,7 +42,6 @@ from ._errors import (
 )
 from ._hooks import OutcomeHook, RetryHook, ThrottleHook
 from ._journal import Journal, open_journal
-from ._limits import AdaptiveTuning
 from ._models import (
     AgentType,
     Conversation,
@@ -58,13 +57,18 @@ from ._models import (
     parse_timespan,
 )
 from ._options import CampaignOptions
-from ._ratelimit import RateLimit, RateLimitBackend
-from ._ratelimit_redis import SharedRateLimit, default_limit_key
 from ._records import Outcome, OutcomeError, OutcomeStatus, Record, Target
 from ._report import CampaignSummary
 from ._retry import RetryPolicy, is_safe_to_retry, parse_retry_after
 from ._sync import Client, ClientOptions
 from ._version import __version__
+from .ratelimit import (
+    AdaptiveTuning,
+    RateLimit,
+    RateLimitBackend,
+    SharedRateLimit,
+    default_limit_key,
+)
 
 __all__ = [
     "AdaptiveTuning",

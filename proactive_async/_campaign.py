@@ -42,7 +42,7 @@ from ._journal import INTERRUPTED, CampaignIdentity, Journal, open_journal
 from ._models import ProactiveConversationRequest
 from ._options import CampaignOptions
 from ._planner import Chunk, PlannedTarget, Planner
-from ._ratelimit import RateLimit, RateLimitBackend
+from .ratelimit import RateLimit, RateLimitBackend
 from ._records import Outcome, OutcomeStatus, Record
 from ._report import CampaignSummary, LatencySample, ReportWriter
 from ._retry import Sleep

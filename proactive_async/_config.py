@@ -40,7 +40,7 @@ class Timeout:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """The connection pool of one client.
+    """The connection pool of one client (how many calls at once; how fast: ``ratelimit``).
 
     Usage::
 

@@ -6,9 +6,9 @@ import math
 from dataclasses import dataclass
 from typing import Final
 
-from ._limits import DEFAULT_TUNING, AdaptiveTuning
 from ._planner import DEFAULT_CHUNK_SIZE, PlannerConfig
 from ._retry import RetryPolicy
+from .ratelimit._adaptive import DEFAULT_TUNING, AdaptiveTuning
 
 __all__ = ["CAMPAIGN_RETRY", "CampaignOptions"]
 

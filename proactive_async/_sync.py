@@ -43,7 +43,7 @@ from ._client import ApiResponse, AsyncClient
 from ._config import Limits, Timeout
 from ._errors import ClientStateError
 from ._models import Conversation, ProactiveConversationFields, ProactiveConversationRequest
-from ._ratelimit import RateLimitBackend
+from .ratelimit import RateLimitBackend
 from ._report import CampaignSummary
 from ._retry import RetryPolicy, Sleep
 

@@ -334,6 +334,9 @@ class Unpaced:
     async def on_busy(self, seconds: float) -> None:
         pass
 
+    async def aclose(self) -> None:
+        pass
+
     @property
     def rate(self) -> float | None:
         return None

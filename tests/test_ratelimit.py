@@ -26,8 +26,8 @@ from proactive_async._errors import (
     ServerError,
     ServiceUnavailableError,
 )
-from proactive_async._limits import AdaptiveTuning
-from proactive_async._ratelimit import ADAPTIVE_START, RateLimit, RateLimitBackend, report_failure
+from proactive_async.ratelimit import AdaptiveTuning, RateLimit, RateLimitBackend, report_failure
+from proactive_async.ratelimit._local import ADAPTIVE_START
 
 BASE = "http://api.test"
 URL = BASE + "/api/Conversation/proactive-conversation"
@@ -89,6 +89,9 @@ class RecordingLimit:
 
     async def on_busy(self, seconds: float) -> None:
         self.events.append(("on_busy", seconds))
+
+    async def aclose(self) -> None:
+        pass
 
     @property
     def rate(self) -> float | None:

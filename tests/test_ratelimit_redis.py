@@ -19,7 +19,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from proactive_async import AdaptiveTuning, RateLimitBackend
-from proactive_async._ratelimit_redis import SHARED_START, SharedRateLimit, default_limit_key
+from proactive_async.ratelimit import SharedRateLimit, default_limit_key
+from proactive_async.ratelimit._redis import SHARED_START
 
 
 @pytest.fixture
@@ -152,7 +153,7 @@ async def test_rare_429s_do_not_cut_a_shared_adaptive_rate(redis_server: Any, ke
 _WORKER = textwrap.dedent(
     """
     import asyncio, json, sys, time
-    from proactive_async._ratelimit_redis import SharedRateLimit
+    from proactive_async.ratelimit import SharedRateLimit
 
     async def main():
         url, key, count, start = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])

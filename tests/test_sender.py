@@ -28,11 +28,11 @@ from proactive_async._errors import (
 from proactive_async._journal import INTERRUPTED, Journal, JournalEntry
 from proactive_async._models import Conversation, Message, ProactiveConversationRequest
 from proactive_async._planner import Chunk, PlannedTarget
-from proactive_async._ratelimit import RateLimitBackend
 from proactive_async._records import Outcome, OutcomeStatus
 from proactive_async._report import CampaignSummary, LatencySample
 from proactive_async._retry import RetryPolicy
 from proactive_async._sender import ABORTED, MAX_THROTTLES, ChunkSender, make_outcome
+from proactive_async.ratelimit import RateLimitBackend
 
 TEMPLATE = ProactiveConversationRequest(channel_id=1, bot_id=2, conversation_template_id=3)
 # No jitter: every backoff is exact (0.5 s, then 1 s, ...).
@@ -181,6 +181,9 @@ class FakeRateLimit:
 
     async def on_busy(self, seconds: float) -> None:
         self.log.append(("on_busy", seconds))
+
+    async def aclose(self) -> None:
+        pass
 
     @property
     def rate(self) -> float | None:
