@@ -14,7 +14,13 @@ from typing import Final
 
 from ._bucket import Clock, TokenBucket, check_positive
 
-__all__ = ["DEFAULT_TUNING", "AdaptiveRate", "AdaptiveTuning"]
+__all__ = [
+    "DEFAULT_TUNING",
+    "NOISE_MIN_CALLS",
+    "PAUSES_PER_PLATEAU",
+    "AdaptiveRate",
+    "AdaptiveTuning",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +104,12 @@ class AdaptiveTuning:
 
 
 DEFAULT_TUNING: Final = AdaptiveTuning()
-_PAUSES_PER_PLATEAU: Final = 10.0
+PAUSES_PER_PLATEAU: Final = 10.0
 """Seconds held just under a found limit per second of the pause a 429 imposed, at least:
 with ``Retry-After: 1`` each probe past the limit stops every sender for a second, so
 probing at most every 10 s keeps its cost near a tenth of the time; with the short
 pauses of most servers the plateau itself is the longer."""
-_NOISE_MIN_CALLS: Final = 20
+NOISE_MIN_CALLS: Final = 20
 
 
 class AdaptiveRate:
@@ -170,7 +176,7 @@ class AdaptiveRate:
         self._margin = tuning.margin
         self._plateau = self._first_plateau = tuning.plateau
         # How long to stay just under the estimate before probing: the plateau, or more
-        # when the last 429 paused everyone for long (see _PAUSES_PER_PLATEAU).
+        # when the last 429 paused everyone for long (see PAUSES_PER_PLATEAU).
         self._hold_for = tuning.plateau
         # The rate refused at the start, before anything was measured: a ceiling for
         # slow start until an estimate is measured.
@@ -309,8 +315,8 @@ class AdaptiveRate:
             self._estimate = min(self._estimate, rate)
         self._reached = math.inf
         # A probe past the limit costs this pause for every sender: hold under the limit
-        # long enough that probing costs about 1/_PAUSES_PER_PLATEAU of the time.
-        self._hold_for = max(self._plateau, wait * _PAUSES_PER_PLATEAU)
+        # long enough that probing costs about 1/PAUSES_PER_PLATEAU of the time.
+        self._hold_for = max(self._plateau, wait * PAUSES_PER_PLATEAU)
         self._apply(basis * self._decrease)
         # The pause and the calls already in flight say nothing new: the next signal
         # comes from calls sent after the pause at the new rate.
@@ -383,7 +389,7 @@ class AdaptiveRate:
         if accepted == 0:
             return False  # nothing accepted lately (the start, say): the limit speaks
         throttles = self._calls[1] + self._previous_calls[1]
-        return throttles / max(accepted + throttles, _NOISE_MIN_CALLS) <= self._noise_share
+        return throttles / max(accepted + throttles, NOISE_MIN_CALLS) <= self._noise_share
 
     def _forget_before(self, horizon: float) -> None:
         accepted = self._accepted

@@ -17,17 +17,18 @@ that is then cancelled is lost: the group sends less, never more.
 A 429 pauses every process on the key for its ``Retry-After`` and empties the bucket until
 the pause ends (so the first calls after it are paced, not a burst); a 503 pauses them all.
 
-Adaptive mode (``rate=None``): the rate lives in the hash beside the GCRA state; a new
+Adaptive mode (``rate=None``): the rate lives in the hash beside the GCRA state, moved by
+the law of the local ``AdaptiveRate`` for the whole group (``_redis_script.py``). A new
 group starts at ``SHARED_START`` (100 targets/s) and doubles every quarter second until its
-first 429 (slow start). One
-congestion event cuts it once for the group: after a cut, 429s are not a new signal until
-the pause plus a reaction window has passed (the same script holds that epoch). A rare 429
-is noise, not a limit: it pauses but does not cut unless 429s are more than
-``AdaptiveTuning.noise_share`` of the group's recent calls or ``noise_run`` come in a row
-(see ``AdaptiveTuning``). Increases happen at most once per ``interval`` for the whole
-group, and only when the group used at least ``busy`` of the rate: after a cut they close
-``approach`` of the gap to just under the rate the group was sending at when cut, then
-probe above it slowly.
+first 429 (slow start); a 429 before anything was measured is a ceiling that slow start
+stops just under. One congestion event cuts the rate once for the group, whichever process
+saw it: later 429s are not a new signal until the pause plus a reaction window has passed.
+After a cut, increases close ``approach`` of the gap to just under the limit, hold there for
+a plateau (doubling, up to ``max_plateau``, each time a cut ``confirm``s the same limit),
+then probe above it, each step ``probe_growth`` times the last. A rare 429 is noise, not a
+limit (``noise_share``, ``noise_run``). Every ``AdaptiveTuning`` field is honoured but
+``unknown_pause``, refused unless left at its default (a 429 without Retry-After pauses the
+group for ``unnamed_throttle_wait``, as ``RateLimit`` does).
 
 Redis failing (unreachable, restarted, timing out): by default (``on_redis_error="wait"``)
 acquire waits and retries Redis with backoff, so nothing is ever sent unpaced; with
@@ -43,11 +44,14 @@ import asyncio
 import logging
 import random
 import time
-from typing import TYPE_CHECKING, Any, Final, Literal
+from dataclasses import fields
+from typing import TYPE_CHECKING, Final, Literal
 from urllib.parse import urlsplit
 
-from ._adaptive import DEFAULT_TUNING, AdaptiveTuning
+from ._adaptive import DEFAULT_TUNING, NOISE_MIN_CALLS, PAUSES_PER_PLATEAU, AdaptiveTuning
+from ._bucket import Clock
 from ._local import ADAPTIVE_START, RateLimit, unnamed_throttle_wait
+from ._redis_script import ARGUMENTS, SCRIPT
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -66,144 +70,11 @@ _BACKOFF_MIN: Final = 0.05
 _BACKOFF_MAX: Final = 2.0
 _REPORT_INTERVAL: Final = 0.1
 """Seconds between two reports of accepted calls to Redis, per process (adaptive only)."""
-_NOISE_MIN_CALLS: Final = 20
-
-# One script, several operations, so that every change of the shared state is atomic and
-# timed by the server. Numbers go back to Python as strings: Redis truncates Lua numbers.
-_SCRIPT: Final = """
-local key = KEYS[1]
-local op = ARGV[1]
-local arg = tonumber(ARGV[2])
-local fixed = tonumber(ARGV[3])
-local burst = tonumber(ARGV[4])
-local ttl = tonumber(ARGV[5])
-local floor = tonumber(ARGV[6])
-local ceiling = tonumber(ARGV[7])
-local decrease = tonumber(ARGV[8])
-local slow_start = tonumber(ARGV[9])
-local interval = tonumber(ARGV[10])
-local reaction = tonumber(ARGV[11])
-local window = tonumber(ARGV[12])
-local busy = tonumber(ARGV[13])
-local noise_share = tonumber(ARGV[14])
-local noise_run = tonumber(ARGV[15])
-local probe = tonumber(ARGV[16])
-local start = tonumber(ARGV[17])
-local min_calls = tonumber(ARGV[18])
-local approach = tonumber(ARGV[19])
-local margin = tonumber(ARGV[20])
-
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local f = redis.call('HMGET', key, 'tat', 'pause', 'rate', 'hold', 'grow',
-  'granted', 'wt', 'wg', 'pt', 'pg', 'ok', 'th', 'pok', 'pth', 'run', 'cuts', 'est')
-local rate = fixed
-if fixed == 0 then rate = tonumber(f[3]) or start end
-local spacing = 1 / rate
-local size = burst
-if size == 0 then size = math.max(1, rate) end
-local tolerance = size * spacing
-local tat = tonumber(f[1]) or (now + tolerance)
-local pause = tonumber(f[2]) or 0
-local hold = tonumber(f[4]) or 0
-local grow = tonumber(f[5]) or 0
-local granted = tonumber(f[6]) or 0
-local wt = tonumber(f[7]) or now
-local wg = tonumber(f[8]) or granted
-local pt = tonumber(f[9]) or wt
-local pg = tonumber(f[10]) or wg
-local ok = tonumber(f[11]) or 0
-local th = tonumber(f[12]) or 0
-local pok = tonumber(f[13]) or 0
-local pth = tonumber(f[14]) or 0
-local run = tonumber(f[15]) or 0
-local cuts = tonumber(f[16]) or 0
-local est = tonumber(f[17]) or 0  -- the group's sending rate at its last cut: the limit
-
--- Two windows of history: what the group was granted, accepted and refused lately.
-if now - wt >= window then
-  pt, pg, pok, pth = wt, wg, ok, th
-  wt, wg, ok, th = now, granted, 0, 0
-  if now - pt >= 2 * window then pt, pg, pok, pth = wt, wg, 0, 0 end
-end
-
--- Is a 429 the server's limit? More than noise_share of recent calls, or a run of them.
--- Counted here, before the decision, for every 429.
-if op == 'throttle' then
-  th = th + 1
-  run = run + 1
-end
-local function limit_speaks()
-  if ok + pok == 0 then return true end  -- nothing accepted lately: the limit speaks
-  local calls = math.max(ok + th + pok + pth, min_calls)
-  return (th + pth) / calls > noise_share or run >= noise_run
-end
-
-local result
-if op == 'acquire' then
-  if pause > now then
-    result = {'0', tostring(pause - now), tostring(rate)}
-  else
-    local cost = arg * spacing
-    local later = math.max(tat, now) + cost
-    local go = later - math.max(tolerance, cost)
-    tat = later
-    granted = granted + arg
-    result = {'1', tostring(math.max(0, go - now)), tostring(rate)}
-  end
-elseif op == 'throttle' and fixed == 0 and now >= hold and not limit_speaks() then
-  -- Noise (a rare 429): the rate stays and nobody else waits.
-  result = {'0', tostring(math.max(0, pause - now)), tostring(rate)}
-elseif op == 'throttle' or op == 'busy' then
-  if now + arg > pause then pause = now + arg end
-  if op == 'throttle' then
-    tat = math.max(tat, pause + tolerance)
-    if fixed == 0 and now >= hold then
-      local span = math.max(now - pt, window / 4)
-      local sent = (granted - pg) / span
-      local basis = rate
-      if sent > 0 and sent < rate then basis = sent end
-      est = basis
-      rate = math.min(ceiling, math.max(floor, basis * decrease))
-      hold = now + arg + reaction
-      cuts = cuts + 1
-      run = 0
-    end
-  end
-  result = {'1', tostring(pause - now), tostring(rate)}
-elseif op == 'report' then
-  ok = ok + arg
-  if arg > 0 then run = 0 end
-  local step = interval
-  if cuts == 0 then step = interval / 2 end  -- slow start: twice as often
-  if fixed == 0 and now >= hold and now - grow >= step then
-    local span = math.max(now - pt, window / 4)
-    local sent = (granted - pg) / span
-    if sent >= busy * rate then
-      local target = est * (1 - margin)
-      if cuts == 0 then
-        rate = rate * slow_start
-      elseif rate < target * (1 - probe) then
-        rate = rate + (target - rate) * approach  -- far under the limit: close the gap
-      else
-        rate = rate * (1 + probe) + 1  -- near it: probe above, slowly
-      end
-      rate = math.min(ceiling, math.max(floor, rate))
-    end
-    grow = now
-  end
-  result = {'1', '0', tostring(rate)}
-end
-
-redis.call('HSET', key, 'tat', tostring(tat), 'pause', tostring(pause), 'hold', tostring(hold),
-  'grow', tostring(grow), 'granted', tostring(granted), 'wt', tostring(wt), 'wg', tostring(wg),
-  'pt', tostring(pt), 'pg', tostring(pg), 'ok', tostring(ok), 'th', tostring(th),
-  'pok', tostring(pok), 'pth', tostring(pth), 'run', tostring(run), 'cuts', tostring(cuts),
-  'est', tostring(est))
-if fixed == 0 then redis.call('HSET', key, 'rate', tostring(rate)) end
-redis.call('PEXPIRE', key, ttl)
-return result
-"""
+_UNHONOURED: Final = tuple(f.name for f in fields(AdaptiveTuning) if f.name not in ARGUMENTS)
+"""``AdaptiveTuning`` fields the script does not read (``unknown_pause``: a 429 without
+Retry-After pauses the group for ``unnamed_throttle_wait``, as in ``RateLimit``); a value
+other than the default is refused, never ignored."""
+_OP, _VALUE, _NOW = (ARGUMENTS.index(name) for name in ("op", "value", "now"))
 
 
 def default_limit_key(base_url: str, channel_id: int | None) -> str:
@@ -229,10 +100,15 @@ class SharedRateLimit:
         rate: targets per second for all processes together; None: adaptive (the group
             finds the server's limit together).
         burst: the bucket size in targets; None: one second's worth.
-        tuning: how the adaptive mode moves (and what it takes for noise).
+        tuning: how the adaptive mode moves (and what it takes for noise); the same law
+            as ``RateLimit``'s, for the whole group.
         on_redis_error: ``"wait"`` (retry Redis; never send unpaced) or ``"local"`` (a
             local ``RateLimit`` at ``rate / processes`` until Redis answers again).
         processes: how many processes share the key (for the local fallback only).
+        clock: the script's clock, for tests; None: the Redis server's ``TIME``, so the
+            processes' clocks never matter.
+
+    Raises ValueError for a ``tuning`` field it cannot honour (see the module docstring).
     """
 
     def __init__(
@@ -245,6 +121,7 @@ class SharedRateLimit:
         tuning: AdaptiveTuning = DEFAULT_TUNING,
         on_redis_error: Literal["wait", "local"] = "wait",
         processes: int = 1,
+        clock: Clock | None = None,
     ) -> None:
         try:
             import redis.asyncio as aioredis_module
@@ -261,6 +138,7 @@ class SharedRateLimit:
             raise ValueError("on_redis_error must be 'wait' or 'local'")
         if processes < 1:
             raise ValueError("processes must be at least 1")
+        _refuse_unhonoured(tuning)
         if isinstance(redis, str):
             self._redis = aioredis_module.Redis.from_url(
                 redis, socket_timeout=2.0, socket_connect_timeout=2.0
@@ -281,7 +159,9 @@ class SharedRateLimit:
         self._tuning = tuning
         self._on_error = on_redis_error
         self._processes = processes
-        self._script = self._redis.register_script(_SCRIPT)
+        self._script = self._redis.register_script(SCRIPT)
+        self._args = _script_args(rate, burst, tuning)
+        self._clock = clock
         self._rate = rate if rate is not None else SHARED_START
         self._fallback: RateLimit | None = None
         self._outage_since: float | None = None
@@ -356,29 +236,10 @@ class SharedRateLimit:
     # -- Redis ---------------------------------------------------------------------------
 
     async def _call(self, op: str, value: float) -> tuple[bool, float]:
-        tuning = self._tuning
-        args: list[Any] = [
-            op,
-            repr(float(value)),
-            repr(float(self._fixed or 0)),
-            repr(float(self._burst or 0)),
-            _KEY_TTL_MS,
-            repr(tuning.floor),
-            repr(float(self._fixed or ADAPTIVE_START)),
-            repr(tuning.decrease),
-            repr(tuning.slow_start),
-            repr(tuning.interval),
-            repr(tuning.reaction_window),
-            repr(tuning.window),
-            repr(tuning.busy),
-            repr(tuning.noise_share),
-            tuning.noise_run,
-            repr(tuning.probe),
-            repr(SHARED_START),
-            _NOISE_MIN_CALLS,
-            repr(tuning.approach),
-            repr(tuning.margin),
-        ]
+        args = self._args.copy()
+        args[_OP], args[_VALUE] = op, repr(float(value))
+        if self._clock is not None:
+            args[_NOW] = repr(self._clock())
         reply = await self._script(keys=[self.key], args=args)
         self._recovered()
         self._rate = float(reply[2])
@@ -431,6 +292,36 @@ class SharedRateLimit:
         )
         self._outage_since = None
         self._fallback = None
+
+
+def _refuse_unhonoured(tuning: AdaptiveTuning) -> None:
+    """A tuning field the script does not read must keep its default: never ignored."""
+    for name in _UNHONOURED:
+        if getattr(tuning, name) != getattr(DEFAULT_TUNING, name):
+            raise ValueError(
+                f"SharedRateLimit does not honour AdaptiveTuning.{name}; "
+                f"leave it at its default ({getattr(DEFAULT_TUNING, name)!r})"
+            )
+
+
+def _script_args(rate: float | None, burst: float | None, tuning: AdaptiveTuning) -> list[str]:
+    """The script's ARGV, built once; ``op``, ``value`` and ``now`` are set per call."""
+    values: dict[str, float] = {
+        name: getattr(tuning, name) for name in ARGUMENTS if hasattr(tuning, name)
+    }
+    values.update(
+        value=0.0,
+        fixed=rate or 0.0,
+        burst=burst or 0.0,
+        ttl=_KEY_TTL_MS,
+        now=0.0,  # 0: the Redis server's clock
+        start=SHARED_START,
+        min_calls=NOISE_MIN_CALLS,
+        ceiling=rate or ADAPTIVE_START,
+        pauses_per_plateau=PAUSES_PER_PLATEAU,
+    )
+    # bool is an int: drain goes as 1 or 0. repr keeps every digit of a float.
+    return ["" if name == "op" else repr(float(values[name])) for name in ARGUMENTS]
 
 
 def _backoff(attempt: int) -> float:
