@@ -115,6 +115,30 @@ def test_an_object_missing_a_method_is_not_a_rate_limit_backend() -> None:
     assert not isinstance(OnlyAcquire(), RateLimitBackend)
 
 
+def test_a_backend_without_aclose_is_not_a_rate_limit_backend() -> None:
+    """Callers close every limit through the protocol, never by probing for ``aclose``."""
+
+    class NoClose(RecordingLimit):
+        aclose = None  # type: ignore[assignment]
+
+    assert not isinstance(NoClose(), RateLimitBackend)
+
+
+async def test_a_local_rate_limit_closes_as_a_no_op_and_stays_usable() -> None:
+    async with RateLimit(1000) as limit:
+        await limit.acquire(1.0)
+    await limit.aclose()
+    await limit.acquire(1.0)  # nothing was released: a closed local limit still paces
+
+
+def test_the_ratelimit_package_all_is_sorted_and_resolves() -> None:
+    import proactive_async.ratelimit as package
+
+    assert package.__all__ == sorted(package.__all__)
+    for name in package.__all__:
+        assert getattr(package, name) is not None, name
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [{"rate": -5.0}, {"calls_per_second": -1.0}, {"rate": 10.0, "burst": 0.0}],

@@ -5,6 +5,8 @@ confirming estimates)."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import uuid
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -118,8 +120,6 @@ def test_a_field_it_cannot_honour_is_refused_at_construction(name: str) -> None:
 
 @pytest.fixture(scope="module")
 def baseline(redis_server: Any) -> list[Step]:
-    import asyncio
-
     return asyncio.run(simulate(redis_server.url, BASE))
 
 
@@ -129,3 +129,114 @@ async def test_each_tuning_field_changes_what_the_shared_limit_does(
 ) -> None:
     varied = await simulate(redis_server.url, replace(BASE, **{name: VARIED[name]}))
     assert varied != baseline
+
+
+class Group:
+    """One shared adaptive limit on a fake clock, driven call by call."""
+
+    def __init__(self, url: str, tuning: AdaptiveTuning) -> None:
+        self.clock = FakeClock()
+        self.key = f"test:{uuid.uuid4().hex}"
+        self.limit = SharedRateLimit(url, key=self.key, tuning=tuning, clock=self.clock)
+        self.tuning = tuning
+
+    async def send(self, seconds: float, step: float = 0.1) -> list[tuple[float, float]]:
+        """Send at the shared rate for ``seconds``, all accepted: (time, rate) per step."""
+        rates = []
+        for _ in range(round(seconds / step)):
+            self.clock.now += step
+            weight = (self.limit.rate or 0.0) * step
+            await self.limit._call("acquire", weight)
+            await self.limit._call("report", weight)
+            rates.append((self.clock.now, self.limit.rate or 0.0))
+        return rates
+
+    async def refuse(self, retry_after: float = 0.05) -> None:
+        self.clock.now += 0.01
+        assert (await self.limit._call("throttle", retry_after))[0]
+
+    async def state(self, name: str) -> float:
+        return float(await self.limit._redis.hget(self.key, name))
+
+    async def aclose(self) -> None:
+        await self.limit.aclose()
+
+
+async def test_after_a_cut_the_rate_closes_the_gap_holds_a_plateau_then_probes_convexly(
+    redis_server: Any,
+) -> None:
+    group = Group(redis_server.url, AdaptiveTuning(noise_share=0.0))
+    try:
+        await group.send(1.2)
+        await group.refuse()
+        estimate = await group.state("est")
+        target = estimate * (1 - group.tuning.margin)
+        rates = await group.send(8.0)
+    finally:
+        await group.aclose()
+    at_target = [at for at, rate in rates if rate == pytest.approx(target)]
+    assert at_target, rates
+    # Concave on the way up: each step closes a share of the gap, never passing it.
+    below = [rate for at, rate in rates if at < at_target[0]]
+    gaps = [target - rate for rate in below]
+    assert all(gap > 0 for gap in gaps)
+    assert all(b <= a for a, b in itertools.pairwise(gaps))
+    # The plateau: just under the limit for plateau seconds, no probing meanwhile.
+    held = at_target[-1] - at_target[0]
+    plateau = group.tuning.plateau
+    assert plateau - 0.15 <= held <= plateau + group.tuning.interval + 0.15
+    # Then convex: each step above the estimate probe_growth times the last.
+    above = sorted({rate for at, rate in rates if at > at_target[-1]})
+    steps = [b / a - 1 for a, b in zip([target, *above], above, strict=False)]
+    assert len(steps) >= 3
+    assert steps[0] == pytest.approx(group.tuning.probe, rel=0.01)
+    for a, b in itertools.pairwise(steps):
+        assert b == pytest.approx(a * group.tuning.probe_growth, rel=0.01)
+
+
+async def test_a_cut_that_confirms_the_limit_doubles_the_plateau_and_another_limit_resets_it(
+    redis_server: Any,
+) -> None:
+    tuning = AdaptiveTuning(noise_share=0.0)
+    group = Group(redis_server.url, tuning)
+    try:
+        await group.send(1.2)
+        await group.refuse()
+        first = await group.state("est")
+        assert await group.state("plat") == tuning.plateau
+        await group.send(3.0)  # back up to just under it, holding there
+        await group.refuse()  # the same limit again: it is real
+        assert await group.state("est") == pytest.approx(first, rel=tuning.confirm)
+        assert await group.state("plat") == 2 * tuning.plateau
+        await group.send(12.0)  # long past the plateau: probing far above the limit
+        await group.refuse()
+        assert await group.state("est") > first * (1 + tuning.confirm)
+        assert await group.state("plat") == tuning.plateau
+    finally:
+        await group.aclose()
+
+
+async def test_refused_before_anything_was_measured_slow_start_stops_just_under_that_rate(
+    redis_server: Any,
+) -> None:
+    tuning = AdaptiveTuning()
+    group = Group(redis_server.url, tuning)
+    try:
+        group.clock.now += 0.1
+        await group.limit._call("acquire", 20.0)  # 20 targets in the first 0.1 s
+        await group.refuse()  # before any call was accepted
+        refused_at = await group.state("prov")
+        assert await group.state("est") == 0  # nothing measured: a ceiling, not a limit
+        # Cut from the rate really sent, by max_cut as well as decrease (the start).
+        assert group.limit.rate == pytest.approx(refused_at * tuning.max_cut * tuning.decrease)
+        rates = [rate for _, rate in await group.send(3.0)]
+    finally:
+        await group.aclose()
+    ceiling = refused_at * (1 - tuning.margin)
+    first_at_ceiling = next(i for i, rate in enumerate(rates) if rate == pytest.approx(ceiling))
+    # Slow start up to the ceiling, never past it by a doubling...
+    climb = sorted(set(rates[:first_at_ceiling]))
+    assert all(b == pytest.approx(a * tuning.slow_start) for a, b in itertools.pairwise(climb))
+    # ...then probing above it, a small step first (no plateau: nothing was measured).
+    above = sorted({rate for rate in rates[first_at_ceiling:] if rate > ceiling * 1.0001})
+    assert above and above[0] == pytest.approx(ceiling * (1 + tuning.probe))
