@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import signal
@@ -18,11 +17,8 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from rich.console import Console
 
 from proactive_async import Outcome, OutcomeStatus
-from proactive_async._demo import audit_report
-from proactive_async._progress import PlainProgress, RateMeter, RichProgress, Snapshot
 from proactive_async.cli import main
 from proactive_async.simulator import Faults, Simulator, SimulatorConfig
 
@@ -535,101 +531,3 @@ def test_resuming_with_another_template_exits_2_and_keeps_the_report(
     assert "j.db" in err and "template" in err and err.count("\n") == 1
     assert len(read_report(targets)) == 10
     assert sim.audit.total_processed == 10
-
-
-# -- the demo and its audit ------------------------------------------------------------
-
-
-def test_demo_passes_its_own_audit(
-    tmp_path: Path, no_proactive_env: None, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code = main(["demo", "--records", "600", "--workdir", str(tmp_path), "--no-progress"])
-
-    out, err = capsys.readouterr()
-    assert code == 0, out + err
-    assert "audit: 600 records, 0 lost, 0 duplicated" in out and "OK" in out
-    assert len((tmp_path / "report.jsonl").read_bytes().splitlines()) == 600
-
-
-def outcome(line: int, status: OutcomeStatus, recipient: str) -> Outcome:
-    return Outcome(line=line, status=status, recipient=recipient)
-
-
-def test_the_audit_finds_a_record_sent_twice() -> None:
-    report = [outcome(1, OutcomeStatus.SENT, "+5511970000000")]
-    result = audit_report(report, {"+5511970000000": 2}, records=1)
-    assert not result.ok and len(result.duplicated) == 1
-
-
-def test_the_audit_finds_a_sent_record_the_server_never_processed() -> None:
-    report = [outcome(1, OutcomeStatus.SENT, "+5511970000000")]
-    result = audit_report(report, {}, records=1)
-    assert not result.ok and len(result.lost) == 1
-
-
-def test_the_audit_finds_lines_without_or_with_several_report_lines() -> None:
-    report = [outcome(1, OutcomeStatus.FAILED, "+1"), outcome(1, OutcomeStatus.FAILED, "+1")]
-    result = audit_report(report, {}, records=2)
-    assert result.missing_lines == [2] and result.repeated_lines == [1]
-
-
-def test_the_audit_allows_an_unknown_record_processed_at_most_once() -> None:
-    report = [
-        outcome(1, OutcomeStatus.UNKNOWN, "+5511970000000"),
-        outcome(2, OutcomeStatus.DUPLICATE, "+5511970000000"),
-    ]
-    assert audit_report(report, {"+5511970000000": 1}, records=2).ok
-    assert not audit_report(report, {"+5511970000000": 2}, records=2).ok
-
-
-# -- progress ------------------------------------------------------------------------
-
-
-def test_plain_progress_prints_records_rate_and_counts_and_skips_repeats() -> None:
-    lines: list[str] = []
-
-    class Sink:
-        def write(self, text: str) -> None:
-            lines.append(text)
-
-        def flush(self) -> None:
-            pass
-
-    display = PlainProgress(Sink())  # type: ignore[arg-type]
-    snap = Snapshot(
-        records=12,
-        total=20,
-        targets_per_second=950.4,
-        counts=dict.fromkeys(OutcomeStatus, 0) | {OutcomeStatus.SENT: 12},
-    )
-    display.show(snap)
-    display.show(snap)
-    assert lines == [
-        "12/20 records, 950 targets/s, sent=12, failed=0, unknown=0, rejected=0, duplicate=0\n"
-    ]
-
-
-def test_the_rate_meter_measures_over_a_recent_window() -> None:
-    meter = RateMeter(window=3.0)
-    meter.add(0.0, 0)
-    assert meter.add(1.0, 1000) == 1000.0
-    meter.add(10.0, 1000)  # idle: the old points fall out of the window
-    assert meter.add(14.0, 3000) == pytest.approx(500.0)
-
-
-def test_the_terminal_progress_shows_the_bar_the_rate_and_the_counts() -> None:
-    stream = io.StringIO()
-    display = RichProgress(Console(file=stream, force_terminal=True, width=80), total=20)
-    display.show(
-        Snapshot(
-            records=12,
-            total=20,
-            targets_per_second=950.0,
-            counts=dict.fromkeys(OutcomeStatus, 0) | {OutcomeStatus.SENT: 12},
-        )
-    )
-    display.note("a message")
-    display.close()
-    text = stream.getvalue()
-    assert "12/20" in text and "950 targets/s" in text and "sent 12" in text
-    assert "a message" in text

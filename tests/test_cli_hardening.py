@@ -14,6 +14,7 @@ import pytest
 from test_cli import TOKEN, ThreadedSimulator, phones, write_csv
 
 from proactive_async.cli import CampaignSettings
+from proactive_async.settings import Settings
 from proactive_async.simulator import SimulatorConfig
 
 TEMPLATE_FLAGS = ["--channel-id", "1", "--bot-id", "2", "--template-id", "3"]
@@ -121,8 +122,7 @@ def test_campaign_settings_never_show_the_token() -> None:
 
     settings = CampaignSettings(
         targets="r.csv",
-        base_url="http://x",
-        token="do-not-print-me-42",
+        settings=Settings(base_url="http://x", token="do-not-print-me-42"),
         template=ProactiveConversationRequest(channel_id=1),
     )
     assert "do-not-print-me-42" not in repr(settings)

@@ -1,0 +1,526 @@
+"""``proactive-async campaign``: send one template to every recipient of a file.
+
+The flags and the environment become a ``CampaignSettings`` (its connection part a
+``Settings``, so the client and the shared rate limit come from ``settings.py``); the run
+shows progress, stops gently on the first Ctrl-C and leaves at once on the second; the
+summary and the exit code say what happened. ``--dry-run`` is ``dry_run``'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, NoReturn
+
+import msgspec
+
+from .._campaign import Campaign
+from .._client import AsyncClient
+from .._errors import (
+    AuthenticationError,
+    ClientStateError,
+    InputError,
+    JournalError,
+    PermissionDeniedError,
+    ProactiveError,
+    TLSError,
+)
+from .._models import ProactiveConversationRequest
+from .._options import CampaignOptions
+from .._progress import choose_display
+from .._records import Outcome, OutcomeStatus
+from .._report import CampaignSummary
+from ..ratelimit import RateLimit, RateLimitBackend
+from ..settings import Settings, build_client, build_rate_limit
+from . import _flags
+from ._common import (
+    EXIT_CODES_HELP,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNKNOWN,
+    EXIT_USAGE,
+    PROG,
+    STDIN,
+    UsageError,
+    check_targets_file,
+    console,
+    os_error_text,
+    settings_from,
+    stderr_console,
+)
+from ._logs import logging_to
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .._progress import ProgressDisplay
+
+__all__ = [
+    "CampaignResult",
+    "CampaignSettings",
+    "add_parser",
+    "print_summary",
+    "run_campaign",
+    "settings_from_args",
+    "summary_table",
+]
+
+_DEFAULTS: Final = CampaignOptions()
+
+
+@dataclass(frozen=True)
+class CampaignSettings:
+    """Everything one CLI campaign run needs, resolved and checked.
+
+    ``settings`` holds the API, TLS, proxy, timeouts and Redis (its repr hides the token
+    and passwords); ``options`` is the library's own :class:`CampaignOptions`, so every
+    default (chunk size, attempts, grace period...) lives in one place.
+    """
+
+    targets: str
+    settings: Settings
+    template: ProactiveConversationRequest
+    options: CampaignOptions = _DEFAULTS
+    journal: str | None = None
+    report: str | None = None
+    progress: bool = True
+    limit_key: str | None = None
+    """The shared limit's name (``--limit-key``); None: from the API host and channel."""
+    processes: int | None = None
+    """Processes sharing the limit, for pacing while Redis is down; None: wait for it."""
+
+
+def settings_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> CampaignSettings:
+    """The flags over the environment (default ``os.environ``, read by ``settings.py``)."""
+    settings = settings_from(
+        environ,
+        base_url=args.base_url,
+        token=_read_token_file(args.token_file) if args.token_file is not None else None,
+        ca_file=args.ca_file,
+        proxy=args.proxy,
+        connect_timeout=args.connect_timeout,
+        read_timeout=args.read_timeout,
+        total_timeout=args.timeout,
+        redis_url=args.redis_url,
+        concurrency=args.concurrency,
+    )
+    if not settings.base_url:
+        raise UsageError("no API base URL: pass --base-url URL or set PROACTIVE_BASE_URL")
+    if not settings.token:
+        raise UsageError(
+            "no API token: set PROACTIVE_TOKEN or pass --token-file PATH "
+            "(there is no token flag: it would show in process lists and shell history)"
+        )
+    if args.limit_key and settings.redis_url is None:
+        raise UsageError("--limit-key names a shared limit: give --redis-url too")
+    return CampaignSettings(
+        targets=args.recipients_file,
+        settings=settings,
+        template=_flags.template_from_args(args),
+        options=_flags.options_from_args(args, concurrency=settings.concurrency),
+        journal=args.journal,
+        report=_flags.report_path(args, args.recipients_file),
+        progress=not args.no_progress,
+        limit_key=args.limit_key,
+        processes=args.processes,
+    )
+
+
+def _read_token_file(token_file: str) -> str:
+    """The token from ``--token-file``; never echoed, whatever the file holds."""
+    if not os.path.exists(token_file):
+        # Not echoed: a token pasted where its file's path belongs must not reach logs.
+        raise UsageError("--token-file: no such file (give the path of a file holding the token)")
+    try:
+        token = Path(token_file).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise UsageError(
+            f"{token_file}: cannot read the token file: {exc.strerror or exc}"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{token_file}: the token file is not UTF-8 text") from exc
+    if not token:
+        raise UsageError(f"{token_file}: the token file is empty")
+    return token
+
+
+# -- running a campaign ------------------------------------------------------------
+
+
+@dataclass
+class CampaignResult:
+    """How a run ended: the summary, and whether it was interrupted."""
+
+    summary: CampaignSummary
+    interrupted: bool
+    fatal: str | None = None
+    """One line on why a fatal answer (401, 403, TLS) stopped the run."""
+
+    @property
+    def exit_code(self) -> int:
+        if self.fatal is not None:
+            return EXIT_USAGE
+        if self.interrupted or self.summary.interrupted:
+            return EXIT_INTERRUPTED
+        if self.summary.counts[OutcomeStatus.UNKNOWN]:
+            return EXIT_UNKNOWN
+        if self.summary.counts[OutcomeStatus.FAILED]:
+            return EXIT_FAILED
+        return EXIT_OK
+
+
+async def run_campaign(settings: CampaignSettings, *, stderr: Console) -> CampaignResult:
+    """Run one campaign with progress and signal handling; user-fixable errors: UsageError."""
+    client = _make_client(settings)
+    async with client, contextlib.AsyncExitStack() as stack:
+        limit = _make_rate_limit(settings)
+        if limit is not None:
+            stack.push_async_callback(limit.aclose)
+        campaign = _make_campaign(client, settings, limit)
+        try:
+            display = choose_display(settings.progress, campaign.total, stderr)
+            interrupted = await _drive(campaign, display, settings.options.grace_period)
+        except (InputError, JournalError) as exc:
+            raise UsageError(str(exc)) from exc
+        except OSError as exc:
+            raise UsageError(os_error_text(exc)) from exc
+        except ProactiveError as exc:
+            if not exc.fatal or campaign.aborted is not exc:
+                raise
+            return CampaignResult(campaign.summary, False, fatal=_fatal_text(exc, settings))
+    return CampaignResult(campaign.summary, interrupted)
+
+
+def _fatal_text(exc: ProactiveError, settings: CampaignSettings) -> str:
+    """The one line that tells the operator why the run stopped and what to do."""
+    resume = (
+        "; records not sent stay unsent in the journal: resume with the same --journal"
+        if settings.journal
+        else ""
+    )
+    if isinstance(exc, AuthenticationError):
+        why = f"authentication failed: {exc.message}; check PROACTIVE_TOKEN (or --token-file)"
+    elif isinstance(exc, PermissionDeniedError):
+        why = f"permission denied: {exc.message}; the token may not use this channel or bot"
+    elif isinstance(exc, TLSError):
+        hint = "" if settings.settings.ca_file else "; for a private CA pass --ca-file PATH (PEM)"
+        why = f"{exc.message}{hint}"
+    else:
+        why = exc.message
+    return why + resume
+
+
+def _make_client(settings: CampaignSettings) -> AsyncClient:
+    try:
+        return build_client(settings.settings)
+    except ClientStateError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _make_rate_limit(settings: CampaignSettings) -> RateLimitBackend | None:
+    """A limit shared through Redis, if there is one; else None: the campaign builds its
+    own from the options (one that starts with an empty bucket)."""
+    if settings.settings.redis_url is None:
+        return None
+    options = settings.options
+    try:
+        return build_rate_limit(
+            settings.settings,
+            rate=options.rate,
+            burst=options.burst,
+            adaptive=options.adaptive,
+            calls_per_second=options.calls_per_second,
+            tuning=options.tuning,
+            key=settings.limit_key,
+            channel_id=_channel(settings.template),
+            processes=settings.processes,
+        )
+    except (ValueError, ImportError) as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _channel(template: ProactiveConversationRequest) -> int | None:
+    return template.channel_id if isinstance(template.channel_id, int) else None
+
+
+def _make_campaign(
+    client: AsyncClient, settings: CampaignSettings, limit: RateLimitBackend | None
+) -> Campaign:
+    options = settings.options
+    if limit is not None:
+        # The pace is the given limit's: the options keep no local one.
+        options = dataclasses.replace(
+            options, rate=None, burst=None, calls_per_second=None, adaptive=None
+        )
+
+    def count_error(outcome: Outcome) -> None:
+        campaign.summary.note_outcome(outcome)  # for the summary's top errors
+
+    try:
+        campaign = Campaign(
+            client,
+            template=settings.template,
+            targets=settings.targets,
+            options=options,
+            rate_limit=limit,
+            journal=settings.journal,
+            report=settings.report,
+            on_outcome=count_error,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    return campaign
+
+
+async def _drive(campaign: Campaign, display: ProgressDisplay, grace_period: float) -> bool:
+    """Run the campaign under progress and signal handlers; True when it was interrupted."""
+    from .._progress import ProgressWatcher
+
+    loop = asyncio.get_running_loop()
+    runner = asyncio.create_task(campaign.run())
+    limit = campaign.rate_limit
+    paused = (lambda: limit.paused) if isinstance(limit, RateLimit) else None
+    watcher = ProgressWatcher(campaign.summary, campaign.total, display, paused)
+    watcher.start()
+
+    def stop() -> None:
+        display.note(
+            f"interrupted: no new calls; calls in flight get up to {grace_period:g}s to finish "
+            "(interrupt again to exit at once)"
+        )
+        campaign.stop()
+        # stop() alone only ends the run once the feeder drains; cancelling runs the
+        # campaign's own wind-down: feeder stopped, in-flight calls awaited, all recorded.
+        runner.cancel()
+
+    interrupts = _Interrupts(stop, lambda: _exit_now(campaign, display))
+    interrupts.install(loop)
+    try:
+        await asyncio.wait([runner])
+    finally:
+        interrupts.remove(loop)
+        failed = runner.done() and not runner.cancelled() and runner.exception() is not None
+        await watcher.finish(show=not failed)  # an error message, not "0/N records", last
+    if runner.cancelled():
+        return True
+    runner.result()  # raises what the run raised
+    return False  # a signal that came after the end changes nothing
+
+
+class _Interrupts:
+    """SIGINT / SIGTERM: the first calls ``first``; any later one calls ``again``."""
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, first: Callable[[], None], again: Callable[[], None]) -> None:
+        self._first = first
+        self._again = again
+        self.fired = 0
+        self._installed: list[signal.Signals] = []
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in self.signals:
+            try:
+                loop.add_signal_handler(sig, self._fire)
+            except (NotImplementedError, RuntimeError, ValueError):
+                continue  # not the main thread, or no signal support: Ctrl-C stays default
+            self._installed.append(sig)
+
+    def remove(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in self._installed:
+            loop.remove_signal_handler(sig)
+        self._installed.clear()
+
+    def _fire(self) -> None:
+        self.fired += 1
+        (self._first if self.fired == 1 else self._again)()
+
+
+def _exit_now(campaign: Campaign, display: ProgressDisplay) -> NoReturn:
+    """The second interrupt: flush what is cheap to flush, then leave at once."""
+    # The report writer is the campaign's own; flushing its buffer here keeps the lines of
+    # outcomes already decided. The journal needs nothing: each SQLite commit is atomic,
+    # and a line left in flight is reported unknown on resume, never resent.
+    with contextlib.suppress(OSError, ValueError):
+        campaign.flush_report()
+    display.close()
+    sys.stderr.write(
+        "interrupted again: exiting now. Resume with the same --journal; records that "
+        "were in flight are reported unknown, not resent.\n"
+    )
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
+
+
+# -- the summary -------------------------------------------------------------------
+
+
+def summary_table(summary: CampaignSummary, *, report: str | None, journal: str | None) -> Table:
+    """The end-of-campaign table: counts per status, rates, calls, latency, files."""
+    from rich.table import Table
+
+    table = Table(title="campaign summary", show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value", justify="right", overflow="fold")  # paths shown whole
+    for status in OutcomeStatus:
+        table.add_row(str(status), f"{summary.counts[status]:,}")
+    table.add_row("records", f"{summary.records:,}")
+    if summary.resumed:
+        table.add_row("from the journal", f"{summary.resumed:,}")
+    table.add_row("elapsed", f"{summary.elapsed:.2f} s")
+    table.add_row("targets/s", f"{summary.targets_per_second:,.0f}")
+    table.add_row("calls", f"{summary.calls:,}")
+    table.add_row("retries", f"{summary.retries:,}")
+    table.add_row("429s", f"{summary.throttled:,}")
+    for label, value in (
+        ("latency p50", summary.latency_p50),
+        ("latency p95", summary.latency_p95),
+        ("latency p99", summary.latency_p99),
+    ):
+        table.add_row(label, "-" if value is None else f"{value * 1e3:.1f} ms")
+    table.add_row("report", report or "-")
+    table.add_row("journal", journal or "-")
+    for index, error in enumerate(summary.top_errors()):
+        table.add_row("top errors" if index == 0 else "", error.text())
+    return table
+
+
+def _advice(result: CampaignResult, journal: str | None) -> str | None:
+    """What to do next, for the exit codes that need a decision."""
+    unknown = result.summary.counts[OutcomeStatus.UNKNOWN]
+    resume = "resume with the same --journal" if journal else "add --journal to make runs resumable"
+    if result.exit_code == EXIT_INTERRUPTED:
+        return f"interrupted: the report covers the records handled so far; {resume}."
+    if unknown:
+        return (
+            f"{unknown:,} record(s) ended unknown: they may have been sent. Do not re-run "
+            'blindly; check the report (status "unknown")'
+            + ("; a resume with the same --journal does not resend them." if journal else ".")
+        )
+    return None
+
+
+def print_summary(
+    result: CampaignResult, settings: CampaignSettings, *, json_summary: bool, stderr: Console
+) -> None:
+    table = summary_table(result.summary, report=settings.report, journal=settings.journal)
+    if json_summary:
+        stderr.print(table)
+        sys.stdout.write(msgspec.json.encode(result.summary.as_dict()).decode() + "\n")
+        sys.stdout.flush()
+    else:
+        console(sys.stdout).print(table)
+    if result.fatal is not None:
+        stderr.print(f"{PROG}: error: {result.fatal}", highlight=False)
+        return
+    advice = _advice(result, settings.journal)
+    if advice:
+        stderr.print(advice, highlight=False)
+
+
+# -- the command -------------------------------------------------------------------
+
+
+def _command(args: argparse.Namespace) -> int:
+    if args.recipients_file != STDIN:
+        return _run_or_plan(args)
+    with _spooled_stdin() as path:
+        args.report = _flags.report_path(args, STDIN)
+        return _run_or_plan(argparse.Namespace(**{**vars(args), "recipients_file": path}))
+
+
+@contextlib.contextmanager
+def _spooled_stdin() -> Iterator[str]:
+    """Standard input copied to a temporary file, so that a campaign can count, fingerprint
+    and (with the same input again) resume it: ``.jsonl`` if it starts with ``{``, else
+    ``.txt`` (a CSV with a header, or one number a line)."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="proactive-async-") as folder:
+        spool = Path(folder, "stdin")
+        with spool.open("wb") as out:
+            shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
+        with spool.open("rb") as handle:
+            start = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+        path = spool.rename(spool.with_suffix(".jsonl" if start[:1] == b"{" else ".txt"))
+        yield str(path)
+
+
+def _run_or_plan(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        from .dry_run import dry_run_command
+
+        return dry_run_command(args)
+    settings = settings_from_args(args)
+    check_targets_file(settings.targets)
+    stderr = stderr_console()
+    token = settings.settings.token
+    with logging_to(args.verbose, args.log_file, [token] if token else []):
+        result = asyncio.run(run_campaign(settings, stderr=stderr))
+    print_summary(result, settings, json_summary=args.json_summary, stderr=stderr)
+    return result.exit_code
+
+
+def add_parser(commands: Any) -> None:
+    """``campaign``: every flag group, and its output flags."""
+    p = commands.add_parser(
+        "campaign",
+        help="send one template to every recipient of a CSV/JSONL file",
+        description="Send one template to every recipient of a CSV/JSONL file. The base URL "
+        "comes from --base-url or PROACTIVE_BASE_URL; the token from PROACTIVE_TOKEN or "
+        "--token-file (never a flag).",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # "--token" must not be taken for "--token-file"
+    )
+    _flags.add_recipients_file(p)
+    p.set_defaults(handler=_command)
+    _flags.add_campaign_options(p)
+    _flags.add_api_flags(p)
+    _flags.add_connection_flags(p)
+    _add_output_flags(p)
+
+
+def _add_output_flags(p: argparse.ArgumentParser) -> None:
+    out = p.add_argument_group("output")
+    out.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log to stderr: -v INFO, -vv DEBUG (token redacted, phone numbers masked)",
+    )
+    out.add_argument(
+        "--log-file",
+        metavar="PATH",
+        help="append DEBUG log lines to PATH (token redacted, phone numbers masked)",
+    )
+    out.add_argument(
+        "--no-progress", action="store_true", help="plain progress lines instead of a live bar"
+    )
+    out.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read and plan the whole file, send nothing (no token, no network): counts of "
+        "valid, rejected (top reasons) and duplicate records, the calls it would make; the "
+        "report lists the rejected and duplicate records. Exit 0 when every record is "
+        "sendable, else 1",
+    )
+    out.add_argument(
+        "--json-summary",
+        action="store_true",
+        help="print the summary as JSON on stdout (the table goes to stderr)",
+    )

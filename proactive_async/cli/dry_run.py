@@ -1,0 +1,160 @@
+"""``proactive-async campaign --dry-run``: read and plan a whole file, send nothing.
+
+No token, no network: the counts of valid, rejected and duplicate records, the calls a
+campaign would make, and a report of the records it would not send.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from .._errors import InputError
+from .._options import CampaignOptions
+from .._records import Outcome, OutcomeStatus
+from .._report import CampaignSummary, ReportWriter
+from . import _flags
+from ._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    UsageError,
+    check_targets_file,
+    console,
+    os_error_text,
+    stderr_console,
+)
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+__all__ = ["DryRun", "dry_run_command", "dry_run_table", "plan_dry_run"]
+
+
+@dataclass
+class DryRun:
+    """What a campaign would do with a file: records by outcome, calls and their sizes."""
+
+    summary: CampaignSummary = field(default_factory=CampaignSummary)
+    calls: int = 0
+    targets: int = 0
+    smallest: int = 0
+    largest: int = 0
+
+    @property
+    def sendable(self) -> bool:
+        counts = self.summary.counts
+        return not (counts[OutcomeStatus.REJECTED] or counts[OutcomeStatus.DUPLICATE])
+
+    def add_call(self, size: int) -> None:
+        self.calls += 1
+        self.targets += size
+        self.smallest = size if self.calls == 1 else min(self.smallest, size)
+        self.largest = max(self.largest, size)
+
+    def as_dict(self) -> dict[str, object]:
+        counts = self.summary.counts
+        return {
+            "dry_run": True,
+            "records": self.summary.records,
+            "valid": self.targets,
+            "rejected": counts[OutcomeStatus.REJECTED],
+            "duplicate": counts[OutcomeStatus.DUPLICATE],
+            "calls": self.calls,
+            "targets_per_call": {
+                "min": self.smallest,
+                "mean": round(self.targets / self.calls, 1) if self.calls else 0,
+                "max": self.largest,
+            },
+            "top_rejections": [
+                error.as_dict()
+                for error in self.summary.top_errors(10, statuses=(OutcomeStatus.REJECTED,))
+            ],
+        }
+
+
+async def plan_dry_run(
+    targets: str, options: CampaignOptions, report: ReportWriter | None
+) -> DryRun:
+    """Read and plan the whole file as a campaign would, sending nothing."""
+    from .._campaign import file_records
+    from .._planner import Planner
+
+    result = DryRun()
+    summary = result.summary
+    planner = Planner(options.planner)
+    records = file_records(targets, multiline=options.multiline_values)
+    async with contextlib.aclosing(planner.plan(records)) as plan:
+        async for item in plan:
+            if isinstance(item, Outcome):
+                summary.counts[item.status] += 1
+                summary.records += 1
+                summary.note_outcome(item)
+                if report is not None:
+                    report.write(item)
+                continue
+            result.add_call(len(item.targets))
+            summary.records += len(item.targets)
+    return result
+
+
+def dry_run_command(args: argparse.Namespace) -> int:
+    """``campaign --dry-run``: no token, no network; the report holds the records not sent."""
+    from .._campaign import _check_report_path
+
+    options = _flags.options_from_args(args)
+    targets: str = args.recipients_file
+    report_path = _flags.report_path(args, targets)
+    check_targets_file(targets)
+    try:
+        _check_report_path(report_path, targets, args.journal)
+        report = ReportWriter(report_path)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    except OSError as exc:
+        raise UsageError(os_error_text(exc)) from exc
+    try:
+        result = asyncio.run(plan_dry_run(targets, options, report))
+    except InputError as exc:
+        raise UsageError(str(exc)) from exc
+    finally:
+        report.close()
+    table = dry_run_table(result, report_path)
+    if args.json_summary:
+        stderr_console().print(table)
+        sys.stdout.write(msgspec.json.encode(result.as_dict()).decode() + "\n")
+        sys.stdout.flush()
+    else:
+        console(sys.stdout).print(table)
+    return EXIT_OK if result.sendable else EXIT_FAILED
+
+
+def dry_run_table(result: DryRun, report: str) -> Table:
+    """The dry run's table: records by outcome, the calls, the top rejection reasons."""
+    from rich.table import Table
+
+    counts = result.summary.counts
+    table = Table(title="dry run: nothing sent", show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value", justify="right", overflow="fold")
+    table.add_row("records", f"{result.summary.records:,}")
+    table.add_row("valid", f"{result.targets:,}")
+    table.add_row("rejected", f"{counts[OutcomeStatus.REJECTED]:,}")
+    table.add_row("duplicate", f"{counts[OutcomeStatus.DUPLICATE]:,}")
+    table.add_row("calls", f"{result.calls:,}")
+    if result.calls:
+        mean = result.targets / result.calls
+        sizes = f"min {result.smallest:,}, mean {mean:,.1f}, max {result.largest:,}"
+        table.add_row("targets per call", sizes)
+    rejections = result.summary.top_errors(5, statuses=(OutcomeStatus.REJECTED,))
+    for index, error in enumerate(rejections):
+        table.add_row(
+            "top rejections" if index == 0 else "", f"{error.records:,} x {error.message}"
+        )
+    table.add_row("report", f"{report} (rejected and duplicate records)")
+    return table
