@@ -1,86 +1,112 @@
 """The distributed campaign commands: enqueue, worker, status, report, cancel.
 
-Kept apart from ``cli.py`` so that ``campaign`` and ``--help`` never import arq or psycopg.
+Kept apart from ``campaign`` so that ``campaign`` and ``--help`` never import arq or
+psycopg. Each command takes exactly the flags it honours: ``enqueue`` the template,
+planning and sending groups (what is stored with the campaign for every worker);
+``worker`` the API, connection and TLS groups (what each worker process uses).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
+import logging
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 import msgspec
 
 from ._errors import JournalError
-from .cli import UsageError
+from .cli import _flags
+from .cli._common import UsageError, settings_from, stderr_console
 
 if TYPE_CHECKING:
-    from ._distributed import CampaignStatus
     from ._progress import RateMeter, Snapshot
+    from .distributed import CampaignStatus, PlanResult
+    from .settings import Settings
 
 __all__ = ["add_distributed_parsers"]
 
 EXIT_OK: Final = 0
+EXIT_ABORTED: Final = 2
 EXIT_RUNNING: Final = 4
+_REDIS_RESTART_WAIT: Final = (1.0, 10.0)
+_log = logging.getLogger("proactive_async")
 
 
-def add_distributed_parsers(
-    commands: Any,
-    *,
-    add_campaign_options: Callable[[argparse.ArgumentParser], None],
-    campaign_inputs: Callable[[argparse.Namespace], Any],
-) -> None:
-    """Register the commands; ``campaign_inputs(args)`` gives (template, options) from the
-    same flags as ``campaign``, so both plan a file alike."""
+def add_distributed_parsers(commands: Any, **_: Any) -> None:
+    """Register the commands (``enqueue`` plans a file with ``campaign``'s flag groups)."""
     p = commands.add_parser(
         "enqueue",
-        help="plan a file once into PostgreSQL and queue one arq job per chunk",
+        help="plan a file once into PostgreSQL and queue one job per slice of records",
         allow_abbrev=False,
     )
-    p.add_argument("recipients_file", metavar="RECIPIENTS_FILE")
+    _flags.add_recipients_file(p)
     p.add_argument("--campaign", metavar="ID", help="the campaign's id (default: a new one)")
+    p.add_argument(
+        "--job-size",
+        type=_flags.positive_int,
+        metavar="N",
+        help="records per job (a slice: whole calls; default 1000)",
+    )
     _add_engine(p)
-    add_campaign_options(p)
-    p.set_defaults(handler=lambda args: _enqueue(args, campaign_inputs))
+    _add_journal(p)
+    p.add_argument(
+        "--redis-url", metavar="URL", help="arq: the queue (default: $PROACTIVE_REDIS_URL)"
+    )
+    _flags.add_campaign_options(p)
+    p.set_defaults(handler=_enqueue)
 
     w = commands.add_parser(
-        "worker", help="run an arq worker that sends queued chunks", allow_abbrev=False
+        "worker", help="run a worker that sends the slices of queued campaigns", allow_abbrev=False
     )
-    _add_connection(w, redis=True)
     _add_engine(w)
+    _add_journal(w)
+    w.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="arq's queue and the shared rate limit (default: $PROACTIVE_REDIS_URL)",
+    )
     w.add_argument(
         "--concurrency",
-        type=int,
+        type=_flags.positive_int,
         metavar="N",
-        help="arq: jobs at once (default 16); celery: worker processes (default 4)",
+        help="calls in flight in each worker process (default: $PROACTIVE_CONCURRENCY, else 32)",
     )
-    w.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    w.add_argument(
+        "--jobs",
+        type=_flags.positive_int,
+        metavar="N",
+        help="arq: slices at once (default 2); celery: worker processes "
+        "(default: $PROACTIVE_WORKER_CONCURRENCY, else 4)",
+    )
+    w.add_argument("--burst", action="store_true", help="arq: exit when the queue is empty")
+    w.add_argument("--base-url", metavar="URL", help="default: $PROACTIVE_BASE_URL")
+    _flags.add_connection_flags(w)
     w.set_defaults(handler=_worker)
 
     s = commands.add_parser("status", help="counts of a distributed campaign", allow_abbrev=False)
-    _add_connection(s, redis=False, campaign=True)
+    _add_journal(s, campaign=True)
     s.add_argument(
         "--wait",
         action="store_true",
         help="block until the campaign is finished, with a progress bar on a terminal "
-        "(plain lines elsewhere)",
+        "(plain lines elsewhere); exit 2 if it is aborted",
     )
     s.add_argument("--no-progress", action="store_true", help="--wait without the bar: plain lines")
     s.add_argument("--json", action="store_true", help="print the status as JSON")
     s.set_defaults(handler=_status)
 
     r = commands.add_parser("report", help="a distributed campaign's report", allow_abbrev=False)
-    _add_connection(r, redis=False, campaign=True)
+    _add_journal(r, campaign=True)
     r.add_argument("--out", metavar="PATH", required=True, help="the JSONL report to write")
     r.set_defaults(handler=_report)
 
     c = commands.add_parser("cancel", help="cancel a distributed campaign", allow_abbrev=False)
-    _add_connection(c, redis=False, campaign=True)
+    _add_journal(c, campaign=True)
     c.set_defaults(handler=_cancel)
 
 
@@ -96,35 +122,53 @@ def _add_engine(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _broker(args: argparse.Namespace, env: Mapping[str, str]) -> str:
-    url = args.broker or env.get("PROACTIVE_BROKER_URL")
-    if not url:
-        raise UsageError("give the broker: --broker URL or PROACTIVE_BROKER_URL")
-    return str(url)
-
-
-def _add_connection(p: argparse.ArgumentParser, *, redis: bool, campaign: bool = False) -> None:
+def _add_journal(p: argparse.ArgumentParser, *, campaign: bool = False) -> None:
     p.add_argument(
         "--journal", metavar="DSN", help="postgresql://... (default: $PROACTIVE_JOURNAL)"
     )
-    if redis:
-        p.add_argument("--redis-url", metavar="URL", help="default: $PROACTIVE_REDIS_URL")
     if campaign:
         p.add_argument("--campaign", metavar="ID", required=True)
 
 
-def _journal(args: argparse.Namespace, env: Mapping[str, str]) -> str:
-    dsn = args.journal or env.get("PROACTIVE_JOURNAL")
-    if not dsn or not dsn.startswith(("postgresql://", "postgres://")):
+def _settings(args: argparse.Namespace) -> Settings:
+    """The flags this command has, over the environment; the journal must be PostgreSQL."""
+    given = vars(args)
+    flags = {
+        "journal": given.get("journal"),
+        "redis_url": given.get("redis_url"),
+        "broker_url": given.get("broker"),
+        "base_url": given.get("base_url"),
+        "ca_file": given.get("ca_file"),
+        "proxy": given.get("proxy"),
+        "connect_timeout": given.get("connect_timeout"),
+        "read_timeout": given.get("read_timeout"),
+        "total_timeout": given.get("timeout"),
+        "concurrency": given.get("concurrency"),
+    }
+    settings = settings_from(None, **flags)
+    if not settings.journal or not settings.journal.startswith(("postgresql://", "postgres://")):
         raise UsageError("give the journal: --journal postgresql://... or PROACTIVE_JOURNAL")
-    return str(dsn)
+    return settings
 
 
-def _redis(args: argparse.Namespace, env: Mapping[str, str]) -> str:
-    url = getattr(args, "redis_url", None) or env.get("PROACTIVE_REDIS_URL")
-    if not url:
+def _engine_url(args: argparse.Namespace, settings: Settings) -> str:
+    """The queue: the broker (celery) or Redis (arq)."""
+    if args.engine == "celery":
+        if not settings.broker_url:
+            raise UsageError("give the broker: --broker URL or PROACTIVE_BROKER_URL")
+        return settings.broker_url
+    if not settings.redis_url:
         raise UsageError("give Redis: --redis-url redis://... or PROACTIVE_REDIS_URL")
-    return str(url)
+    return settings.redis_url
+
+
+def _need(extra: str, *modules: str) -> None:
+    """One line naming the extra to install, before anything is planned or started."""
+    import importlib.util
+
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            raise UsageError(f"this needs {module}: pip install 'proactive-async[{extra}]'")
 
 
 def _location(dsn: str, campaign: str) -> str:
@@ -140,54 +184,37 @@ def _run(handler: Callable[[], int]) -> int:
         raise UsageError(str(exc)) from exc
 
 
-def _enqueue(args: argparse.Namespace, campaign_inputs: Callable[[argparse.Namespace], Any]) -> int:
+# -- enqueue ---------------------------------------------------------------------------
+
+
+def _enqueue(args: argparse.Namespace) -> int:
     def go() -> int:
-        from ._distributed import new_campaign_id, plan_campaign
-        from ._journal_pg import display_dsn
+        _need("postgres", "psycopg")
+        _need(args.engine, args.engine)
+        settings = _settings(args)
+        assert settings.journal is not None
+        queue_url = _engine_url(args, settings)
+        template, options = _flags.campaign_inputs(args)
+        from .distributed import DEFAULT_JOB_SIZE, new_campaign_id, plan_campaign
 
-        if args.engine == "arq":
-            from .arq import enqueue_chunks
-
-        env = os.environ
-        dsn = _journal(args, env)
-        if args.engine == "celery":
-            broker = _broker(args, env)
-            redis_url = ""
-        else:
-            redis_url = _redis(args, env)
-        template, options = campaign_inputs(args)
         campaign = args.campaign or new_campaign_id()
-        token = env.get("PROACTIVE_TOKEN")
+        token = settings.token
 
         async def main() -> dict[str, object]:
             plan = await plan_campaign(
-                _location(dsn, campaign),
+                _location(settings.journal or "", campaign),
                 template=template,
                 targets=args.recipients_file,
                 options=options,
                 secrets=[token] if token else [],
+                job_size=args.job_size or DEFAULT_JOB_SIZE,
             )
-            try:
-                if args.engine == "celery":
-                    queued = await asyncio.to_thread(_celery_enqueue, broker, campaign, plan)
-                else:
-                    queued = await enqueue_chunks(redis_url, campaign, plan.pending_chunks)
-            except Exception as exc:  # the queue's own errors (redis, kombu), never a traceback
-                url = broker if args.engine == "celery" else redis_url
-                password = urlsplit(url).password
-                reason = f"{type(exc).__name__}: {exc}"
-                if password:
-                    reason = reason.replace(password, "***")
-                raise UsageError(
-                    f"campaign {plan.campaign} is planned ({plan.records:,} records, "
-                    f"{plan.chunks:,} chunks) but its chunks could not all be queued on "
-                    f"{display_dsn(url)}: {reason}; run the same enqueue again with "
-                    f"--campaign {plan.campaign} to queue what is not queued yet"
-                ) from None
+            queued = await _queue(args.engine, settings, queue_url, plan)
             return {
                 "campaign": plan.campaign,
                 "records": plan.records,
                 "chunks": plan.chunks,
+                "slices": plan.slices,
                 "rejected": plan.rejected,
                 "duplicates": plan.duplicates,
                 "queued": queued,
@@ -201,59 +228,125 @@ def _enqueue(args: argparse.Namespace, campaign_inputs: Callable[[argparse.Names
     return _run(go)
 
 
-def _celery_enqueue(broker: str, campaign: str, plan: Any) -> int:
-    os.environ["PROACTIVE_BROKER_URL"] = broker
-    from .celery import create_app, enqueue_chunks
+async def _queue(engine: str, settings: Settings, url: str, plan: PlanResult) -> int:
+    try:
+        if engine == "celery":
+            return await asyncio.to_thread(_celery_enqueue, settings, plan)
+        from .arq import enqueue_slices
 
-    return enqueue_chunks(create_app(broker), campaign, plan.pending_chunks)
+        return await enqueue_slices(url, plan.campaign, plan.pending_slices)
+    except Exception as exc:  # the queue's own errors (redis, kombu), never a traceback
+        from .settings import display_url
+
+        password = urlsplit(url).password
+        reason = f"{type(exc).__name__}: {exc}"
+        if password:
+            reason = reason.replace(password, "***")
+        raise UsageError(
+            f"campaign {plan.campaign} is planned ({plan.records:,} records, "
+            f"{plan.slices:,} slices) but its jobs could not all be queued on "
+            f"{display_url(url)}: {reason}; run the same enqueue again with "
+            f"--campaign {plan.campaign} to queue what is not queued yet (running workers "
+            "take unqueued slices from the journal after a while anyway)"
+        ) from None
 
 
-def _celery_worker(args: argparse.Namespace) -> int:
-    env = os.environ
-    os.environ["PROACTIVE_BROKER_URL"] = _broker(args, env)
-    from .celery import QUEUE, app
+def _celery_enqueue(settings: Settings, plan: PlanResult) -> int:
+    from .celery import create_app, enqueue_slices
 
-    concurrency = args.concurrency or 4
-    argv = ["worker", "--pool=prefork", f"--concurrency={concurrency}", "-Q", QUEUE]
-    argv += ["--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"]
-    app.worker_main(argv)
-    return EXIT_OK
+    return enqueue_slices(create_app(settings), plan.campaign, plan.pending_slices)
+
+
+# -- worker ----------------------------------------------------------------------------
 
 
 def _worker(args: argparse.Namespace) -> int:
     def go() -> int:
-        env = os.environ
-        os.environ["PROACTIVE_JOURNAL"] = _journal(args, env)
-        for name in ("PROACTIVE_BASE_URL", "PROACTIVE_TOKEN"):
-            if not env.get(name):
-                raise UsageError(f"the worker takes the API from its environment: set {name}")
+        _need("postgres", "psycopg")
+        _need(args.engine, args.engine)
+        settings = _settings(args)
+        _engine_url(args, settings)
+        if not settings.base_url:
+            raise UsageError("no API base URL: pass --base-url URL or set PROACTIVE_BASE_URL")
+        if not settings.token:
+            raise UsageError("the worker takes the API token from PROACTIVE_TOKEN: set it")
+        _log_to_stderr()
         if args.engine == "celery":
-            if args.redis_url:
-                os.environ["PROACTIVE_REDIS_URL"] = args.redis_url
-            return _celery_worker(args)
-        os.environ["PROACTIVE_REDIS_URL"] = _redis(args, env)
-        if args.concurrency:
-            os.environ["PROACTIVE_WORKER_CONCURRENCY"] = str(args.concurrency)
-        from arq.worker import run_worker
-
-        from . import arq as settings
-
-        run_worker(
-            settings.WorkerSettings,  # type: ignore[arg-type]
-            redis_settings=settings.redis_settings(os.environ["PROACTIVE_REDIS_URL"]),
-            max_jobs=int(os.environ.get("PROACTIVE_WORKER_CONCURRENCY", "16")),
-            burst=args.burst,
-        )
-        return EXIT_OK
+            return _celery_worker(args, settings)
+        return _arq_worker(args, settings)
 
     return _run(go)
 
 
+def _log_to_stderr() -> None:
+    """One line per event on stderr: the start, each slice finished, every fatal answer."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    for name in ("proactive_async", "arq"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def _arq_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """arq's worker, started again when Redis goes away (a restart): the slices it ran are
+    given back first, and the journal tells it (or another worker) what is left."""
+    import redis.exceptions
+    from arq.worker import run_worker
+
+    from . import arq as engine
+    from .distributed import DEFAULT_SLICES
+
+    options = engine.worker_options(settings, slices=args.jobs or DEFAULT_SLICES, burst=args.burst)
+    wait = _REDIS_RESTART_WAIT[0]
+    while True:
+        try:
+            run_worker(engine.WorkerSettings, **options)  # type: ignore[arg-type]
+            return EXIT_OK
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            _log.warning(
+                "Redis %s is unreachable (%s: %s); starting again in %.0f s",
+                _display(settings.redis_url),
+                type(exc).__name__,
+                _first_line(exc),
+                wait,
+            )
+            time.sleep(wait)
+            wait = min(_REDIS_RESTART_WAIT[1], wait * 2)
+
+
+def _celery_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from . import celery as engine
+
+    engine.configure(settings)
+    processes = args.jobs or settings.worker_concurrency or 4
+    application = engine.create_app(settings)
+    argv = ["worker", "--pool=prefork", f"--concurrency={processes}", "-Q", engine.QUEUE]
+    argv += ["--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    application.worker_main(argv)
+    return EXIT_OK
+
+
+def _display(url: str | None) -> str:
+    from .settings import display_url
+
+    return display_url(url or "")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+# -- status, report, cancel ------------------------------------------------------------
+
+
 def _status(args: argparse.Namespace) -> int:
     def go() -> int:
-        from ._distributed import campaign_status
+        _need("postgres", "psycopg")
+        from .distributed import campaign_status
 
-        location = _location(_journal(args, os.environ), args.campaign)
+        location = _location(_settings(args).journal or "", args.campaign)
         if args.wait:
             status = asyncio.run(_wait_until_finished(location, progress=not args.no_progress))
         else:
@@ -261,28 +354,44 @@ def _status(args: argparse.Namespace) -> int:
         if args.json:
             sys.stdout.write(msgspec.json.encode(status.as_dict()).decode() + "\n")
         else:
-            counts = ", ".join(
-                f"{state} {count:,}" for state, count in sorted(status.counts.items())
-            )
-            state = "finished" if status.finished else "running"
-            if status.cancelled:
-                state += " (cancelled)"
-            sys.stdout.write(
-                f"campaign {status.campaign}: {state}; chunks {status.chunks_done:,}/"
-                f"{status.chunks:,} done; {counts}\n"
-            )
+            sys.stdout.write(describe(status) + "\n")
+        if status.aborted and not status.finished:
+            if args.wait:
+                sys.stderr.write(
+                    f"campaign {status.campaign} aborted: {status.aborted}. Fix the cause, then "
+                    f"run the same enqueue again (--campaign {status.campaign}) to resume it\n"
+                )
+            return EXIT_ABORTED
         return EXIT_OK if status.finished else EXIT_RUNNING
 
     return _run(go)
 
 
+def describe(status: CampaignStatus) -> str:
+    """One line: the state, slices done, live workers and the counts per record state."""
+    counts = ", ".join(f"{state} {count:,}" for state, count in sorted(status.counts.items()))
+    if status.finished:
+        state = "finished"
+    elif status.aborted:
+        state = f"aborted ({status.aborted})"
+    elif status.owners:
+        state = f"running on {status.owners} worker process{'es' * (status.owners != 1)}"
+    else:
+        state = "waiting for workers"
+    if status.cancelled:
+        state += " (cancelled)"
+    return (
+        f"campaign {status.campaign}: {state}; slices {status.slices_done:,}/"
+        f"{status.slices:,} done; {counts}"
+    )
+
+
 async def _wait_until_finished(location: str, *, progress: bool) -> CampaignStatus:
     """Poll the journal every ``STATUS_POLL`` seconds, showing records settled of all
-    records (the bar on a terminal, a line every few seconds elsewhere), until finished.
-    Interrupted (Ctrl-C), the exit is 130 like any other command's."""
-    from ._distributed import campaign_status
+    records (the bar on a terminal, a line every few seconds elsewhere), until finished
+    or aborted. Interrupted (Ctrl-C), the exit is 130 like any other command's."""
     from ._progress import RateMeter, choose_display
-    from .cli import stderr_console
+    from .distributed import campaign_status
 
     status = await campaign_status(location)
     display = choose_display(
@@ -292,7 +401,7 @@ async def _wait_until_finished(location: str, *, progress: bool) -> CampaignStat
     try:
         while True:
             display.show(watch.snapshot(status, time.monotonic()))
-            if status.finished:
+            if status.finished or status.aborted:
                 return status
             await asyncio.sleep(STATUS_POLL)
             status = await campaign_status(location)
@@ -327,27 +436,39 @@ class _StatusWatch:
             self._settled, self._moved_at = settled, now
         records_rate = self._records.add(now, settled)
         eta = (total - settled) / records_rate if records_rate > 0 else None
-        problem = None
-        if not status.finished and now - self._moved_at >= _STALLED_AFTER:
-            problem = (
-                f"stalled: no record settled in {_STALLED_AFTER:.0f} s or more "
-                f"(chunks {status.chunks_done:,}/{status.chunks:,} done); are workers running?"
-            )
         return Snapshot(
             records=settled,
             total=total,
             targets_per_second=self._sent.add(now, counts[OutcomeStatus.SENT]),
             counts=counts,
             eta=None if status.finished else eta,
-            problem=problem,
+            problem=self._problem(status, now),
+        )
+
+    def _problem(self, status: CampaignStatus, now: float) -> str | None:
+        if status.finished:
+            return None
+        if status.aborted:
+            return f"aborted: {status.aborted}"
+        if now - self._moved_at < _STALLED_AFTER:
+            return None
+        who = (
+            f"{status.owners} worker process(es) hold slices"
+            if status.owners
+            else "no worker holds a slice: are workers running?"
+        )
+        return (
+            f"stalled: no record settled in {_STALLED_AFTER:.0f} s or more "
+            f"(slices {status.slices_done:,}/{status.slices:,} done); {who}"
         )
 
 
 def _report(args: argparse.Namespace) -> int:
     def go() -> int:
-        from ._distributed import write_report
+        _need("postgres", "psycopg")
+        from .distributed import write_report
 
-        location = _location(_journal(args, os.environ), args.campaign)
+        location = _location(_settings(args).journal or "", args.campaign)
         with open(args.out, "wb") as out:
             written = asyncio.run(write_report(location, out))
         sys.stderr.write(f"{written:,} records written to {args.out}\n")
@@ -358,11 +479,15 @@ def _report(args: argparse.Namespace) -> int:
 
 def _cancel(args: argparse.Namespace) -> int:
     def go() -> int:
-        from ._distributed import cancel_campaign
+        _need("postgres", "psycopg")
+        from .distributed import cancel_campaign
 
-        location = _location(_journal(args, os.environ), args.campaign)
+        location = _location(_settings(args).journal or "", args.campaign)
         cancelled = asyncio.run(cancel_campaign(location))
-        sys.stdout.write(f"campaign {args.campaign} cancelled: {cancelled:,} records not sent\n")
+        sys.stdout.write(
+            f"campaign {args.campaign} cancelled: {cancelled:,} records not sent; no record "
+            "is marked in flight from now on (calls already in flight finish)\n"
+        )
         return EXIT_OK
 
     return _run(go)

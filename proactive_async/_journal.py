@@ -137,8 +137,13 @@ class Journal(Protocol):
     async def lookup(self, lines: Sequence[int]) -> dict[int, JournalEntry]:
         """What is committed for ``lines``; lines never seen are absent."""
 
-    async def mark_in_flight(self, lines: Sequence[int]) -> None:
-        """Durably mark ``lines`` in flight; returns once committed."""
+    async def mark_in_flight(self, lines: Sequence[int]) -> Collection[int] | None:
+        """Durably mark ``lines`` in flight; returns once committed.
+
+        None: every line was marked. A fenced journal (a distributed slice's) returns the
+        lines it marked; a line it did not mark belongs to another owner, or its campaign
+        was cancelled, and must not be sent.
+        """
 
     async def release(self, lines: Sequence[int]) -> None:
         """Withdraw in-flight marks of lines whose call was certainly never processed."""

@@ -105,6 +105,8 @@ SCHEMA: Final = (
         PRIMARY KEY (campaign_id, chunk)
     )""",
 )
+"""The tables every campaign uses; a distributed campaign adds its own
+(``proactive_async.distributed._store.SCHEMA``), created with these by ``ensure_schema``."""
 _MARK_SQL: Final = """
     INSERT INTO proactive_record (campaign_id, line, state)
     SELECT %s, line, 'in_flight' FROM (SELECT DISTINCT unnest(%s::bigint[]) AS line) AS m
@@ -187,11 +189,14 @@ async def connect(dsn: str) -> psycopg.AsyncConnection[Any]:
         ) from None
 
 
-async def ensure_schema(conn: psycopg.AsyncConnection[Any]) -> None:
+async def ensure_schema(
+    conn: psycopg.AsyncConnection[Any], extra: Sequence[str] = ()
+) -> None:
+    """Create the tables when missing; ``extra``: more statements, run after them."""
     async with conn.transaction():
         # Concurrent first opens must not race on CREATE TABLE.
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('proactive-async:schema'))")
-        for statement in SCHEMA:
+        for statement in (*SCHEMA, *extra):
             await conn.execute(statement)
 
 

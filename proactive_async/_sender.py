@@ -33,10 +33,10 @@ from ._journal import INTERRUPTED, Journal
 from ._matching import match_conversations
 from ._models import Conversation, ProactiveConversationRequest, build_request, encode_request
 from ._planner import Chunk, PlannedTarget
-from ._ratelimit import RateLimitBackend, report_failure, unnamed_throttle_wait
 from ._records import Outcome, OutcomeError, OutcomeStatus
 from ._report import CampaignSummary, LatencySample
 from ._retry import RetryPolicy, Sleep
+from .ratelimit import RateLimitBackend, report_failure, unnamed_throttle_wait
 
 __all__ = ["ABORTED", "MAX_THROTTLES", "ChunkSender", "OutcomeSink"]
 
@@ -84,6 +84,8 @@ class ChunkSender:
             ``pending``); a new one when not given.
         latency: a sample of successful calls' latencies; None: not measured.
         clock, sleep: monotonic seconds and an awaitable sleep for backoff waits.
+        guard: asked right before every attempt whether this sender may still send (a
+            distributed slice's lease); False stops the sender, and the chunk is not sent.
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class ChunkSender:
         latency: LatencySample | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        guard: Callable[[], bool] | None = None,
     ) -> None:
         self.client = client
         self.template = template
@@ -117,6 +120,7 @@ class ChunkSender:
         self._stopping = False
         self._abort: ProactiveError | None = None
         self._throttled_since: float | None = None
+        self._guard = guard
 
     @property
     def aborted(self) -> ProactiveError | None:
@@ -188,7 +192,17 @@ class ChunkSender:
             if attempt == 0:
                 first_try = self._clock()
                 if self.journal is not None:
-                    await self.journal.mark_in_flight([t.line for t in targets])
+                    kept = await self._mark(targets)
+                    if not kept:
+                        return  # another owner's now, or the campaign was cancelled
+                    if len(kept) < len(targets):
+                        targets, body = kept, self._encode(kept, variables)
+                        weight = float(len(kept))
+            if self._guard is not None and not self._guard():
+                # The fence is gone (a lease lost while frozen, cut off): send nothing more.
+                self.stop()
+                await self._interrupt(targets, attempt, sent_once)
+                return
             attempt += 1
             self.summary.calls += 1
             if attempt > 1:
@@ -244,6 +258,15 @@ class ChunkSender:
                 await self.rate_limit.on_success(weight)
             await self._settle_response(targets, response.value, attempt)
             return
+
+    async def _mark(self, targets: Sequence[PlannedTarget]) -> Sequence[PlannedTarget]:
+        """Mark the targets in flight; the ones the journal marked (a fenced journal may
+        refuse some: they are not this sender's to send)."""
+        assert self.journal is not None
+        marked = await self.journal.mark_in_flight([t.line for t in targets])
+        if marked is None or len(marked) == len(targets):
+            return targets
+        return [t for t in targets if t.line in marked]
 
     def _note_failure(self, exc: ProactiveError, attempt: int, wait: float | None) -> None:
         """Log a failed attempt and keep it in the summary, where a live display says why

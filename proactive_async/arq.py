@@ -1,6 +1,7 @@
-"""arq integration: the chunks of a distributed campaign as arq jobs on Redis.
+"""arq integration: the slices of a distributed campaign as arq jobs on Redis.
 
-Run a worker with arq's own command (or ``proactive-async worker``)::
+Run a worker with ``proactive-async worker`` (settings from flags and the environment,
+passed to arq as values), or with arq's own command::
 
     PROACTIVE_BASE_URL=https://api.example.com PROACTIVE_TOKEN=... \\
     PROACTIVE_JOURNAL=postgresql://app@db/campaigns PROACTIVE_REDIS_URL=redis://redis:6379/0 \\
@@ -10,19 +11,23 @@ or add the job to your own worker settings::
 
     from proactive_async.arq import JOB, startup, shutdown     # functions = [JOB, ...]
 
-A job names its campaign and chunk, nothing more (no token, no password): the worker
-takes the API's base URL and token, the journal's DSN and Redis from its own environment.
-One ``AsyncClient`` and one ``ChunkRunner`` per worker process live in arq's ``ctx``
-(``on_startup`` / ``on_shutdown``). A job id is ``<campaign>:<chunk>``, so enqueuing a
-campaign twice queues each chunk once. arq runs a job at least once (a killed worker's job
-runs again); ``ChunkRunner`` makes that exactly-once per record (see ``_distributed``).
+A job names its campaign and slice, nothing more (no token, no password). One
+``AsyncClient`` and one ``SliceWorker`` per worker process live in arq's ``ctx``
+(``on_startup`` / ``on_shutdown``); the settings come from ``ctx["proactive_async.settings"]``
+when the caller put them there (``worker_options``), else from the environment once, at
+start-up. A job id is ``<campaign>:<slice>``, so enqueuing a campaign twice queues each
+slice once.
+
+arq runs a job at least once, and redelivers a killed worker's job only after its
+``job_timeout``; the SDK does not wait for that: a slice's lease expires within seconds
+and a live worker's sweep of the journal takes it over (``proactive_async.distributed``).
+A job's slice is shielded from arq's timeout, so waiting on the rate limit never fails it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -31,56 +36,71 @@ from arq.connections import RedisSettings, create_pool
 from arq.worker import func
 
 from ._client import AsyncClient
-from ._config import Limits
-from ._distributed import ChunkBusyError, ChunkRunner, SendSettings
 from ._errors import JournalError
 from ._models import ProactiveConversationRequest
-from ._ratelimit_redis import SharedRateLimit, default_limit_key
+from .distributed import (
+    DEFAULT_LEASE,
+    DEFAULT_SLICES,
+    SendSettings,
+    SliceRunner,
+    SliceWorker,
+    check_journal,
+)
+from .ratelimit import RateLimitBackend
+from .settings import DEFAULT_REDIS_URL, Settings, build_client, build_rate_limit, display_url
 
 __all__ = [
     "ENQUEUE_CONCURRENCY",
     "JOB",
     "JOB_NAME",
+    "SETTINGS_KEY",
     "WorkerSettings",
     "client",
-    "enqueue_chunks",
+    "enqueue_slices",
     "job_id",
-    "send_chunk_job",
+    "send_slice_job",
     "shutdown",
     "startup",
+    "worker_options",
 ]
 
-JOB_NAME: Final = "proactive_async.send_chunk"
-_RUNNER: Final = "proactive_async.runner"
+JOB_NAME: Final = "proactive_async.send_slice"
+SETTINGS_KEY: Final = "proactive_async.settings"
+"""The ``ctx`` key of the worker's ``Settings`` (``worker_options`` puts them there)."""
+_WORKER: Final = "proactive_async.worker"
 _CLIENT: Final = "proactive_async.client"
-_DEFAULT_REDIS: Final = "redis://127.0.0.1:6379/0"
+_SHAPE: Final = "proactive_async.shape"
+DEFAULT_CONCURRENCY: Final = 32
+"""Calls in flight in one worker process, over the slices it runs."""
 _log = logging.getLogger("proactive_async")
 
 
-def job_id(campaign: str, chunk: int) -> str:
-    """The deterministic id of a chunk's job: enqueuing twice queues it once."""
-    return f"{campaign}:{chunk}"
+def job_id(campaign: str, slice_: int) -> str:
+    """The deterministic id of a slice's job: enqueuing twice queues it once."""
+    return f"{campaign}:{slice_}"
 
 
-def redis_settings(url: str | None = None) -> RedisSettings:
-    return RedisSettings.from_dsn(url or os.environ.get("PROACTIVE_REDIS_URL") or _DEFAULT_REDIS)
+def redis_settings(url: str | None) -> RedisSettings:
+    return RedisSettings.from_dsn(url or DEFAULT_REDIS_URL)
 
 
 ENQUEUE_CONCURRENCY: Final = 16
 """Jobs being queued at once: arq queues one job in several round trips to Redis."""
 
 
-async def enqueue_chunks(redis_url: str, campaign: str, chunks: Iterable[int]) -> int:
-    """One job per chunk, ``ENQUEUE_CONCURRENCY`` at a time; returns how many were newly
-    queued (the rest already were: a job id is its campaign and chunk)."""
+async def enqueue_slices(redis_url: str, campaign: str, slices: Iterable[int]) -> int:
+    """One job per slice, ``ENQUEUE_CONCURRENCY`` at a time; returns how many were newly
+    queued (the rest already were: a job id is its campaign and slice)."""
     pool = await create_pool(redis_settings(redis_url))
     queued = 0
-    pending = iter(chunks)  # shared: each chunk is taken by one queuer
+    pending = iter(slices)  # shared: each slice is taken by one queuer
 
     async def queuer() -> None:
         nonlocal queued
-        for chunk in pending:
-            job = await pool.enqueue_job(JOB_NAME, campaign, chunk, _job_id=job_id(campaign, chunk))
+        for number in pending:
+            job = await pool.enqueue_job(
+                JOB_NAME, campaign, number, _job_id=job_id(campaign, number)
+            )
             queued += job is not None
 
     queuers = [asyncio.create_task(queuer()) for _ in range(ENQUEUE_CONCURRENCY)]
@@ -94,32 +114,68 @@ async def enqueue_chunks(redis_url: str, campaign: str, chunks: Iterable[int]) -
     return queued
 
 
+def worker_options(
+    settings: Settings,
+    *,
+    slices: int = DEFAULT_SLICES,
+    lease: float = DEFAULT_LEASE,
+    burst: bool = False,
+) -> dict[str, Any]:
+    """arq ``Worker`` keywords for ``run_worker(WorkerSettings, **worker_options(...))``:
+    the queue, jobs at once (``slices``), and the settings handed to ``startup`` in ctx."""
+    return {
+        "redis_settings": redis_settings(settings.redis_url),
+        "max_jobs": slices,
+        "job_timeout": settings.job_timeout,
+        "burst": burst,
+        "ctx": {SETTINGS_KEY: settings, _SHAPE: (slices, lease, burst)},
+    }
+
+
 async def startup(ctx: dict[str, Any]) -> None:
-    """One client and one runner per worker process, from the worker's environment."""
-    env = os.environ
-    journal = env.get("PROACTIVE_JOURNAL")
-    if not journal:
-        raise RuntimeError("PROACTIVE_JOURNAL (the PostgreSQL journal's DSN) is not set")
-    concurrency = int(env.get("PROACTIVE_WORKER_CONCURRENCY", "16"))
-    client = AsyncClient(limits=Limits(max_connections=max(100, concurrency)))
-    redis_url = env.get("PROACTIVE_REDIS_URL") or _DEFAULT_REDIS
+    """One client and one slice worker per worker process, from the settings."""
+    settings: Settings = ctx.get(SETTINGS_KEY) or Settings.from_env()
+    slices, lease, burst = ctx.get(_SHAPE, (DEFAULT_SLICES, DEFAULT_LEASE, False))
+    if not settings.journal:
+        raise JournalError("no journal: set PROACTIVE_JOURNAL (the PostgreSQL journal's DSN)")
+    await check_journal(settings.journal)
+    concurrency = settings.concurrency or DEFAULT_CONCURRENCY
+    client = build_client(settings)
 
     def rate_limit_for(
-        template: ProactiveConversationRequest, settings: SendSettings
-    ) -> SharedRateLimit:
-        return SharedRateLimit(
-            redis_url,
-            key=default_limit_key(client.base_url, _channel(template)),
-            rate=settings.rate,
-            burst=settings.burst,
+        template: ProactiveConversationRequest, send: SendSettings
+    ) -> RateLimitBackend:
+        channel = template.channel_id if isinstance(template.channel_id, int) else None
+        return build_rate_limit(
+            settings,
+            rate=send.rate,
+            burst=send.burst,
+            adaptive=send.adaptive,
+            channel_id=channel,
+            redis_url=settings.redis_url or DEFAULT_REDIS_URL,
         )
 
+    runner = SliceRunner(
+        settings.journal,
+        client,
+        rate_limit_for=rate_limit_for,
+        concurrency=concurrency,
+        lease=lease,
+    )
+    worker = SliceWorker(runner, slices=slices)
+    await worker.start()
     ctx[_CLIENT] = client
-    ctx[_RUNNER] = ChunkRunner(journal, client, rate_limit_for=rate_limit_for)
-
-
-def _channel(template: ProactiveConversationRequest) -> int | None:
-    return template.channel_id if isinstance(template.channel_id, int) else None
+    ctx[_WORKER] = worker
+    ctx[_SHAPE] = (slices, lease, burst)
+    _log.info(
+        "proactive-async worker: engine arq, queue %s, journal %s, API %s, "
+        "%d calls in flight, %d slices at once",
+        display_url(settings.redis_url or DEFAULT_REDIS_URL),
+        runner.where,
+        client.base_url,
+        concurrency,
+        slices,
+    )
 
 
 def client(ctx: dict[str, Any]) -> AsyncClient:
@@ -141,47 +197,44 @@ def client(ctx: dict[str, Any]) -> AsyncClient:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    runner: ChunkRunner | None = ctx.pop(_RUNNER, None)
-    client: AsyncClient | None = ctx.pop(_CLIENT, None)
-    if runner is not None:
-        await runner.aclose()
-    if client is not None:
-        await client.aclose()
+    """Stop the slices (a burst worker lets them finish), give them back, close."""
+    worker: SliceWorker | None = ctx.pop(_WORKER, None)
+    found: AsyncClient | None = ctx.pop(_CLIENT, None)
+    burst = bool(ctx.get(_SHAPE, (0, 0, False))[2])
+    if worker is not None:
+        await worker.aclose(drain=burst)
+    if found is not None:
+        await found.aclose()
 
 
-async def send_chunk_job(ctx: dict[str, Any], campaign: str, chunk: int) -> str:
-    """The job: send one stored chunk; every record of it ends with its outcome."""
-    runner: ChunkRunner = ctx[_RUNNER]
+async def send_slice_job(ctx: dict[str, Any], campaign: str, slice_: int) -> str:
+    """The job: send one stored slice; every record of it ends with its outcome."""
+    worker: SliceWorker = ctx[_WORKER]
     try:
-        return await runner.run(campaign, chunk)
-    except ChunkBusyError:
-        # Another execution holds the chunk: it is alive. Look again later; by then it
-        # has finished (and this run finds nothing left) or died (and this run sends).
-        raise Retry(defer=2) from None
+        result = await worker.run(campaign, slice_)
     except JournalError as exc:
-        _log.warning("chunk %s of %s: journal unavailable (%s); retrying", chunk, campaign, exc)
-        raise Retry(defer=5) from None
+        _log.warning("slice %s of %s: %s; retrying in 10 s", slice_, campaign, exc)
+        raise Retry(defer=10) from None
+    return "busy" if result is None else result.state
 
 
-JOB: Final = func(send_chunk_job, name=JOB_NAME, keep_result=0, max_tries=1000)
-"""The chunk job as arq registers it, for your own ``WorkerSettings.functions``: results
-are not kept (so a chunk can be queued again at once) and tries are many (a journal outage
-retries rather than drops a chunk)."""
+JOB: Final = func(send_slice_job, name=JOB_NAME, keep_result=0, max_tries=1000)
+"""The slice job as arq registers it, for your own ``WorkerSettings.functions``: results
+are not kept (so a slice can be queued again at once) and tries are many (a journal outage
+retries rather than drops a slice; the journal's sweep would take it up anyway)."""
 
 
 class WorkerSettings:
-    """``arq proactive_async.arq.WorkerSettings``: settings from the environment.
+    """``arq proactive_async.arq.WorkerSettings``: the job and its start-up and shutdown.
 
-    ``PROACTIVE_REDIS_URL`` (the queue and the shared rate limit), ``PROACTIVE_JOURNAL``,
-    ``PROACTIVE_BASE_URL``, ``PROACTIVE_TOKEN``, ``PROACTIVE_WORKER_CONCURRENCY`` (jobs at
-    once, default 16) and ``PROACTIVE_JOB_TIMEOUT`` (seconds, default 300; a killed
-    worker's job runs again after this plus 10 s).
+    arq's own command reads ``redis_settings`` from here, so this class alone reads
+    ``PROACTIVE_REDIS_URL`` when it is imported; ``proactive-async worker`` passes the
+    settings of its flags and environment as values instead (``worker_options``).
     """
 
     functions: Final = [JOB]
+    redis_settings = redis_settings(Settings.from_env().redis_url)
     on_startup = startup
     on_shutdown = shutdown
-    redis_settings = redis_settings()
-    max_jobs = int(os.environ.get("PROACTIVE_WORKER_CONCURRENCY", "16"))
-    job_timeout = int(os.environ.get("PROACTIVE_JOB_TIMEOUT", "300"))
+    max_jobs = DEFAULT_SLICES
     keep_result = 0

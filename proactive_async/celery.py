@@ -9,22 +9,21 @@ Run a worker (prefork) with the SDK's app::
 or add the tasks to your own app::
 
     from proactive_async.celery import register
-    register(app)       # the chunk task and the single-call task, and the process signals
+    register(app)       # the slice task and the single-call task, and the process signals
 
 Celery runs sync functions, so each worker process holds one event loop for its lifetime
 (the blocking ``Client``'s loop thread, started on ``worker_process_init`` and closed on
-``worker_process_shutdown``), with one connection pool and one ``ChunkRunner``.
+``worker_process_shutdown``), with one connection pool and one ``SliceWorker``, whose
+sweep of the journal runs on that loop between tasks.
 
-Delivery: the chunk task is ``acks_late`` with ``reject_on_worker_lost``: a worker process
-killed mid-task gets its message back on the queue at once (the pool's parent rejects it);
-a whole worker killed with ``kill -9`` leaves the message unacknowledged, and the Redis
-broker hands it to another worker after ``visibility_timeout`` (60 s here, Celery's own
-default is an hour; ``PROACTIVE_VISIBILITY_TIMEOUT``) and its next sweep (every 5 s here;
-kombu's default is about every 100 s): about a minute in all. A message redelivered while its first
-execution is still alive (a chunk running longer than the timeout) meets the chunk's lock
-and is retried until the first ends. Exactly-once per record comes from the journal's fence
-(``_distributed``), never from Celery. The single-call task is *not* ``acks_late``: a
-redelivered single call could send a message twice; lost, it is the caller's to see.
+Delivery: the slice task is ``acks_late`` with ``reject_on_worker_lost``: a worker process
+killed mid-task gets its message back on the queue. None of that is what recovers a
+campaign quickly: a dead or frozen worker's slice is taken over by a live worker's sweep
+of the journal once its lease expires (seconds), and a message delivered while the slice
+is held by a live owner just ends (``busy``). Exactly-once per record comes from the
+journal's fence (``proactive_async.distributed``), never from Celery. The single-call task
+is *not* ``acks_late``: a redelivered single call could send a message twice; lost, it is
+the caller's to see.
 
 Dependencies: the Redis transport of kombu 5.7 needs redis-py >= 6.4, which arq 0.28 does
 not accept (< 6), so ``proactive-async[celery]`` and ``proactive-async[arq]`` are conflicting
@@ -34,52 +33,75 @@ extras, installed in separate environments (``make test`` tests each in its own)
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Final
 
 from celery import Celery, signals
 
 from ._client import AsyncClient
-from ._distributed import ChunkBusyError, ChunkRunner, SendSettings
 from ._errors import JournalError
 from ._models import ProactiveConversationRequest
-from ._ratelimit import RateLimit, RateLimitBackend
-from ._ratelimit_redis import SharedRateLimit, default_limit_key
 from ._sync import Client
+from .distributed import DEFAULT_SLICES, SendSettings, SliceRunner, SliceWorker
+from .ratelimit import RateLimitBackend
+from .settings import (
+    DEFAULT_CELERY_PROCESSES,
+    DEFAULT_REDIS_URL,
+    Settings,
+    build_rate_limit,
+    build_sync_client,
+)
 
-__all__ = ["CHUNK_TASK", "SINGLE_CALL_TASK", "app", "create_app", "enqueue_chunks", "register"]
+__all__ = [
+    "SINGLE_CALL_TASK",
+    "SLICE_TASK",
+    "app",
+    "configure",
+    "create_app",
+    "enqueue_slices",
+    "register",
+]
 
-CHUNK_TASK: Final = "proactive_async.send_chunk"
+SLICE_TASK: Final = "proactive_async.send_slice"
 SINGLE_CALL_TASK: Final = "proactive_async.create_proactive_conversation"
 QUEUE: Final = "proactive-async"
-_DEFAULT_VISIBILITY: Final = 60
+DEFAULT_CONCURRENCY: Final = 32
+"""Calls in flight in one worker process, over the slices it runs."""
 _log = logging.getLogger("proactive_async")
 
 
 class _Process:
-    """The worker process's client and runner (a new pair after each fork)."""
+    """The worker process's settings, client and slice worker (new ones after each fork)."""
 
+    settings: Settings | None = None
     client: Client | None = None
-    runner: ChunkRunner | None = None
+    worker: SliceWorker | None = None
 
 
 _PROCESS = _Process()
 
 
-def create_app(broker_url: str | None = None) -> Celery:
+def configure(settings: Settings) -> None:
+    """The settings every worker process of this interpreter uses (before it forks)."""
+    _PROCESS.settings = settings
+
+
+def _settings() -> Settings:
+    if _PROCESS.settings is None:
+        _PROCESS.settings = Settings.from_env()
+    return _PROCESS.settings
+
+
+def create_app(settings: Settings | None = None) -> Celery:
     """A Celery app for the SDK's tasks, with the delivery settings the fence needs."""
-    broker = broker_url or os.environ.get("PROACTIVE_BROKER_URL") or "redis://127.0.0.1:6379/0"
-    visibility = int(os.environ.get("PROACTIVE_VISIBILITY_TIMEOUT", _DEFAULT_VISIBILITY))
-    application = Celery("proactive_async", broker=broker)
+    settings = settings or _settings()
+    application = Celery("proactive_async", broker=settings.broker_url or DEFAULT_REDIS_URL)
     application.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=QUEUE,
-        # Unacknowledged messages older than the visibility timeout are looked for every
-        # 5 s (kombu's default sweep runs about every 100 s).
         broker_transport_options={
-            "visibility_timeout": visibility,
+            "visibility_timeout": settings.visibility_timeout,
             "unacked_restore_interval": 5,
             "unacked_restore_throttle": 1,
         },
@@ -92,40 +114,37 @@ def create_app(broker_url: str | None = None) -> Celery:
 
 
 def register(application: Celery) -> None:
-    """Add the chunk task and the single-call task to ``application``, and the signals that
-    give each worker process its own event loop, client and runner."""
+    """Add the slice task and the single-call task to ``application``, and the signals that
+    give each worker process its own event loop, client and slice worker."""
     application.task(
-        name=CHUNK_TASK,
+        name=SLICE_TASK,
         bind=True,
         acks_late=True,
         reject_on_worker_lost=True,
         max_retries=None,
         ignore_result=True,
-    )(_send_chunk)
+    )(_send_slice)
     application.task(name=SINGLE_CALL_TASK, acks_late=False)(_single_call)
     signals.worker_process_init.connect(_process_init, weak=False)
     signals.worker_process_shutdown.connect(_process_shutdown, weak=False)
 
 
-def enqueue_chunks(application: Celery, campaign: str, chunks: list[int]) -> int:
-    """One task per chunk (task id ``<campaign>:<chunk>``); how many were sent."""
-    for chunk in chunks:
+def enqueue_slices(application: Celery, campaign: str, slices: list[int]) -> int:
+    """One task per slice (task id ``<campaign>:<slice>``); how many were sent."""
+    for number in slices:
         application.send_task(
-            CHUNK_TASK, args=[campaign, chunk], task_id=f"{campaign}:{chunk}", queue=QUEUE
+            SLICE_TASK, args=[campaign, number], task_id=f"{campaign}:{number}", queue=QUEUE
         )
-    return len(chunks)
+    return len(slices)
 
 
-def _send_chunk(task: Any, campaign: str, chunk: int) -> str:
+def _send_slice(task: Any, campaign: str, slice_: int) -> str:
     client = _client()
     try:
-        return client.run(_run_chunk, campaign, chunk)
-    except ChunkBusyError as exc:
-        # Its first execution is alive: look again once it has had time to finish.
-        raise task.retry(countdown=2, exc=exc) from None
+        return client.run(_run_slice, campaign, slice_)
     except JournalError as exc:
-        _log.warning("chunk %s of %s: journal unavailable (%s); retrying", chunk, campaign, exc)
-        raise task.retry(countdown=5, exc=exc) from None
+        _log.warning("slice %s of %s: %s; retrying in 10 s", slice_, campaign, exc)
+        raise task.retry(countdown=10, exc=exc) from None
 
 
 def _single_call(**fields: Any) -> list[int]:
@@ -134,32 +153,47 @@ def _single_call(**fields: Any) -> list[int]:
     return [conversation.id for conversation in conversations]
 
 
-async def _run_chunk(client: AsyncClient, campaign: str, chunk: int) -> str:
-    if _PROCESS.runner is None:
-        journal = os.environ.get("PROACTIVE_JOURNAL")
-        if not journal:
-            raise RuntimeError("PROACTIVE_JOURNAL (the PostgreSQL journal's DSN) is not set")
-        _PROCESS.runner = ChunkRunner(journal, client, rate_limit_for=_rate_limit_for(client))
-    return await _PROCESS.runner.run(campaign, chunk)
+async def _run_slice(client: AsyncClient, campaign: str, slice_: int) -> str:
+    worker = await _worker(client)
+    result = await worker.run(campaign, slice_)
+    return "busy" if result is None else result.state
 
 
-def _rate_limit_for(client: AsyncClient) -> Any:
+async def _worker(client: AsyncClient) -> SliceWorker:
+    if _PROCESS.worker is None:
+        settings = _settings()
+        if not settings.journal:
+            raise JournalError("no journal: set PROACTIVE_JOURNAL (the PostgreSQL journal's DSN)")
+        runner = SliceRunner(
+            settings.journal,
+            client,
+            rate_limit_for=_rate_limit_for(settings),
+            concurrency=settings.concurrency or DEFAULT_CONCURRENCY,
+        )
+        _PROCESS.worker = SliceWorker(runner, slices=DEFAULT_SLICES)
+        await _PROCESS.worker.start()
+    return _PROCESS.worker
+
+
+def _rate_limit_for(settings: Settings) -> Any:
     """The shared limit through Redis when there is one (PROACTIVE_REDIS_URL, or a Redis
-    broker); else a limit per process."""
-    redis_url = os.environ.get("PROACTIVE_REDIS_URL")
-    broker = os.environ.get("PROACTIVE_BROKER_URL", "")
-    if not redis_url and broker.startswith(("redis://", "rediss://")):
+    broker); else each process keeps to its share of the rate."""
+    redis_url = settings.redis_url
+    broker = settings.broker_url or ""
+    if redis_url is None and broker.startswith(("redis://", "rediss://")):
         redis_url = broker
+    processes = settings.worker_concurrency or DEFAULT_CELERY_PROCESSES
 
-    def build(template: ProactiveConversationRequest, settings: SendSettings) -> RateLimitBackend:
-        if redis_url is None:
-            return RateLimit(settings.rate, burst=settings.burst, adaptive=settings.adaptive)
+    def build(template: ProactiveConversationRequest, send: SendSettings) -> RateLimitBackend:
         channel = template.channel_id if isinstance(template.channel_id, int) else None
-        return SharedRateLimit(
-            redis_url,
-            key=default_limit_key(client.base_url, channel),
-            rate=settings.rate,
-            burst=settings.burst,
+        return build_rate_limit(
+            settings,
+            rate=send.rate,
+            burst=send.burst,
+            adaptive=send.adaptive,
+            channel_id=channel,
+            redis_url=redis_url,
+            processes=None if redis_url else processes,
         )
 
     return build
@@ -167,31 +201,36 @@ def _rate_limit_for(client: AsyncClient) -> Any:
 
 def _client() -> Client:
     if _PROCESS.client is None or _PROCESS.client.closed:
-        _PROCESS.client = Client()
+        _PROCESS.client = build_sync_client(_settings())
     return _PROCESS.client
 
 
 def _process_init(**_: Any) -> None:
-    """A new worker process (a fork): nothing of the parent's client or runner is used."""
+    """A new worker process (a fork): its own client and slice worker, sweeping at once."""
     _PROCESS.client = None
-    _PROCESS.runner = None
+    _PROCESS.worker = None
+    if _settings().journal:
+        try:
+            _client().run(_worker)
+        except Exception:  # the first task says why again; the process must still start
+            _log.warning("the slice worker could not start", exc_info=True)
 
 
 def _process_shutdown(**_: Any) -> None:
-    client, runner = _PROCESS.client, _PROCESS.runner
-    _PROCESS.client = _PROCESS.runner = None
+    client, worker = _PROCESS.client, _PROCESS.worker
+    _PROCESS.client = _PROCESS.worker = None
     if client is None:
         return
-    if runner is not None:
+    if worker is not None:
         try:
-            client.run(_close_runner, runner)
+            client.run(_close_worker, worker)
         except Exception:  # the loop may already be stopping: nothing left to flush then
-            _log.debug("closing the chunk runner failed", exc_info=True)
+            _log.debug("closing the slice worker failed", exc_info=True)
     client.close()
 
 
-async def _close_runner(_: AsyncClient, runner: ChunkRunner) -> None:
-    await runner.aclose()
+async def _close_worker(_: AsyncClient, worker: SliceWorker) -> None:
+    await worker.aclose()
 
 
 app: Final = create_app()

@@ -1,0 +1,103 @@
+"""A PostgreSQL connection that outlives a restart of the server.
+
+Every unit of work is a function of a connection, run in one transaction; when the
+connection is lost (a restart, a failover, a pooler or an idle timeout ending the session,
+a network cut), it reconnects with backoff and runs the unit again, for up to ``patience``
+seconds. So every unit must be safe to run twice: the statements of ``_store`` are (a
+claim names its own owner, a mark returns lines this owner already marked, the rest move
+records only from the state they expect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from .._errors import JournalError
+from .._journal_pg import connect, display_dsn, ensure_schema
+from ._store import SCHEMA
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["DEFAULT_PATIENCE", "Database", "ensure_distributed_schema"]
+
+T = TypeVar("T")
+DEFAULT_PATIENCE: Final = 60.0
+"""Seconds a unit of work keeps reconnecting before it fails (a restart takes a few)."""
+_FIRST_WAIT: Final = 0.1
+_MAX_WAIT: Final = 2.0
+_log = logging.getLogger("proactive_async")
+
+
+async def ensure_distributed_schema(conn: psycopg.AsyncConnection[Any]) -> None:
+    await ensure_schema(conn, SCHEMA)
+
+
+class Database:
+    """One autocommit connection to ``dsn``, reopened when lost; one unit at a time."""
+
+    def __init__(self, dsn: str, *, patience: float = DEFAULT_PATIENCE) -> None:
+        self.dsn = dsn
+        self.patience = patience
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._lock = asyncio.Lock()
+
+    async def run(self, unit: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
+        """``unit(conn)`` in one transaction, run again on a new connection when the
+        connection is lost; JournalError (never the password) once patience is out."""
+        import psycopg
+
+        deadline = time.monotonic() + self.patience
+        wait = _FIRST_WAIT
+        async with self._lock:
+            while True:
+                try:
+                    conn = await self._connection()
+                    async with conn.transaction():
+                        return await unit(conn)
+                except (psycopg.OperationalError, JournalError) as exc:
+                    if isinstance(exc, JournalError) and self._conn is not None:
+                        raise  # not a connection problem: the unit's own refusal
+                    await self._drop()
+                    if time.monotonic() + wait > deadline:
+                        raise self._error(exc) from None
+                    _log.warning("journal %s unreachable (%s); retrying", self.where, _brief(exc))
+                    await asyncio.sleep(wait)
+                    wait = min(_MAX_WAIT, wait * 2)
+                except psycopg.Error as exc:  # e.g. tables missing: the wrong database
+                    raise JournalError(f"the journal {self.where}: {_brief(exc)}") from None
+
+    @property
+    def where(self) -> str:
+        return display_dsn(self.dsn)
+
+    async def aclose(self) -> None:
+        async with self._lock:
+            await self._drop()
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            await self._drop()
+            self._conn = await connect(self.dsn)
+        return self._conn
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await conn.close()
+            except Exception:  # already broken: nothing to close cleanly
+                _log.debug("closing a lost journal connection failed", exc_info=True)
+
+    def _error(self, exc: Exception) -> JournalError:
+        return JournalError(f"the journal {self.where} is unreachable: {_brief(exc)}")
+
+
+def _brief(exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -1,0 +1,170 @@
+"""The journal one owner of a slice writes through: every change fenced by its lease.
+
+A ``Journal`` (the protocol a ``ChunkSender`` talks to) whose ``mark_in_flight`` returns
+the lines it moved: only those may be sent. Writes of concurrent chunks are group-committed
+(one transaction, one statement per kind of change) on a connection of the slice's own,
+which is reopened and the batch run again when lost (every statement is idempotent).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+
+from .._errors import JournalError
+from .._group_commit import GroupCommit
+from .._journal import JournalEntry, SecretScrubber
+from .._records import Outcome
+from ._connect import Database
+from ._store import MARK, RECORD, RELEASE
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["Lease", "SliceJournal"]
+
+_ENCODER: Final = msgspec.json.Encoder()
+
+
+@dataclasses.dataclass
+class Lease:
+    """One owner's hold on one slice: the fencing number its claim got, and until when
+    (on this process's monotonic clock, with a margin) it may still send."""
+
+    campaign: str
+    slice: int
+    owner: str
+    fence: int
+    seconds: float
+    margin: float
+    valid_until: float = 0.0
+    lost: bool = False
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {
+            "campaign": self.campaign,
+            "slice": self.slice,
+            "owner": self.owner,
+            "fence": self.fence,
+        }
+
+    def renewed(self, asked_at: float) -> None:
+        """The server extended the lease by ``seconds`` from no earlier than ``asked_at``."""
+        self.valid_until = asked_at + self.seconds - self.margin
+
+    def held(self) -> bool:
+        """Still ours, by what this process knows: a frozen process that wakes past its
+        lease finds it over (its monotonic clock moved on) before the server says so."""
+        return not self.lost and time.monotonic() < self.valid_until
+
+
+class _Mark(msgspec.Struct):
+    lines: list[int]
+    moved: set[int] = msgspec.field(default_factory=set)
+
+
+class _Record(msgspec.Struct):
+    lines: list[int]
+    states: list[str]
+    outcomes: list[str]
+
+
+class _Release(msgspec.Struct):
+    lines: list[int]
+
+
+_Op = _Mark | _Record | _Release
+
+
+class SliceJournal:
+    """The fenced journal of one slice's owner (a ``Journal`` backend)."""
+
+    resumed = True
+
+    def __init__(self, db: Database, lease: Lease, scrubber: SecretScrubber) -> None:
+        self._db = db
+        self._lease = lease
+        self._scrubber = scrubber
+        self._group: GroupCommit[_Op] = GroupCommit(self._write, error=self._error)
+
+    async def lookup(self, lines: Sequence[int]) -> dict[int, JournalEntry]:
+        return {}  # the runner loads what it sends; nothing asks an owner's journal
+
+    async def mark_in_flight(self, lines: Sequence[int]) -> set[int]:
+        """Mark ``lines`` in flight while the lease holds; the lines it marked."""
+        if not lines or not self._lease.held():
+            return set()
+        op = _Mark(list(lines))
+        await self._group.commit(op)
+        return op.moved
+
+    async def release(self, lines: Sequence[int]) -> None:
+        if lines:
+            await self._group.add(_Release(list(lines)), rows=len(lines))
+
+    async def record(self, outcomes: Sequence[Outcome]) -> None:
+        if not outcomes:
+            return
+        encoded = [self._scrubber.scrub(_ENCODER.encode(o)).decode() for o in outcomes]
+        op = _Record([o.line for o in outcomes], [o.status.value for o in outcomes], encoded)
+        await self._group.add(op, rows=len(outcomes))
+
+    async def flush(self) -> None:
+        await self._group.commit()
+
+    async def aclose(self) -> None:
+        try:
+            await self._group.aclose()
+        finally:
+            await self._db.aclose()
+
+    async def _write(self, ops: list[_Op]) -> None:
+        await self._db.run(lambda conn: self._apply(conn, ops))
+
+    async def _apply(self, conn: psycopg.AsyncConnection[Any], ops: list[_Op]) -> None:
+        """One statement per run of changes of one kind, in the order they were made."""
+        params = self._lease.params
+        for run in _runs(ops):
+            first = run[0]
+            if isinstance(first, _Mark):
+                marks = [op for op in run if isinstance(op, _Mark)]
+                lines = [line for op in marks for line in op.lines]
+                cursor = await conn.execute(MARK, params | {"lines": lines})
+                moved = {line for (line,) in await cursor.fetchall()}
+                for op in marks:
+                    op.moved = moved.intersection(op.lines)
+            elif isinstance(first, _Record):
+                records = [op for op in run if isinstance(op, _Record)]
+                await conn.execute(
+                    RECORD,
+                    params
+                    | {
+                        "lines": [line for op in records for line in op.lines],
+                        "states": [state for op in records for state in op.states],
+                        "outcomes": [text for op in records for text in op.outcomes],
+                    },
+                )
+            else:
+                lines = [line for op in run if isinstance(op, _Release) for line in op.lines]
+                await conn.execute(RELEASE, params | {"lines": lines})
+
+    def _error(self, exc: Exception) -> Exception:
+        if isinstance(exc, JournalError):
+            return exc
+        return JournalError(f"cannot write the journal {self._db.where}: {type(exc).__name__}")
+
+
+def _runs(ops: list[_Op]) -> list[list[_Op]]:
+    """``ops`` cut where the kind of change changes."""
+    runs: list[list[_Op]] = []
+    for op in ops:
+        if runs and type(runs[-1][0]) is type(op):
+            runs[-1].append(op)
+        else:
+            runs.append([op])
+    return runs

@@ -1,0 +1,202 @@
+"""Every SQL statement of a distributed campaign, next to the tables it adds.
+
+The tables a one-process campaign uses (``proactive_campaign``, ``proactive_record``,
+``proactive_chunk``) are the PostgreSQL journal's; a distributed campaign adds columns to
+them and one table, ``proactive_slice``: a job's worth of records (``--job-size``), with
+its lease.
+
+The fence (see the package docstring for the state machine): a record moves ``planned ->
+in_flight`` only in ``MARK``, one statement that also checks that the slice's lease is
+still this owner's (owner and fencing number match, not expired) and that the campaign is
+neither cancelled nor aborted. A line that statement did not return is not sent. Nothing
+here depends on session state (no advisory lock, no temporary table, no prepared
+statement kept across transactions), so it holds behind a transaction-mode pooler.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "ABORT",
+    "CLAIM",
+    "FINISH_CAMPAIGN",
+    "FINISH_SLICE",
+    "IN_FLIGHT_OF_SLICE",
+    "LOAD_CHUNKS",
+    "LOAD_RECORDS",
+    "MARK",
+    "RECORD",
+    "RELEASE",
+    "RENEW",
+    "REPLAN_IN_FLIGHT",
+    "SCHEMA",
+    "SETTLE_DEAD",
+    "SLICE_STATE",
+    "SWEEP",
+]
+
+SCHEMA: Final = (
+    # Databases created before slices existed get the new columns once.
+    """DO $$ BEGIN
+        IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                       WHERE table_schema = current_schema()
+                       AND table_name = 'proactive_record' AND column_name = 'slice') THEN
+            ALTER TABLE proactive_record ADD COLUMN slice bigint, ADD COLUMN fence bigint;
+            ALTER TABLE proactive_chunk ADD COLUMN slice bigint;
+            ALTER TABLE proactive_campaign ADD COLUMN slices bigint NOT NULL DEFAULT 0,
+                ADD COLUMN aborted_at timestamptz, ADD COLUMN abort_reason text;
+        END IF;
+    END $$""",
+    """CREATE TABLE IF NOT EXISTS proactive_slice (
+        campaign_id text NOT NULL REFERENCES proactive_campaign (id) ON DELETE CASCADE,
+        slice bigint NOT NULL,
+        records bigint NOT NULL,
+        state text NOT NULL DEFAULT 'open',
+        owner text,
+        fence bigint NOT NULL DEFAULT 0,
+        lease_until timestamptz,
+        PRIMARY KEY (campaign_id, slice)
+    )""",
+    """CREATE INDEX IF NOT EXISTS proactive_slice_open
+        ON proactive_slice (campaign_id, slice) WHERE state = 'open'""",
+    """CREATE INDEX IF NOT EXISTS proactive_record_slice
+        ON proactive_record (campaign_id, slice, line) WHERE slice IS NOT NULL""",
+)
+
+# The lease is this owner's: checked in the same statement as the change it guards.
+_HOLDS: Final = """EXISTS (SELECT 1 FROM proactive_slice s
+    WHERE s.campaign_id = %(campaign)s AND s.slice = %(slice)s AND s.owner = %(owner)s
+    AND s.fence = %(fence)s AND s.lease_until > clock_timestamp())"""
+_LIVE_CAMPAIGN: Final = """EXISTS (SELECT 1 FROM proactive_campaign c
+    WHERE c.id = %(campaign)s AND c.cancelled_at IS NULL AND c.aborted_at IS NULL)"""
+
+CLAIM: Final = """
+    UPDATE proactive_slice s SET owner = %(owner)s, fence = fence + 1,
+        lease_until = clock_timestamp() + %(lease)s * interval '1 second'
+    WHERE s.campaign_id = %(campaign)s AND s.slice = %(slice)s AND s.state = 'open'
+    AND (s.lease_until IS NULL OR s.lease_until <= clock_timestamp()
+         OR s.owner = %(owner)s)
+    AND EXISTS (SELECT 1 FROM proactive_campaign c
+                WHERE c.id = s.campaign_id AND c.aborted_at IS NULL)
+    RETURNING s.fence
+"""
+"""Take a slice nobody holds (never taken, given back, or its lease expired): a new fence.
+An owner name is new for every claim, so only a claim run again (its commit's answer was
+lost) finds its own name there."""
+
+SLICE_STATE: Final = """
+    SELECT s.state, greatest(0, extract(epoch FROM s.lease_until - clock_timestamp())),
+        c.aborted_at IS NOT NULL
+    FROM proactive_slice s JOIN proactive_campaign c ON c.id = s.campaign_id
+    WHERE s.campaign_id = %(campaign)s AND s.slice = %(slice)s
+"""
+"""Why a claim failed: done, held (for how many more seconds), or the campaign aborted."""
+
+RENEW: Final = f"""
+    UPDATE proactive_slice s
+    SET lease_until = clock_timestamp() + %(lease)s * interval '1 second'
+    WHERE s.campaign_id = %(campaign)s AND s.slice = %(slice)s AND s.owner = %(owner)s
+    AND s.fence = %(fence)s AND s.lease_until > clock_timestamp()
+    RETURNING NOT {_LIVE_CAMPAIGN}
+"""
+"""Extend a lease still held; returns whether the campaign was cancelled or aborted."""
+
+IN_FLIGHT_OF_SLICE: Final = """
+    SELECT line, recipient, contact_id FROM proactive_record
+    WHERE campaign_id = %(campaign)s AND slice = %(slice)s AND state = 'in_flight'
+    ORDER BY line FOR UPDATE
+"""
+"""Records a previous owner marked in flight and never settled (it died or froze)."""
+
+SETTLE_DEAD: Final = """
+    UPDATE proactive_record r SET state = u.state, outcome = u.outcome, fence = %(fence)s
+    FROM unnest(%(lines)s::bigint[], %(states)s::text[], %(outcomes)s::text[])
+        AS u (line, state, outcome)
+    WHERE r.campaign_id = %(campaign)s AND r.slice = %(slice)s AND r.line = u.line
+    AND r.state = 'in_flight'
+"""
+"""A new owner's verdict on its predecessor's records in flight (``unknown``), in the
+transaction of its claim."""
+
+REPLAN_IN_FLIGHT: Final = """
+    UPDATE proactive_record SET state = 'planned', fence = NULL
+    WHERE campaign_id = %(campaign)s AND slice = %(slice)s AND state = 'in_flight'
+"""
+"""With ``resend_unknown``: a predecessor's records in flight are sent again."""
+
+LOAD_CHUNKS: Final = """
+    SELECT chunk, variables FROM proactive_chunk
+    WHERE campaign_id = %(campaign)s AND slice = %(slice)s ORDER BY chunk
+"""
+LOAD_RECORDS: Final = """
+    SELECT line, chunk, recipient, contact_id FROM proactive_record
+    WHERE campaign_id = %(campaign)s AND slice = %(slice)s AND state = 'planned'
+    ORDER BY line
+"""
+
+MARK: Final = f"""
+    UPDATE proactive_record SET state = 'in_flight', fence = %(fence)s
+    WHERE campaign_id = %(campaign)s AND slice = %(slice)s AND line = ANY(%(lines)s)
+    AND (state = 'planned' OR (state = 'in_flight' AND fence = %(fence)s))
+    AND {_HOLDS} AND {_LIVE_CAMPAIGN}
+    RETURNING line
+"""
+"""The fence: ``planned -> in_flight`` while the lease is this owner's and the campaign
+runs. A line this owner already marked is returned again (a retried commit whose first
+answer was lost, or a bisected chunk's half), never a line another owner holds."""
+
+RECORD: Final = """
+    UPDATE proactive_record r SET state = u.state, outcome = u.outcome
+    FROM unnest(%(lines)s::bigint[], %(states)s::text[], %(outcomes)s::text[])
+        AS u (line, state, outcome)
+    WHERE r.campaign_id = %(campaign)s AND r.line = u.line
+    AND r.state = 'in_flight' AND r.fence = %(fence)s
+"""
+"""Final outcomes of this owner's calls; the first final outcome of a record wins."""
+
+RELEASE: Final = """
+    UPDATE proactive_record SET state = 'planned', fence = NULL
+    WHERE campaign_id = %(campaign)s AND line = ANY(%(lines)s)
+    AND state = 'in_flight' AND fence = %(fence)s
+"""
+"""Lines whose call was certainly not processed go back to ``planned``."""
+
+FINISH_SLICE: Final = """
+    UPDATE proactive_slice s SET owner = NULL, lease_until = NULL,
+        state = CASE WHEN EXISTS (SELECT 1 FROM proactive_record r
+            WHERE r.campaign_id = s.campaign_id AND r.slice = s.slice
+            AND r.state IN ('planned', 'in_flight')) THEN 'open' ELSE 'done' END
+    WHERE s.campaign_id = %(campaign)s AND s.slice = %(slice)s AND s.owner = %(owner)s
+    AND s.fence = %(fence)s
+    RETURNING s.state
+"""
+"""Give the lease back: the slice is ``done`` when every record of it is final."""
+
+FINISH_CAMPAIGN: Final = """
+    UPDATE proactive_campaign c SET finished_at = now()
+    WHERE c.id = %(campaign)s AND c.finished_at IS NULL AND c.planned_at IS NOT NULL
+    AND NOT EXISTS (SELECT 1 FROM proactive_slice s
+                    WHERE s.campaign_id = c.id AND s.state = 'open')
+"""
+
+ABORT: Final = """
+    UPDATE proactive_campaign SET aborted_at = coalesce(aborted_at, now()),
+        abort_reason = coalesce(abort_reason, %(reason)s)
+    WHERE id = %(campaign)s
+"""
+"""A fatal answer (401, 403, TLS): no worker takes a slice of it until it is enqueued again."""
+
+SWEEP: Final = """
+    SELECT s.campaign_id, s.slice FROM proactive_slice s
+    JOIN proactive_campaign c ON c.id = s.campaign_id
+    WHERE s.state = 'open' AND c.aborted_at IS NULL AND c.planned_at IS NOT NULL
+    AND (s.lease_until <= clock_timestamp()
+         OR (s.lease_until IS NULL AND (s.fence > 0 OR c.cancelled_at IS NOT NULL
+             OR c.planned_at < clock_timestamp() - %(unclaimed)s * interval '1 second')))
+    ORDER BY s.fence DESC, random()
+    LIMIT %(limit)s
+"""
+"""Slices a live worker takes from the journal, not from its queue: a lease that expired
+(its owner died or froze), a slice given back, or one nobody took for ``unclaimed``
+seconds after planning (its job was lost with the queue)."""
