@@ -42,11 +42,11 @@ from ._journal import INTERRUPTED, CampaignIdentity, Journal, open_journal
 from ._models import ProactiveConversationRequest
 from ._options import CampaignOptions
 from ._planner import Chunk, PlannedTarget, Planner
-from .ratelimit import RateLimit, RateLimitBackend
 from ._records import Outcome, OutcomeStatus, Record
 from ._report import CampaignSummary, LatencySample, ReportWriter
 from ._retry import Sleep
 from ._sender import ABORTED, MAX_THROTTLES, ChunkSender, make_outcome
+from .ratelimit import RateLimit, RateLimitBackend
 
 if TYPE_CHECKING:
     # anyio is imported when a campaign runs: importing the package (``--help``) need not.

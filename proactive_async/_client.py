@@ -36,11 +36,11 @@ from ._models import (
     decode_conversations_utc,
     encode_request,
 )
-from .ratelimit import RateLimitBackend, report_failure
 from ._retry import RetryPolicy, Sleep, parse_retry_after, retry_call
 from ._secrets import Redactor, check_header_value
 from ._transport import RawResponse, Transport, TransportConfig, user_agent
 from ._version import __version__
+from .ratelimit import RateLimitBackend, report_failure
 
 __all__ = ["ApiResponse", "AsyncClient", "mask_phone"]
 

@@ -43,9 +43,9 @@ from ._client import ApiResponse, AsyncClient
 from ._config import Limits, Timeout
 from ._errors import ClientStateError
 from ._models import Conversation, ProactiveConversationFields, ProactiveConversationRequest
-from .ratelimit import RateLimitBackend
 from ._report import CampaignSummary
 from ._retry import RetryPolicy, Sleep
+from .ratelimit import RateLimitBackend
 
 if TYPE_CHECKING:
     from anyio.from_thread import BlockingPortal

@@ -255,8 +255,8 @@ class _Storing:
                     chunk, slice_ = self._add_chunk(item)
                     for target in item.targets:
                         self.records += 1
-                        row = (campaign, target.line, "planned", None, chunk, slice_)
-                        await copy.write_row((*row, target.recipient, target.contact_id))
+                        planned = (campaign, target.line, "planned", None, chunk, slice_)
+                        await copy.write_row((*planned, target.recipient, target.contact_id))
 
     def _count_final(self, outcome: Outcome) -> None:
         self.records += 1

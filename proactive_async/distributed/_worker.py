@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from .._errors import JournalError
@@ -158,9 +159,7 @@ class SliceWorker:
             if free <= 0:
                 continue
             try:
-                found = await self._db.run(
-                    lambda conn, free=free: _sweep(conn, free, self._unclaimed_after)
-                )
+                found = await self._db.run(self._sweeper_for(free))
             except JournalError as exc:
                 _log.warning("looking for unowned slices: %s", exc)
                 continue
@@ -168,6 +167,11 @@ class SliceWorker:
                 if (campaign, slice_) not in self._running and not self._closing:
                     task = self._spawn(campaign, slice_)
                     task.add_done_callback(_quiet_busy)
+
+    def _sweeper_for(
+        self, limit: int
+    ) -> Callable[[psycopg.AsyncConnection[Any]], Awaitable[list[tuple[str, int]]]]:
+        return lambda conn: _sweep(conn, limit, self._unclaimed_after)
 
 
 async def _sweep(
