@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import msgspec
 import pytest
@@ -409,6 +410,12 @@ def test_the_template_options_reach_the_request(tmp_path: Path, token_env: None)
         (["--chunk-size", "0"], "at least 1"),
         (["--rate", "fast"], "not a number"),
         (["--default-region", "ZZ"], "ZZ"),
+        (["--redis-url", "http://127.0.0.1:1"], "--redis-url must start with redis://"),
+        (["--limit-key", "acme"], "--limit-key names a shared limit: give --redis-url too"),
+        (
+            ["--redis-url", "redis://127.0.0.1:1/0", "--calls-per-second", "5"],
+            "calls-per-second limit is not shared through Redis",
+        ),
     ],
 )
 def test_bad_options_exit_2_with_a_message(
@@ -425,6 +432,51 @@ def test_bad_options_exit_2_with_a_message(
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert sim.audit.calls == 0
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        (
+            "PROACTIVE_CONNECT_TIMEOUT",
+            "soon",
+            "PROACTIVE_CONNECT_TIMEOUT must be a positive number",
+        ),
+        ("PROACTIVE_PROXY", "ftp://user:pw-3@proxy:21", "PROACTIVE_PROXY must be an http://"),
+        ("PROACTIVE_CONCURRENCY", "0", "PROACTIVE_CONCURRENCY must be a whole number"),
+    ],
+)
+def test_a_bad_setting_in_the_environment_exits_2_naming_the_variable(
+    tmp_path: Path,
+    sim: ThreadedSimulator,
+    token_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variable: str,
+    value: str,
+    message: str,
+) -> None:
+    monkeypatch.setenv(variable, value)
+    targets = write_csv(tmp_path / "r.csv", [f"{p},Ana" for p in phones(1)])
+
+    assert main(campaign_args(targets, sim.url)) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and "pw-3" not in err
+    assert sim.audit.calls == 0
+
+
+def test_the_environment_sets_the_ca_file_and_timeouts_as_the_flags_do(
+    tmp_path: Path,
+    tls_ca: SimpleNamespace,
+    token_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PROACTIVE_CA_FILE", tls_ca.ca_file)
+    monkeypatch.setenv("PROACTIVE_TIMEOUT", "20")
+    targets = write_csv(tmp_path / "r.csv", [f"{p},Ana" for p in phones(3)])
+    with ThreadedSimulator(SimulatorConfig(token=TOKEN), tls_ca.server_context) as server:
+        assert main(campaign_args(targets, server.url)) == 0
+        assert server.audit.total_processed == 3
 
 
 def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 
 from .._version import __version__
 from ..settings import SettingsError
-from . import _flags, campaign, demo, simulate
+from . import campaign, demo, simulate
 from ._common import (
     EXIT_CODES_HELP,
     EXIT_INTERRUPTED,
@@ -64,14 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     campaign.add_parser(commands)
     simulate.add_parser(commands)
     demo.add_parser(commands)
-    # Imported here: it imports UsageError from this package, which is complete by now.
+    # Imported here: it imports this package's modules, complete by now; and arq, psycopg
+    # and Celery stay out of ``campaign`` and ``--help``.
     from .._distributed_cli import add_distributed_parsers
 
-    add_distributed_parsers(
-        commands,
-        add_campaign_options=_flags.add_campaign_options,
-        campaign_inputs=_flags.campaign_inputs,
-    )
+    add_distributed_parsers(commands)
     return parser
 
 

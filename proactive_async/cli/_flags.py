@@ -1,10 +1,11 @@
 """The flag groups of the commands, and what the flags turn into (a template, options).
 
 Each ``add_*_flags`` adds one group to a parser, so a command takes exactly the groups it
-honours: ``campaign`` takes them all; a command that only plans takes the template and
-planning groups. Defaults stay where they are written once (``CampaignOptions``, the
-client's ``Timeout``): a flag not given is None, and the help only quotes the default.
-``options_from_args`` reads whichever groups the command has.
+honours: ``campaign`` takes them all; ``enqueue`` those stored with a campaign
+(``add_campaign_options``: template, planning, sending); ``worker`` the connection group.
+Defaults stay where they are written once (``CampaignOptions``, the client's ``Timeout``):
+a flag not given is None, and the help only quotes the default. ``options_from_args``
+reads whichever groups the command has.
 """
 
 from __future__ import annotations
@@ -294,13 +295,11 @@ def add_connection_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_campaign_options(p: argparse.ArgumentParser) -> None:
-    """Every group that shapes a campaign's records and calls (what ``enqueue`` takes today)."""
+    """The groups a campaign keeps however and wherever it is sent: its template, how its
+    records are planned, its rate and retries (``campaign`` and ``enqueue`` both take them)."""
     add_template_flags(p)
     add_planning_flags(p)
     add_sending_flags(p)
-    add_pace_flags(p)
-    add_shared_limit_flags(p)
-    add_record_flags(p)
 
 
 # -- what the flags mean -----------------------------------------------------------
