@@ -57,7 +57,10 @@ def add_distributed_parsers(commands: Any, **_: Any) -> None:
     p.add_argument(
         "--redis-url", metavar="URL", help="arq: the queue (default: $PROACTIVE_REDIS_URL)"
     )
-    _flags.add_campaign_options(p)
+    # What is stored with the campaign for every worker; nothing of one process's pace.
+    _flags.add_template_flags(p)
+    _flags.add_planning_flags(p)
+    _flags.add_sending_flags(p)
     p.set_defaults(handler=_enqueue)
 
     w = commands.add_parser(

@@ -56,6 +56,9 @@ class PostgresServer:
             ),
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
+        self._launch()
+
+    def _launch(self) -> None:
         self._process = subprocess.Popen(
             self._command(
                 str(self.bin_dir / "postgres"), "-D", str(self.data), "-p", str(self.port),
@@ -67,6 +70,17 @@ class PostgresServer:
         self._wait_ready()
 
     def stop(self) -> None:
+        self._halt()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def restart(self, down_for: float = 0.0) -> None:
+        """Stop the server (fast shutdown: every session ends), stay down ``down_for``
+        seconds, and start it again on the same port with the same data."""
+        self._halt()
+        time.sleep(down_for)
+        self._launch()
+
+    def _halt(self) -> None:
         process, self._process = self._process, None
         if process is not None:
             # runuser does not pass signals on: signal the postmaster itself (fast shutdown).
@@ -84,7 +98,6 @@ class PostgresServer:
                         os.kill(postmaster, signal.SIGKILL)
                 process.kill()
                 process.wait()
-        shutil.rmtree(self.root, ignore_errors=True)
 
     def _postmaster_pid(self) -> int | None:
         try:

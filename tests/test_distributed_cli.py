@@ -16,7 +16,7 @@ import pytest
 from rich.console import Console
 
 from proactive_async import AsyncClient, CampaignOptions, ProactiveConversationRequest
-from proactive_async._distributed import CampaignStatus, ChunkRunner, plan_campaign
+from proactive_async.distributed import CampaignStatus, SliceRunner, plan_campaign
 from proactive_async._distributed_cli import _STALLED_AFTER, _StatusWatch
 from proactive_async._progress import PlainProgress, RateMeter, RichProgress, choose_display
 from proactive_async._records import OutcomeStatus
@@ -26,10 +26,12 @@ TOKEN = "wait-token-" + "y" * 16
 TEMPLATE = ProactiveConversationRequest(channel_id=1, bot_id=2, conversation_template_id=3)
 
 
-def status_of(counts: dict[str, int], *, done: int = 0, finished: bool = False) -> CampaignStatus:
+def status_of(
+    counts: dict[str, int], *, done: int = 0, finished: bool = False, owners: int = 0
+) -> CampaignStatus:
     return CampaignStatus(
-        campaign="c1", counts=counts, chunks=10, chunks_done=done, cancelled=False,
-        finished=finished,
+        campaign="c1", counts=counts, slices=10, slices_done=done, cancelled=False,
+        finished=finished, owners=owners,
     )  # fmt: skip
 
 
@@ -56,8 +58,24 @@ def test_a_campaign_that_stops_moving_says_so_and_the_warning_goes_when_it_moves
     assert watch.snapshot(running, _STALLED_AFTER - 1).problem is None
     stalled = watch.snapshot(running, _STALLED_AFTER + 1).problem
     assert stalled is not None and "workers running" in stalled and "5/10" in stalled
+    held = watch.snapshot(status_of({"planned": 50, "sent": 50}, done=5, owners=2), 40.0)
+    assert held.problem is not None and "2 worker process(es) hold slices" in held.problem
     moved = status_of({"planned": 49, "sent": 51}, done=5)
-    assert watch.snapshot(moved, _STALLED_AFTER + 2).problem is None
+    assert watch.snapshot(moved, _STALLED_AFTER + 12).problem is None
+
+
+def test_an_aborted_campaign_says_why_at_once_and_the_line_names_the_state() -> None:
+    from proactive_async._distributed_cli import describe
+
+    aborted = CampaignStatus(
+        campaign="c1", counts={"planned": 5}, slices=1, slices_done=0, cancelled=False,
+        finished=False, aborted="unauthorized: 401",
+    )  # fmt: skip
+    watch = _StatusWatch(RateMeter(10.0), RateMeter(10.0))
+    assert watch.snapshot(aborted, 0.0).problem == "aborted: unauthorized: 401"
+    assert describe(aborted).startswith("campaign c1: aborted (unauthorized: 401); slices 0/1")
+    assert "waiting for workers" in describe(status_of({"planned": 5}))
+    assert "running on 3 worker processes" in describe(status_of({"planned": 5}, owners=3))
 
 
 def test_the_bar_is_for_a_terminal_and_carries_the_campaign_id() -> None:
@@ -84,7 +102,7 @@ async def test_status_wait_shows_progress_until_every_record_is_settled(
     targets.write_text("phone\n" + "".join(f"+55119{i:08d}\n" for i in range(40)))
     plan = await plan_campaign(
         f"{dsn}?campaign=w1", template=TEMPLATE, targets=targets,
-        options=CampaignOptions(chunk_size=4),
+        options=CampaignOptions(chunk_size=4), job_size=4,
     )  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROACTIVE_")}
     waiting = await asyncio.create_subprocess_exec(
@@ -99,9 +117,9 @@ async def test_status_wait_shows_progress_until_every_record_is_settled(
             Simulator(SimulatorConfig(token=TOKEN)) as sim,
             AsyncClient(sim.url, TOKEN) as client,
         ):
-            runner = ChunkRunner(dsn, client)
-            for chunk in plan.pending_chunks:
-                assert await runner.run("w1", chunk) == "done"
+            runner = SliceRunner(dsn, client)
+            for number in plan.pending_slices:
+                assert (await runner.run("w1", number)).state == "done"
                 await asyncio.sleep(0.25)  # a campaign that takes a few polls
             await runner.aclose()
         started = time.monotonic()
@@ -112,7 +130,7 @@ async def test_status_wait_shows_progress_until_every_record_is_settled(
             await waiting.wait()
     assert waiting.returncode == 0, err
     assert time.monotonic() - started < STATUS_POLL_AND_SLACK
-    assert "campaign w1: finished; chunks 10/10 done; sent 40" in out
+    assert "campaign w1: finished; slices 10/10 done; sent 40" in out
     lines = err.splitlines()
     assert lines[0].startswith("0/40 records")  # plain lines: stderr is no terminal
     assert lines[-1].startswith("40/40 records") and "sent=40" in lines[-1]
