@@ -101,8 +101,16 @@ _SECONDS_REASON: Final = "must be a positive number of seconds"
 _TEXT_REASON: Final = "must be text"
 # Shown as given when refused: none of them can hold a secret.
 _SHOWN: Final = frozenset(
-    {"ca_file", "connect_timeout", "read_timeout", "total_timeout", "concurrency"}
-    | {"worker_concurrency", "job_timeout", "visibility_timeout"}
+    {
+        "ca_file",
+        "connect_timeout",
+        "read_timeout",
+        "total_timeout",
+        "concurrency",
+        "worker_concurrency",
+        "job_timeout",
+        "visibility_timeout",
+    }
 )
 # Never shown whole: a token, and URLs that may carry a password.
 _URLS: Final = ("base_url", "proxy", "journal", "redis_url", "broker_url")

@@ -411,7 +411,8 @@ def test_the_template_options_reach_the_request(tmp_path: Path, token_env: None)
         (["--rate", "fast"], "not a number"),
         (["--default-region", "ZZ"], "ZZ"),
         (["--redis-url", "http://127.0.0.1:1"], "--redis-url must start with redis://"),
-        (["--limit-key", "acme"], "--limit-key names a shared limit: give --redis-url too"),
+        (["--limit-key", "acme"], "--limit-key is for a shared limit: give --redis-url too"),
+        (["--processes", "3"], "--processes is for a shared limit: give --redis-url too"),
         (
             ["--redis-url", "redis://127.0.0.1:1/0", "--calls-per-second", "5"],
             "calls-per-second limit is not shared through Redis",

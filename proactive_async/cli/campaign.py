@@ -123,13 +123,16 @@ def settings_from_args(
             "no API token: set PROACTIVE_TOKEN or pass --token-file PATH "
             "(there is no token flag: it would show in process lists and shell history)"
         )
-    if args.limit_key and settings.redis_url is None:
-        raise UsageError("--limit-key names a shared limit: give --redis-url too")
+    if settings.redis_url is None:
+        for flag, given in (("--limit-key", args.limit_key), ("--processes", args.processes)):
+            if given is not None:
+                raise UsageError(f"{flag} is for a shared limit: give --redis-url too")
     return CampaignSettings(
         targets=args.recipients_file,
         settings=settings,
         template=_flags.template_from_args(args),
         options=_flags.options_from_args(args, concurrency=settings.concurrency),
+        # --journal only: PROACTIVE_JOURNAL is the distributed campaigns' PostgreSQL journal.
         journal=args.journal,
         report=_flags.report_path(args, args.recipients_file),
         progress=not args.no_progress,
