@@ -83,8 +83,8 @@ def add_distributed_parsers(commands: Any, **_: Any) -> None:
         "--jobs",
         type=_flags.positive_int,
         metavar="N",
-        help="arq: slices at once (default 2); celery: worker processes "
-        "(default: $PROACTIVE_WORKER_CONCURRENCY, else 4)",
+        help="arq: slices at once (default: $PROACTIVE_WORKER_CONCURRENCY, else 2); celery: "
+        "worker processes (default: $PROACTIVE_WORKER_CONCURRENCY, else 4)",
     )
     w.add_argument("--burst", action="store_true", help="arq: exit when the queue is empty")
     w.add_argument("--base-url", metavar="URL", help="default: $PROACTIVE_BASE_URL")
@@ -300,7 +300,8 @@ def _arq_worker(args: argparse.Namespace, settings: Settings) -> int:
     from . import arq as engine
     from .distributed import DEFAULT_SLICES
 
-    options = engine.worker_options(settings, slices=args.jobs or DEFAULT_SLICES, burst=args.burst)
+    slices = args.jobs or settings.worker_concurrency or DEFAULT_SLICES
+    options = engine.worker_options(settings, slices=slices, burst=args.burst)
     wait = _REDIS_RESTART_WAIT[0]
     while True:
         try:
@@ -322,7 +323,9 @@ def _celery_worker(args: argparse.Namespace, settings: Settings) -> int:
     from . import celery as engine
 
     engine.configure(settings)
-    processes = args.jobs or settings.worker_concurrency or 4
+    from .settings import DEFAULT_CELERY_PROCESSES
+
+    processes = args.jobs or settings.worker_concurrency or DEFAULT_CELERY_PROCESSES
     application = engine.create_app(settings)
     argv = ["worker", "--pool=prefork", f"--concurrency={processes}", "-Q", engine.QUEUE]
     argv += ["--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"]

@@ -47,7 +47,14 @@ from .distributed import (
     check_journal,
 )
 from .ratelimit import RateLimitBackend
-from .settings import DEFAULT_REDIS_URL, Settings, build_client, build_rate_limit, display_url
+from .settings import (
+    DEFAULT_REDIS_URL,
+    DEFAULT_WORKER_CONCURRENCY,
+    Settings,
+    build_client,
+    build_rate_limit,
+    display_url,
+)
 
 __all__ = [
     "ENQUEUE_CONCURRENCY",
@@ -70,8 +77,6 @@ SETTINGS_KEY: Final = "proactive_async.settings"
 _WORKER: Final = "proactive_async.worker"
 _CLIENT: Final = "proactive_async.client"
 _SHAPE: Final = "proactive_async.shape"
-DEFAULT_CONCURRENCY: Final = 32
-"""Calls in flight in one worker process, over the slices it runs."""
 _log = logging.getLogger("proactive_async")
 
 
@@ -139,7 +144,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     if not settings.journal:
         raise JournalError("no journal: set PROACTIVE_JOURNAL (the PostgreSQL journal's DSN)")
     await check_journal(settings.journal)
-    concurrency = settings.concurrency or DEFAULT_CONCURRENCY
+    concurrency = settings.concurrency or DEFAULT_WORKER_CONCURRENCY
     client = build_client(settings)
 
     def rate_limit_for(

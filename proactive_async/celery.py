@@ -46,6 +46,7 @@ from .ratelimit import RateLimitBackend
 from .settings import (
     DEFAULT_CELERY_PROCESSES,
     DEFAULT_REDIS_URL,
+    DEFAULT_WORKER_CONCURRENCY,
     Settings,
     build_rate_limit,
     build_sync_client,
@@ -64,8 +65,6 @@ __all__ = [
 SLICE_TASK: Final = "proactive_async.send_slice"
 SINGLE_CALL_TASK: Final = "proactive_async.create_proactive_conversation"
 QUEUE: Final = "proactive-async"
-DEFAULT_CONCURRENCY: Final = 32
-"""Calls in flight in one worker process, over the slices it runs."""
 _log = logging.getLogger("proactive_async")
 
 
@@ -168,7 +167,7 @@ async def _worker(client: AsyncClient) -> SliceWorker:
             settings.journal,
             client,
             rate_limit_for=_rate_limit_for(settings),
-            concurrency=settings.concurrency or DEFAULT_CONCURRENCY,
+            concurrency=settings.concurrency or DEFAULT_WORKER_CONCURRENCY,
         )
         _PROCESS.worker = SliceWorker(runner, slices=DEFAULT_SLICES)
         await _PROCESS.worker.start()

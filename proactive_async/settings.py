@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_JOB_TIMEOUT",
     "DEFAULT_REDIS_URL",
     "DEFAULT_VISIBILITY_TIMEOUT",
+    "DEFAULT_WORKER_CONCURRENCY",
     "VARIABLES",
     "Settings",
     "SettingsError",
@@ -54,8 +55,12 @@ __all__ = [
 
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
 """Redis when none is named: the queue of arq workers and the broker of Celery ones."""
-DEFAULT_ARQ_JOBS: Final = 16
-"""Jobs one arq worker runs at once when ``worker_concurrency`` is not set."""
+DEFAULT_ARQ_JOBS: Final = 2
+"""Jobs (slices of a distributed campaign) one arq worker process runs at once when
+``worker_concurrency`` is not set: two, so that one slice's tail overlaps the next one's
+start; the calls in flight are ``concurrency``, over all of them."""
+DEFAULT_WORKER_CONCURRENCY: Final = 32
+"""Calls in flight in one worker process (arq or Celery) when ``concurrency`` is not set."""
 DEFAULT_CELERY_PROCESSES: Final = 4
 """Processes of one Celery worker when ``worker_concurrency`` is not set."""
 DEFAULT_JOB_TIMEOUT: Final = 300.0

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from .._errors import JournalError
+from ..settings import DEFAULT_ARQ_JOBS
 from ._connect import Database
 from ._runner import SliceBusyError, SliceResult, SliceRunner
 from ._store import SWEEP
@@ -31,8 +32,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_SLICES", "SliceWorker", "check_journal"]
 
-DEFAULT_SLICES: Final = 2
-"""Slices one worker process runs at once: two, so that one's tail overlaps the next."""
+DEFAULT_SLICES: Final = DEFAULT_ARQ_JOBS
+"""Slices one worker process runs at once (the settings' default)."""
 SWEEP_EVERY: Final = 2.0
 UNCLAIMED_AFTER: Final = 30.0
 """Seconds after planning before a slice no job came for is taken from the journal."""
