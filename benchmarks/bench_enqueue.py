@@ -4,12 +4,13 @@ Issue 10 asks that a 1M-record file be enqueued in flat memory. ``enqueue FILE.c
 --default-region BR`` (chunks of 50, the default) plans each CSV of unique valid Brazilian
 mobiles (one column, so one template for all: a broadcast, 50 records a call; with a
 variable per row every record is a chunk and a job of its own) into a throwaway PostgreSQL
-(``tests/_postgres.py``; records go in with COPY) and queues one arq job per chunk on a
-throwaway Redis (``tests/_redis.py``), both on the server core, the CLI on the client core.
+(``tests/_postgres.py``; records go in with COPY) and queues one arq job per slice of
+1,000 records on a throwaway Redis (``tests/_redis.py``), both on the server core, the CLI
+on the client core.
 Peak RSS is the child's ``ru_maxrss`` read by ``bench_memory``'s one-child wrapper. The
 baseline, measured the same way: a process reading the same CSV with the csv module and
 doing nothing. Every run is checked: exit 0, and the plan printed counts every record and
-queued every chunk (at least records / 50 of them: a group left waiting goes part-full).
+queued every slice (at least records / 50 chunks: a group left waiting goes part-full).
 
 Targets (those of benchmark 4): 1M records <= 120 MB; growth from 100k to 1M <= 64 MB.
 """
@@ -70,7 +71,7 @@ def enqueue_once(csv: Path, records: int, env: dict[str, str], tmp: Path) -> dic
         "stderr_tail": err if code else "",
         "complete": code == 0
         and plan.get("records") == records
-        and plan.get("chunks") == plan.get("queued")
+        and plan.get("slices") == plan.get("queued")
         and fewest <= plan.get("chunks", 0) <= records,
     }
 
@@ -81,7 +82,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     sizes = (1_000, 10_000) if quick else (100_000, 1_000_000)
     labels = ("small", "large") if quick else ("100k", "1M")
     big, growth_name = f"{NAME} {labels[1]} records", f"{NAME} growth {labels[0]}->{labels[1]}"
-    missing = sdk_missing("proactive_async.arq:enqueue_chunks", "proactive_async._distributed")
+    missing = sdk_missing("proactive_async.arq:enqueue_slices", "proactive_async.distributed")
     if missing is not None:
         return {
             "name": NAME,
@@ -120,8 +121,8 @@ def run(quick: bool = False) -> dict[str, Any]:
             }
     small, large = details[labels[0]], details[labels[1]]
     complete = small["complete"] and large["complete"]
-    note = "every record planned, every chunk queued" if complete else f"incomplete: {details}"
-    jobs = large["plan"].get("chunks", "?")
+    note = "every record planned, every slice queued" if complete else f"incomplete: {details}"
+    jobs = large["plan"].get("slices", "?")
     return {
         "name": NAME,
         "rows": peak_rss_rows(

@@ -26,7 +26,7 @@ import redis  # noqa: E402
 from test_cli import ThreadedSimulator  # noqa: E402
 
 from proactive_async import CampaignOptions, ProactiveConversationRequest  # noqa: E402
-from proactive_async._distributed import campaign_status, plan_campaign  # noqa: E402
+from proactive_async.distributed import campaign_status, plan_campaign  # noqa: E402
 from proactive_async.simulator import Faults, SimulatorConfig  # noqa: E402
 
 RECIPES = Path(__file__).resolve().parent.parent / "docs" / "recipes"
@@ -161,20 +161,24 @@ def test_the_sdks_single_call_task_runs_on_the_users_app(
 def test_the_users_worker_runs_a_distributed_campaign_from_the_sdks_queue(
     recipe: ModuleType, worker: Path, sim: ThreadedSimulator, tmp_path: Path
 ) -> None:
-    from proactive_async.celery import enqueue_chunks
+    from proactive_async.celery import enqueue_slices
 
     location = f"{os.environ['PROACTIVE_JOURNAL']}?campaign=recipe"
     targets = tmp_path / "targets.csv"
     targets.write_text("phone,name\n" + "".join(f"{phone(n)},Ana\n" for n in range(20)))
     plan = asyncio.run(
         plan_campaign(
-            location, template=TEMPLATE, targets=targets, options=CampaignOptions(chunk_size=4)
+            location,
+            template=TEMPLATE,
+            targets=targets,
+            options=CampaignOptions(chunk_size=4),
+            job_size=4,
         )
     )
-    assert enqueue_chunks(recipe.app, "recipe", plan.pending_chunks) == 5
+    assert enqueue_slices(recipe.app, "recipe", plan.pending_slices) == 5
     deadline = time.monotonic() + 60
     while not (status := asyncio.run(campaign_status(location))).finished:
         assert time.monotonic() < deadline, worker.read_text()[-3000:]
         time.sleep(0.2)
-    assert status.counts == {"sent": 20} and status.chunks_done == 5
+    assert status.counts == {"sent": 20} and status.slices_done == 5
     assert sim.audit.snapshot() == {phone(n): 1 for n in range(20)}

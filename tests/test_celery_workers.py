@@ -36,12 +36,12 @@ TOKEN = "celery-token-" + uuid.uuid4().hex
 FAULTS = worker_faults(5)
 
 
-def test_register_adds_the_chunk_task_with_late_acks_and_the_single_call_task() -> None:
-    from proactive_async.celery import CHUNK_TASK, SINGLE_CALL_TASK, register
+def test_register_adds_the_slice_task_with_late_acks_and_the_single_call_task() -> None:
+    from proactive_async.celery import SINGLE_CALL_TASK, SLICE_TASK, register
 
     app = celery.Celery("users-own-app", broker="memory://")
     register(app)
-    chunk = app.tasks[CHUNK_TASK]
+    chunk = app.tasks[SLICE_TASK]
     assert chunk.acks_late and chunk.reject_on_worker_lost and chunk.max_retries is None
     assert not app.tasks[SINGLE_CALL_TASK].acks_late  # a redelivered single call could send twice
 
@@ -81,21 +81,22 @@ def test_three_celery_workers_and_a_kill_9_give_every_record_one_outcome(
         env["PROACTIVE_BASE_URL"] = sim.url
         enqueued = cli(
             "enqueue", str(targets), "--engine", "celery", "--channel-id", "1", "--bot-id", "2",
-            "--template-id", "3", "--chunk-size", "4", "--campaign", "celery9",
-            "--rate", "1500", "--burst", "50", env=env,
+            "--template-id", "3", "--chunk-size", "4", "--job-size", "40", "--campaign",
+            "celery9", "--rate", "300", "--burst", "20", env=env,
         )  # fmt: skip
         assert enqueued.returncode == 0, enqueued.stderr
-        assert json.loads(enqueued.stdout)["queued"] == records // 4
+        assert json.loads(enqueued.stdout)["queued"] == records // 40
         workers = [start_worker(env, tmp_path / f"w{n}.log") for n in range(3)]
         try:
             deadline = time.monotonic() + 90
-            while status("celery9", env)["chunks_done"] < records // 22:
+            while status("celery9", env)["slices_done"] < records // 200:
                 assert time.monotonic() < deadline, (tmp_path / "w0.log").read_text()[-3000:]
                 time.sleep(0.2)
             os.killpg(workers[0].pid, signal.SIGKILL)
             workers[0].wait()
             workers.append(start_worker(env, tmp_path / "w3.log"))
-            deadline = time.monotonic() + 150 + records / 20
+            killed_at = time.monotonic()
+            deadline = killed_at + 90 + records / 300
             while not (final := status("celery9", env))["finished"]:
                 assert time.monotonic() < deadline, f"not finished: {final}"
                 time.sleep(0.5)

@@ -16,10 +16,10 @@ import pytest
 from rich.console import Console
 
 from proactive_async import AsyncClient, CampaignOptions, ProactiveConversationRequest
-from proactive_async.distributed import CampaignStatus, SliceRunner, plan_campaign
 from proactive_async._distributed_cli import _STALLED_AFTER, _StatusWatch
 from proactive_async._progress import PlainProgress, RateMeter, RichProgress, choose_display
 from proactive_async._records import OutcomeStatus
+from proactive_async.distributed import CampaignStatus, SliceRunner, plan_campaign
 from proactive_async.simulator import Simulator, SimulatorConfig
 
 TOKEN = "wait-token-" + "y" * 16

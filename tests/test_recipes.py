@@ -272,7 +272,7 @@ def test_flask_view_refuses_a_bad_body_and_maps_an_ambiguous_failure_to_502(
 # -- arq ----------------------------------------------------------------------------------
 
 
-async def test_arq_worker_settings_run_the_users_job_and_a_campaigns_chunks(
+async def test_arq_worker_settings_run_the_users_job_and_a_campaigns_slices(
     load_recipe: Load,
     sim: ThreadedSimulator,
     flushed_redis: str,
@@ -285,8 +285,8 @@ async def test_arq_worker_settings_run_the_users_job_and_a_campaigns_chunks(
     from arq import create_pool
     from arq.connections import RedisSettings
 
-    from proactive_async._distributed import campaign_status, plan_campaign
-    from proactive_async.arq import enqueue_chunks
+    from proactive_async.arq import enqueue_slices
+    from proactive_async.distributed import campaign_status, plan_campaign
 
     dsn = postgres_server.create_database(f"recipes_{uuid.uuid4().hex[:10]}")
     monkeypatch.setenv("PROACTIVE_JOURNAL", dsn)
@@ -298,9 +298,10 @@ async def test_arq_worker_settings_run_the_users_job_and_a_campaigns_chunks(
         template=TEMPLATE,
         targets=targets,
         options=CampaignOptions(chunk_size=5),
+        job_size=5,
     )
-    assert plan.pending_chunks == [1, 2, 3]
-    assert await enqueue_chunks(flushed_redis, "recipe", plan.pending_chunks) == 3
+    assert plan.pending_slices == [1, 2, 3]
+    assert await enqueue_slices(flushed_redis, "recipe", plan.pending_slices) == 3
     pool = await create_pool(RedisSettings.from_dsn(flushed_redis))
     try:
         job = await pool.enqueue_job("send_welcome", phone(99), "Bo")
@@ -325,7 +326,7 @@ async def test_arq_worker_settings_run_the_users_job_and_a_campaigns_chunks(
     status = await campaign_status(f"{dsn}?campaign=recipe")
     assert status.finished and status.counts == {"sent": 12}
     assert sim.audit.snapshot() == {phone(n): 1 for n in [*range(12), 99]}
-    assert log.read_text().count("proactive_async.send_chunk ● 'done'") == 3
+    assert log.read_text().count("proactive_async.send_slice ● 'done'") == 3
 
 
 def test_arq_worker_settings_name_the_sdk_job_as_the_sdk_enqueues_it(load_recipe: Load) -> None:
@@ -334,7 +335,7 @@ def test_arq_worker_settings_name_the_sdk_job_as_the_sdk_enqueues_it(load_recipe
 
     recipe = load_recipe("arq_settings")
     functions = {function.name: function for function in recipe.WorkerSettings.functions}
-    assert functions[proactive.JOB_NAME].coroutine is proactive.send_chunk_job
+    assert functions[proactive.JOB_NAME].coroutine is proactive.send_slice_job
     assert functions["send_welcome"].max_tries == 1  # a single send never runs twice
 
 

@@ -1,4 +1,4 @@
-"""arq: your own worker settings, running your jobs beside the SDK's campaign chunks.
+"""arq: your own worker settings, running your jobs beside the SDK's campaign slices.
 
 Run (from this folder)::
 
@@ -10,9 +10,9 @@ Run (from this folder)::
     arq arq_settings.WorkerSettings
 
 Queue your own job from anywhere with ``await pool.enqueue_job("send_welcome", phone,
-"Ana")``; queue a campaign's chunks with ``proactive-async enqueue`` (same Redis, same
+"Ana")``; queue a campaign's slices with ``proactive-async enqueue`` (same Redis, same
 journal): this worker runs both. The SDK's ``startup`` puts one ``AsyncClient`` and one
-chunk runner per worker process in ``ctx``; your jobs send through that same client
+slice worker per worker process in ``ctx``; your jobs send through that same client
 (``proactive.client(ctx)``: one connection pool per process). ``startup`` here runs the
 SDK's, then is where your own resources go; ``shutdown`` closes yours first, then the SDK's.
 """
@@ -27,6 +27,9 @@ from arq.worker import func
 
 from proactive_async import ProactiveConversationRequest
 from proactive_async import arq as proactive
+from proactive_async.settings import DEFAULT_REDIS_URL, Settings
+
+SETTINGS = Settings.from_env()  # PROACTIVE_REDIS_URL, PROACTIVE_JOURNAL, ...
 
 WELCOME = ProactiveConversationRequest(
     channel_id=int(os.environ["PROACTIVE_CHANNEL_ID"]),
@@ -44,7 +47,7 @@ async def send_welcome(ctx: dict[str, Any], phone: str, name: str) -> list[int]:
 
 
 async def startup(ctx: dict[str, Any]) -> None:
-    await proactive.startup(ctx)  # the client (PROACTIVE_BASE_URL, PROACTIVE_TOKEN), the runner
+    await proactive.startup(ctx)  # the client (PROACTIVE_BASE_URL, PROACTIVE_TOKEN), the slices
     # ... then your own resources: ctx["db"] = await create_db_pool(), ...
 
 
@@ -57,14 +60,13 @@ class WorkerSettings:
     functions = [
         # A single send is not safe to run twice (it could send twice): one try.
         func(send_welcome, name="send_welcome", max_tries=1),
-        # The SDK's chunk job as it registers it (many tries: it re-queues itself while
-        # another execution holds its chunk or the journal is down).
+        # The SDK's slice job as it registers it (many tries: it is retried while the
+        # journal is down; a slice a live worker holds just ends).
         proactive.JOB,
     ]
     on_startup = startup
     on_shutdown = shutdown
-    redis_settings = RedisSettings.from_dsn(
-        os.environ.get("PROACTIVE_REDIS_URL", "redis://127.0.0.1:6379/0")
-    )
-    # Jobs at once; the SDK's startup sizes its connection pool from the same variable.
-    max_jobs = int(os.environ.get("PROACTIVE_WORKER_CONCURRENCY", "16"))
+    redis_settings = RedisSettings.from_dsn(SETTINGS.redis_url or DEFAULT_REDIS_URL)
+    # Your jobs and the SDK's slices at once; the SDK's calls in flight stay within
+    # PROACTIVE_CONCURRENCY however many slices run.
+    max_jobs = 16

@@ -13,9 +13,9 @@ Send one message from your code: ``send_order_confirmation.delay("+5511999990000
 "A-1001")``, or with the SDK's single-call task: ``app.send_task(SINGLE_CALL_TASK,
 kwargs={"channel_id": 1, "bot_id": 2, "conversation_template_id": 3, "recipient": [...]})``.
 Run a campaign on these workers: ``proactive-async enqueue recipients.csv --engine celery
-...`` with the same broker and journal; its chunks go to the SDK's queue, which this app's
+...`` with the same broker and journal; its slices go to the SDK's queue, which this app's
 workers consume beside their default one. Each worker process has its own event loop,
-connection pool and chunk runner (``register`` hooks them to the process signals).
+connection pool and slice worker (``register`` hooks them to the process signals).
 ``CELERY_RESULT_BACKEND`` (optional) keeps the tasks' results.
 """
 
@@ -43,12 +43,13 @@ app = Celery(
     backend=os.environ.get("CELERY_RESULT_BACKEND"),
 )
 app.conf.update(
-    # Your tasks on Celery's default queue, the campaign chunks on the SDK's: a worker
+    # Your tasks on Celery's default queue, the campaign slices on the SDK's: a worker
     # consumes every queue listed here.
     task_queues=[Queue("celery"), Queue(proactive.QUEUE)],
-    # A chunk waits for a free worker process, not behind a busy one.
+    # A slice waits for a free worker process, not behind a busy one.
     worker_prefetch_multiplier=1,
-    # A chunk of a worker killed outright comes back after a minute, not Celery's hour.
+    # A message of a worker killed outright comes back after a minute, not Celery's hour
+    # (its slice does not wait for it: a live worker takes it over once its lease expires).
     broker_transport_options={"visibility_timeout": 60},
 )
 proactive.register(app)
