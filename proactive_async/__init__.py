@@ -11,7 +11,7 @@ Usage::
 import logging as _logging
 
 from ._campaign import Campaign
-from ._client import ApiResponse, AsyncClient, mask_phone
+from ._client import ApiResponse, AsyncClient
 from ._config import Limits, Timeout
 from ._errors import (
     AuthenticationError,
@@ -41,7 +41,6 @@ from ._errors import (
     UnprocessableEntityError,
 )
 from ._hooks import OutcomeHook, RetryHook, ThrottleHook
-from ._journal import Journal, open_journal
 from ._models import (
     AgentType,
     Conversation,
@@ -60,8 +59,10 @@ from ._options import CampaignOptions
 from ._records import Outcome, OutcomeError, OutcomeStatus, Record, Target
 from ._report import CampaignSummary
 from ._retry import RetryPolicy, is_safe_to_retry, parse_retry_after
+from ._secrets import mask_phone
 from ._sync import Client, ClientOptions
 from ._version import __version__
+from .journal import Journal, open_journal
 from .ratelimit import (
     AdaptiveTuning,
     RateLimit,
@@ -69,6 +70,7 @@ from .ratelimit import (
     SharedRateLimit,
     default_limit_key,
 )
+from .settings import SettingsError
 
 __all__ = [
     "AdaptiveTuning",
@@ -121,6 +123,7 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "ServiceUnavailableError",
+    "SettingsError",
     "SharedRateLimit",
     "TLSError",
     "Tag",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -37,12 +36,12 @@ from ._models import (
     encode_request,
 )
 from ._retry import RetryPolicy, Sleep, parse_retry_after, retry_call
-from ._secrets import Redactor, check_header_value
+from ._secrets import Redactor, check_header_value, mask_phones_in
 from ._transport import RawResponse, Transport, TransportConfig, user_agent
 from ._version import __version__
 from .ratelimit import RateLimitBackend, report_failure
 
-__all__ = ["ApiResponse", "AsyncClient", "mask_phone"]
+__all__ = ["ApiResponse", "AsyncClient"]
 
 PATH = "/api/Conversation/proactive-conversation"
 _log = logging.getLogger("proactive_async")
@@ -336,21 +335,3 @@ def _problem_details(body: bytes) -> ProblemDetails | None:
 def _snippet(body: bytes, limit: int = 300) -> str:
     text = body[:limit].decode("utf-8", "replace").strip()
     return " ".join(text.split())
-
-
-_PHONE = re.compile(r"\+?\d[\d\s().-]{6,}\d")
-
-
-def mask_phone(number: str) -> str:
-    """``+5511999990000`` -> ``+551********00``: enough to tell numbers apart in a log."""
-    digits = [c for c in number if c.isdigit()]
-    if len(digits) < 6:
-        return "*" * len(number)
-    hidden = len(digits) - 5
-    masked = digits[:3] + ["*"] * hidden + digits[-2:]
-    return ("+" if number.lstrip().startswith("+") else "") + "".join(masked)
-
-
-def mask_phones_in(text: str) -> str:
-    """Mask every phone-number-like run of digits in ``text``."""
-    return _PHONE.sub(lambda m: mask_phone(m.group(0)), text)

@@ -1,15 +1,28 @@
-"""Keeping the API token out of what the SDK shows: errors, bodies, reports, journals.
+"""What the SDK hides in what it shows (errors, bodies, logs, reports, journals, reprs):
+the API token, the password of a URL, whole phone numbers.
 
 One rule for every place that redacts: a string shorter than ``MIN_SECRET_LENGTH`` is no
 credible token and would match ordinary text, so only ``Bearer <token>`` is redacted then.
+Phone numbers are masked here rather than in ``_phone.py``: masking needs no
+``phonenumbers``, whose import (20 ms) the client and ``--help`` do not pay for.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Final
+from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["MIN_SECRET_LENGTH", "REDACTED", "Redactor", "check_header_value"]
+__all__ = [
+    "MIN_SECRET_LENGTH",
+    "REDACTED",
+    "Redactor",
+    "check_header_value",
+    "display_url",
+    "mask_phone",
+    "mask_phones_in",
+]
 
 MIN_SECRET_LENGTH: Final = 8
 REDACTED: Final = "[redacted]"
@@ -61,3 +74,35 @@ def check_header_value(name: str, value: str) -> str | None:
     if value != value.strip():
         return f"the {name} starts or ends with white space"
     return None
+
+
+def display_url(url: str) -> str:
+    """``url`` with its password, if any, shown as ``***``: for messages and reprs (a Redis
+    URL, a journal's PostgreSQL DSN); ``***`` alone for a string that is no URL."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # not a URL that can be taken apart: show none of it
+        return "***"
+    if password is None:
+        return url
+    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def mask_phone(number: str) -> str:
+    """``+5511999990000`` -> ``+551********00``: enough to tell numbers apart in a log."""
+    digits = [c for c in number if c.isdigit()]
+    if len(digits) < 6:
+        return "*" * len(number)
+    hidden = len(digits) - 5
+    masked = digits[:3] + ["*"] * hidden + digits[-2:]
+    return ("+" if number.lstrip().startswith("+") else "") + "".join(masked)
+
+
+def mask_phones_in(text: str) -> str:
+    """Mask every phone-number-like run of digits in ``text``."""
+    return _PHONE.sub(lambda m: mask_phone(m.group(0)), text)
+
+
+_PHONE: Final = re.compile(r"\+?\d[\d\s().-]{6,}\d")

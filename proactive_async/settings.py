@@ -23,13 +23,13 @@ import math
 import os
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Final
-from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
 from ._client import AsyncClient
 from ._config import DEFAULT_LIMITS, DEFAULT_TIMEOUT, Limits, Timeout
 from ._errors import ProactiveError
+from ._secrets import display_url
 from .ratelimit import AdaptiveTuning, RateLimit, SharedRateLimit, default_limit_key
 from .ratelimit._adaptive import DEFAULT_TUNING
 
@@ -265,19 +265,6 @@ def _refusal(name: str, value: object) -> str:
         reason = _TEXT_REASON
     # A refused URL is not echoed: it may hold a password.
     return f"{reason}, not {value!r}" if name in _SHOWN else reason
-
-
-def display_url(url: str) -> str:
-    """``url`` with its password, if any, shown as ``***``: for messages and reprs."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:  # not a URL that can be taken apart: show none of it
-        return "***"
-    if password is None:
-        return url
-    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 # -- builders ----------------------------------------------------------------------

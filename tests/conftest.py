@@ -11,6 +11,8 @@ import aioresponses.core as aioresponses_core
 import pytest
 from aioresponses import aioresponses
 
+from proactive_async.settings import VARIABLES
+
 
 class FakeTime:
     """An injectable ``clock`` and ``sleep``: sleeping advances the clock and is recorded."""
@@ -35,9 +37,9 @@ def fake_time() -> FakeTime:
 
 @pytest.fixture
 def no_proactive_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Unset PROACTIVE_BASE_URL / PROACTIVE_TOKEN so the developer's shell cannot leak in."""
-    monkeypatch.delenv("PROACTIVE_BASE_URL", raising=False)
-    monkeypatch.delenv("PROACTIVE_TOKEN", raising=False)
+    """Unset every variable the settings read (VARIABLES): the shell cannot leak in."""
+    for variable in VARIABLES.values():
+        monkeypatch.delenv(variable, raising=False)
     yield
 
 

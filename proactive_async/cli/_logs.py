@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 
-from .._client import mask_phones_in
+from .._secrets import mask_phones_in
 from ._common import UsageError, os_error_text
 
 __all__ = ["logging_to"]
