@@ -1,6 +1,7 @@
 """The Journal protocol, run against every backend: what a campaign may rely on from any of them.
 
-Only what ``_journal.Journal`` and ``open_journal`` promise is tested, through them alone.
+Only what ``proactive_async.journal.Journal`` and ``open_journal`` promise is tested,
+through them alone.
 A backend joins by adding one entry to ``BACKENDS``: a context manager that, given a
 ``tmp_path``, yields a ``Backend`` (and tears down what it made, e.g. a throwaway database).
 """
@@ -22,8 +23,8 @@ import msgspec
 import pytest
 
 from proactive_async import Journal, JournalError, JournalMismatchError, open_journal
-from proactive_async._journal import IN_FLIGHT, CampaignIdentity, JournalEntry
 from proactive_async._records import Outcome, OutcomeError, OutcomeStatus
+from proactive_async.journal import IN_FLIGHT, CampaignIdentity, JournalEntry
 
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0LXRva2Vu.s1gnature-Tok3n"
 IDENTITY = CampaignIdentity.build(
@@ -171,7 +172,7 @@ _KILLED_RUN = textwrap.dedent(
     """
     import asyncio, os, signal, sys
     from proactive_async import open_journal
-    from proactive_async._journal import CampaignIdentity
+    from proactive_async.journal import CampaignIdentity
     from proactive_async._records import Outcome, OutcomeStatus
 
     async def main() -> None:
@@ -259,6 +260,22 @@ async def test_a_line_marked_again_after_its_release_is_in_flight(location: str)
         await journal.release([1])
         await journal.mark_in_flight([1])  # returns once line 1 is committed in flight
         assert (await journal.lookup([1])).get(1) == JournalEntry(line=1, state=IN_FLIGHT)
+
+
+async def test_writes_committed_together_leave_each_line_as_call_order_would(
+    location: str,
+) -> None:
+    async with opened(location) as journal:
+        await journal.mark_in_flight([1, 2, 3])
+        await journal.record([outcome(1, "unknown")])
+        await journal.record([sent(1, 10), outcome(4, "unknown")])  # line 1 again: this wins
+        await journal.release([2])
+        await journal.mark_in_flight([2, 4])  # one commit with the writes buffered above
+        entries = await journal.lookup([1, 2, 3, 4])
+    assert entries[1] == JournalEntry(line=1, state="sent", outcome=sent(1, 10))
+    assert entries[2] == JournalEntry(line=2, state=IN_FLIGHT)  # marked after its release
+    assert entries[3] == JournalEntry(line=3, state=IN_FLIGHT)
+    assert entries[4] == JournalEntry(line=4, state=IN_FLIGHT)  # marked after its outcome
 
 
 async def test_lookup_of_lines_never_seen_returns_nothing_for_them(location: str) -> None:

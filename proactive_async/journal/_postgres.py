@@ -21,8 +21,8 @@ States of a line and their transitions::
 
 ``in_flight`` is committed before the call is made; a line found ``in_flight`` by a later
 run whose sender is gone ended ``unknown`` (``interrupted``) and is never resent unless
-asked. Commits go through one writer connection in order; callers arriving during a
-commit share the next one (group commit). Reads use a second connection.
+asked. Commits go through ``GroupCommit`` on one writer connection: callers arriving
+during a commit share the next one. Reads use a second connection.
 
 A single-process campaign holds a session advisory lock on its campaign while the journal
 is open, so a second process opening the same campaign is refused.
@@ -30,7 +30,6 @@ is open, so a second process opening the same campaign is refused.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 from collections.abc import Collection, Sequence
@@ -39,8 +38,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
-from ._errors import JournalError
-from ._journal import (
+from .._errors import JournalError
+from .._records import Outcome
+from ._base import (
     IN_FLIGHT,
     CampaignIdentity,
     JournalEntry,
@@ -49,25 +49,24 @@ from ._journal import (
     kept_secrets,
     refuse_secrets,
 )
-from ._records import Outcome
+from ._group_commit import GroupCommit, JournalOp, Mark, Record, Release, check_usable, coalesce
 
 if TYPE_CHECKING:
     import psycopg
 
 __all__ = [
-    "PLANNED",
+    "SCHEMA",
     "PostgresJournal",
     "campaign_location",
     "check_stored_identity",
+    "connect",
     "display_dsn",
+    "ensure_schema",
+    "outcome_json_sql",
     "split_location",
 ]
 
-PLANNED: Final = "planned"
-"""A distributed campaign's line, stored and chunked, not yet sent."""
 DEFAULT_CAMPAIGN: Final = "default"
-_FLUSH_ROWS: Final = 2048
-_FLUSH_SECONDS: Final = 0.25
 _LOCK_NAMESPACE: Final = "proactive-async:"
 
 SCHEMA: Final = (
@@ -132,7 +131,35 @@ _LOOKUP_SQL: Final = (
 
 _ENCODER: Final = msgspec.json.Encoder()
 _OUTCOME: Final = msgspec.json.Decoder(Outcome)
-_Op = tuple[str, Any]
+
+
+def outcome_json_sql(**columns: str) -> str:
+    """SQL that builds an ``Outcome``'s JSON, for an outcome written by SQL alone.
+
+    ``columns``: an SQL expression per field, by its Python name; a field left out gets its
+    default. The wire names, their order and the defaults come from ``Outcome`` itself,
+    so the SQL cannot drift from what ``msgspec`` encodes and decodes::
+
+        outcome_json_sql(line="line", status="'failed'", error="%s::json")
+    """
+    pairs = []
+    for field in msgspec.structs.fields(Outcome):
+        value = columns.pop(field.name, None)
+        pairs.append(f"'{field.encode_name}', {value or _default_json(field)}")
+    if columns:
+        raise ValueError(f"Outcome has no field {', '.join(sorted(columns))}")
+    return f"json_build_object({', '.join(pairs)})"
+
+
+def _default_json(field: msgspec.structs.FieldInfo) -> str:
+    if field.default is not msgspec.NODEFAULT:
+        default = field.default
+    elif field.default_factory is not msgspec.NODEFAULT:
+        default = field.default_factory()
+    else:
+        raise ValueError(f"Outcome.{field.name} has no default: give its SQL")
+    literal = _ENCODER.encode(default).decode().replace("'", "''")
+    return f"'{literal}'::json"
 
 
 def split_location(location: str) -> tuple[str, str]:
@@ -189,9 +216,7 @@ async def connect(dsn: str) -> psycopg.AsyncConnection[Any]:
         ) from None
 
 
-async def ensure_schema(
-    conn: psycopg.AsyncConnection[Any], extra: Sequence[str] = ()
-) -> None:
+async def ensure_schema(conn: psycopg.AsyncConnection[Any], extra: Sequence[str] = ()) -> None:
     """Create the tables when missing; ``extra``: more statements, run after them."""
     async with conn.transaction():
         # Concurrent first opens must not race on CREATE TABLE.
@@ -273,12 +298,7 @@ class PostgresJournal:
         self._writer_conn = writer
         self._reader = reader
         self._scrubber = SecretScrubber(secrets)
-        self._ops: list[_Op] = []
-        self._buffered = 0
-        self._waiters: list[asyncio.Future[None]] = []
-        self._writer: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._failure: JournalError | None = None
+        self._group: GroupCommit[JournalOp] = GroupCommit(self._write, error=self._write_error)
         self._closed = False
 
     @classmethod
@@ -319,36 +339,6 @@ class PostgresJournal:
             locked=locked,
         )
 
-    @classmethod
-    async def attach(cls, location: str, *, secrets: Collection[str] = ()) -> PostgresJournal:
-        """Open a campaign that exists (a worker's view: no identity check, no lock)."""
-        dsn, campaign = split_location(os.fspath(location))
-        where = f"{display_dsn(dsn)} (campaign {campaign!r})"
-        writer = await connect(dsn)
-        try:
-            cursor = await writer.execute(
-                "SELECT 1 FROM proactive_campaign WHERE id = %s", (campaign,)
-            )
-            if await cursor.fetchone() is None:
-                raise JournalError(f"no campaign {campaign!r} in {display_dsn(dsn)}")
-            reader = await connect(dsn)
-        except JournalError:
-            await writer.close()
-            raise
-        except Exception as exc:  # no tables yet: nothing was ever enqueued there
-            await writer.close()
-            raise JournalError(
-                f"no campaign {campaign!r} in {display_dsn(dsn)}: {_first_line(exc)}"
-            ) from None
-        return cls(
-            writer,
-            reader,
-            campaign=campaign,
-            where=where,
-            resumed=True,
-            secrets=kept_secrets(secrets),
-        )
-
     async def __aenter__(self) -> PostgresJournal:
         return self
 
@@ -368,111 +358,61 @@ class PostgresJournal:
 
     async def mark_in_flight(self, lines: Sequence[int]) -> None:
         self._check_usable()
-        if not lines:
-            return
-        self._ops.append(("mark", list(lines)))
-        await self._commit()
+        if lines:
+            await self._group.commit(Mark(list(lines)))
 
     async def release(self, lines: Sequence[int]) -> None:
         self._check_usable()
         if lines:
-            self._ops.append(("release", list(lines)))
-            self._arm_timer()
+            await self._group.add(Release(list(lines)), rows=len(lines))
 
     async def record(self, outcomes: Sequence[Outcome]) -> None:
         self._check_usable()
         if not outcomes:
             return
-        encoded = [self._scrubber.scrub(_ENCODER.encode(o)).decode() for o in outcomes]
-        lines = [o.line for o in outcomes]
-        states = [o.status.value for o in outcomes]
-        self._ops.append(("record", (lines, states, encoded)))
-        self._buffered += len(outcomes)
-        if self._buffered >= _FLUSH_ROWS:
-            await self._commit()
-        else:
-            self._arm_timer()
+        op = Record(
+            lines=[o.line for o in outcomes],
+            states=[o.status.value for o in outcomes],
+            outcomes=[self._scrubber.scrub(_ENCODER.encode(o)).decode() for o in outcomes],
+        )
+        await self._group.add(op, rows=len(outcomes))
 
     async def flush(self) -> None:
         self._check_usable()
-        await self._commit()
+        await self._group.commit()
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
         try:
-            if self._failure is None and (self._ops or self._writer is not None):
-                await self._commit(closing=True)
+            await self._group.aclose()  # commits what is buffered, unless a commit failed
         finally:
-            if self._timer is not None:
-                self._timer.cancel()
             await self._reader.close()
             await _close_unlocked(self._writer_conn, self.campaign if self._locked else None)
 
-    # -- writing -----------------------------------------------------------------------
-
-    def _arm_timer(self) -> None:
-        if self._timer is None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(_FLUSH_SECONDS, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        if self._ops and self._failure is None:
-            future = asyncio.ensure_future(self._commit(closing=True))
-            future.add_done_callback(_ignore_result)
-
-    async def _commit(self, *, closing: bool = False) -> None:
-        if not closing:
-            self._check_usable()
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_loop())
-        # Cancelling the caller does not withdraw its lines: they may still commit.
-        await asyncio.shield(waiter)
-
-    async def _write_loop(self) -> None:
-        while self._waiters:
-            ops, self._ops = self._ops, []
-            waiters, self._waiters = self._waiters, []
-            self._buffered = 0
-            try:
-                await self._write(ops)
-            except Exception as exc:
-                failure = self._error("write", exc)
-                self._failure = failure
-                for waiter in waiters + self._waiters:
-                    if not waiter.done():
-                        waiter.set_exception(failure)
-                self._waiters = []
-                return
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-
-    async def _write(self, ops: list[_Op]) -> None:
-        if not ops:
-            return
+    async def _write(self, ops: list[JournalOp]) -> None:
+        batch = coalesce(ops)
         conn = self._writer_conn
         campaign = self.campaign
         async with conn.transaction():
-            for kind, payload in ops:  # in call order: a later op wins
-                if kind == "mark":
-                    await conn.execute(_MARK_SQL, (campaign, payload))
-                elif kind == "release":
-                    for statement in _RELEASE_SQL:
-                        await conn.execute(statement, (campaign, payload))
-                else:
-                    lines, states, encoded = payload
-                    await conn.execute(_RECORD_SQL, (campaign, lines, states, encoded))
+            # One statement per kind, in the order coalesce applies them.
+            if batch.records:
+                lines = list(batch.records)
+                states = [state for state, _ in batch.records.values()]
+                outcomes = [text for _, text in batch.records.values()]
+                await conn.execute(_RECORD_SQL, (campaign, lines, states, outcomes))
+            if batch.marks:
+                await conn.execute(_MARK_SQL, (campaign, batch.marks))
+            if batch.releases:
+                for statement in _RELEASE_SQL:
+                    await conn.execute(statement, (campaign, batch.releases))
 
     def _check_usable(self) -> None:
-        if self._failure is not None:
-            raise self._failure
-        if self._closed:
-            raise JournalError(f"the journal {self.where} is closed")
+        check_usable(self.where, self._group.failure, self._closed)
+
+    def _write_error(self, exc: Exception) -> Exception:
+        return self._error("write", exc)
 
     def _error(self, what: str, exc: Exception) -> JournalError:
         return JournalError(
@@ -510,8 +450,3 @@ def _entry(row: tuple[Any, ...]) -> JournalEntry:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else ""
-
-
-def _ignore_result(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()  # read, so that a failure is not "never retrieved"

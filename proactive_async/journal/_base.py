@@ -1,39 +1,27 @@
-"""The journal seam: what a campaign needs of durable state, and how one is chosen.
-
-A journal makes a campaign resumable after a crash and is the fence of exactly-once: a
-chunk's lines are committed *in flight* before its call is made, so no run ever resends a
-line the server may have processed, whatever redelivered the work (a resume, a task queue).
-
-``Journal`` is the protocol the runner and the chunk sender talk to; ``open_journal``
-picks the backend from a path or URL. The SQLite journal (``_journal_sqlite``) is the
-first backend; every backend passes the same conformance suite
-(``tests/test_journal_conformance.py``). What every backend must do the same way (the
-identity check, refusing the token) is written here once.
-"""
+"""What every journal backend does the same way, written once: the stored entry, the
+campaign identity and its check, keeping secrets out, and ``Outcome``'s wire names."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Collection, Mapping, Sequence
-from typing import Any, Final, Protocol, runtime_checkable
+from collections.abc import Collection, Mapping
+from typing import Any, Final
 
 import msgspec
 
-from ._errors import JournalError, JournalMismatchError
-from ._records import Outcome, OutcomeError, OutcomeStatus
-from ._secrets import MIN_SECRET_LENGTH
+from .._errors import JournalError, JournalMismatchError
+from .._records import Outcome, OutcomeError, OutcomeStatus
+from .._secrets import MIN_SECRET_LENGTH
 
 __all__ = [
     "INTERRUPTED",
     "IN_FLIGHT",
+    "OUTCOME_WIRE_NAMES",
     "CampaignIdentity",
-    "Journal",
     "JournalEntry",
     "SecretScrubber",
     "check_identity",
     "interrupted_outcome",
     "kept_secrets",
-    "open_journal",
     "refuse_secrets",
 ]
 
@@ -45,6 +33,11 @@ INTERRUPTED: Final = OutcomeError(
     message="the campaign stopped while this record's call was in flight; it may have been sent",
 )
 """The error of a record whose call was in flight when its campaign stopped."""
+
+OUTCOME_WIRE_NAMES: Final = {
+    field.name: field.encode_name for field in msgspec.structs.fields(Outcome)
+}
+"""``Outcome``'s field names (Python) -> its JSON names, for SQL that reads or builds one."""
 
 
 class CampaignIdentity(msgspec.Struct, frozen=True):
@@ -112,79 +105,6 @@ def interrupted_outcome(
     )
 
 
-@runtime_checkable
-class Journal(Protocol):
-    """The durable state of one campaign, as the runner needs it.
-
-    Usage::
-
-        journal = await open_journal("campaign.db", identity, secrets=client.secrets)
-        try:
-            known = await journal.lookup([1, 2, 3])     # what an earlier run finished
-            await journal.mark_in_flight([1, 2])        # durable before the call
-            await journal.record(outcomes)              # final outcomes (may be buffered)
-        finally:
-            await journal.aclose()
-
-    A line marked in flight stays so until an outcome is recorded for it or it is
-    released; a crash in between leaves it in flight, and a resume never resends it
-    unless asked to.
-    """
-
-    resumed: bool
-    """True when the journal already held lines of this campaign when opened."""
-
-    async def lookup(self, lines: Sequence[int]) -> dict[int, JournalEntry]:
-        """What is committed for ``lines``; lines never seen are absent."""
-
-    async def mark_in_flight(self, lines: Sequence[int]) -> Collection[int] | None:
-        """Durably mark ``lines`` in flight; returns once committed.
-
-        None: every line was marked. A fenced journal (a distributed slice's) returns the
-        lines it marked; a line it did not mark belongs to another owner, or its campaign
-        was cancelled, and must not be sent.
-        """
-
-    async def release(self, lines: Sequence[int]) -> None:
-        """Withdraw in-flight marks of lines whose call was certainly never processed."""
-
-    async def record(self, outcomes: Sequence[Outcome]) -> None:
-        """Store final outcomes (committed by :meth:`flush` at the latest)."""
-
-    async def flush(self) -> None:
-        """Commit everything recorded so far."""
-
-    async def aclose(self) -> None:
-        """Flush and close; idempotent."""
-
-
-async def open_journal(
-    location: str | os.PathLike[str],
-    identity: CampaignIdentity,
-    *,
-    secrets: Collection[str] = (),
-) -> Journal:
-    """Open (create, or resume) the journal at ``location``: a file path or a URL.
-
-    ``campaign.db`` or ``sqlite:///campaign.db``: the SQLite journal;
-    ``postgresql://user@host/db?campaign=NAME``: the PostgreSQL journal. Raises
-    :class:`JournalError` for a scheme no installed backend handles.
-    """
-    from ._journal_sqlite import SQLiteJournal  # a backend is imported when used
-
-    text = os.fspath(location)
-    scheme, sep, rest = text.partition("://")
-    if not sep or len(scheme) == 1:  # a plain path (or a Windows drive letter)
-        return await SQLiteJournal.open(text, identity, secrets=secrets)
-    if scheme == "sqlite":
-        return await SQLiteJournal.open(rest, identity, secrets=secrets)
-    if scheme in ("postgres", "postgresql"):
-        from ._journal_pg import PostgresJournal
-
-        return await PostgresJournal.open(text, identity, secrets=secrets)
-    raise JournalError(f"no journal backend for {scheme}:// (a path or sqlite:/// is)")
-
-
 class SecretScrubber:
     """Replaces the JSON-encoded forms of secrets in encoded outcomes before they are stored."""
 
@@ -207,6 +127,7 @@ def _canonical_json(value: Mapping[str, Any]) -> str:
 
 
 def refuse_secrets(identity: CampaignIdentity, secrets: tuple[str, ...]) -> None:
+    """Refuse an identity holding a secret: the journal stores the identity as it is."""
     for field in ("template", "options"):
         text: str = getattr(identity, field)
         if any(secret in text for secret in secrets):
@@ -223,6 +144,7 @@ _IDENTITY_LABELS: Final = {
 
 
 def check_identity(path: str, stored: dict[str, str], identity: CampaignIdentity) -> None:
+    """Refuse a journal of another campaign, naming every part of the identity that differs."""
     differences = [
         f"the {label} differs (journal: {_excerpt(stored.get(field, ''))}, "
         f"this run: {_excerpt(getattr(identity, field))})"

@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psycopg
 import pytest
 
@@ -18,8 +19,9 @@ from proactive_async import (
     ProactiveConversationRequest,
     open_journal,
 )
-from proactive_async._journal import CampaignIdentity
-from proactive_async._journal_pg import display_dsn, split_location
+from proactive_async._records import Outcome, OutcomeError, OutcomeStatus
+from proactive_async.journal import CampaignIdentity
+from proactive_async.journal._postgres import display_dsn, outcome_json_sql, split_location
 from proactive_async.simulator import Simulator, SimulatorConfig
 
 IDENTITY = CampaignIdentity.build({"channelId": 1}, input_fingerprint="x")
@@ -112,3 +114,24 @@ async def test_closing_or_refusing_releases_the_campaign_lock_before_it_returns(
         with pytest.raises(JournalMismatchError):
             await open_journal(location, other)
         assert advisory_locks() == 0
+
+
+async def test_an_outcome_built_by_sql_decodes_as_the_same_outcome(dsn: str) -> None:
+    error = OutcomeError(kind="cancelled", message="not sent")
+    sql = outcome_json_sql(line="line", status="'failed'", recipient="recipient", error="%s::json")
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            f"SELECT {sql}::text FROM (VALUES (5, '+5511999990000')) AS r (line, recipient)",
+            (msgspec.json.encode(error).decode(),),
+        ).fetchone()
+    assert row is not None
+    assert msgspec.json.decode(row[0], type=Outcome) == Outcome(
+        line=5, status=OutcomeStatus.FAILED, recipient="+5511999990000", error=error
+    )
+
+
+def test_outcome_sql_refuses_a_field_outcome_lacks_or_one_without_a_default() -> None:
+    with pytest.raises(ValueError, match="no field contactid"):
+        outcome_json_sql(line="1", status="'sent'", contactid="2")
+    with pytest.raises(ValueError, match=r"Outcome\.status has no default"):
+        outcome_json_sql(line="1")

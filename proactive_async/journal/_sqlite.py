@@ -15,8 +15,12 @@ so an OS crash or power loss may lose the last commits.
 
 Performance: every SQLite call runs in one worker thread that owns the connection, so
 WAL writes and checkpoint fsyncs never stall the event loop (``sqlite3`` releases the
-GIL while a statement steps). ``mark_in_flight`` callers that arrive while a commit is
-running share the next one (group commit), and buffered outcomes ride along in it.
+GIL while a statement steps). Writes go through ``GroupCommit``: ``mark_in_flight``
+callers that arrive while a commit is running share the next one, and buffered outcomes
+and releases ride along in it.
+
+Besides the file, SQLite may keep a ``-wal`` side file next to it (merged back into the
+file when the journal closes); in exclusive locking mode it needs no ``-shm`` file.
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
-from ._errors import JournalError
-from ._journal import (
+from .._errors import JournalError
+from .._records import Outcome, OutcomeError, OutcomeStatus
+from ._base import (
     IN_FLIGHT,
+    OUTCOME_WIRE_NAMES,
     CampaignIdentity,
     JournalEntry,
     SecretScrubber,
@@ -42,18 +48,17 @@ from ._journal import (
     kept_secrets,
     refuse_secrets,
 )
-from ._records import Outcome, OutcomeError, OutcomeStatus
+from ._group_commit import GroupCommit, JournalOp, Mark, Record, Release, check_usable, coalesce
 
-__all__ = ["SQLiteJournal"]
+__all__ = ["SIDE_FILES", "SQLiteJournal"]
+
+SIDE_FILES: Final = ("-wal", "-shm", "-journal")
+"""Suffixes of the files SQLite may keep next to a journal file (``-wal`` in WAL mode; the
+others only in modes this journal does not use, or while it converts an old file)."""
 
 # "PAJ1" in the SQLite header's application_id: tells our journals from other databases.
 _APPLICATION_ID: Final = 0x50414A31
 _SCHEMA_VERSION: Final = 1
-
-# Outcomes are buffered up to this many rows, or this many seconds, before a commit of
-# their own; under load they ride along in the mark_in_flight commits instead.
-_FLUSH_ROWS: Final = 2048
-_FLUSH_SECONDS: Final = 0.25
 
 # Stays under SQLITE_MAX_VARIABLE_NUMBER of every SQLite build (999 before 3.32).
 _LOOKUP_BATCH: Final = 500
@@ -87,16 +92,23 @@ _RELEASE_SQL: Final = (
 _STATE_CASE: Final = " ".join(
     f"WHEN '{status.value}' THEN {code}" for status, code in _STATE_CODES.items()
 )
+
+
+def _field(name: str) -> str:
+    return f"json_extract(value, '$.{OUTCOME_WIRE_NAMES[name]}')"
+
+
+# The columns of ``lines`` in order, each read from an encoded Outcome by its wire name.
 _RECORD_SQL: Final = (
     "INSERT OR REPLACE INTO lines SELECT"
-    " json_extract(value, '$.line'),"
-    f" CASE json_extract(value, '$.status') {_STATE_CASE} END,"
-    " coalesce(json_extract(value, '$.attempts'), 0),"
-    " json_extract(value, '$.recipient'),"
-    " json_extract(value, '$.contactId'),"
-    " nullif(json_extract(value, '$.conversationIds'), '[]'),"
-    " json_extract(value, '$.error'),"
-    " json_extract(value, '$.duplicateOf')"
+    f" {_field('line')},"
+    f" CASE {_field('status')} {_STATE_CASE} END,"
+    f" coalesce({_field('attempts')}, 0),"
+    f" {_field('recipient')},"
+    f" {_field('contact_id')},"
+    f" nullif({_field('conversation_ids')}, '[]'),"
+    f" {_field('error')},"
+    f" {_field('duplicate_of')}"
     " FROM json_each(?)"
 )
 _SELECT_SQL: Final = "SELECT * FROM lines WHERE line IN ({})"
@@ -150,19 +162,9 @@ class SQLiteJournal:
         self._scrubber = SecretScrubber(secrets)
         # Guards the connection between the worker thread and counts().
         self._lock = threading.Lock()
-        # Outcomes recorded since the last commit, each as its JSON object.
-        self._records: list[bytes] = []
-        self._marks: list[int] = []
-        self._releases: list[int] = []
-        # Futures of mark_in_flight and flush callers, resolved by the next commit.
-        self._waiters: list[asyncio.Future[None]] = []
-        self._records_due = False
-        self._writer: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._failure: JournalError | None = None
+        self._group: GroupCommit[JournalOp] = GroupCommit(self._write, error=_as_journal_error)
         self._closing = False
         self._closed_counts: dict[str, int] | None = None
-        self._commits = 0
 
     @classmethod
     async def open(
@@ -201,7 +203,7 @@ class SQLiteJournal:
     @property
     def commits(self) -> int:
         """How many transactions this journal has committed (for summaries and tests)."""
-        return self._commits
+        return self._group.commits
 
     async def lookup(self, lines: Sequence[int]) -> dict[int, JournalEntry]:
         """What the journal has committed for ``lines``; lines it never saw are absent.
@@ -224,22 +226,15 @@ class SQLiteJournal:
         return await self._run(self._locked_lookup, batch)
 
     async def mark_in_flight(self, lines: Sequence[int]) -> None:
-        """Durably mark ``lines`` in flight; returns once committed.
+        """Durably mark ``lines`` in flight; returns once committed (every line is marked).
 
         Callers arriving while a commit runs share the next one. Cancelling a caller
         does not withdraw its lines: they may still be committed in flight, which a
         resume reports ``unknown`` (never resent), the safe side.
         """
         self._check_usable()
-        if not lines:
-            return
-        if self._releases:
-            # A commit applies marks before releases: a release buffered before this mark
-            # must not withdraw it (the line would not be in flight while it is sent).
-            marked = set(lines)
-            self._releases = [line for line in self._releases if line not in marked]
-        self._marks.extend(lines)
-        await self._wait_for_commit()
+        if lines:
+            await self._group.commit(Mark(list(lines)))
 
     async def release(self, lines: Sequence[int]) -> None:
         """Withdraw in-flight marks of lines whose call was certainly never processed.
@@ -248,28 +243,26 @@ class SQLiteJournal:
         flight and a resume reports them ``unknown``, the safe side.
         """
         self._check_usable()
-        if not lines:
-            return
-        if self._timer is None and not self._records:
-            self._timer = asyncio.get_running_loop().call_later(_FLUSH_SECONDS, self._on_timer)
-        self._releases.extend(lines)
+        if lines:
+            await self._group.add(Release(list(lines)), rows=len(lines))
 
     async def record(self, outcomes: Sequence[Outcome]) -> None:
         """Buffer final outcomes; committed with the next commit, by size, or by time."""
         self._check_usable()
         if not outcomes:
             return
-        if not self._records and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(_FLUSH_SECONDS, self._on_timer)
-        encode = _ENCODER.encode
-        self._records.extend([encode(outcome) for outcome in outcomes])
-        if len(self._records) >= _FLUSH_ROWS:
-            await self._flush()
+        encode, scrub = _ENCODER.encode, self._scrubber.scrub
+        op = Record(
+            lines=[outcome.line for outcome in outcomes],
+            states=[outcome.status.value for outcome in outcomes],
+            outcomes=[scrub(encode(outcome)).decode() for outcome in outcomes],
+        )
+        await self._group.add(op, rows=len(outcomes))
 
     async def flush(self) -> None:
         """Commit every outcome recorded so far."""
         self._check_usable()
-        await self._flush()
+        await self._group.commit()
 
     def counts(self) -> dict[str, int]:
         """Committed rows per state (``in_flight`` or an outcome status); flush first.
@@ -289,108 +282,44 @@ class SQLiteJournal:
             return
         self._closing = True
         try:
-            if self._failure is None:
-                await self._flush()
+            await self._group.aclose()  # commits what is buffered, unless a commit failed
         finally:
-            self._cancel_timer()
             try:
                 self._closed_counts = await self._run(self._close_sync)
             finally:
                 self._executor.shutdown(wait=False)
 
-    async def _wait_for_commit(self) -> None:
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._write_loop())
-        await waiter
-
-    async def _flush(self) -> None:
-        if self._records or self._releases or self._writer is not None:
-            await self._wait_for_commit()
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        if self._closing or self._failure is not None:
-            return
-        self._records_due = True
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._write_loop())
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    async def _write_loop(self) -> None:
-        """Commit what has gathered, again and again, until nobody waits."""
-        try:
-            while self._waiters or self._records_due:
-                rows, self._records = self._records, []
-                marks, self._marks = self._marks, []
-                releases, self._releases = self._releases, []
-                waiters, self._waiters = self._waiters, []
-                self._records_due = False
-                self._cancel_timer()
-                if rows or marks or releases:
-                    try:
-                        await self._run(self._write_sync, rows, marks, releases)
-                    except JournalError as exc:
-                        self._fail(exc, waiters)
-                        return
-                    self._commits += 1
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_result(None)
-        finally:
-            self._writer = None
-
-    def _fail(self, exc: JournalError, waiters: list[asyncio.Future[None]]) -> None:
-        # Later calls raise too: a journal that missed a write can no longer vouch.
-        self._failure = exc
-        self._records.clear()
-        self._marks.clear()
-        self._releases.clear()
-        for waiter in (*waiters, *self._waiters):
-            if not waiter.done():
-                waiter.set_exception(exc)
-        self._waiters.clear()
-
     def _check_usable(self) -> None:
-        if self._failure is not None:
-            raise JournalError(f"the journal {self.path} failed earlier: {self._failure}")
-        if self._closing:
-            raise JournalError(f"the journal {self.path} is closed")
+        check_usable(self.path, self._group.failure, self._closing)
+
+    async def _write(self, ops: list[JournalOp]) -> None:
+        await self._run(self._write_sync, ops)
 
     async def _run(self, func: Callable[..., _T], *args: Any) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
 
     # The *_sync methods run in the worker thread.
 
-    def _write_sync(
-        self, records: list[bytes], marks: list[int], releases: list[int] | None = None
-    ) -> None:
+    def _write_sync(self, ops: list[JournalOp]) -> None:
+        batch = coalesce(ops)  # here, not on the event loop: it loops over every line
         conn = self._conn
         with self._lock:
             try:
                 conn.execute("BEGIN")
-                # Outcomes first: a line marked after its outcome was buffered is being
-                # sent again, and in flight is then the truth.
-                if records:
-                    conn.execute(_RECORD_SQL, (self._redact(b"[" + b",".join(records) + b"]"),))
-                if marks:
-                    conn.execute(_MARK_SQL, (_ENCODER.encode(marks).decode(),))
-                if releases:
-                    conn.execute(_RELEASE_SQL, (_ENCODER.encode(releases).decode(),))
+                # One statement per kind, in the order coalesce applies them. The JSON is
+                # passed as str: SQLite 3.45+ would read a BLOB as its binary JSONB.
+                if batch.records:
+                    outcomes = ",".join(text for _, text in batch.records.values())
+                    conn.execute(_RECORD_SQL, (f"[{outcomes}]",))
+                if batch.marks:
+                    conn.execute(_MARK_SQL, (_ENCODER.encode(batch.marks).decode(),))
+                if batch.releases:
+                    conn.execute(_RELEASE_SQL, (_ENCODER.encode(batch.releases).decode(),))
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise JournalError(f"cannot write the journal {self.path}: {exc}") from exc
-
-    def _redact(self, array: bytes) -> str:
-        # str, not bytes: SQLite 3.45+ would read a BLOB as its binary JSONB.
-        return self._scrubber.scrub(array).decode()
 
     def _locked_lookup(self, lines: list[int]) -> dict[int, JournalEntry]:
         with self._lock:
@@ -419,7 +348,7 @@ class SQLiteJournal:
     def _close_sync(self) -> dict[str, int] | None:
         with self._lock:
             try:
-                return self._counts_sync() if self._failure is None else None
+                return self._counts_sync() if self._group.failure is None else None
             finally:
                 # The last connection's close checkpoints the WAL into the main file.
                 self._conn.close()
@@ -510,3 +439,8 @@ def _entry(row: _Row) -> JournalEntry:
         duplicate_of=duplicate_of,
     )
     return JournalEntry(line=line, state=status.value, outcome=outcome)
+
+
+def _as_journal_error(exc: Exception) -> Exception:
+    # _write_sync raises JournalError for what SQLite refuses; anything else is a bug.
+    return exc if isinstance(exc, JournalError) else JournalError(f"{type(exc).__name__}: {exc}")
