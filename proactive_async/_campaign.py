@@ -38,7 +38,6 @@ from ._client import AsyncClient
 from ._errors import ProactiveError
 from ._hooks import OutcomeHook, RetryHook, ThrottleHook, safe_hook
 from ._input import aiter_records, fingerprint_file, read_records, starts_with_header
-from ._journal import INTERRUPTED, CampaignIdentity, Journal, open_journal
 from ._models import ProactiveConversationRequest
 from ._options import CampaignOptions
 from ._planner import Chunk, PlannedTarget, Planner
@@ -46,6 +45,7 @@ from ._records import Outcome, OutcomeStatus, Record
 from ._report import CampaignSummary, LatencySample, ReportWriter
 from ._retry import Sleep
 from ._sender import ABORTED, MAX_THROTTLES, ChunkSender, make_outcome
+from .journal import INTERRUPTED, CampaignIdentity, Journal, open_journal
 from .ratelimit import RateLimit, RateLimitBackend
 
 if TYPE_CHECKING:
@@ -454,13 +454,7 @@ class Campaign:
 
     async def _tally(self, outcome: Outcome, *, resumed: bool = False) -> None:
         """Count, report and forward one final outcome (the journal already has it)."""
-        summary = self.summary
-        summary.counts[outcome.status] += 1
-        summary.records += 1
-        if resumed:
-            summary.resumed += 1
-        elif outcome.status is OutcomeStatus.SENT:
-            summary.targets_sent += 1
+        self.summary.note_outcome(outcome, resumed=resumed)
         if self._report is not None:
             self._report.write(outcome)
         if self._sink is not None:

@@ -298,8 +298,19 @@ class CampaignSummary:
             self.counts[OutcomeStatus.FAILED] or self.counts[OutcomeStatus.UNKNOWN]
         )
 
-    def note_outcome(self, outcome: Outcome) -> None:
-        """Count the error of a record that did not end sent (distinct keys are bounded)."""
+    def note_outcome(self, outcome: Outcome, *, resumed: bool = False) -> None:
+        """Count one record's final outcome: its status, and the error of a record that did
+        not end sent, for ``top_errors`` (``resumed``: taken from an earlier run's journal)."""
+        self.counts[outcome.status] += 1
+        self.records += 1
+        if resumed:
+            self.resumed += 1
+        elif outcome.status is OutcomeStatus.SENT:
+            self.targets_sent += 1
+        self._note_error(outcome)
+
+    def _note_error(self, outcome: Outcome) -> None:
+        """Count the error by its key (distinct keys are bounded)."""
         error = outcome.error
         if error is None or outcome.status in (OutcomeStatus.SENT, OutcomeStatus.DUPLICATE):
             return

@@ -28,8 +28,8 @@ from proactive_async import (
     Target,
     Timeout,
 )
-from proactive_async._journal_sqlite import SQLiteJournal as Journal
 from proactive_async._report import LatencySample, ReportWriter
+from proactive_async.journal._sqlite import SQLiteJournal as Journal
 from proactive_async.simulator import Faults, Simulator, SimulatorConfig
 from proactive_async.simulator._render import phone_of_contact
 
@@ -1288,6 +1288,24 @@ async def test_a_401_stops_the_campaign_at_once_and_a_resume_sends_every_record(
             ).run()
         assert summary.counts[OutcomeStatus.SENT] == count
         assert sim.audit.total_processed == count and sim.audit.duplicates() == {}
+
+
+async def test_a_library_campaign_that_met_a_401_has_it_in_its_top_errors() -> None:
+    """The summary counts record errors itself: no hook is needed for ``top_errors()``."""
+    from proactive_async import AuthenticationError
+
+    targets = [phone(i) for i in range(40)]
+    simulator = Simulator(SimulatorConfig(token="right-token-123"))
+    async with simulator as sim, client_for(sim.url, token="wrong-token-456") as client:
+        campaign = Campaign(client, template=TEMPLATE, targets=targets, chunk_size=5, concurrency=2)
+        with pytest.raises(AuthenticationError):
+            await campaign.run()
+    top = campaign.summary.top_errors()
+    (unauthorized,) = [error for error in top if error.http_status == 401]
+    assert unauthorized.kind == "AuthenticationError" and unauthorized.status == "failed"
+    assert unauthorized.records > 0
+    assert {error.kind for error in top} == {"AuthenticationError", "aborted"}
+    assert sum(error.records for error in top) == len(targets)
 
 
 async def test_a_certificate_that_does_not_verify_stops_the_campaign(tls_ca: Any) -> None:

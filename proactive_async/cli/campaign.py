@@ -36,7 +36,7 @@ from .._errors import (
 from .._models import ProactiveConversationRequest
 from .._options import CampaignOptions
 from .._progress import choose_display
-from .._records import Outcome, OutcomeStatus
+from .._records import OutcomeStatus
 from .._report import CampaignSummary
 from ..ratelimit import RateLimit, RateLimitBackend
 from ..settings import Settings, build_client, build_rate_limit
@@ -268,11 +268,8 @@ def _make_campaign(
             options, rate=None, burst=None, calls_per_second=None, adaptive=None
         )
 
-    def count_error(outcome: Outcome) -> None:
-        campaign.summary.note_outcome(outcome)  # for the summary's top errors
-
     try:
-        campaign = Campaign(
+        return Campaign(
             client,
             template=settings.template,
             targets=settings.targets,
@@ -280,11 +277,9 @@ def _make_campaign(
             rate_limit=limit,
             journal=settings.journal,
             report=settings.report,
-            on_outcome=count_error,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    return campaign
 
 
 async def _drive(campaign: Campaign, display: ProgressDisplay, grace_period: float) -> bool:

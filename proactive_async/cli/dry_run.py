@@ -92,8 +92,6 @@ async def plan_dry_run(
     async with contextlib.aclosing(planner.plan(records)) as plan:
         async for item in plan:
             if isinstance(item, Outcome):
-                summary.counts[item.status] += 1
-                summary.records += 1
                 summary.note_outcome(item)
                 if report is not None:
                     report.write(item)
