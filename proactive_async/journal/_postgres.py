@@ -40,6 +40,7 @@ import msgspec
 
 from .._errors import JournalError
 from .._records import Outcome
+from .._secrets import display_url as display_dsn  # the one rule for hiding a password
 from ._base import (
     IN_FLIGHT,
     CampaignIdentity,
@@ -188,15 +189,6 @@ def check_stored_identity(where: str, row: Sequence[Any], identity: CampaignIden
     """``check_identity`` for a row starting with template, input fingerprint, options."""
     stored = dict(zip(("template", "input_fingerprint", "options"), row[:3], strict=True))
     check_identity(where, stored, identity)
-
-
-def display_dsn(dsn: str) -> str:
-    """The DSN with its password hidden, for messages."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 async def connect(dsn: str) -> psycopg.AsyncConnection[Any]:
