@@ -267,9 +267,9 @@ async def test_a_mark_after_the_lease_was_taken_over_moves_nothing(
     dsn: str, tmp_path: Path
 ) -> None:
     """The fence at its lowest level: a stale owner's mark, its clock not yet aware."""
-    from proactive_async._journal import SecretScrubber
     from proactive_async.distributed._connect import Database
     from proactive_async.distributed._journal import Lease, SliceJournal
+    from proactive_async.journal import SecretScrubber
 
     targets = write_targets(tmp_path / "t.csv", 4)
     await plan(dsn, "g", targets)
@@ -407,5 +407,5 @@ async def test_no_connection_is_left_open_after_aclose(
 def test_the_public_module_is_the_engine_free_api_for_your_own_queue() -> None:
     import proactive_async.distributed as public
 
-    assert public.__all__ == sorted(public.__all__)
+    assert all(hasattr(public, name) for name in public.__all__)
     assert {"plan_campaign", "SliceRunner", "SliceWorker", "campaign_status"} <= set(public.__all__)

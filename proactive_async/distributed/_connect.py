@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from .._errors import JournalError
-from .._journal_pg import connect, display_dsn, ensure_schema
+from ..journal._postgres import connect, display_dsn, ensure_schema
 from ._store import SCHEMA
 
 if TYPE_CHECKING:
@@ -46,9 +46,18 @@ class Database:
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._lock = asyncio.Lock()
 
-    async def run(self, unit: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
+    async def run(
+        self,
+        unit: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]],
+        *,
+        transaction: bool = True,
+    ) -> T:
         """``unit(conn)`` in one transaction, run again on a new connection when the
-        connection is lost; JournalError (never the password) once patience is out."""
+        connection is lost; JournalError (never the password) once patience is out.
+
+        ``transaction=False``: each statement commits on its own (no BEGIN and COMMIT
+        round trips), for units whose statements need no atomicity together.
+        """
         import psycopg
 
         deadline = time.monotonic() + self.patience
@@ -57,6 +66,8 @@ class Database:
             while True:
                 try:
                     conn = await self._connection()
+                    if not transaction:
+                        return await unit(conn)
                     async with conn.transaction():
                         return await unit(conn)
                 except (psycopg.OperationalError, JournalError) as exc:

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 
 from .._errors import JournalError
-from .._group_commit import GroupCommit
-from .._journal import JournalEntry, SecretScrubber
 from .._records import Outcome
+from ..journal import JournalEntry, SecretScrubber
+from ..journal._group_commit import GroupCommit
 from ._connect import Database
 from ._store import MARK, RECORD, RELEASE
 

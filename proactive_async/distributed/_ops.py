@@ -8,8 +8,8 @@ from typing import IO, TYPE_CHECKING, Any, Final
 import msgspec
 
 from .._errors import JournalError
-from .._journal_pg import connect, display_dsn, split_location
 from .._records import OutcomeError
+from ..journal._postgres import connect, display_dsn, split_location
 from ._store import FINISH_CAMPAIGN
 
 if TYPE_CHECKING:

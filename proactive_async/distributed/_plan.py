@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 
 from .._campaign import campaign_identity, file_records
-from .._journal import CampaignIdentity, SecretScrubber, kept_secrets, refuse_secrets
-from .._journal_pg import check_stored_identity, connect, display_dsn, split_location
 from .._models import ProactiveConversationRequest
 from .._options import CAMPAIGN_RETRY, CampaignOptions
 from .._planner import Chunk, Planner
 from .._records import Outcome, OutcomeStatus
 from .._retry import RetryPolicy
+from ..journal import CampaignIdentity, SecretScrubber, kept_secrets, refuse_secrets
+from ..journal._postgres import check_stored_identity, connect, display_dsn, split_location
 from ._connect import ensure_distributed_schema
 
 if TYPE_CHECKING:

@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 
 from .._errors import JournalError
-from .._journal import INTERRUPTED, SecretScrubber, kept_secrets
-from .._journal_pg import display_dsn, split_location
 from .._models import ProactiveConversationRequest
 from .._planner import Chunk, PlannedTarget
 from .._records import Outcome, OutcomeStatus
 from .._sender import ChunkSender, make_outcome
+from ..journal import INTERRUPTED, SecretScrubber, kept_secrets
+from ..journal._postgres import display_dsn, split_location
 from ..ratelimit import RateLimitBackend
 from ._connect import Database
 from ._journal import Lease, SliceJournal
