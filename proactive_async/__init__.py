@@ -40,7 +40,7 @@ from ._errors import (
     TransportError,
     UnprocessableEntityError,
 )
-from ._hooks import OutcomeHook, RetryHook, ThrottleHook
+from ._hooks import OutcomeHook, RetryDetails, RetryHook, ThrottleDetails, ThrottleHook
 from ._models import (
     AgentType,
     Conversation,
@@ -119,6 +119,7 @@ __all__ = [
     "Record",
     "RedirectError",
     "ResponseTooLargeError",
+    "RetryDetails",
     "RetryHook",
     "RetryPolicy",
     "ServerError",
@@ -128,6 +129,7 @@ __all__ = [
     "TLSError",
     "Tag",
     "Target",
+    "ThrottleDetails",
     "ThrottleHook",
     "Timeout",
     "TransportError",

@@ -89,9 +89,11 @@ class Campaign:
         report: a JSONL path, one line per input record.
         on_outcome: called with each record's final outcome (an ``OutcomeHook``), as
             ``async for`` yields them: outcomes replayed from the journal on a resume too.
-        on_retry: called when a failed attempt will be retried, with the error, the
-            attempt's number and the wait (a ``RetryHook``); a retried 429 too.
-        on_throttle: called with each 429 and its ``Retry-After`` (a ``ThrottleHook``).
+        on_retry: called when a failed attempt will be retried, with a ``RetryDetails``
+            (the error, the attempt's number, the wait, the time since the first attempt;
+            a ``RetryHook``); a retried 429 too.
+        on_throttle: called with each 429, with a ``ThrottleDetails`` (the error and its
+            ``Retry-After``; a ``ThrottleHook``).
             Each is a plain function (an ``async def`` is refused: it would never be
             awaited), run on the event loop: keep it quick. One that raises is logged and
             never costs a record.

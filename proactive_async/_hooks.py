@@ -5,20 +5,59 @@ metrics counter, a log line), and hand slower work to a queue or a task of your 
 is never awaited, so it adds no await point inside the life of a chunk: a slow or
 cancelled callback cannot cut a chunk's settlement short. A callback that raises never
 costs a record: the error is logged and the campaign goes on.
+
+Each callback receives one object (as stamina's ``RetryDetails``): a field added to it
+later breaks no callback. ``on_retry`` gets a ``RetryDetails``, ``on_throttle`` a
+``ThrottleDetails``, and ``on_outcome`` the ``Outcome`` itself, which already is such an
+object (every field after ``status`` has a default) and is what ``async for`` yields: a
+wrapper around it would cost an allocation per record and say nothing more.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ._errors import ProactiveError, RateLimitError
 from ._records import Outcome
 
-__all__ = ["OutcomeHook", "RetryHook", "SafeHook", "ThrottleHook", "safe_hook"]
+__all__ = [
+    "OutcomeHook",
+    "RetryDetails",
+    "RetryHook",
+    "SafeHook",
+    "ThrottleDetails",
+    "ThrottleHook",
+    "safe_hook",
+]
 
 _log = logging.getLogger("proactive_async")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryDetails:
+    """A failed attempt that will be retried: what ``on_retry`` receives."""
+
+    error: ProactiveError
+    """Why the attempt failed."""
+    attempt: int
+    """The number of the attempt that failed (1 for the first)."""
+    wait: float
+    """Seconds before the next attempt (a 429's ``Retry-After``, or the policy's backoff)."""
+    elapsed: float
+    """Seconds since the call's first attempt (stamina's ``waited_so_far``)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ThrottleDetails:
+    """A 429 the server answered: what ``on_throttle`` receives."""
+
+    error: RateLimitError
+    """The 429 itself."""
+    retry_after: float | None
+    """The server's ``Retry-After`` in seconds, None when it sent none."""
 
 
 class OutcomeHook(Protocol):
@@ -34,22 +73,28 @@ class OutcomeHook(Protocol):
 
 
 class RetryHook(Protocol):
-    """Called when a failed attempt will be retried (``Campaign(on_retry=...)``).
+    """Called when a failed attempt will be retried (``Campaign(on_retry=...)``); a retried
+    429 calls it too (after ``on_throttle``).
 
-    ``attempt`` is the number of the attempt that failed (1 for the first), ``wait`` the
-    seconds before the next one. A retried 429 calls it too (after ``on_throttle``).
+    Usage::
+
+        def count(retry: RetryDetails) -> None:
+            RETRIES.labels(retry.error.kind).inc()
     """
 
-    def __call__(self, error: ProactiveError, attempt: int, wait: float, /) -> None: ...
+    def __call__(self, details: RetryDetails, /) -> None: ...
 
 
 class ThrottleHook(Protocol):
     """Called with each 429 the server answers (``Campaign(on_throttle=...)``).
 
-    ``retry_after`` is the server's ``Retry-After`` in seconds, None when it sent none.
+    Usage::
+
+        def count(throttle: ThrottleDetails) -> None:
+            THROTTLED.inc()
     """
 
-    def __call__(self, error: RateLimitError, retry_after: float | None, /) -> None: ...
+    def __call__(self, details: ThrottleDetails, /) -> None: ...
 
 
 class SafeHook:
@@ -69,9 +114,9 @@ class SafeHook:
         self._name = name
         self.failures = 0
 
-    def __call__(self, *args: Any) -> None:
+    def __call__(self, details: object, /) -> None:
         try:
-            result = self._function(*args)
+            result = self._function(details)
         except Exception:
             self._failed()
             return

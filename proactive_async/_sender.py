@@ -28,14 +28,14 @@ from msgspec import UNSET
 
 from ._client import AsyncClient
 from ._errors import BadRequestError, ProactiveError, RateLimitError
-from ._hooks import RetryHook, ThrottleHook, safe_hook
-from ._journal import INTERRUPTED, Journal
+from ._hooks import RetryDetails, RetryHook, ThrottleDetails, ThrottleHook, safe_hook
 from ._matching import match_conversations
 from ._models import Conversation, ProactiveConversationRequest, build_request, encode_request
 from ._planner import Chunk, PlannedTarget
 from ._records import Outcome, OutcomeError, OutcomeStatus
 from ._report import CampaignSummary, LatencySample
 from ._retry import RetryPolicy, Sleep
+from .journal import INTERRUPTED, Journal
 from .ratelimit import RateLimitBackend, report_failure, unnamed_throttle_wait
 
 __all__ = ["ABORTED", "MAX_THROTTLES", "ChunkSender", "OutcomeSink"]
@@ -241,7 +241,10 @@ class ChunkSender:
                     await self._settle(targets, status, attempt, exc)
                     return
                 if self._on_retry is not None:
-                    self._on_retry(exc, attempt, wait)
+                    elapsed = self._clock() - first_try
+                    self._on_retry(
+                        RetryDetails(error=exc, attempt=attempt, wait=wait, elapsed=elapsed)
+                    )
                 # A shared pause (a 429 or 503 told to the rate limit) is waited in acquire.
                 backoff = 0.0 if shared else wait
                 continue
@@ -293,8 +296,8 @@ class ChunkSender:
         throttled = isinstance(exc, RateLimitError)
         if throttled:
             self.summary.throttled += 1
-            if self._on_throttle is not None:
-                self._on_throttle(exc, getattr(exc, "retry_after", None))
+            if self._on_throttle is not None and isinstance(exc, RateLimitError):
+                self._on_throttle(ThrottleDetails(error=exc, retry_after=exc.retry_after))
             if self._throttled_too_long(exc):
                 return None, False
         shared = False

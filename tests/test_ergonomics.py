@@ -4,6 +4,7 @@ field given as a scalar, a Campaign repr, ``assume_utc``, and the observability 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
@@ -31,11 +32,12 @@ from proactive_async import (
     OutcomeStatus,
     ProactiveConversationFields,
     ProactiveConversationRequest,
-    ProactiveError,
     RateLimitError,
+    RetryDetails,
     RetryHook,
     RetryPolicy,
     ServiceUnavailableError,
+    ThrottleDetails,
     ThrottleHook,
 )
 from proactive_async._models import build_request, decode_conversations, decode_conversations_utc
@@ -143,7 +145,8 @@ def test_the_sync_client_raises_the_same_type_error_before_sending(
 
 
 def test_mypy_checks_the_keywords_the_hooks_and_the_client_options(tmp_path: Path) -> None:
-    """A misspelt field, a str recipient, an async or ill-typed hook: type errors."""
+    """A misspelt field, a str recipient, an async or ill-typed hook: type errors; hooks
+    taking their details object check."""
     from mypy import api
 
     source = tmp_path / "use.py"
@@ -152,6 +155,7 @@ def test_mypy_checks_the_keywords_the_hooks_and_the_client_options(tmp_path: Pat
             """
             from proactive_async import (
                 AsyncClient, Campaign, Client, Outcome, ProactiveConversationRequest,
+                RetryDetails, ThrottleDetails,
             )
 
             async def main(client: AsyncClient, sync: Client) -> None:
@@ -172,17 +176,35 @@ def test_mypy_checks_the_keywords_the_hooks_and_the_client_options(tmp_path: Pat
             def campaign(client: AsyncClient) -> None:
                 Campaign(client, template=ProactiveConversationRequest(), targets=[],
                          on_outcome=later, on_retry=on_retry,
-                         on_throttle=lambda error, retry_after: None)
+                         on_throttle=lambda throttle: None)
+
+            def hooks_of_0_1(client: AsyncClient) -> None:
+                def on_retry(error: Exception, attempt: int, wait: float) -> None: ...
+                Campaign(client, template=ProactiveConversationRequest(), targets=[],
+                         on_retry=on_retry, on_throttle=lambda error, retry_after: None)
+
+            def hooks(client: AsyncClient) -> None:
+                def on_retry(retry: RetryDetails) -> None:
+                    print(retry.error.kind, retry.attempt, retry.wait, retry.elapsed)
+                def on_throttle(throttle: ThrottleDetails) -> None:
+                    print(throttle.error.retry_after, throttle.retry_after)
+                Campaign(client, template=ProactiveConversationRequest(), targets=[],
+                         on_outcome=lambda outcome: None, on_retry=on_retry,
+                         on_throttle=on_throttle)
             """
         )
     )
     stdout, _, _ = api.run(["--strict", "--no-error-summary", "--hide-error-context", str(source)])
     errors = [line for line in stdout.splitlines() if ": error:" in line]
     # Each bad call of the source above (its first line is line 2), and nothing else.
-    assert {int(line.split(":")[1]) for line in errors} == {7, 8, 9, 10, 11, 23}, stdout
-    hook_errors = [line for line in errors if ":23:" in line]
+    assert {int(line.split(":")[1]) for line in errors} == {8, 9, 10, 11, 12, 24, 30}, stdout
+    hook_errors = [line for line in errors if ":24:" in line]
     assert len(hook_errors) == 2
     assert '"on_outcome"' in hook_errors[0] and '"on_retry"' in hook_errors[1]
+    # Hooks written for 0.1 (positional arguments) are refused: each now takes one details.
+    old_hooks = [line for line in errors if ":30:" in line]
+    assert len(old_hooks) == 2
+    assert '"on_retry"' in old_hooks[0] and '"on_throttle"' in old_hooks[1]
 
 
 # -- 2. repr(Campaign) -------------------------------------------------------------------
@@ -364,15 +386,30 @@ class Recorder:
         self.outcomes: Counter[OutcomeStatus] = Counter()
         self.retries: list[tuple[str, int, float]] = []
         self.throttles: list[tuple[str, float | None]] = []
+        self.elapsed: list[float] = []
 
     def on_outcome(self, outcome: Outcome) -> None:
         self.outcomes[outcome.status] += 1
 
-    def on_retry(self, error: ProactiveError, attempt: int, wait: float) -> None:
-        self.retries.append((error.kind, attempt, wait))
+    def on_retry(self, retry: RetryDetails) -> None:
+        self.retries.append((retry.error.kind, retry.attempt, retry.wait))
+        self.elapsed.append(retry.elapsed)
 
-    def on_throttle(self, error: RateLimitError, retry_after: float | None) -> None:
-        self.throttles.append((error.kind, retry_after))
+    def on_throttle(self, throttle: ThrottleDetails) -> None:
+        self.throttles.append((throttle.error.kind, throttle.retry_after))
+
+
+def test_the_details_objects_are_frozen_and_built_by_keyword() -> None:
+    """Fields can be added to them without breaking a hook, or code that builds one."""
+    error = RateLimitError("429", status=429, retry_after=1.5)
+    retry = RetryDetails(error=error, attempt=2, wait=1.5, elapsed=3.0)
+    throttle = ThrottleDetails(error=error, retry_after=1.5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        retry.wait = 0.0  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        throttle.retry_after = None  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        RetryDetails(error, 2, 1.5, 3.0)  # type: ignore[call-arg]
 
 
 def test_the_recorders_methods_satisfy_the_hook_protocols() -> None:
@@ -418,6 +455,9 @@ async def test_callbacks_hear_every_outcome_retry_and_429_with_their_arguments(
     assert kinds == [("ServiceUnavailableError", 1), ("RateLimitError", 2), ("RateLimitError", 3)]
     assert recorder.retries[0][2] == 0.5  # the policy's first backoff
     assert recorder.retries[1][2] == 2.0  # the server's Retry-After
+    # Seconds since the call's first attempt, on the injected clock: the 2 s Retry-After.
+    assert recorder.elapsed[0] == 0.0 and recorder.elapsed[-1] == 2.0
+    assert recorder.elapsed == sorted(recorder.elapsed)
     assert len(recorder.retries) == summary.retries == 3
     assert len(recorder.throttles) == summary.throttled == 2
 
