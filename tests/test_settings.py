@@ -115,6 +115,37 @@ def test_a_settings_error_is_a_proactive_error_and_a_value_error() -> None:
     assert issubclass(SettingsError, ProactiveError) and issubclass(SettingsError, ValueError)
 
 
+def test_a_settings_error_can_be_caught_from_the_package() -> None:
+    import proactive_async
+
+    assert proactive_async.SettingsError is SettingsError
+
+
+def test_no_proactive_env_clears_every_variable_the_settings_read(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    for variable in VARIABLES.values():
+        monkeypatch.setenv(variable, "from the developer's shell")
+    request.getfixturevalue("no_proactive_env")
+    assert Settings.from_env() == Settings()
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:redis-pw@redis:6379/0", "redis://:***@redis:6379/0"),
+        ("postgresql://app:s3cret@db:5432/x", "postgresql://app:***@db:5432/x"),
+        ("amqp://guest@rabbit//", "amqp://guest@rabbit//"),
+        ("http://[::1", "***"),  # not a URL that can be taken apart: none of it is shown
+    ],
+)
+def test_display_url_is_the_one_rule_for_hiding_a_password(url: str, shown: str) -> None:
+    from proactive_async.journal._postgres import display_dsn
+
+    assert settings_module.display_url(url) == shown
+    assert display_dsn is settings_module.display_url  # the journal's messages use it too
+
+
 def _secretive() -> Settings:
     return Settings.from_env(
         {
