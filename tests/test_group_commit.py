@@ -210,28 +210,28 @@ def test_check_usable_names_a_failure_before_a_close() -> None:
 # -- coalesce: one statement per kind must end where call order ends ------------------
 
 
-def apply_in_order(ops: list[JournalOp]) -> dict[int, str]:
+def apply_in_order(ops: list[JournalOp]) -> dict[int, bytes]:
     """The model: each operation on the stored lines, one by one, as both backends' SQL
     does (a mark upserts in flight, a release deletes only lines in flight)."""
-    stored: dict[int, str] = {}
+    stored: dict[int, bytes] = {}
     for op in ops:
         if isinstance(op, Mark):
-            stored.update(dict.fromkeys(op.lines, "in_flight"))
+            stored.update(dict.fromkeys(op.lines, b"in_flight"))
         elif isinstance(op, Release):
             for line in op.lines:
-                if stored.get(line) == "in_flight":
+                if stored.get(line) == b"in_flight":
                     del stored[line]
         else:
             stored.update(zip(op.lines, op.outcomes, strict=True))
     return stored
 
 
-def apply_batch(ops: list[JournalOp]) -> dict[int, str]:
+def apply_batch(ops: list[JournalOp]) -> dict[int, bytes]:
     batch = coalesce(ops)
-    stored = {line: text for line, (_, text) in batch.records.items()}
-    stored.update(dict.fromkeys(batch.marks, "in_flight"))
+    stored = dict(batch.records)
+    stored.update(dict.fromkeys(batch.marks, b"in_flight"))
     for line in batch.releases:
-        if stored.get(line) == "in_flight":
+        if stored.get(line) == b"in_flight":
             del stored[line]
     return stored
 
@@ -246,8 +246,7 @@ def random_ops(rng: random.Random) -> list[JournalOp]:
         elif kind == "r":
             ops.append(Release(lines))
         else:
-            texts = [f"outcome {line}.{index}" for line in lines]
-            ops.append(Record(lines, ["sent"] * len(lines), texts))
+            ops.append(Record(lines, [f"outcome {line}.{index}".encode() for line in lines]))
     return ops
 
 
@@ -259,8 +258,8 @@ def test_coalesced_batches_end_as_call_order_would() -> None:
 
 
 def test_coalesce_keeps_the_last_outcome_of_a_line_recorded_twice() -> None:
-    batch = coalesce([Record([1], ["unknown"], ["u"]), Record([1, 2], ["sent"] * 2, ["s", "t"])])
-    assert batch.records == {1: ("sent", "s"), 2: ("sent", "t")}
+    batch = coalesce([Record([1], [b"unknown"]), Record([1, 2], [b"sent 1", b"sent 2"])])
+    assert batch.records == {1: b"sent 1", 2: b"sent 2"}
     assert batch.marks == [] and batch.releases == []
 
 

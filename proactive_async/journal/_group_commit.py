@@ -199,11 +199,11 @@ class Release(msgspec.Struct, tag=True, frozen=True):
 
 
 class Record(msgspec.Struct, tag=True, frozen=True):
-    """Final outcomes: per line, its state and its outcome as scrubbed JSON text."""
+    """Final outcomes of ``lines``: each as msgspec encoded it when it was recorded (a
+    snapshot), not yet scrubbed: the writer scrubs a whole batch at once."""
 
     lines: list[int]
-    states: list[str]
-    outcomes: list[str]
+    outcomes: list[bytes]
 
 
 JournalOp = Mark | Release | Record
@@ -211,9 +211,9 @@ JournalOp = Mark | Release | Record
 
 class Batch(msgspec.Struct, frozen=True):
     """A batch of journal operations as one statement per kind, applied in this order:
-    ``records`` (line -> (state, outcome JSON)), then ``marks``, then ``releases``."""
+    ``records`` (line -> encoded outcome), then ``marks``, then ``releases``."""
 
-    records: dict[int, tuple[str, str]]
+    records: dict[int, bytes]
     marks: list[int]
     releases: list[int]
 
@@ -224,7 +224,7 @@ def coalesce(ops: Iterable[JournalOp]) -> Batch:
     its outcome was recorded is in flight (it is being sent again); a line recorded after
     its mark keeps its outcome; a line marked after its release is in flight; a release
     touches only lines in flight, so it never undoes an outcome."""
-    records: dict[int, tuple[str, str]] = {}
+    records: dict[int, bytes] = {}
     marks: set[int] = set()
     releases: set[int] = set()
     for op in ops:
@@ -235,7 +235,7 @@ def coalesce(ops: Iterable[JournalOp]) -> Batch:
         elif isinstance(op, Record):
             if marks and not marks.isdisjoint(op.lines):
                 marks.difference_update(op.lines)  # applied after records, it would undo them
-            records.update(zip(op.lines, zip(op.states, op.outcomes, strict=True), strict=True))
+            records.update(zip(op.lines, op.outcomes, strict=True))
         else:
             releases.update(op.lines)
     return Batch(records=records, marks=sorted(marks), releases=sorted(releases))

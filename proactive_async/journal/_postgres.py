@@ -43,6 +43,7 @@ from .._records import Outcome
 from .._secrets import display_url as display_dsn  # the one rule for hiding a password
 from ._base import (
     IN_FLIGHT,
+    OUTCOME_WIRE_NAMES,
     CampaignIdentity,
     JournalEntry,
     SecretScrubber,
@@ -118,10 +119,11 @@ _RELEASE_SQL: Final = (
     "UPDATE proactive_record SET state = 'planned' WHERE campaign_id = %s"
     " AND state = 'in_flight' AND chunk IS NOT NULL AND line = ANY(%s)",
 )
-_RECORD_SQL: Final = """
+# A line's state is its outcome's status, read from the outcome itself.
+_RECORD_SQL: Final = f"""
     INSERT INTO proactive_record (campaign_id, line, state, outcome)
-    SELECT %s, line, state, outcome
-    FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS r (line, state, outcome)
+    SELECT %s, line, outcome::json->>'{OUTCOME_WIRE_NAMES["status"]}', outcome
+    FROM unnest(%s::bigint[], %s::text[]) AS r (line, outcome)
     ON CONFLICT (campaign_id, line)
     DO UPDATE SET state = EXCLUDED.state, outcome = EXCLUDED.outcome
 """
@@ -362,11 +364,7 @@ class PostgresJournal:
         self._check_usable()
         if not outcomes:
             return
-        op = Record(
-            lines=[o.line for o in outcomes],
-            states=[o.status.value for o in outcomes],
-            outcomes=[self._scrubber.scrub(_ENCODER.encode(o)).decode() for o in outcomes],
-        )
+        op = Record([o.line for o in outcomes], [_ENCODER.encode(o) for o in outcomes])
         await self._group.add(op, rows=len(outcomes))
 
     async def flush(self) -> None:
@@ -390,10 +388,9 @@ class PostgresJournal:
         async with conn.transaction():
             # One statement per kind, in the order coalesce applies them.
             if batch.records:
-                lines = list(batch.records)
-                states = [state for state, _ in batch.records.values()]
-                outcomes = [text for _, text in batch.records.values()]
-                await conn.execute(_RECORD_SQL, (campaign, lines, states, outcomes))
+                scrub = self._scrubber.scrub
+                outcomes = [scrub(encoded).decode() for encoded in batch.records.values()]
+                await conn.execute(_RECORD_SQL, (campaign, list(batch.records), outcomes))
             if batch.marks:
                 await conn.execute(_MARK_SQL, (campaign, batch.marks))
             if batch.releases:

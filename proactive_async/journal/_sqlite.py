@@ -251,12 +251,8 @@ class SQLiteJournal:
         self._check_usable()
         if not outcomes:
             return
-        encode, scrub = _ENCODER.encode, self._scrubber.scrub
-        op = Record(
-            lines=[outcome.line for outcome in outcomes],
-            states=[outcome.status.value for outcome in outcomes],
-            outcomes=[scrub(encode(outcome)).decode() for outcome in outcomes],
-        )
+        encode = _ENCODER.encode
+        op = Record([outcome.line for outcome in outcomes], [encode(o) for o in outcomes])
         await self._group.add(op, rows=len(outcomes))
 
     async def flush(self) -> None:
@@ -309,8 +305,8 @@ class SQLiteJournal:
                 # One statement per kind, in the order coalesce applies them. The JSON is
                 # passed as str: SQLite 3.45+ would read a BLOB as its binary JSONB.
                 if batch.records:
-                    outcomes = ",".join(text for _, text in batch.records.values())
-                    conn.execute(_RECORD_SQL, (f"[{outcomes}]",))
+                    array = b"[" + b",".join(batch.records.values()) + b"]"
+                    conn.execute(_RECORD_SQL, (self._scrubber.scrub(array).decode(),))
                 if batch.marks:
                     conn.execute(_MARK_SQL, (_ENCODER.encode(batch.marks).decode(),))
                 if batch.releases:
