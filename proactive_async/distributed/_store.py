@@ -137,7 +137,7 @@ LOAD_RECORDS: Final = """
 
 MARK: Final = f"""
     UPDATE proactive_record SET state = 'in_flight', fence = %(fence)s
-    WHERE campaign_id = %(campaign)s AND slice = %(slice)s AND line = ANY(%(lines)s)
+    WHERE campaign_id = %(campaign)s AND slice = %(slice)s AND line = ANY(%(lines)s::bigint[])
     AND (state = 'planned' OR (state = 'in_flight' AND fence = %(fence)s))
     AND {_HOLDS} AND {_LIVE_CAMPAIGN}
     RETURNING line
@@ -147,17 +147,18 @@ runs. A line this owner already marked is returned again (a retried commit whose
 answer was lost, or a bisected chunk's half), never a line another owner holds."""
 
 RECORD: Final = """
-    UPDATE proactive_record r SET state = u.state, outcome = u.outcome
-    FROM unnest(%(lines)s::bigint[], %(states)s::text[], %(outcomes)s::text[])
-        AS u (line, state, outcome)
+    UPDATE proactive_record r SET state = u.state, outcome = u.outcome::text
+    FROM json_to_recordset(%(rows)s::json) AS u (line bigint, state text, outcome json)
     WHERE r.campaign_id = %(campaign)s AND r.line = u.line
     AND r.state = 'in_flight' AND r.fence = %(fence)s
 """
-"""Final outcomes of this owner's calls; the first final outcome of a record wins."""
+"""Final outcomes of this owner's calls; the first final outcome of a record wins. The
+batch is one JSON array of ``{line, state, outcome}``; a ``json`` value keeps its text as
+given, so each outcome is stored exactly as encoded."""
 
 RELEASE: Final = """
     UPDATE proactive_record SET state = 'planned', fence = NULL
-    WHERE campaign_id = %(campaign)s AND line = ANY(%(lines)s)
+    WHERE campaign_id = %(campaign)s AND line = ANY(%(lines)s::bigint[])
     AND state = 'in_flight' AND fence = %(fence)s
 """
 """Lines whose call was certainly not processed go back to ``planned``."""
