@@ -25,13 +25,13 @@ from proactive_async._errors import (
     ServerError,
     ServiceUnavailableError,
 )
-from proactive_async._journal import INTERRUPTED, Journal, JournalEntry
 from proactive_async._models import Conversation, Message, ProactiveConversationRequest
 from proactive_async._planner import Chunk, PlannedTarget
 from proactive_async._records import Outcome, OutcomeStatus
 from proactive_async._report import CampaignSummary, LatencySample
 from proactive_async._retry import RetryPolicy
 from proactive_async._sender import ABORTED, MAX_THROTTLES, ChunkSender, make_outcome
+from proactive_async.journal import INTERRUPTED, Journal, JournalEntry
 from proactive_async.ratelimit import RateLimitBackend
 
 TEMPLATE = ProactiveConversationRequest(channel_id=1, bot_id=2, conversation_template_id=3)
