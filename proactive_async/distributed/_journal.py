@@ -20,7 +20,7 @@ from .._records import Outcome
 from ..journal import JournalEntry, SecretScrubber
 from ..journal._group_commit import GroupCommit
 from ._connect import Database
-from ._store import MARK, RECORD, RELEASE
+from ._store import MARK, RECORD, RELEASE, WRITE
 
 if TYPE_CHECKING:
     import psycopg
@@ -129,38 +129,45 @@ class SliceJournal:
             await self._db.aclose()
 
     async def _write(self, ops: list[_Op]) -> None:
-        # Each statement is safe alone and run again after a lost connection, so none
-        # needs the others' transaction: they go in one pipeline, one round trip.
+        # Each statement is safe alone and run again after a lost connection: no
+        # transaction around them (BEGIN and COMMIT would be two more round trips).
         await self._db.run(lambda conn: self._apply(conn, ops), transaction=False)
 
     async def _apply(self, conn: psycopg.AsyncConnection[Any], ops: list[_Op]) -> None:
-        """One statement per run of changes of one kind, in the order they were made."""
-        marked: list[tuple[list[_Mark], psycopg.AsyncCursor[Any]]] = []
-        async with conn.pipeline():
-            for run in _runs(ops):
-                cursor = await self._execute(conn, run)
-                if isinstance(run[0], _Mark):
-                    marked.append(([op for op in run if isinstance(op, _Mark)], cursor))
-        for marks, cursor in marked:
+        marks = [op for op in ops if isinstance(op, _Mark)]
+        marked = [line for op in marks for line in op.lines]
+        rows = [row for op in ops if isinstance(op, _Record) for row in op.rows]
+        released = [line for op in ops if isinstance(op, _Release) for line in op.lines]
+        recorded = [row.line for row in rows]
+        touched = len(marked) + len(recorded) + len(released)
+        if len(set(marked) | set(recorded) | set(released)) == touched:
+            cursor = await conn.execute(WRITE, self._params(marked, rows, released))
             moved = {line for (line,) in await cursor.fetchall()}
-            for op in marks:
-                op.moved = moved.intersection(op.lines)
+        else:  # a line changed twice: in the order the changes were made
+            moved = set()
+            for run in _runs(ops):
+                moved |= await self._apply_run(conn, run)
+        for op in marks:
+            op.moved = moved.intersection(op.lines)
 
-    async def _execute(
-        self, conn: psycopg.AsyncConnection[Any], run: list[_Op]
-    ) -> psycopg.AsyncCursor[Any]:
-        params = self._lease.params
-        first = run[0]
-        if isinstance(first, _Mark):
-            lines = [line for op in run if isinstance(op, _Mark) for line in op.lines]
-            return await conn.execute(MARK, params | {"lines": _int_array(lines)})
-        if isinstance(first, _Record):
-            records = [op for op in run if isinstance(op, _Record)]
-            rows = [row for op in records for row in op.rows]
-            payload = self._scrubber.scrub(_ENCODER.encode(rows)).decode()
-            return await conn.execute(RECORD, params | {"rows": payload})
-        lines = [line for op in run if isinstance(op, _Release) for line in op.lines]
-        return await conn.execute(RELEASE, params | {"lines": _int_array(lines)})
+    async def _apply_run(self, conn: psycopg.AsyncConnection[Any], run: list[_Op]) -> set[int]:
+        marked = [line for op in run if isinstance(op, _Mark) for line in op.lines]
+        rows = [row for op in run if isinstance(op, _Record) for row in op.rows]
+        released = [line for op in run if isinstance(op, _Release) for line in op.lines]
+        params = self._params(marked, rows, released)
+        if marked:
+            cursor = await conn.execute(MARK, params)
+            return {line for (line,) in await cursor.fetchall()}
+        await conn.execute(RECORD if rows else RELEASE, params)
+        return set()
+
+    def _params(self, marked: list[int], rows: list[_Row], released: list[int]) -> dict[str, Any]:
+        payload = self._scrubber.scrub(_ENCODER.encode(rows)).decode()
+        return self._lease.params | {
+            "marked": _int_array(marked),
+            "rows": payload,
+            "released": _int_array(released),
+        }
 
     def _error(self, exc: Exception) -> Exception:
         if isinstance(exc, JournalError):

@@ -28,6 +28,7 @@ from .._retry import RetryPolicy
 from ..journal import CampaignIdentity, SecretScrubber, kept_secrets, refuse_secrets
 from ..journal._postgres import check_stored_identity, connect, display_dsn, split_location
 from ._connect import ensure_distributed_schema
+from ._store import ANALYZE
 
 if TYPE_CHECKING:
     import psycopg
@@ -130,7 +131,9 @@ async def plan_campaign(
         if found is not None:
             return found
         plan = _Storing(conn, campaign, SecretScrubber(kept), job_size)
-        return await plan.store(identity, template, targets, options)
+        result = await plan.store(identity, template, targets, options)
+        await conn.execute(ANALYZE)
+        return result
     finally:
         await conn.close()
 

@@ -19,6 +19,7 @@ from typing import Final
 
 __all__ = [
     "ABORT",
+    "ANALYZE",
     "CLAIM",
     "FINISH_CAMPAIGN",
     "FINISH_SLICE",
@@ -34,6 +35,7 @@ __all__ = [
     "SETTLE_DEAD",
     "SLICE_STATE",
     "SWEEP",
+    "WRITE",
 ]
 
 SCHEMA: Final = (
@@ -136,15 +138,18 @@ LOAD_RECORDS: Final = """
 """
 
 MARK: Final = f"""
-    UPDATE proactive_record SET state = 'in_flight', fence = %(fence)s
-    WHERE campaign_id = %(campaign)s AND slice = %(slice)s AND line = ANY(%(lines)s::bigint[])
-    AND (state = 'planned' OR (state = 'in_flight' AND fence = %(fence)s))
+    UPDATE proactive_record r SET state = 'in_flight', fence = %(fence)s
+    FROM unnest(%(marked)s::bigint[]) AS m (line)
+    WHERE r.campaign_id = %(campaign)s AND r.line = m.line AND r.slice = %(slice)s
+    AND (r.state = 'planned' OR (r.state = 'in_flight' AND r.fence = %(fence)s))
     AND {_HOLDS} AND {_LIVE_CAMPAIGN}
-    RETURNING line
+    RETURNING r.line
 """
 """The fence: ``planned -> in_flight`` while the lease is this owner's and the campaign
-runs. A line this owner already marked is returned again (a retried commit whose first
-answer was lost, or a bisected chunk's half), never a line another owner holds."""
+runs. Lines are looked up one by one in the primary key (a join with the array), so a
+mark costs the same in a campaign of a thousand records as in one of millions. A line
+this owner already marked is returned again (a retried commit whose first answer was
+lost, or a bisected chunk's half), never a line another owner holds."""
 
 RECORD: Final = """
     UPDATE proactive_record r SET state = u.state, outcome = u.outcome::text
@@ -157,11 +162,20 @@ batch is one JSON array of ``{line, state, outcome}``; a ``json`` value keeps it
 given, so each outcome is stored exactly as encoded."""
 
 RELEASE: Final = """
-    UPDATE proactive_record SET state = 'planned', fence = NULL
-    WHERE campaign_id = %(campaign)s AND line = ANY(%(lines)s::bigint[])
-    AND state = 'in_flight' AND fence = %(fence)s
+    UPDATE proactive_record r SET state = 'planned', fence = NULL
+    FROM unnest(%(released)s::bigint[]) AS m (line)
+    WHERE r.campaign_id = %(campaign)s AND r.line = m.line
+    AND r.state = 'in_flight' AND r.fence = %(fence)s
 """
 """Lines whose call was certainly not processed go back to ``planned``."""
+
+WRITE: Final = f"""
+    WITH recorded AS ({RECORD}), released AS ({RELEASE}), marked AS ({MARK})
+    SELECT line FROM marked
+"""
+"""A batch of outcomes, releases and marks in one statement: one round trip, and one
+transaction. Its parts see the same snapshot, so a batch that changes one line twice is
+written with the three statements in order instead."""
 
 FINISH_SLICE: Final = """
     UPDATE proactive_slice s SET owner = NULL, lease_until = NULL,
@@ -180,6 +194,10 @@ FINISH_CAMPAIGN: Final = """
     AND NOT EXISTS (SELECT 1 FROM proactive_slice s
                     WHERE s.campaign_id = c.id AND s.state = 'open')
 """
+
+ANALYZE: Final = "ANALYZE proactive_record, proactive_chunk, proactive_slice"
+"""After planning: the planner's statistics must know how many records a campaign has,
+or it scans a whole campaign for every batch of outcomes instead of looking them up."""
 
 ABORT: Final = """
     UPDATE proactive_campaign SET aborted_at = coalesce(aborted_at, now()),
