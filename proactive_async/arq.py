@@ -220,8 +220,8 @@ async def send_slice_job(ctx: dict[str, Any], campaign: str, slice_: int) -> str
     worker: SliceWorker = ctx[_WORKER]
     try:
         result = await worker.run(campaign, slice_)
-    except JournalError as exc:
-        _log.warning("slice %s of %s: %s; retrying in 10 s", slice_, campaign, exc)
+    except JournalError as exc:  # the job stays queued for a worker that can do it
+        _log.error("slice %s of %s: %s; the job is retried in 10 s", slice_, campaign, exc)
         raise Retry(defer=10) from None
     return "busy" if result is None else result.state
 

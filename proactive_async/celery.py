@@ -141,8 +141,8 @@ def _send_slice(task: Any, campaign: str, slice_: int) -> str:
     client = _client()
     try:
         return client.run(_run_slice, campaign, slice_)
-    except JournalError as exc:
-        _log.warning("slice %s of %s: %s; retrying in 10 s", slice_, campaign, exc)
+    except JournalError as exc:  # the task stays queued for a worker that can do it
+        _log.error("slice %s of %s: %s; the task is retried in 10 s", slice_, campaign, exc)
         raise task.retry(countdown=10, exc=exc) from None
 
 

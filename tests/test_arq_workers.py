@@ -263,25 +263,47 @@ def test_a_wrong_token_aborts_the_campaign_loudly_and_status_wait_ends(
     assert status("denied", env)["counts"] == {"planned": 60}  # all still to send
 
 
-def test_a_worker_on_the_wrong_database_says_so_and_takes_no_job(
+def test_a_worker_on_the_wrong_database_says_so_and_leaves_the_jobs_queued(
     environment: dict[str, str], postgres_server: Any, tmp_path: Path, sim: ThreadedSimulator
 ) -> None:
     env = environment | {"PROACTIVE_BASE_URL": sim.url}
     plan = enqueue(env, write_targets(tmp_path / "t.csv", 10), "right", "--chunk-size", "1",
                    "--job-size", "5")  # fmt: skip
     elsewhere = postgres_server.create_database(f"empty_{uuid.uuid4().hex[:8]}")
-    done = subprocess.run(
-        [sys.executable, "-m", "proactive_async.cli", "worker", "--burst"],
-        env=env | {"PROACTIVE_JOURNAL": elsewhere},
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert done.returncode == 2, done.stderr
-    assert "no distributed campaign tables" in done.stderr and "Traceback" not in done.stderr
+    log = tmp_path / "w.log"
+    workers = [start_worker(env | {"PROACTIVE_JOURNAL": elsewhere}, log)]
+    try:
+        deadline = time.monotonic() + 30
+        while log.read_text().count("is this worker's journal the database") < 2:
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
+        assert workers[0].poll() is None  # it keeps running, and says why it cannot work
+    finally:
+        stop_all(workers)
+    assert "Traceback" not in log.read_text()
     queued = redis.Redis.from_url(env["PROACTIVE_REDIS_URL"])
     try:
         assert plan["queued"] == 2 and queued.zcard("arq:queue") == 2  # still there
     finally:
         queued.close()
+    assert sim.audit.snapshot() == {}
+    assert status("right", env)["counts"] == {"planned": 10}
+
+
+def test_a_worker_whose_journal_is_unreachable_says_so_and_exits_2(
+    environment: dict[str, str], tmp_path: Path
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "proactive_async.cli", "worker", "--base-url", "http://127.0.0.1:9"],
+        env=environment | {"PROACTIVE_JOURNAL": f"postgresql://app:db-pw-7@127.0.0.1:{port}/x"},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "unreachable" in done.stderr and "db-pw-7" not in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_enqueue_refuses_the_flags_it_would_not_honour(

@@ -283,6 +283,7 @@ async def test_a_mark_after_the_lease_was_taken_over_moves_nothing(
     journal = SliceJournal(Database(dsn), stale, SecretScrubber(()))
     assert await journal.mark_in_flight([1, 2, 3, 4]) == set()
     await journal.aclose()
+    await journal.db.aclose()
     states = {state for (state,) in rows(dsn, "SELECT state FROM proactive_record")}
     assert states == {"planned"}
 

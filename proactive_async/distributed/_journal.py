@@ -93,7 +93,7 @@ class SliceJournal:
     resumed = True
 
     def __init__(self, db: Database, lease: Lease, scrubber: SecretScrubber) -> None:
-        self._db = db
+        self.db = db
         self._lease = lease
         self._scrubber = scrubber
         self._group: GroupCommit[_Op] = GroupCommit(self._write, error=self._error)
@@ -123,15 +123,13 @@ class SliceJournal:
         await self._group.commit()
 
     async def aclose(self) -> None:
-        try:
-            await self._group.aclose()
-        finally:
-            await self._db.aclose()
+        """Commit what is buffered; the connection stays its owner's (the runner reuses it)."""
+        await self._group.aclose()
 
     async def _write(self, ops: list[_Op]) -> None:
         # Each statement is safe alone and run again after a lost connection: no
         # transaction around them (BEGIN and COMMIT would be two more round trips).
-        await self._db.run(lambda conn: self._apply(conn, ops), transaction=False)
+        await self.db.run(lambda conn: self._apply(conn, ops), transaction=False)
 
     async def _apply(self, conn: psycopg.AsyncConnection[Any], ops: list[_Op]) -> None:
         marks = [op for op in ops if isinstance(op, _Mark)]
@@ -172,7 +170,7 @@ class SliceJournal:
     def _error(self, exc: Exception) -> Exception:
         if isinstance(exc, JournalError):
             return exc
-        return JournalError(f"cannot write the journal {self._db.where}: {type(exc).__name__}")
+        return JournalError(f"cannot write the journal {self.db.where}: {type(exc).__name__}")
 
 
 def _int_array(values: list[int]) -> str:

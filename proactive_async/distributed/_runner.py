@@ -140,6 +140,9 @@ class SliceRunner:
         self.lease = lease
         self._rate_limit_for = rate_limit_for
         self._db = Database(self.dsn)
+        # Connections of slices' journals that ended, for the next slice: opening one per
+        # slice cost a PostgreSQL backend's start-up each time.
+        self._idle: list[Database] = []
         self._slots = asyncio.Semaphore(concurrency)
         self._views: dict[str, _CampaignView] = {}
         self._opening = asyncio.Lock()
@@ -163,6 +166,9 @@ class SliceRunner:
             if view.rate_limit is not None:
                 await view.rate_limit.aclose()
         self._views.clear()
+        for db in self._idle:
+            await db.aclose()
+        self._idle.clear()
         await self._db.aclose()
 
     async def run(self, campaign: str, slice_: int) -> SliceResult:
@@ -177,7 +183,8 @@ class SliceRunner:
         async def count(outcome: Outcome) -> None:
             counts[outcome.status.value] += 1
 
-        journal = SliceJournal(Database(self.dsn), lease, SecretScrubber(self._secrets()))
+        db = self._idle.pop() if self._idle else Database(self.dsn)
+        journal = SliceJournal(db, lease, SecretScrubber(self._secrets()))
         sender = ChunkSender(
             self.client,
             view.template,
@@ -261,7 +268,10 @@ class SliceRunner:
         keeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await keeper
-        await _quietly(journal.aclose())
+        if await _quietly(journal.aclose()):
+            self._idle.append(journal.db)
+        else:
+            await journal.db.aclose()
 
     async def _abandon(
         self, sender: ChunkSender, keeper: asyncio.Task[None], journal: SliceJournal, lease: Lease
@@ -313,7 +323,10 @@ class SliceRunner:
     async def _open_view(self, campaign: str) -> _CampaignView:
         row = await self._db.run(lambda conn: _campaign_row(conn, campaign))
         if row is None:
-            raise JournalError(f"no campaign {campaign!r} in {self.where}")
+            raise JournalError(
+                f"no campaign {campaign!r} in {self.where}: is this worker's journal the "
+                "database `enqueue` planned into?"
+            )
         template = template_from_json(row[0])
         settings = msgspec.json.decode(row[1], type=SendSettings)
         limit = None
@@ -420,8 +433,11 @@ async def _campaign_row(conn: psycopg.AsyncConnection[Any], campaign: str) -> An
     return await cursor.fetchone()
 
 
-async def _quietly(closing: Any) -> None:
+async def _quietly(closing: Any) -> bool:
+    """Await ``closing``; False (logged) when the journal had failed."""
     try:
         await closing
     except JournalError as exc:  # what was not committed stays in flight: unknown later
         _log.warning("closing a slice's journal: %s", exc)
+        return False
+    return True

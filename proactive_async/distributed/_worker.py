@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .._errors import JournalError
 from ..settings import DEFAULT_ARQ_JOBS
-from ._connect import Database
+from ._connect import Database, ensure_distributed_schema
 from ._runner import SliceBusyError, SliceResult, SliceRunner
 from ._store import SWEEP
 
@@ -41,22 +41,14 @@ _log = logging.getLogger("proactive_async")
 
 
 async def check_journal(dsn: str) -> None:
-    """Refuse a journal a worker cannot use (unreachable, or no campaign tables: the wrong
-    database), before the worker takes any job."""
+    """Before a worker takes any job: the journal answers (JournalError naming it, without
+    its password, if not), and has the campaign tables (created if missing: workers may
+    start before the first enqueue)."""
     db = Database(dsn, patience=5.0)
     try:
-        await db.run(_probe)
+        await db.run(ensure_distributed_schema, transaction=False)
     finally:
         await db.aclose()
-
-
-async def _probe(conn: psycopg.AsyncConnection[Any]) -> None:
-    cursor = await conn.execute("SELECT to_regclass('proactive_slice') IS NOT NULL")
-    row = await cursor.fetchone()
-    if not (row and row[0]):
-        raise JournalError(
-            "it has no distributed campaign tables: is it the database `enqueue` planned into?"
-        )
 
 
 class SliceWorker:
