@@ -30,17 +30,16 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import functools
 import hashlib
 import io
 import os
-from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import msgspec
 
+from ._csv_rows import FIELD_LIMIT_ERROR, CutRow, LineFeed
 from ._errors import InputError
 from ._records import Record, Target
 
@@ -74,12 +73,6 @@ _MAPPING_KEYS = {
 }
 # How many items a sync iterable yields before aiter_records lets other tasks run.
 _YIELD_EVERY = 256
-# One CSV row may span at most this many physical lines, and hold at most this many times
-# the csv module's field limit in characters: past either, its quote is taken for a stray one.
-_MAX_ROW_LINES = 1000
-_ROW_CHARS_PER_FIELD_LIMIT = 4
-# What csv.Error says of a field over csv.field_size_limit().
-_FIELD_LIMIT_ERROR = "field larger than field limit"
 
 _json_decode = msgspec.json.Decoder().decode
 
@@ -132,7 +125,7 @@ def read_csv(
     """
     name = os.fspath(path)
     with _open_text(name) as handle:
-        feed = _LineFeed(handle)
+        feed = LineFeed(handle)
         header_line = feed.header(name)
         sep = delimiter if delimiter is not None else _sniff_delimiter(header_line)
         layout = _CsvLayout(_parse_header(header_line, sep, name, feed.field_limit), name)
@@ -153,7 +146,7 @@ def read_csv(
                     yield layout.record(line, row)
                 else:
                     return
-            except (csv.Error, _CutRow) as exc:
+            except (csv.Error, CutRow) as exc:
                 line += 1
                 yield Record(line=line, error=feed.reject(reader.line_num, exc))
 
@@ -387,153 +380,12 @@ def _parse_header(header_line: str, sep: str, name: str, field_limit: int) -> li
     try:
         return next(csv.reader([header_line], delimiter=sep))
     except csv.Error as exc:
-        if str(exc).startswith(_FIELD_LIMIT_ERROR):
+        if str(exc).startswith(FIELD_LIMIT_ERROR):
             raise InputError(
                 f"{name}: a column name of the header row is over the CSV field limit of "
                 f"{field_limit} characters"
             ) from None
         raise InputError(f"{name}: the header row cannot be read as CSV: {exc}") from None
-
-
-class _CutRow(Exception):
-    """Raised by ``_LineFeed.lines`` through ``csv.reader`` to stop a row that must be rejected."""
-
-    # 1: the last held line never reached the reader, so its line_num does not count it.
-    held_back = 1
-
-
-class _LongLine(_CutRow):
-    """The last held line is over the row limit (held as ``""``, its text skipped)."""
-
-
-class _Runaway(_CutRow):
-    """The row's quoted value is still open past the row limit."""
-
-
-class _Unclosed(_CutRow):
-    """The file ended inside the row's quoted value."""
-
-    held_back = 0
-
-
-class _LineFeed:
-    """The physical lines of a CSV file, fed to ``csv.reader``, and the row being read.
-
-    ``held`` has the lines of the current row (the reader's caller empties it after each
-    row). Rejecting a row puts its later lines back in front of the file, to be read
-    again by a new reader over a new ``lines()``. ``base`` is the physical line number
-    before the first line of the current reader.
-    """
-
-    __slots__ = ("_chars", "_pushback", "_source", "base", "field_limit", "held", "max_chars")
-
-    def __init__(self, handle: IO[str]) -> None:
-        self.field_limit = csv.field_size_limit()
-        self.max_chars = _ROW_CHARS_PER_FIELD_LIMIT * self.field_limit
-        # readline(n) bounds the memory a line without end can take.
-        self._source: Iterator[str] = iter(
-            functools.partial(handle.readline, self.max_chars + 1), ""
-        )
-        self._pushback: deque[str] = deque()
-        self.held: list[str] = []
-        self.base = 0
-        self._chars = 0
-
-    def header(self, name: str) -> str:
-        """The first non-blank line."""
-        for text in self._source:
-            self.base += 1
-            if len(text) > self.max_chars:
-                raise InputError(f"{name}: the header row is over {self.max_chars} characters")
-            if text.strip():
-                return text
-        raise InputError(f"{name}: the file is empty (no header row)")
-
-    def lines(self) -> Iterator[str]:
-        """Lines put back first, then the file's; raises ``_CutRow`` to cut a row short."""
-        held = self.held
-        pushback = self._pushback
-        while pushback:
-            text = pushback.popleft()
-            self._hold(text)
-            yield text
-        limit = self.max_chars
-        for text in self._source:
-            if held or len(text) > limit:
-                self._hold(text)
-            else:
-                held.append(text)
-            yield text
-        if held:
-            raise _Unclosed
-
-    def reject_multiline(self, line_num: int) -> str:
-        """Reject the complete row in ``held``, which spans lines (``line_num``: the reader's)."""
-        last = self.base + line_num
-        first = last - len(self.held) + 1
-        self._rewind(first)
-        return (
-            f"a quoted value spans lines {first}-{last} of the file (a stray quote?); "
-            "allow multi-line values to send it"
-        )
-
-    def reject(self, line_num: int, exc: csv.Error | _CutRow) -> str:
-        """Reject the row in ``held`` that ``exc`` stopped, saying why."""
-        held = self.held
-        last = self.base + line_num + (exc.held_back if isinstance(exc, _CutRow) else 0)
-        first = last - len(held) + 1
-        opened = f"a quoted value opened on line {first} of the file"
-        if isinstance(exc, _Unclosed):
-            reason = f"{opened} is never closed (a stray quote?)"
-        elif isinstance(exc, _LongLine) and len(held) == 1:
-            reason = f"line {last} of the file is over {self.max_chars} characters"
-        elif isinstance(exc, _CutRow):
-            reason = (
-                f"{opened} is still open on line {last}, past the limit of one row "
-                f"({_MAX_ROW_LINES} lines, {self.max_chars} characters; a stray quote?)"
-            )
-        elif not str(exc).startswith(_FIELD_LIMIT_ERROR):
-            reason = f"line {last} of the file cannot be read as CSV: {exc}"
-        elif len(held) == 1:
-            reason = (
-                f"a field on line {last} of the file is over the CSV field limit of "
-                f"{self.field_limit} characters"
-            )
-        else:
-            reason = (
-                f"{opened} is over the CSV field limit of {self.field_limit} characters "
-                f"by line {last} (a stray quote?)"
-            )
-        self._rewind(first)
-        return reason
-
-    def _rewind(self, first: int) -> None:
-        held = self.held
-        self._pushback.extendleft(reversed(held[1:]))
-        held.clear()
-        self.base = first
-
-    def _hold(self, text: str) -> None:
-        """Hold a line off the common path: a row's later line, a put-back or a long one."""
-        held = self.held
-        if len(text) > self.max_chars:
-            self._skip_line(text)
-            text = ""
-        held.append(text)
-        if not text:
-            raise _LongLine
-        if len(held) == 1:
-            return
-        if len(held) == 2:
-            self._chars = len(held[0])
-        self._chars += len(text)
-        if len(held) > _MAX_ROW_LINES or self._chars > self.max_chars:
-            raise _Runaway
-
-    def _skip_line(self, text: str) -> None:
-        """Read past the rest of a physical line that began with ``text``."""
-        while text and text[-1] not in "\r\n":
-            text = next(self._source, "")
 
 
 def _open_text(name: str) -> IO[str]:
