@@ -28,6 +28,14 @@ import msgspec
 
 from ._client import AsyncClient
 from ._config import DEFAULT_LIMITS, DEFAULT_TIMEOUT, Limits, Timeout
+from ._constants import (
+    DEFAULT_ARQ_JOBS,
+    DEFAULT_CELERY_PROCESSES,
+    DEFAULT_JOB_TIMEOUT,
+    DEFAULT_REDIS_URL,
+    DEFAULT_VISIBILITY_TIMEOUT,
+    DEFAULT_WORKER_CONCURRENCY,
+)
 from ._errors import ProactiveError
 from ._secrets import display_url
 from .ratelimit import AdaptiveTuning, RateLimit, SharedRateLimit, default_limit_key
@@ -51,22 +59,9 @@ __all__ = [
     "build_rate_limit",
     "build_sync_client",
     "display_url",
+    "environment_value",
 ]
 
-DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
-"""Redis when none is named: the queue of arq workers and the broker of Celery ones."""
-DEFAULT_ARQ_JOBS: Final = 2
-"""Jobs (slices of a distributed campaign) one arq worker process runs at once when
-``worker_concurrency`` is not set: two, so that one slice's tail overlaps the next one's
-start; the calls in flight are ``concurrency``, over all of them."""
-DEFAULT_WORKER_CONCURRENCY: Final = 32
-"""Calls in flight in one worker process (arq or Celery) when ``concurrency`` is not set."""
-DEFAULT_CELERY_PROCESSES: Final = 4
-"""Processes of one Celery worker when ``worker_concurrency`` is not set."""
-DEFAULT_JOB_TIMEOUT: Final = 300.0
-"""Seconds an arq job may run; a killed worker's job runs again after this (plus 10 s)."""
-DEFAULT_VISIBILITY_TIMEOUT: Final = 60
-"""Seconds before Celery's Redis broker hands an unacknowledged chunk to another worker."""
 
 # Constraints msgspec checks while converting: a count is at least 1, seconds are positive,
 # URLs name a scheme the code behind them can use.
@@ -268,6 +263,14 @@ def _refusal(name: str, value: object) -> str:
 
 
 # -- builders ----------------------------------------------------------------------
+
+
+def environment_value(field: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The raw text of one setting's variable (``VARIABLES[field]``), stripped; None when
+    unset or empty. For a tool that needs one value without validating the rest."""
+    env = os.environ if environ is None else environ
+    text = env.get(VARIABLES[field], "").strip()
+    return text or None
 
 
 def _client_options(settings: Settings) -> dict[str, Any]:

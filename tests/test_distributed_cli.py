@@ -16,9 +16,9 @@ import pytest
 from rich.console import Console
 
 from proactive_async import AsyncClient, CampaignOptions, ProactiveConversationRequest
-from proactive_async._distributed_cli import _STALLED_AFTER, _StatusWatch
 from proactive_async._progress import PlainProgress, RateMeter, RichProgress, choose_display
 from proactive_async._records import OutcomeStatus
+from proactive_async.cli.distributed import _STALLED_AFTER, _StatusWatch
 from proactive_async.distributed import CampaignStatus, SliceRunner, plan_campaign
 from proactive_async.simulator import Simulator, SimulatorConfig
 
@@ -65,7 +65,7 @@ def test_a_campaign_that_stops_moving_says_so_and_the_warning_goes_when_it_moves
 
 
 def test_an_aborted_campaign_says_why_at_once_and_the_line_names_the_state() -> None:
-    from proactive_async._distributed_cli import describe
+    from proactive_async.cli.distributed import describe
 
     aborted = CampaignStatus(
         campaign="c1", counts={"planned": 5}, slices=1, slices_done=0, cancelled=False,

@@ -13,9 +13,9 @@ a flag would show in process lists and shell history.
 
 What lives where: ``campaign`` (a run, its progress, interrupts and summary), ``dry_run``
 (``campaign --dry-run``), ``demo`` (a run against the simulator, audited), ``simulate``;
-``_flags`` (the flag groups, and the template and options they make), ``_common`` (exit
-codes, consoles, ``UsageError``), ``_logs`` (``-v``, ``--log-file``). The distributed
-commands (enqueue, worker, status, report, cancel) are ``proactive_async._distributed_cli``.
+``distributed`` (enqueue, worker, status, report, cancel); ``_flags`` (the flag groups,
+and the template and options they make), ``_common`` (exit codes, consoles,
+``UsageError``), ``_logs`` (``-v``, ``--log-file``).
 Settings and the client and rate limit built from them come from ``proactive_async.settings``.
 """
 
@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 
 from .._version import __version__
 from ..settings import SettingsError
-from . import campaign, demo, simulate
+from . import campaign, demo, distributed, simulate
 from ._common import (
     EXIT_CODES_HELP,
     EXIT_INTERRUPTED,
@@ -64,11 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     campaign.add_parser(commands)
     simulate.add_parser(commands)
     demo.add_parser(commands)
-    # Imported here: it imports this package's modules, complete by now; and arq, psycopg
-    # and Celery stay out of ``campaign`` and ``--help``.
-    from .._distributed_cli import add_distributed_parsers
-
-    add_distributed_parsers(commands)
+    distributed.add_parsers(commands)  # arq, psycopg and Celery are imported when run
     return parser
 
 

@@ -21,8 +21,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from .._constants import DEFAULT_ARQ_JOBS
 from .._errors import JournalError
-from ..settings import DEFAULT_ARQ_JOBS
 from ._connect import Database, ensure_distributed_schema
 from ._runner import SliceBusyError, SliceResult, SliceRunner
 from ._store import SWEEP

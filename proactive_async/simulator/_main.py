@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import sys
 
@@ -55,7 +54,7 @@ def _config_of(args: argparse.Namespace) -> SimulatorConfig:
         latency_jitter=args.jitter,
         seed=args.seed,
     )
-    token = args.token if args.token is not None else os.environ.get("PROACTIVE_TOKEN")
+    token = args.token if args.token is not None else _environment_token()
     return SimulatorConfig(
         token=token or "simulator-token",
         rate_limit=args.rate,
@@ -64,6 +63,13 @@ def _config_of(args: argparse.Namespace) -> SimulatorConfig:
         max_targets_per_call=args.max_targets,
         faults=faults,
     )
+
+
+def _environment_token() -> str | None:
+    """``PROACTIVE_TOKEN``, read by the one reader of the environment (``settings``)."""
+    from ..settings import environment_value  # imported when the flag is not given
+
+    return environment_value("token")
 
 
 async def _serve(config: SimulatorConfig, host: str, port: int) -> int:

@@ -19,16 +19,16 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from ._errors import JournalError
-from .cli import _flags
-from .cli._common import UsageError, settings_from, stderr_console
+from .._errors import JournalError
+from . import _flags
+from ._common import UsageError, settings_from, stderr_console
 
 if TYPE_CHECKING:
-    from ._progress import RateMeter, Snapshot
-    from .distributed import CampaignStatus, PlanResult
-    from .settings import Settings
+    from .._progress import RateMeter, Snapshot
+    from ..distributed import CampaignStatus, PlanResult
+    from ..settings import Settings
 
-__all__ = ["add_distributed_parsers"]
+__all__ = ["add_parsers", "describe"]
 
 EXIT_OK: Final = 0
 EXIT_ABORTED: Final = 2
@@ -37,7 +37,7 @@ _REDIS_RESTART_WAIT: Final = (1.0, 10.0)
 _log = logging.getLogger("proactive_async")
 
 
-def add_distributed_parsers(commands: Any, **_: Any) -> None:
+def add_parsers(commands: Any) -> None:
     """Register the commands (``enqueue`` plans a file with ``campaign``'s flag groups)."""
     p = commands.add_parser(
         "enqueue",
@@ -175,7 +175,7 @@ def _need(extra: str, *modules: str) -> None:
 
 
 def _location(dsn: str, campaign: str) -> str:
-    from .journal._postgres import campaign_location
+    from ..journal._postgres import campaign_location
 
     return campaign_location(dsn, campaign)
 
@@ -198,7 +198,7 @@ def _enqueue(args: argparse.Namespace) -> int:
         assert settings.journal is not None
         queue_url = _engine_url(args, settings)
         template, options = _flags.campaign_inputs(args)
-        from .distributed import DEFAULT_JOB_SIZE, new_campaign_id, plan_campaign
+        from ..distributed import DEFAULT_JOB_SIZE, new_campaign_id, plan_campaign
 
         campaign = args.campaign or new_campaign_id()
         token = settings.token
@@ -235,11 +235,11 @@ async def _queue(engine: str, settings: Settings, url: str, plan: PlanResult) ->
     try:
         if engine == "celery":
             return await asyncio.to_thread(_celery_enqueue, settings, plan)
-        from .arq import enqueue_slices
+        from ..arq import enqueue_slices
 
         return await enqueue_slices(url, plan.campaign, plan.pending_slices)
     except Exception as exc:  # the queue's own errors (redis, kombu), never a traceback
-        from .settings import display_url
+        from ..settings import display_url
 
         password = urlsplit(url).password
         reason = f"{type(exc).__name__}: {exc}"
@@ -255,7 +255,7 @@ async def _queue(engine: str, settings: Settings, url: str, plan: PlanResult) ->
 
 
 def _celery_enqueue(settings: Settings, plan: PlanResult) -> int:
-    from .celery import create_app, enqueue_slices
+    from ..celery import create_app, enqueue_slices
 
     return enqueue_slices(create_app(settings), plan.campaign, plan.pending_slices)
 
@@ -297,8 +297,8 @@ def _arq_worker(args: argparse.Namespace, settings: Settings) -> int:
     import redis.exceptions
     from arq.worker import run_worker
 
-    from . import arq as engine
-    from .distributed import DEFAULT_SLICES
+    from .. import arq as engine
+    from ..distributed import DEFAULT_SLICES
 
     slices = args.jobs or settings.worker_concurrency or DEFAULT_SLICES
     options = engine.worker_options(settings, slices=slices, burst=args.burst)
@@ -320,10 +320,10 @@ def _arq_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _celery_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from . import celery as engine
+    from .. import celery as engine
 
     engine.configure(settings)
-    from .settings import DEFAULT_CELERY_PROCESSES
+    from ..settings import DEFAULT_CELERY_PROCESSES
 
     processes = args.jobs or settings.worker_concurrency or DEFAULT_CELERY_PROCESSES
     application = engine.create_app(settings)
@@ -334,7 +334,7 @@ def _celery_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _display(url: str | None) -> str:
-    from .settings import display_url
+    from ..settings import display_url
 
     return display_url(url or "")
 
@@ -350,7 +350,7 @@ def _first_line(exc: BaseException) -> str:
 def _status(args: argparse.Namespace) -> int:
     def go() -> int:
         _need("postgres", "psycopg")
-        from .distributed import campaign_status
+        from ..distributed import campaign_status
 
         location = _location(_settings(args).journal or "", args.campaign)
         if args.wait:
@@ -396,8 +396,8 @@ async def _wait_until_finished(location: str, *, progress: bool) -> CampaignStat
     """Poll the journal every ``STATUS_POLL`` seconds, showing records settled of all
     records (the bar on a terminal, a line every few seconds elsewhere), until finished
     or aborted. Interrupted (Ctrl-C), the exit is 130 like any other command's."""
-    from ._progress import RateMeter, choose_display
-    from .distributed import campaign_status
+    from .._progress import RateMeter, choose_display
+    from ..distributed import campaign_status
 
     status = await campaign_status(location)
     display = choose_display(
@@ -432,8 +432,8 @@ class _StatusWatch:
         self._moved_at = 0.0
 
     def snapshot(self, status: CampaignStatus, now: float) -> Snapshot:
-        from ._progress import Snapshot
-        from ._records import OutcomeStatus
+        from .._progress import Snapshot
+        from .._records import OutcomeStatus
 
         counts = {s: status.counts.get(s.value, 0) for s in OutcomeStatus}
         settled = sum(counts.values())
@@ -472,7 +472,7 @@ class _StatusWatch:
 def _report(args: argparse.Namespace) -> int:
     def go() -> int:
         _need("postgres", "psycopg")
-        from .distributed import write_report
+        from ..distributed import write_report
 
         location = _location(_settings(args).journal or "", args.campaign)
         with open(args.out, "wb") as out:
@@ -486,7 +486,7 @@ def _report(args: argparse.Namespace) -> int:
 def _cancel(args: argparse.Namespace) -> int:
     def go() -> int:
         _need("postgres", "psycopg")
-        from .distributed import cancel_campaign
+        from ..distributed import cancel_campaign
 
         location = _location(_settings(args).journal or "", args.campaign)
         cancelled = asyncio.run(cancel_campaign(location))
