@@ -336,3 +336,32 @@ def test_an_enqueue_that_cannot_reach_redis_says_so_and_a_second_one_queues_the_
     plan = json.loads(again.stdout)
     assert plan["already_planned"] and plan["records"] == 120 and plan["queued"] == 3
     assert status("requeue", environment)["counts"] == {"planned": 120}
+
+
+def test_a_worker_trusts_a_private_ca_given_by_flag_and_refuses_it_without(
+    environment: dict[str, str], tmp_path: Path, tls_ca: Any
+) -> None:
+    """``worker --ca-file`` (and its timeouts) reach the worker's client: over TLS with a
+    private CA the campaign is sent; without the CA the first call fails verification,
+    a fatal answer: the campaign is aborted, nothing sent."""
+    config = SimulatorConfig(token=TOKEN)
+    with ThreadedSimulator(config, ssl_context=tls_ca.server_context) as server:
+        env = environment | {"PROACTIVE_BASE_URL": server.url.replace("http://", "https://")}
+        enqueue(env, write_targets(tmp_path / "a.csv", 20), "untrusted", "--job-size", "10")
+        log = tmp_path / "untrusted.log"
+        workers = [start_worker(env, log)]
+        try:
+            found = wait_for("untrusted", env, lambda s: s["aborted"], 60)
+        finally:
+            stop_all(workers)
+        assert "certificate" in found["aborted"].lower() or "tls" in found["aborted"].lower()
+        assert server.simulator.audit.snapshot() == {}
+        enqueue(env, write_targets(tmp_path / "b.csv", 30), "trusted", "--job-size", "10")
+        flags = ("--ca-file", tls_ca.ca_file, "--connect-timeout", "5", "--timeout", "20")
+        workers = [start_worker(env, tmp_path / "trusted.log", *flags)]
+        try:
+            final = wait_for("trusted", env, lambda s: s["finished"], 60)
+        finally:
+            stop_all(workers)
+    assert final["counts"] == {"sent": 30}
+    assert len(server.simulator.audit.snapshot()) == 30
