@@ -32,8 +32,10 @@ def find_pg_bin() -> Path | None:
 class PostgresServer:
     """One postgres process; ``url`` is a DSN for its ``postgres`` database."""
 
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, *, also_listen: tuple[str, ...] = ()) -> None:
         self.bin_dir = bin_dir
+        # Addresses besides loopback (a veth of a test's network namespace), trusted too.
+        self.also_listen = also_listen
         self.root = Path(tempfile.mkdtemp(prefix="proactive-pg-"))
         self.data = self.root / "data"
         self.port = free_port()
@@ -56,13 +58,18 @@ class PostgresServer:
             ),
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
+        if self.also_listen:
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                for address in self.also_listen:
+                    hba.write(f"host all all {address}/16 trust\n")
         self._launch()
 
     def _launch(self) -> None:
         self._process = subprocess.Popen(
             self._command(
                 str(self.bin_dir / "postgres"), "-D", str(self.data), "-p", str(self.port),
-                "-k", str(self.root), "-c", "listen_addresses=127.0.0.1",
+                "-k", str(self.root),
+                "-c", f"listen_addresses={','.join(('127.0.0.1', *self.also_listen))}",
                 "-c", "fsync=off", "-c", "max_connections=200",
             ),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

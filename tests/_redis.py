@@ -30,9 +30,12 @@ def find_redis_server() -> str | None:
 class RedisServer:
     """One redis-server process; ``url`` stays the same across restarts."""
 
-    def __init__(self, executable: str, workdir: Path) -> None:
+    def __init__(self, executable: str, workdir: Path, *, also_bind: tuple[str, ...] = ()) -> None:
         self.executable = executable
         self.workdir = workdir
+        # Addresses besides loopback (a veth of a test's network namespace): protected
+        # mode, which refuses them without a password, is then off.
+        self.also_bind = also_bind
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._process: subprocess.Popen[bytes] | None = None
@@ -41,11 +44,11 @@ class RedisServer:
         command = [
             self.executable,
             "--port", str(self.port),
-            "--bind", "127.0.0.1",
+            "--bind", "127.0.0.1", *self.also_bind,
             "--save", "",
             "--appendonly", "no",
             "--dir", str(self.workdir),
-            "--protected-mode", "yes",
+            "--protected-mode", "no" if self.also_bind else "yes",
         ]  # fmt: skip
         self._process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
