@@ -163,13 +163,9 @@ def test_a_worker_host_cut_off_silently_is_taken_over_and_sends_nothing_after(
             logs = [tmp_path / "there.log", tmp_path / "here.log"]
             try:
                 with logs[0].open("wb") as out:
+                    far = namespace.command(*argv)
                     workers.append(
-                        subprocess.Popen(
-                            namespace.command(*argv),
-                            env=there,
-                            stdout=out,
-                            stderr=subprocess.STDOUT,
-                        )  # fmt: skip
+                        subprocess.Popen(far, env=there, stdout=out, stderr=subprocess.STDOUT)
                     )
                 deadline = time.monotonic() + 60
                 while settled(status("cut", here)) < 100:  # the far worker is sending
