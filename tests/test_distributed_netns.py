@@ -29,9 +29,18 @@ TOKEN = "netns-token-" + uuid.uuid4().hex
 TEMPLATE = ("--channel-id", "1", "--bot-id", "2", "--template-id", "3")
 HOST_SIDE, NS_SIDE = "10.231.7.1", "10.231.7.2"
 
+
+def _can_make_namespaces() -> bool:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return False
+    name = f"pa-probe-{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", name], check=False, capture_output=True)
+    subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+    return made.returncode == 0
+
+
 pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("ip") is None,
-    reason="network namespaces need root and iproute2",
+    not _can_make_namespaces(), reason="network namespaces need root, iproute2, CAP_NET_ADMIN"
 )
 
 
