@@ -13,6 +13,13 @@ deduplicating), outcome matching and the JSONL report; the script for none of th
 CLI run is checked to exit 0 with one report line per record.
 
 Target: CLI >= 0.85x the hand-written script.
+
+Second row (issue 17): the same CLI process with a journal, ``--concurrency 24`` (what
+benchmark 10's three workers have in flight), ``--journal postgresql://...?campaign=NAME``
+(a throwaway PostgreSQL on the server core, a fresh campaign each round) against
+``--journal FILE.db`` (SQLite, a fresh file each round), alternating round by round, each
+timed from spawn to exit and checked to exit 0 with one ``sent`` line per record.
+Target: PostgreSQL >= 0.7x SQLite.
 """
 
 from __future__ import annotations
@@ -39,7 +46,9 @@ from _common import (
     fast_server,
     median,
     pin_client,
+    postgres_server,
     rate_str,
+    report_outcomes,
     row,
     sdk_missing,
 )
@@ -89,7 +98,7 @@ def write_csv(path: Path, count: int) -> None:
         handle.writelines(f"{phone}\n" for phone in brazil_mobiles(count))
 
 
-def cli_argv(csv_path: Path, url: str, report: Path) -> list[str]:
+def cli_argv(csv_path: Path, url: str, report: Path, concurrency: int = CONCURRENCY) -> list[str]:
     return [
         *client_prefix(),
         PYTHON,
@@ -106,7 +115,7 @@ def cli_argv(csv_path: Path, url: str, report: Path) -> list[str]:
         "--base-url",
         url,
         "--concurrency",
-        str(CONCURRENCY),
+        str(concurrency),
         "--chunk-size",
         "1",
         "--no-adaptive",
@@ -214,9 +223,10 @@ def run(quick: bool = False) -> dict[str, Any]:
                 note=note,
             )
         ]
+    journals = journal_rows(quick, records, rounds, env)
     return {
         "name": NAME,
-        "rows": rows,
+        "rows": [*rows, *journals["rows"]],
         "details": {
             "pinning": pinned,
             "records_per_round": records,
@@ -224,7 +234,93 @@ def run(quick: bool = False) -> dict[str, Any]:
             "figures": figures,
             "medians": med,
             "cli_runs": runs,
+            "journals": journals["details"],
         },
+    }
+
+
+JOURNAL_CONCURRENCY = 24
+JOURNAL_TARGET = ">= 0.7x"
+
+
+def journal_rows(quick: bool, records: int, rounds: int, env: dict[str, str]) -> dict[str, Any]:
+    """The CLI process journaled in PostgreSQL against the same process with SQLite."""
+    label = (
+        f"{NAME}, PostgreSQL journal vs SQLite journal, {records:,} records, chunk 1, "
+        f"{JOURNAL_CONCURRENCY} in flight"
+    )
+    missing = sdk_missing("proactive_async.cli:main", "psycopg")
+    if missing is not None:
+        return {"rows": [row(label, target=JOURNAL_TARGET, skipped=missing)], "details": {}}
+    runs: list[dict[str, Any]] = []
+    try:
+        with (
+            postgres_server() as dsn,
+            fast_server() as server,
+            tempfile.TemporaryDirectory() as tmp_name,
+        ):
+            tmp = Path(tmp_name)
+            csv_path = tmp / "targets.csv"
+            write_csv(csv_path, records)
+            counter = iter(range(10_000))
+
+            def journaled(kind: str) -> float:
+                n = next(counter)
+                report = tmp / f"report-{n}.jsonl"
+                journal = (
+                    f"{dsn}?campaign=bench8-{n}" if kind == "postgresql" else f"{tmp}/j-{n}.db"
+                )
+                argv = cli_argv(csv_path, server.url, report, JOURNAL_CONCURRENCY)
+                seconds, done = timed([*argv, "--journal", journal], env)
+                outcomes = report_outcomes(report)
+                complete = done.returncode == 0 and outcomes.get("sent") == records
+                runs.append(
+                    {
+                        "journal": kind,
+                        "seconds": round(seconds, 3),
+                        "exit_code": done.returncode,
+                        "outcomes": outcomes,
+                        "complete": complete,
+                        "stderr_tail": done.stderr[-300:] if done.returncode else "",
+                    }
+                )
+                return records / seconds
+
+            figures = alternate(
+                {
+                    "sqlite": lambda: journaled("sqlite"),
+                    "postgresql": lambda: journaled("postgresql"),
+                },
+                rounds,
+            )
+    except RuntimeError as exc:
+        return {
+            "rows": [row(label, target=JOURNAL_TARGET, skipped=f"skipped: {exc}")],
+            "details": {},
+        }
+    med = {name: median(values) for name, values in figures.items()}
+    bad = [r for r in runs if not r["complete"]]
+    ratio = med["postgresql"] / med["sqlite"]
+    note = (
+        f"{len(bad)} run(s) exited non-zero or lost records"
+        if bad
+        else "every record sent once (report), every run exit 0"
+    )
+    spread = ", ".join(f"{name} {min(v):,.0f}-{max(v):,.0f}" for name, v in figures.items())
+    return {
+        "rows": [
+            row(
+                label,
+                sdk=rate_str(med["postgresql"], "records/s"),
+                baseline=rate_str(med["sqlite"], "records/s") + " (SQLite)",
+                ratio=ratio,
+                target=JOURNAL_TARGET,
+                ok=ratio >= 0.7 and not bad,
+                note=f"{note}; medians of {rounds} alternating rounds, whole processes "
+                f"(records/s of the rounds: {spread})",
+            )
+        ],
+        "details": {"figures": figures, "medians": med, "runs": runs},
     }
 
 
