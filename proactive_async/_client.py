@@ -36,7 +36,7 @@ from ._models import (
     encode_request,
 )
 from ._retry import RetryPolicy, Sleep, parse_retry_after, retry_call
-from ._secrets import Redactor, check_header_value, mask_phones_in
+from ._secrets import Redactor, check_header_value, check_token, mask_phones_in
 from ._transport import RawResponse, Transport, TransportConfig, user_agent
 from ._version import __version__
 from .ratelimit import RateLimitBackend, report_failure
@@ -74,7 +74,8 @@ class AsyncClient:
 
     Parameters:
         base_url: the API's origin; default ``PROACTIVE_BASE_URL`` from the environment.
-        token: the Bearer token; default ``PROACTIVE_TOKEN``. Never logged or shown.
+        token: the Bearer token; default ``PROACTIVE_TOKEN``. Never logged or shown. One
+            pasted with its ``Bearer `` prefix is sent without it.
         retry: the default RetryPolicy (safe failures only); per call with ``retry=``.
         timeout: a ``Timeout`` (connect, read, total per attempt), or None for no limit.
         limits: a ``Limits`` (pool size, per host, keep-alive).
@@ -120,7 +121,7 @@ class AsyncClient:
             raise ClientStateError("no token given and PROACTIVE_TOKEN is not set")
         if not base_url.startswith(("http://", "https://")):
             raise ClientStateError(f"base_url must start with http:// or https://: {base_url!r}")
-        _check_headers(token, headers or {})
+        token = _check_headers(token, headers or {})
         self.base_url = base_url.rstrip("/")
         self.retry = retry if retry is not None else RetryPolicy()
         self.mask_phone_numbers = mask_phone_numbers
@@ -296,9 +297,11 @@ def _targets_in(request: ProactiveConversationRequest) -> int:
     return len(recipients or ()) + len(contacts or ())
 
 
-def _check_headers(token: str, headers: Mapping[str, str]) -> None:
-    """Refuse, at construction, a token or header that HTTP cannot carry (nothing is sent)."""
-    problems = [check_header_value("token", token)]
+def _check_headers(token: str, headers: Mapping[str, str]) -> str:
+    """The token to send (without a pasted ``Bearer ``); refuse, at construction, a token or
+    header that HTTP cannot carry (nothing is sent)."""
+    token, token_problem = check_token(token)
+    problems = [token_problem]
     for name, value in headers.items():
         if not name or any(c in name for c in "\r\n\x00: "):
             problems.append(f"{name!r} is not a valid header name")
@@ -306,6 +309,7 @@ def _check_headers(token: str, headers: Mapping[str, str]) -> None:
     problem = next((p for p in problems if p is not None), None)
     if problem is not None:
         raise ClientStateError(problem)
+    return token
 
 
 def _ssl_verify(verify: bool | str | os.PathLike[str] | ssl.SSLContext) -> bool | ssl.SSLContext:

@@ -11,7 +11,9 @@ A ``.txt`` file without such a header is a plain list of numbers, one a line.
 
 CSV columns, matched case-insensitively and ignoring ``_``, ``-`` and spaces:
 
-* the phone column: ``recipient``, ``phone``, ``phone_number`` or ``mobile``;
+* the phone column: ``recipient``, ``phone``, ``phone_number`` or ``mobile``; or the
+  column named by ``recipient_column`` (``--recipient-column telefone``), and then only it
+  (a ``phone`` column beside it is a variable like any other);
 * the contact column: ``contactId`` (also ``contact_id``, ``CONTACT-ID``, ...);
 * every other named column is a content variable of its row, under the header's
   spelling. An empty cell stays ``""`` (a template variable that is present but blank
@@ -77,19 +79,23 @@ _YIELD_EVERY = 256
 _json_decode = msgspec.json.Decoder().decode
 
 
-def read_records(path: str | os.PathLike[str], *, multiline: bool = False) -> Iterator[Record]:
+def read_records(
+    path: str | os.PathLike[str], *, multiline: bool = False, recipient_column: str | None = None
+) -> Iterator[Record]:
     """Read a targets file, choosing the format by suffix.
 
     ``.csv`` / ``.txt`` (delimiter sniffed), ``.tsv`` (tab), ``.jsonl`` / ``.ndjson``.
-    ``multiline`` is passed to ``read_csv``.
+    ``multiline`` and ``recipient_column`` are passed to ``read_csv`` (a JSONL file's keys
+    are fixed).
     """
     suffix = Path(path).suffix.lower()
+    column = recipient_column
     if suffix == ".tsv":
-        return read_csv(path, delimiter="\t", multiline=multiline)
-    if suffix == ".txt" and not _has_header(path):
+        return read_csv(path, delimiter="\t", multiline=multiline, recipient_column=column)
+    if suffix == ".txt" and not _has_header(path, column):
         return read_lines(path)
     if suffix in _CSV_SUFFIXES:
-        return read_csv(path, multiline=multiline)
+        return read_csv(path, multiline=multiline, recipient_column=column)
     if suffix in _JSONL_SUFFIXES:
         return read_jsonl(path)
     raise InputError(
@@ -98,7 +104,7 @@ def read_records(path: str | os.PathLike[str], *, multiline: bool = False) -> It
     )
 
 
-def starts_with_header(path: str | os.PathLike[str]) -> bool:
+def starts_with_header(path: str | os.PathLike[str], recipient_column: str | None = None) -> bool:
     """Whether the first line of this targets file is a header, not a record (as
     ``read_records`` reads it): a CSV's is; a JSONL file has none; a ``.txt`` file has one
     only when it names a target column."""
@@ -107,28 +113,34 @@ def starts_with_header(path: str | os.PathLike[str]) -> bool:
         return False
     if suffix == ".txt":
         try:
-            return _has_header(path)
+            return _has_header(path, recipient_column)
         except (OSError, InputError):
             return False
     return True
 
 
 def read_csv(
-    path: str | os.PathLike[str], *, delimiter: str | None = None, multiline: bool = False
+    path: str | os.PathLike[str],
+    *,
+    delimiter: str | None = None,
+    multiline: bool = False,
+    recipient_column: str | None = None,
 ) -> Iterator[Record]:
     """Stream the records of a CSV file with a header row.
 
     ``delimiter`` is sniffed from the header among ``,`` ``;`` and tab when ``None``.
     UTF-8, with or without a BOM; a row that is not valid UTF-8 is rejected alone.
     ``multiline`` accepts a quoted value spanning several lines; without it such a row is
-    rejected and its later lines are read as rows of their own.
+    rejected and its later lines are read as rows of their own. ``recipient_column`` names
+    the phone column (matched as the built-in names are) instead of the built-in names.
     """
     name = os.fspath(path)
     with _open_text(name) as handle:
         feed = LineFeed(handle)
         header_line = feed.header(name)
         sep = delimiter if delimiter is not None else _sniff_delimiter(header_line)
-        layout = _CsvLayout(_parse_header(header_line, sep, name, feed.field_limit), name)
+        header = _parse_header(header_line, sep, name, feed.field_limit)
+        layout = _CsvLayout(header, name, recipient_column)
         held = feed.held
         line = 0
         while True:
@@ -192,18 +204,26 @@ def read_lines(path: str | os.PathLike[str]) -> Iterator[Record]:
             raise InputError(f"{name}: the file is empty (no records)")
 
 
-def _has_header(path: str | os.PathLike[str]) -> bool:
+def _has_header(path: str | os.PathLike[str], recipient_column: str | None = None) -> bool:
     """Whether a ``.txt`` file starts with a CSV header naming a target column (else it is
     a plain list of numbers, one a line)."""
     name = os.fspath(path)
     with _open_text(name) as handle:
         first = next((text for text in handle if text.strip()), "")
     cells = first.replace(";", ",").replace("\t", ",").split(",")
-    names = {
-        cell.strip().strip('"').lower().replace("_", "").replace("-", "").replace(" ", "")
-        for cell in cells
-    }
-    return bool(names & (_RECIPIENT_NAMES | _CONTACT_NAMES))
+    names = {_column_key(cell.strip().strip('"')) for cell in cells}
+    return bool(names & (_recipient_names(recipient_column) | _CONTACT_NAMES))
+
+
+def _column_key(cell: str) -> str:
+    """A header cell as target columns are matched: case-insensitive, no ``_ - `` or spaces."""
+    return cell.lower().replace("_", "").replace("-", "").replace(" ", "")
+
+
+def _recipient_names(recipient_column: str | None) -> frozenset[str]:
+    if recipient_column is None:
+        return _RECIPIENT_NAMES
+    return frozenset({_column_key(recipient_column.strip())})
 
 
 async def aiter_records(
@@ -269,7 +289,7 @@ class _CsvLayout:
 
     __slots__ = ("contact", "recipient", "var_columns", "var_index", "var_names", "width")
 
-    def __init__(self, header: list[str], name: str) -> None:
+    def __init__(self, header: list[str], name: str, recipient_column: str | None) -> None:
         if _has_surrogates("".join(header)):
             raise InputError(f"{name}: the header row is {_NOT_UTF8}")
         header = [cell.strip() for cell in header]
@@ -278,8 +298,14 @@ class _CsvLayout:
         self.contact: int | None = None
         self.var_index: list[int] = []
         self.var_names: list[str] = []
+        recipient_names = _recipient_names(recipient_column)
         for index, cell in enumerate(header):
-            self._place(index, cell, name)
+            self._place(index, cell, name, recipient_names)
+        if recipient_column is not None and self.recipient is None:
+            raise InputError(
+                f"{name}: no column {recipient_column!r} (the recipient column asked for) "
+                f"in the header {header!r}"
+            )
         if self.recipient is None and self.contact is None:
             raise InputError(f"{name}: no recipient or contactId column in the header {header!r}")
         if len(set(self.var_names)) != len(self.var_names):
@@ -289,9 +315,9 @@ class _CsvLayout:
             zip(self.var_names, self.var_index, strict=True)
         )
 
-    def _place(self, index: int, cell: str, name: str) -> None:
-        key = cell.lower().replace("_", "").replace("-", "").replace(" ", "")
-        if key in _RECIPIENT_NAMES:
+    def _place(self, index: int, cell: str, name: str, recipient_names: frozenset[str]) -> None:
+        key = _column_key(cell)
+        if key in recipient_names:
             if self.recipient is not None:
                 raise InputError(f"{name}: more than one recipient column ({cell!r})")
             self.recipient = index

@@ -22,6 +22,9 @@ from msgspec import UNSET, UnsetType
 from ._errors import DecodingError
 
 __all__ = [
+    "INT32_MAX",
+    "INT32_MIN",
+    "INTEGRATION_TYPES",
     "AgentType",
     "Conversation",
     "ConversationEvaluationStatus",
@@ -86,6 +89,15 @@ class ConversationIntegrationType(_OpenIntEnum):
     VALUE_16 = 16
     VALUE_17 = 17
     VALUE_18 = 18
+
+
+INT32_MIN: Final = -(2**31)
+INT32_MAX: Final = 2**31 - 1
+"""The range of the contract's ``int32`` fields (ids); a value past it fails at the server."""
+INTEGRATION_TYPES: Final = range(
+    min(ConversationIntegrationType), max(ConversationIntegrationType) + 1
+)
+"""The ``conversationIntegrationType`` values the reference page lists (0-18)."""
 
 
 class ConversationEvaluationStatus(_OpenIntEnum):

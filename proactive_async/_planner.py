@@ -27,6 +27,7 @@ from typing import Any, Final
 
 import msgspec
 
+from ._models import INT32_MAX
 from ._records import Outcome, OutcomeError, OutcomeStatus, Record
 
 __all__ = [
@@ -46,7 +47,6 @@ REJECT_INVALID_INPUT: Final = "invalid_input"
 REJECT_INVALID_PHONE: Final = "invalid_phone"
 """``OutcomeError.kind`` of a recipient that is not a valid phone number."""
 
-_INT32_MAX: Final = 2**31 - 1
 # Contact keys carry this bit; phone keys (E.164 digits, < 10**17 < 2**57) never do.
 _CONTACT_TAG: Final = 1 << 62
 # Records read ahead of the planner: enough to amortise task switches, small to bound memory.
@@ -352,7 +352,7 @@ def _contact_key(contact_id: object) -> int:
     if (
         not isinstance(contact_id, int)
         or isinstance(contact_id, bool)
-        or not 1 <= contact_id <= _INT32_MAX
+        or not 1 <= contact_id <= INT32_MAX
     ):
         raise _Rejection(
             REJECT_INVALID_INPUT,

@@ -53,19 +53,26 @@ class OutcomeStatus(enum.StrEnum):
     """The same target appeared earlier in the input; ``duplicate_of`` names that line."""
 
 
-class OutcomeError(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
-    """Why a record did not end ``sent``: the error's kind, HTTP status and message."""
+class OutcomeError(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True, rename="camel"):
+    """Why a record did not end ``sent``: the error's kind, HTTP status and message.
+
+    ``trace_id`` is the ``traceId`` of the server's ProblemDetails answer, when it sent one:
+    quote it to the vendor to find the call in their logs. Omitted when None.
+    """
 
     kind: str
     message: str
     status: int | None = None
+    trace_id: str | None = None
 
 
 class Outcome(msgspec.Struct, kw_only=True, rename="camel"):
     """The one outcome of one input record; one JSONL report line per outcome.
 
     ``recipient`` is the E.164 number that was sent (or the raw input when it was invalid);
-    ``conversation_ids`` the conversations created; ``attempts`` the calls made for it.
+    ``conversation_ids`` the conversations created, or, for a record ``unknown`` after a
+    successful call, the answer's conversations that proved nobody's (to check with the
+    vendor); ``attempts`` the calls made for it.
     """
 
     line: int

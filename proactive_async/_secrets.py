@@ -19,6 +19,7 @@ __all__ = [
     "REDACTED",
     "Redactor",
     "check_header_value",
+    "check_token",
     "display_url",
     "mask_phone",
     "mask_phones_in",
@@ -74,6 +75,25 @@ def check_header_value(name: str, value: str) -> str | None:
     if value != value.strip():
         return f"the {name} starts or ends with white space"
     return None
+
+
+def check_token(token: str) -> tuple[str, str | None]:
+    """The token to send, and why it cannot be sent (or None).
+
+    A token pasted with its scheme (``Bearer eyJ...``, as a browser's or Swagger's
+    ``Authorization`` header shows it) is taken without it: no bearer token holds a space
+    (RFC 6750), so the prefix can only be the scheme, and sending it would make
+    ``Bearer Bearer ...``, which servers answer 401. Any other space is refused.
+    """
+    if token[:7].lower() == "bearer " and token[7:].strip(" "):
+        token = token[7:].lstrip(" ")
+    problem = check_header_value("token", token)
+    if problem is None and any(c.isspace() for c in token):
+        problem = (
+            "the token holds a space: give the token alone, without 'Authorization:' or "
+            "any other text"
+        )
+    return token, problem
 
 
 def display_url(url: str) -> str:

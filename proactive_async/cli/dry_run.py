@@ -1,7 +1,9 @@
 """``proactive-async campaign --dry-run``: read and plan a whole file, send nothing.
 
 No token, no network: the counts of valid, rejected and duplicate records, the calls a
-campaign would make, and a report of the records it would not send.
+campaign would make, the records that would be sent with an empty content variable (a
+blank CSV cell with no ``--var`` default: the template would show nothing there), and a
+report of the records it would not send.
 """
 
 from __future__ import annotations
@@ -10,14 +12,16 @@ import argparse
 import asyncio
 import contextlib
 import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from .._errors import InputError
 from .._options import CampaignOptions
-from .._records import Outcome, OutcomeStatus
+from .._records import Outcome, OutcomeStatus, Record
 from .._report import CampaignSummary, ReportWriter
 from . import _flags
 from ._common import (
@@ -45,6 +49,10 @@ class DryRun:
     targets: int = 0
     smallest: int = 0
     largest: int = 0
+    empty_records: int = 0
+    """Valid records that would be sent with at least one empty content variable."""
+    empty_variables: Counter[str] = field(default_factory=Counter)
+    """Those records by variable name (a record with two empty names counts under both)."""
 
     @property
     def sendable(self) -> bool:
@@ -71,6 +79,10 @@ class DryRun:
                 "mean": round(self.targets / self.calls, 1) if self.calls else 0,
                 "max": self.largest,
             },
+            "empty_variables": {
+                "records": self.empty_records,
+                "by_name": dict(self.empty_variables.most_common()),
+            },
             "top_rejections": [
                 error.as_dict()
                 for error in self.summary.top_errors(10, statuses=(OutcomeStatus.REJECTED,))
@@ -79,16 +91,25 @@ class DryRun:
 
 
 async def plan_dry_run(
-    targets: str, options: CampaignOptions, report: ReportWriter | None
+    targets: str,
+    options: CampaignOptions,
+    report: ReportWriter | None,
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    recipient_column: str | None = None,
 ) -> DryRun:
-    """Read and plan the whole file as a campaign would, sending nothing."""
-    from .._campaign import file_records
+    """Read and plan the whole file as a campaign would, sending nothing.
+
+    ``defaults``: the template's content variables (``--var``), which fill an empty cell
+    of the same name, so that only the cells still empty when sent are counted.
+    """
     from .._planner import Planner
 
     result = DryRun()
     summary = result.summary
     planner = Planner(options.planner)
-    records = file_records(targets, multiline=options.multiline_values)
+    records = _file_records(targets, options.multiline_values, recipient_column)
+    filled = {name for name, value in (defaults or {}).items() if value != ""}
     async with contextlib.aclosing(planner.plan(records)) as plan:
         async for item in plan:
             if isinstance(item, Outcome):
@@ -98,7 +119,25 @@ async def plan_dry_run(
                 continue
             result.add_call(len(item.targets))
             summary.records += len(item.targets)
+            empty = [n for n, v in (item.variables or {}).items() if v == "" and n not in filled]
+            if empty:
+                # A chunk shares its variables: every target in it has the same empty names.
+                result.empty_records += len(item.targets)
+                result.empty_variables.update(dict.fromkeys(empty, len(item.targets)))
     return result
+
+
+async def _file_records(
+    path: str, multiline: bool, recipient_column: str | None
+) -> AsyncIterator[Record]:
+    from .._input import read_records
+
+    for index, record in enumerate(
+        read_records(path, multiline=multiline, recipient_column=recipient_column)
+    ):
+        yield record
+        if index & 255 == 255:
+            await asyncio.sleep(0)
 
 
 def dry_run_command(args: argparse.Namespace) -> int:
@@ -106,9 +145,10 @@ def dry_run_command(args: argparse.Namespace) -> int:
     from .._campaign import _check_report_path
 
     options = _flags.options_from_args(args)
+    defaults = _flags.template_from_args(args).content_variables
     targets: str = args.recipients_file
     report_path = _flags.report_path(args, targets)
-    check_targets_file(targets)
+    _check_targets_file(targets, getattr(args, "recipient_column", None))
     try:
         _check_report_path(report_path, targets, args.journal)
         report = ReportWriter(report_path)
@@ -117,7 +157,15 @@ def dry_run_command(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(os_error_text(exc)) from exc
     try:
-        result = asyncio.run(plan_dry_run(targets, options, report))
+        result = asyncio.run(
+            plan_dry_run(
+                targets,
+                options,
+                report,
+                defaults=defaults if isinstance(defaults, dict) else None,
+                recipient_column=getattr(args, "recipient_column", None),
+            )
+        )
     except InputError as exc:
         raise UsageError(str(exc)) from exc
     finally:
@@ -130,6 +178,25 @@ def dry_run_command(args: argparse.Namespace) -> int:
     else:
         console(sys.stdout).print(table)
     return EXIT_OK if result.sendable else EXIT_FAILED
+
+
+def _check_targets_file(path: str, recipient_column: str | None) -> None:
+    """``check_targets_file``, reading the header with the chosen recipient column."""
+    if recipient_column is None:
+        check_targets_file(path)
+        return
+    from .._input import read_records
+
+    try:
+        records = read_records(path, recipient_column=recipient_column)
+        try:
+            next(records, None)
+        finally:
+            close = getattr(records, "close", None)
+            if close is not None:
+                close()
+    except InputError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def dry_run_table(result: DryRun, report: str) -> Table:
@@ -153,6 +220,15 @@ def dry_run_table(result: DryRun, report: str) -> Table:
     for index, error in enumerate(rejections):
         table.add_row(
             "top rejections" if index == 0 else "", f"{error.records:,} x {error.message}"
+        )
+    if result.empty_records:
+        names = ", ".join(
+            f"{name} ({count:,})" for name, count in result.empty_variables.most_common(5)
+        )
+        table.add_row(
+            "[yellow]empty variables[/]",
+            f"[yellow]{result.empty_records:,} record(s) would be sent with an empty value: "
+            f"{names}[/] (fill the cells, or give a default with --var NAME=VALUE)",
         )
     table.add_row("report", f"{report} (rejected and duplicate records)")
     return table
