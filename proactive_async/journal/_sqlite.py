@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import sqlite3
 import threading
@@ -181,11 +182,16 @@ class SQLiteJournal:
         executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="proactive-journal"
         )
-        loop = asyncio.get_running_loop()
+        opening = executor.submit(_connect, path_str, identity)
         try:
-            conn, resumed = await loop.run_in_executor(executor, _connect, path_str, identity)
+            conn, resumed = await asyncio.wrap_future(opening)
         except BaseException:
+            # Cancelled while the thread opens the file: the connection it still makes
+            # holds the file's lock. It is closed as it comes, and the cancellation waits
+            # for that (milliseconds), so that a resume right after finds the file free.
+            opening.add_done_callback(_close_opened)
             executor.shutdown(wait=False)
+            await _finished(opening)
             raise
         return cls(conn, executor, path=path_str, resumed=resumed, secrets=kept)
 
@@ -280,10 +286,16 @@ class SQLiteJournal:
         try:
             await self._group.aclose()  # commits what is buffered, unless a commit failed
         finally:
+            # Closed whatever comes (a cancellation here too: a campaign cancelled as it
+            # ends): an unclosed connection would hold the file's lock for the rest of the
+            # process. The close waits behind a commit still running in the thread.
+            closing = self._executor.submit(self._close_sync)
+            self._executor.shutdown(wait=False)
             try:
-                self._closed_counts = await self._run(self._close_sync)
-            finally:
-                self._executor.shutdown(wait=False)
+                self._closed_counts = await asyncio.shield(asyncio.wrap_future(closing))
+            except asyncio.CancelledError:
+                await _finished(closing)
+                raise
 
     def _check_usable(self) -> None:
         check_usable(self.path, self._group.failure, self._closing)
@@ -362,6 +374,23 @@ def _connect(path: str, identity: CampaignIdentity) -> tuple[sqlite3.Connection,
     except BaseException:
         conn.close()
         raise
+
+
+async def _finished(future: concurrent.futures.Future[Any]) -> None:
+    """Wait for ``future`` to end, whatever it ends with, through further cancellations."""
+    done = asyncio.wrap_future(future)
+    while not done.done():
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.shield(done)
+    if not done.cancelled():
+        done.exception()  # retrieved: its error is not news
+
+
+def _close_opened(opening: concurrent.futures.Future[tuple[sqlite3.Connection, bool]]) -> None:
+    """Close the connection of an open its caller gave up on (cancelled), if it made one."""
+    if opening.cancelled() or opening.exception() is not None:
+        return
+    opening.result()[0].close()
 
 
 def _prepare(conn: sqlite3.Connection, path: str, identity: CampaignIdentity) -> bool:
