@@ -200,7 +200,9 @@ class Campaign:
         if summary.throttled:
             parts.append(f"throttled={summary.throttled}")
         rate = self.rate
-        parts.append(f"rate={rate:g}/s" if rate is not None else "rate=unlimited")
+        # Readable at any size: 1,000,000/s, not 1e+06/s; 0.5/s stays 0.5/s.
+        shown = f"{rate:,.2f}".rstrip("0").rstrip(".") if rate is not None else ""
+        parts.append(f"rate={shown}/s" if rate is not None else "rate=unlimited")
         if self.aborted is not None:
             parts.append(f"aborted={self.aborted.kind!r}")
         return f"Campaign({', '.join(parts)})"

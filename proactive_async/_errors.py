@@ -93,6 +93,12 @@ class ProactiveError(Exception):
         """A stable short name of the error class, for reports."""
         return type(self).__name__
 
+    @property
+    def trace_id(self) -> str | None:
+        """The server's ``traceId`` for this failure (from a ProblemDetails body), if any."""
+        problem = getattr(self, "problem", None)
+        return problem.trace_id if problem is not None else None
+
 
 class TransportError(ProactiveError):
     """No HTTP response was read: the connection failed, timed out or was lost."""
@@ -150,7 +156,9 @@ class ProblemDetails:
         status = raw.get("status")
         self.status = status if isinstance(status, int) and not isinstance(status, bool) else None
         self.trace_id = _str_or_none(raw.get("traceId"))
-        self.errors = _errors_map(raw.get("errors"))
+        # Field-level reasons: ASP.NET Core's ``errors`` map, or a list of them (a schema
+        # mock such as Prism sends ``validation``).
+        self.errors = _errors_map(raw.get("errors")) or _errors_map(raw.get("validation"))
         known = {"type", "title", "detail", "instance", "status", "traceId", "errors"}
         self.extensions = {k: v for k, v in raw.items() if k not in known}
 
@@ -158,7 +166,7 @@ class ProblemDetails:
         """One line: title, detail and each field error."""
         parts = [p for p in (self.title, self.detail) if p]
         for field, messages in self.errors.items():
-            parts.append(f"{field}: {'; '.join(messages)}")
+            parts.append(f"{field}: {'; '.join(messages)}" if field else "; ".join(messages))
         return " | ".join(parts)
 
     def __repr__(self) -> str:
@@ -172,6 +180,8 @@ def _str_or_none(value: object) -> str | None:
 
 
 def _errors_map(value: object) -> dict[str, list[str]]:
+    if isinstance(value, list):
+        return _errors_list(value)
     if not isinstance(value, Mapping):
         return {}
     out: dict[str, list[str]] = {}
@@ -181,6 +191,28 @@ def _errors_map(value: object) -> dict[str, list[str]]:
         else:
             out[str(key)] = [str(messages)]
     return out
+
+
+def _errors_list(items: list[Any]) -> dict[str, list[str]]:
+    """``["reason"]`` or ``[{"field"|"location"|...: ..., "message": ...}]``, by field
+    (``""``: a reason that names no field)."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        if isinstance(item, Mapping):
+            where = next((item[k] for k in _FIELD_KEYS if item.get(k) not in (None, "")), "")
+            if isinstance(where, list):  # Prism: ["body", "channelId"]
+                where = ".".join(str(part) for part in where)
+            text = next((item[k] for k in _MESSAGE_KEYS if item.get(k) is not None), None)
+            if text is None:
+                continue
+            out.setdefault(str(where), []).append(str(text))
+        elif isinstance(item, str | int | float) and not isinstance(item, bool):
+            out.setdefault("", []).append(str(item))
+    return out
+
+
+_FIELD_KEYS = ("field", "propertyName", "name", "path", "location", "pointer")
+_MESSAGE_KEYS = ("message", "errorMessage", "detail", "reason")
 
 
 class HTTPStatusError(ProactiveError):

@@ -31,7 +31,7 @@ __all__ = [
 REPORT_FORMATS: Final = ("jsonl", "csv")
 _CSV_COLUMNS: Final = (
     "line", "status", "recipient", "contact_id", "conversation_ids", "attempts",
-    "error_kind", "error_status", "error_message", "duplicate_of",
+    "error_kind", "error_status", "error_message", "duplicate_of", "trace_id",
 )  # fmt: skip
 _CSV_HEADER: Final = (",".join(_CSV_COLUMNS) + "\r\n").encode()
 
@@ -55,6 +55,7 @@ def _csv_line(outcome: Outcome) -> bytes:
         "" if error is None or error.status is None else error.status,
         error.message if error else "",
         "" if outcome.duplicate_of is None else outcome.duplicate_of,
+        error.trace_id or "" if error else "",
     ]
     text = io.StringIO()
     csv.writer(text).writerow(row)

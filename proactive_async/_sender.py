@@ -29,7 +29,7 @@ from msgspec import UNSET
 from ._client import AsyncClient
 from ._errors import BadRequestError, ProactiveError, RateLimitError
 from ._hooks import RetryDetails, RetryHook, ThrottleDetails, ThrottleHook, safe_hook
-from ._matching import match_conversations
+from ._matching import match_answer
 from ._models import Conversation, ProactiveConversationRequest, build_request, encode_request
 from ._planner import Chunk, PlannedTarget
 from ._records import Outcome, OutcomeError, OutcomeStatus
@@ -46,10 +46,8 @@ ABORTED: Final = "aborted"
 """``OutcomeError.kind`` of a record not sent because the run was aborted."""
 MAX_THROTTLES: Final = 100
 """429s one chunk may meet before it ends ``failed`` (each waits out the shared pause)."""
-_UNMATCHED: Final = OutcomeError(
-    kind="unmatched",
-    message="the call succeeded but no conversation in the answer is this target's",
-)
+_UNMATCHED: Final = "unmatched"
+"""``OutcomeError.kind`` of a target a successful answer did not prove sent (``match_answer``)."""
 
 
 class OutcomeSink(Protocol):
@@ -374,14 +372,38 @@ class ChunkSender:
     async def _settle_response(
         self, targets: Sequence[PlannedTarget], conversations: list[Conversation], attempts: int
     ) -> None:
-        matched = match_conversations(targets, conversations)
-        sent, unknown = OutcomeStatus.SENT, OutcomeStatus.UNKNOWN
-        outcomes = [
-            make_outcome(target, sent, attempts=attempts, conversation_ids=ids)
-            if (ids := matched.get(target.line))
-            else make_outcome(target, unknown, attempts=attempts, error=_UNMATCHED)
-            for target in targets
-        ]
+        """``sent`` where the answer proves it; else ``unknown`` with the reason, carrying the
+        conversations that proved nobody's (``match_answer``)."""
+        match = match_answer(targets, conversations)
+        outcomes: list[Outcome] = []
+        errors: dict[str, OutcomeError] = {}  # one per reason: a chunk shares a few at most
+        for target in targets:
+            ids = match.sent.get(target.line)
+            if ids:
+                sent = make_outcome(
+                    target, OutcomeStatus.SENT, attempts=attempts, conversation_ids=ids
+                )
+                outcomes.append(sent)
+                continue
+            reason = match.reasons.get(target.line, "the answer did not prove this target sent")
+            error = errors.get(reason)
+            if error is None:
+                error = errors[reason] = OutcomeError(kind=_UNMATCHED, message=reason)
+            outcomes.append(
+                make_outcome(
+                    target,
+                    OutcomeStatus.UNKNOWN,
+                    attempts=attempts,
+                    conversation_ids=match.unclaimed,
+                    error=error,
+                )
+            )
+        if match.unclaimed and not errors:
+            _log.warning(
+                "an answer held %d conversation(s) beyond its call's targets: ids %s",
+                len(match.unclaimed),
+                match.unclaimed,
+            )
         await self._emit(outcomes)
 
     async def _settle(
@@ -400,6 +422,7 @@ class ChunkSender:
                 kind=exc.kind,
                 message=exc.message,
                 status=getattr(exc, "status", None),
+                trace_id=exc.trace_id,
             )
         if not durable and self.journal is not None:
             await self.journal.release([t.line for t in targets])
@@ -440,7 +463,7 @@ def make_outcome(
         status=status,
         recipient=target.recipient,
         contact_id=target.contact_id,
-        conversation_ids=conversation_ids or [],
+        conversation_ids=list(conversation_ids) if conversation_ids else [],
         attempts=attempts,
         error=error,
     )

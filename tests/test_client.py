@@ -166,6 +166,29 @@ async def test_base_url_and_token_come_from_the_environment(
     assert call.kwargs["headers"]["Authorization"] == "Bearer env-token"
 
 
+@pytest.mark.parametrize("pasted", [f"Bearer {TOKEN}", f"bearer {TOKEN}", f"BEARER  {TOKEN}"])
+async def test_a_token_pasted_with_its_bearer_prefix_is_sent_once_prefixed(
+    mock_api: aioresponses, pasted: str
+) -> None:
+    """No bearer token holds a space (RFC 6750), so a leading ``Bearer `` can only be the
+    scheme: taken off, never ``Bearer Bearer ...`` (which a real server answers 401)."""
+    mock_api.post(URL, body=OK_BODY)
+    async with AsyncClient(BASE, pasted) as client:
+        await client.create_proactive_conversation(channel_id=1)
+        assert client.secrets == (TOKEN,)
+    [call] = sent(mock_api)
+    assert call.kwargs["headers"]["Authorization"] == f"Bearer {TOKEN}"
+
+
+@pytest.mark.parametrize(
+    "pasted", [f"Authorization: Bearer {TOKEN}", f"{TOKEN} {TOKEN}", f"Bearer Bearer {TOKEN}"]
+)
+def test_a_token_with_a_space_left_in_it_is_refused_naming_the_cause(pasted: str) -> None:
+    with pytest.raises(ClientStateError, match="the token holds a space") as info:
+        AsyncClient(BASE, pasted)
+    assert TOKEN not in str(info.value)
+
+
 def test_arguments_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PROACTIVE_BASE_URL", "http://env.test")
     client = AsyncClient("http://arg.test", "t")
@@ -438,10 +461,76 @@ def test_status_error_class_falls_back_by_range() -> None:
 
 
 def test_problem_details_tolerates_odd_shapes() -> None:
-    problem = ProblemDetails({"title": 5, "status": True, "errors": ["not", "a map"]})
+    problem = ProblemDetails({"title": 5, "status": True, "errors": [{"no": "message"}, None]})
     assert problem.title is None and problem.status is None and problem.errors == {}
     assert problem.summary() == ""
     assert repr(problem) == "ProblemDetails(status=None, title=None, errors={})"
+
+
+@pytest.mark.parametrize(
+    ("body", "errors", "in_message"),
+    [
+        # ASP.NET Core's map of field -> reasons.
+        (
+            {"title": "One or more validation errors occurred.", "errors": {"$.botId": ["x"]}},
+            {"$.botId": ["x"]},
+            "One or more validation errors occurred. | $.botId: x",
+        ),
+        # A list of reasons naming their field.
+        (
+            {"title": "Invalid", "errors": [{"field": "channelId", "message": "too big"}]},
+            {"channelId": ["too big"]},
+            "Invalid | channelId: too big",
+        ),
+        # A list of bare reasons.
+        (
+            {"title": "Invalid", "errors": ["channelId is required"]},
+            {"": ["channelId is required"]},
+            "Invalid | channelId is required",
+        ),
+        # A schema mock (Prism) puts them under "validation", each with its location.
+        (
+            {
+                "type": "https://stoplight.io/prism/errors#UNPROCESSABLE_ENTITY",
+                "title": "Invalid request",
+                "status": 422,
+                "detail": "Your request is not valid.",
+                "validation": [
+                    {
+                        "location": ["body", "channelId"],
+                        "severity": "Error",
+                        "code": "format",
+                        "message": 'must match format "int32"',
+                    }
+                ],
+            },
+            {"body.channelId": ['must match format "int32"']},
+            "Invalid request | Your request is not valid. | "
+            'body.channelId: must match format "int32"',
+        ),
+    ],
+)
+@pytest.mark.parametrize("status", [400, 422])
+async def test_field_level_reasons_of_a_400_or_422_are_in_the_message(
+    client: AsyncClient,
+    mock_api: aioresponses,
+    status: int,
+    body: dict[str, Any],
+    errors: dict[str, list[str]],
+    in_message: str,
+) -> None:
+    """Not only in ``exc.problem``: the message (and so the report and the log) has them."""
+    mock_api.post(URL, status=status, body=json.dumps({**body, "traceId": "00-t-00"}).encode())
+    with pytest.raises(HTTPStatusError) as info:
+        await client.create_proactive_conversation(channel_id=1)
+    assert info.value.problem is not None and info.value.problem.errors == errors
+    assert in_message in info.value.message and in_message in str(info.value)
+    assert info.value.trace_id == "00-t-00"
+
+
+def test_an_error_without_problem_details_has_no_trace_id() -> None:
+    assert ReadTimeout("slow").trace_id is None
+    assert ServerError("HTTP 500", status=500).trace_id is None
 
 
 # --- may_have_been_processed for every error a send can raise -----------------------

@@ -508,3 +508,30 @@ async def test_aiter_records_over_read_csv_keeps_the_file_numbering(tmp_path: Pa
         Record(line=1, recipient="+551"),
         Record(line=2, recipient="+552"),
     ]
+
+
+# -- issue 18: a recipient column of another name ---------------------------------------------
+
+
+def test_a_recipient_column_named_by_the_caller_is_the_only_phone_column(tmp_path: Path) -> None:
+    """``recipient_column`` is matched as the built-in names are; a ``phone`` column beside
+    it is then a content variable like any other."""
+    path = tmp_path / "t.csv"
+    path.write_text("Tele_fone,phone,nome\n+5511999990001,office,Ana\n")
+    [record] = list(read_records(path, recipient_column="telefone"))
+    assert record.recipient == "+5511999990001"
+    assert record.variables == {"phone": "office", "nome": "Ana"}
+
+
+def test_a_recipient_column_missing_from_the_header_is_an_input_error(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("phone,nome\n+5511999990001,Ana\n")
+    with pytest.raises(InputError, match="no column 'celular'"):
+        list(read_records(path, recipient_column="celular"))
+
+
+def test_a_txt_file_with_the_chosen_column_is_read_as_a_csv(tmp_path: Path) -> None:
+    path = tmp_path / "t.txt"
+    path.write_text("telefone,nome\n+5511999990001,Ana\n")
+    [record] = list(read_records(path, recipient_column="telefone"))
+    assert record.recipient == "+5511999990001" and record.variables == {"nome": "Ana"}
