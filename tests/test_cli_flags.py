@@ -42,6 +42,7 @@ GROUPS: dict[Callable[[argparse.ArgumentParser], None], set[str]] = {
         "--no-dedupe",
         "--allow-repeats",
         "--allow-vanity-numbers",
+        "--recipient-column",
         "--multiline-values",
     },
     _flags.add_sending_flags: {
