@@ -3,7 +3,8 @@
 Both displays poll ``Campaign.summary`` on a timer; nothing is rendered per outcome, so
 a fast campaign is never slowed by its own progress display. Besides the counts they say
 why nothing is being sent: the latest failed call (``retrying: ConnectError x 12, next in
-4 s``) and the shared pause after a 429. The ETA follows the rate of the last few seconds.
+4 s``), the shared pause after a 429, and what the rate limit says of itself (a shared
+limit whose Redis is away: its ``problem``). The ETA follows the rate of the last few seconds.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ._records import OutcomeStatus
 from ._report import CampaignSummary
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
 __all__ = [
+    "LimitProblem",
     "PlainProgress",
     "ProgressDisplay",
     "ProgressWatcher",
@@ -65,6 +67,14 @@ class Snapshot:
         return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+@runtime_checkable
+class LimitProblem(Protocol):
+    """A rate limit that can say why it holds calls back (``SharedRateLimit``: Redis away)."""
+
+    @property
+    def problem(self) -> str | None: ...
+
+
 class ProgressDisplay(Protocol):
     """Where snapshots go; ``close`` is called once, after a last ``show``."""
 
@@ -101,8 +111,12 @@ def take_snapshot(
     meter: RateMeter,
     records_meter: RateMeter | None = None,
     paused: Callable[[], float] | None = None,
+    limit: object = None,
 ) -> Snapshot:
-    """Read the live summary (only plain attribute reads: cheap, no locking needed)."""
+    """Read the live summary (only plain attribute reads: cheap, no locking needed).
+
+    A ``limit`` with a ``problem`` (Redis away) is the reason shown first: while it holds
+    every call back, the last failed call is old news."""
     now = time.monotonic()
     eta: float | None = None
     if records_meter is not None:
@@ -110,8 +124,8 @@ def take_snapshot(
         if total is not None and records_rate > 0:
             eta = max(0, total - summary.records) / records_rate
     failure = summary.last_failure
-    problem = None
-    if failure is not None:
+    problem = limit.problem if isinstance(limit, LimitProblem) else None
+    if problem is None and failure is not None:
         problem = failure.text(now, paused() if paused is not None else 0.0)
     return Snapshot(
         records=summary.records,
@@ -249,7 +263,8 @@ def _problem_key(problem: str | None) -> str | None:
 class ProgressWatcher:
     """Polls a live summary into a display until ``finish``, which shows the final state.
 
-    ``paused``: seconds left in the rate limit's shared pause (after a 429), if it tells.
+    ``paused``: seconds left in the rate limit's shared pause (after a 429), if it tells;
+    ``limit``: the campaign's rate limit, whose ``problem`` (if it has one) is shown.
     """
 
     def __init__(
@@ -258,8 +273,11 @@ class ProgressWatcher:
         total: int | None,
         display: ProgressDisplay,
         paused: Callable[[], float] | None = None,
+        *,
+        limit: object = None,
     ):
         self._summary = summary
+        self._limit = limit
         self._total = total
         self.display = display
         self._paused = paused
@@ -293,7 +311,7 @@ class ProgressWatcher:
 
     def _snapshot(self) -> Snapshot:
         return take_snapshot(
-            self._summary, self._total, self._meter, self._records_meter, self._paused
+            self._summary, self._total, self._meter, self._records_meter, self._paused, self._limit
         )
 
     async def _poll(self) -> None:

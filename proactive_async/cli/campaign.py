@@ -290,7 +290,7 @@ async def _drive(campaign: Campaign, display: ProgressDisplay, grace_period: flo
     runner = asyncio.create_task(campaign.run())
     limit = campaign.rate_limit
     paused = (lambda: limit.paused) if isinstance(limit, RateLimit) else None
-    watcher = ProgressWatcher(campaign.summary, campaign.total, display, paused)
+    watcher = ProgressWatcher(campaign.summary, campaign.total, display, paused, limit=limit)
     watcher.start()
 
     def stop() -> None:

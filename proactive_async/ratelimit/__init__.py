@@ -9,8 +9,12 @@ A sender (the campaign's chunk sender, or ``AsyncClient`` for one call) talks to
 * ``_adaptive``: ``AdaptiveTuning`` and ``AdaptiveRate``, the control that finds a
   server's untold limit;
 * ``_local``: ``RateLimit``, one process (a bucket, a cooldown, the adaptive control);
-* ``_redis`` and ``_redis_script``: ``SharedRateLimit``, many processes through Redis.
+* ``_redis`` and ``_redis_script``: ``SharedRateLimit``, many processes through Redis,
+  and ``SharedLimitError``, the fatal error of a Redis that answers with an error.
   redis-py is imported only when a ``SharedRateLimit`` is built (the ``redis`` extra).
+
+A live display reads ``paused`` (seconds left in a shared pause) and ``problem`` (why the
+limit holds calls back, in one line: Redis away) of a limit that has them.
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ from .._errors import ProactiveError, RateLimitError, ServiceUnavailableError
 from .._retry import RetryPolicy
 from ._adaptive import AdaptiveTuning
 from ._local import RateLimit, unnamed_throttle_wait
-from ._redis import SharedRateLimit, default_limit_key
+from ._redis import SharedLimitError, SharedRateLimit, default_limit_key
 
 __all__ = [
     "AdaptiveTuning",
     "RateLimit",
     "RateLimitBackend",
+    "SharedLimitError",
     "SharedRateLimit",
     "default_limit_key",
     "report_failure",

@@ -30,12 +30,20 @@ limit (``noise_share``, ``noise_run``). Every ``AdaptiveTuning`` field is honour
 ``unknown_pause``, refused unless left at its default (a 429 without Retry-After pauses the
 group for ``unnamed_throttle_wait``, as ``RateLimit`` does).
 
-Redis failing (unreachable, restarted, timing out): by default (``on_redis_error="wait"``)
-acquire waits and retries Redis with backoff, so nothing is ever sent unpaced; with
-``"local"`` it falls back to a local ``RateLimit`` at ``rate / processes`` until Redis
-answers again. Either way a warning is logged once per outage and nothing is lost: a call
-that waits is a call not yet made. The token is never written to Redis: the key names the
-limit, nothing else is stored.
+Redis away (unreachable, restarted, loading, timing out): by default
+(``on_redis_error="wait"``) acquire waits and retries Redis with backoff, so nothing is
+ever sent unpaced; with ``"local"`` it falls back to a local ``RateLimit`` at
+``rate / processes`` (starting empty, so it keeps to its share from the first second)
+until Redis answers again, asking Redis again at most every couple of seconds. Either way
+a warning is logged once per outage, ``problem`` says so for a live display, and nothing
+is lost: a call that waits is a call not yet made.
+
+Redis answering with an error (a wrong or missing password, out of memory, a read-only
+replica, something that is not Redis at all) will not mend by waiting: the next
+``acquire`` raises ``SharedLimitError`` (fatal, nothing sent), which stops a campaign as a
+401 does. The one rule for which is which is ``_is_outage``. The token is never written to
+Redis: the key names the limit, nothing else is stored; the password of the URL is never
+shown (``display_url``).
 """
 
 from __future__ import annotations
@@ -45,9 +53,11 @@ import logging
 import random
 import time
 from dataclasses import fields
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import urlsplit
 
+from .._errors import ProactiveError
+from .._secrets import display_url
 from ._adaptive import DEFAULT_TUNING, NOISE_MIN_CALLS, PAUSES_PER_PLATEAU, AdaptiveTuning
 from ._bucket import Clock
 from ._local import ADAPTIVE_START, RateLimit, unnamed_throttle_wait
@@ -56,7 +66,7 @@ from ._redis_script import ARGUMENTS, SCRIPT
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
-__all__ = ["SHARED_START", "SharedRateLimit", "default_limit_key"]
+__all__ = ["SHARED_START", "SharedLimitError", "SharedRateLimit", "default_limit_key"]
 
 _log = logging.getLogger("proactive_async")
 
@@ -68,6 +78,11 @@ _KEY_TTL_MS: Final = 3_600_000
 """An idle limit's state is forgotten after an hour (then it starts empty again)."""
 _BACKOFF_MIN: Final = 0.05
 _BACKOFF_MAX: Final = 2.0
+_PROBE_MAX: Final = 2.0
+"""Seconds at most between two tries of an unreachable Redis while pacing locally."""
+_TRANSIENT_ANSWERS: Final = ("LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+"""Error answers that pass by themselves (a restart, a failover): waited out like an outage."""
+_DETAIL_MAX: Final = 160
 _REPORT_INTERVAL: Final = 0.1
 """Seconds between two reports of accepted calls to Redis, per process (adaptive only)."""
 _UNHONOURED: Final = tuple(f.name for f in fields(AdaptiveTuning) if f.name not in ARGUMENTS)
@@ -75,6 +90,23 @@ _UNHONOURED: Final = tuple(f.name for f in fields(AdaptiveTuning) if f.name not 
 Retry-After pauses the group for ``unnamed_throttle_wait``, as in ``RateLimit``); a value
 other than the default is refused, never ignored."""
 _OP, _VALUE, _NOW = (ARGUMENTS.index(name) for name in ("op", "value", "now"))
+
+
+class SharedLimitError(ProactiveError):
+    """The shared rate limit's Redis answered with an error that waiting will not mend (a
+    wrong or missing password, out of memory, a read-only replica, not Redis at all).
+
+    Raised by ``SharedRateLimit.acquire`` before a call is made: nothing was sent, and a
+    campaign stops at once, as for a 401. ``reason`` is the short why (``"refused the
+    password"``); the message names Redis by its URL without the password.
+    """
+
+    fatal = True
+    may_have_been_processed = False
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def default_limit_key(base_url: str, channel_id: int | None) -> str:
@@ -102,13 +134,16 @@ class SharedRateLimit:
         burst: the bucket size in targets; None: one second's worth.
         tuning: how the adaptive mode moves (and what it takes for noise); the same law
             as ``RateLimit``'s, for the whole group.
-        on_redis_error: ``"wait"`` (retry Redis; never send unpaced) or ``"local"`` (a
-            local ``RateLimit`` at ``rate / processes`` until Redis answers again).
+        on_redis_error: what to do while Redis cannot be reached: ``"wait"`` (retry it;
+            never send unpaced) or ``"local"`` (a local ``RateLimit`` at
+            ``rate / processes`` until Redis answers again). An error answer is never
+            waited for: ``acquire`` raises ``SharedLimitError``.
         processes: how many processes share the key (for the local fallback only).
         clock: the script's clock, for tests; None: the Redis server's ``TIME``, so the
             processes' clocks never matter.
 
     Raises ValueError for a ``tuning`` field it cannot honour (see the module docstring).
+    ``problem`` says, while Redis is away, what the limit is doing about it.
     """
 
     def __init__(
@@ -144,15 +179,12 @@ class SharedRateLimit:
                 redis, socket_timeout=2.0, socket_connect_timeout=2.0
             )
             self._owns_redis = True
+            self._where = display_url(redis)
         else:
             self._redis = redis
             self._owns_redis = False
-        self._errors: tuple[type[BaseException], ...] = (
-            redis_errors.ConnectionError,
-            redis_errors.TimeoutError,
-            redis_errors.BusyLoadingError,
-            OSError,
-        )
+            self._where = _describe_client(redis)
+        self._redis_errors = redis_errors
         self.key = key
         self._fixed = rate
         self._burst = burst
@@ -165,6 +197,10 @@ class SharedRateLimit:
         self._rate = rate if rate is not None else SHARED_START
         self._fallback: RateLimit | None = None
         self._outage_since: float | None = None
+        self._outage_reason = ""
+        self._probes = 0
+        self._probe_at = 0.0  # while pacing locally: when to ask Redis again
+        self._failure: SharedLimitError | None = None
         self._accepted = 0.0
         self._reported_at = 0.0
 
@@ -180,6 +216,22 @@ class SharedRateLimit:
     @property
     def adaptive(self) -> bool:
         return self._fixed is None
+
+    @property
+    def problem(self) -> str | None:
+        """While Redis cannot be reached: what this limit is doing about it, in one line
+        (for a live display); None while Redis answers."""
+        since = self._outage_since
+        if since is None or self._failure is not None:
+            return None
+        away = f"Redis at {self._where} unreachable ({self._outage_reason}) for "
+        away += f"{time.monotonic() - since:.0f} s"
+        fallback = self._fallback
+        if self._on_error == "local" and fallback is not None and fallback.rate is not None:
+            return f"{away}: pacing locally at {fallback.rate:g} targets/s"
+        if self._on_error == "local":
+            return f"{away}: pacing locally at 1/{self._processes} of the rate"
+        return f"{away}: waiting for it, nothing is sent unpaced"
 
     async def aclose(self) -> None:
         """Close the Redis connection this limit opened (not one it was given)."""
@@ -197,9 +249,19 @@ class SharedRateLimit:
     async def acquire(self, weight: float = 1.0) -> None:
         attempt = 0
         while True:
+            if self._failure is not None:
+                raise self._failure
+            fallback = self._fallback
+            if fallback is not None:
+                if time.monotonic() < self._probe_at:
+                    await fallback.acquire(weight)  # Redis was away a moment ago: not yet
+                    return
+                self._probe_at = time.monotonic() + _PROBE_MAX  # one caller asks Redis
             try:
                 granted, wait = await self._call("acquire", weight)
-            except self._errors as exc:
+            except Exception as exc:
+                if not self._is_outage(exc):
+                    raise self._fail(exc) from None
                 if self._on_error == "local":
                     await self._local(exc).acquire(weight)
                     return
@@ -241,17 +303,29 @@ class SharedRateLimit:
         if self._clock is not None:
             args[_NOW] = repr(self._clock())
         reply = await self._script(keys=[self.key], args=args)
+        try:
+            granted, wait, rate = reply[0] in (b"1", "1"), float(reply[1]), float(reply[2])
+        except (TypeError, ValueError, IndexError, KeyError) as exc:
+            raise _UnexpectedReply(
+                f"an unexpected answer to the limit's script: {reply!r}"
+            ) from exc
         self._recovered()
-        self._rate = float(reply[2])
-        return reply[0] in (b"1", "1"), float(reply[1])
+        self._rate = rate
+        return granted, wait
 
     async def _tell(self, op: str, value: float) -> bool:
         """Report to the group; True when every process now waits a shared pause. If Redis
         is away, the local fallback (if any) hears it instead."""
+        if self._failure is not None:
+            return False
         try:
             paused, _ = await self._call(op, value)
             return paused
-        except self._errors as exc:
+        except Exception as exc:
+            if not self._is_outage(exc):
+                # Not raised here: the call it reports on was made; the next acquire raises.
+                self._fail(exc)
+                return False
             self._note_outage(exc)
             if self._fallback is None:
                 return False
@@ -262,14 +336,39 @@ class SharedRateLimit:
                 return True
             return False
 
+    def _is_outage(self, exc: BaseException) -> bool:
+        """The one rule: Redis away (waited for, or paced locally) or an error answer (fatal)."""
+        errors = self._redis_errors
+        if isinstance(exc, errors.AuthenticationError | errors.AuthorizationError):
+            return False  # a ConnectionError in redis-py, but no wait brings a password
+        if isinstance(exc, errors.ConnectionError | errors.TimeoutError | OSError):
+            return True
+        return isinstance(exc, errors.ResponseError) and str(exc).startswith(_TRANSIENT_ANSWERS)
+
+    def _fail(self, exc: BaseException) -> SharedLimitError:
+        """Latch an error answer: every later acquire raises it (and nothing is sent)."""
+        if self._failure is None:
+            reason = _reason(exc, self._redis_errors)
+            detail = " ".join(str(exc).split())[:_DETAIL_MAX] or type(exc).__name__
+            self._failure = SharedLimitError(
+                f"shared rate limit: Redis at {self._where} {reason} ({detail})", reason=reason
+            )
+            _log.error("%s", self._failure.message)
+        return self._failure
+
     def _local(self, exc: BaseException) -> RateLimit:
         self._note_outage(exc)
+        self._probes += 1
+        self._probe_at = time.monotonic() + min(_PROBE_MAX, _backoff(self._probes))
         if self._fallback is None:
             share = self._fixed / self._processes if self._fixed is not None else None
             self._fallback = RateLimit(share, tuning=self._tuning)
+            # Empty: a full bucket would let twice the share through in the first second.
+            self._fallback.start_empty()
         return self._fallback
 
     def _note_outage(self, exc: BaseException) -> None:
+        self._outage_reason = _outage_reason(exc)  # the latest: what the display says
         if self._outage_since is not None:
             return
         self._outage_since = time.monotonic()
@@ -279,7 +378,11 @@ class SharedRateLimit:
             else f"pacing locally at 1/{self._processes} of the rate until it is back"
         )
         _log.warning(
-            "shared rate limit %r: Redis unavailable (%s); %s", self.key, type(exc).__name__, what
+            "shared rate limit %r: Redis unavailable (%s: %s); %s",
+            self.key,
+            self._where,
+            self._outage_reason,
+            what,
         )
 
     def _recovered(self) -> None:
@@ -292,6 +395,7 @@ class SharedRateLimit:
         )
         self._outage_since = None
         self._fallback = None
+        self._probes = 0
 
 
 def _refuse_unhonoured(tuning: AdaptiveTuning) -> None:
@@ -327,3 +431,59 @@ def _script_args(rate: float | None, burst: float | None, tuning: AdaptiveTuning
 def _backoff(attempt: int) -> float:
     wait: float = min(_BACKOFF_MAX, _BACKOFF_MIN * 2.0 ** min(attempt - 1, 10))
     return wait + random.uniform(0, wait / 2)
+
+
+class _UnexpectedReply(Exception):
+    """The script's answer is not what it returns: whatever answered is not our Redis."""
+
+
+def _reason(exc: BaseException, errors: Any) -> str:
+    """Why an error answer stops the limit, in words an operator acts on."""
+    text = str(exc)
+    # Unauthenticated, Redis refuses a command of many arguments as a protocol error.
+    if "unauthenticated" in text or "NOAUTH" in text:
+        return "asks for a password (give it in the URL: redis://:PASSWORD@host)"
+    if isinstance(exc, errors.AuthenticationError) or text.startswith("WRONGPASS"):
+        if "required" in text.lower():
+            return "asks for a password (give it in the URL: redis://:PASSWORD@host)"
+        return "refused the password (or the user)"
+    if isinstance(exc, errors.AuthorizationError | errors.NoPermissionError):
+        return "does not let this user run the limit's script (NOPERM)"
+    if isinstance(exc, errors.OutOfMemoryError):
+        return "is out of memory and refuses writes (maxmemory)"
+    if isinstance(exc, errors.ReadOnlyError):
+        return "is a read-only replica (point the URL at the primary)"
+    if isinstance(exc, errors.InvalidResponse | _UnexpectedReply):
+        return "does not answer as Redis does (is the URL's host and port a Redis?)"
+    return "answered with an error"
+
+
+def _outage_reason(exc: BaseException) -> str:
+    """``connection refused``, ``timed out``: what the display says of an outage."""
+    text = str(exc).lower()
+    for words, reason in _OUTAGE_REASONS:
+        if words in text:
+            return reason
+    return type(exc).__name__
+
+
+_OUTAGE_REASONS: Final = (
+    ("refused", "connection refused"),
+    ("error 111 ", "connection refused"),  # redis-py: "Error 111 connecting to ..."
+    ("connect call failed", "connection refused"),
+    ("timed out", "timed out"),
+    ("timeout", "timed out"),
+    ("loading", "loading its data"),
+    ("reset", "connection reset"),
+    ("closed", "connection closed"),
+    ("name or service", "host name not found"),
+)
+
+
+def _describe_client(client: aioredis.Redis) -> str:
+    """Host, port and database of a given client: never its password."""
+    kwargs = client.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}"
+    host, port, db = kwargs.get("host", "localhost"), kwargs.get("port", 6379), kwargs.get("db", 0)
+    return f"redis://{host}:{port}/{db}"
