@@ -22,15 +22,15 @@ from msgspec import UNSET, UnsetType
 from ._errors import DecodingError
 
 __all__ = [
-    "INT32_MAX",
-    "INT32_MIN",
-    "INTEGRATION_TYPES",
     "AgentType",
     "Conversation",
     "ConversationEvaluationStatus",
     "ConversationIntegrationType",
     "ConversationType",
     "ConversationVariable",
+    "INT32_MAX",
+    "INT32_MIN",
+    "INTEGRATION_TYPES",
     "Message",
     "ProactiveConversationFields",
     "ProactiveConversationRequest",
