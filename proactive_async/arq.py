@@ -136,14 +136,14 @@ def worker_options(
         # A free slot looks for the next job this often (arq's default of 0.5 s left a
         # finished slice's slot idle for half a second).
         "poll_delay": 0.1,
-        "ctx": {SETTINGS_KEY: settings, _SHAPE: (slices, lease, burst)},
+        "ctx": {SETTINGS_KEY: settings, _SHAPE: (slices, lease)},
     }
 
 
 async def startup(ctx: dict[str, Any]) -> None:
     """One client and one slice worker per worker process, from the settings."""
     settings: Settings = ctx.get(SETTINGS_KEY) or Settings.from_env()
-    slices, lease, burst = ctx.get(_SHAPE, (DEFAULT_SLICES, DEFAULT_LEASE, False))
+    slices, lease = ctx.get(_SHAPE, (DEFAULT_SLICES, DEFAULT_LEASE))
     if not settings.journal:
         raise JournalError("no journal: set PROACTIVE_JOURNAL (the PostgreSQL journal's DSN)")
     await check_journal(settings.journal)
@@ -174,13 +174,12 @@ async def startup(ctx: dict[str, Any]) -> None:
     await worker.start()
     ctx[_CLIENT] = client
     ctx[_WORKER] = worker
-    ctx[_SHAPE] = (slices, lease, burst)
     _log.info(
         "proactive-async worker: engine arq, queue %s, journal %s, API %s, "
         "%d calls in flight, %d slices at once",
         display_url(settings.redis_url or DEFAULT_REDIS_URL),
         runner.where,
-        client.base_url,
+        display_url(client.base_url),
         concurrency,
         slices,
     )
@@ -205,12 +204,16 @@ def client(ctx: dict[str, Any]) -> AsyncClient:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    """Stop the slices (a burst worker lets them finish), give them back, close."""
+    """Stop the slices (calls in flight get a grace period), give them back, close.
+
+    A burst worker's jobs have ended by then; a slice its sweep took is given back as
+    well, for the sweep of a worker still running. A signal is not waited out: an
+    orchestrator's kill would come in the middle of the calls.
+    """
     worker: SliceWorker | None = ctx.pop(_WORKER, None)
     found: AsyncClient | None = ctx.pop(_CLIENT, None)
-    burst = bool(ctx.get(_SHAPE, (0, 0, False))[2])
     if worker is not None:
-        await worker.aclose(drain=burst)
+        await worker.aclose()
     if found is not None:
         await found.aclose()
 

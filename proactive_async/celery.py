@@ -50,6 +50,7 @@ from .settings import (
     Settings,
     build_rate_limit,
     build_sync_client,
+    display_url,
 )
 
 __all__ = [
@@ -171,6 +172,14 @@ async def _worker(client: AsyncClient) -> SliceWorker:
         )
         _PROCESS.worker = SliceWorker(runner, slices=DEFAULT_SLICES)
         await _PROCESS.worker.start()
+        _log.info(
+            "proactive-async worker process: engine celery, broker %s, journal %s, API %s, "
+            "%d calls in flight",
+            display_url(settings.broker_url or DEFAULT_REDIS_URL),
+            runner.where,
+            display_url(client.base_url),
+            runner.concurrency,
+        )
     return _PROCESS.worker
 
 

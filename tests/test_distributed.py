@@ -341,7 +341,7 @@ async def test_a_fatal_answer_aborts_the_campaign_until_it_is_enqueued_again(
     async with AsyncClient(sim.url, "wrong-token-" + "y" * 16) as client:
         runner = SliceRunner(dsn, client)
         result = await runner.run("j", 1)
-        assert result.state == "open" and result.aborted and "401" in result.aborted
+        assert result.state == "aborted" and result.aborted and "401" in result.aborted
         assert (await runner.run("j", 2)).counts == {}  # nobody takes an aborted campaign
         await runner.aclose()
     status = await campaign_status(f"{dsn}?campaign=j")

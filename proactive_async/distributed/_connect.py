@@ -1,11 +1,12 @@
 """A PostgreSQL connection that outlives a restart of the server.
 
-Every unit of work is a function of a connection, run in one transaction; when the
-connection is lost (a restart, a failover, a pooler or an idle timeout ending the session,
-a network cut), it reconnects with backoff and runs the unit again, for up to ``patience``
-seconds. So every unit must be safe to run twice: the statements of ``_store`` are (a
-claim names its own owner, a mark returns lines this owner already marked, the rest move
-records only from the state they expect).
+Every unit of work is a function of a connection, run in one transaction (or, for the
+journal's batches, one statement at a time); when the connection is lost (a restart, a
+failover, a pooler or an idle timeout ending the session, a network cut), it reconnects
+with backoff and runs the unit again, for up to ``patience`` seconds. So every unit must
+be safe to run twice: the statements of ``_store`` are (a claim names its own owner, a
+mark returns lines this owner already marked, the rest move records only from the state
+they expect).
 """
 
 from __future__ import annotations
@@ -51,12 +52,15 @@ class Database:
         unit: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]],
         *,
         transaction: bool = True,
+        retry: bool = True,
     ) -> T:
         """``unit(conn)`` in one transaction, run again on a new connection when the
         connection is lost; JournalError (never the password) once patience is out.
 
         ``transaction=False``: each statement commits on its own (no BEGIN and COMMIT
         round trips), for units whose statements need no atomicity together.
+        ``retry=False``: a unit that must not run twice (it wrote somewhere else) fails
+        with JournalError instead, once it started on a connection that was lost.
         """
         import psycopg
 
@@ -73,8 +77,9 @@ class Database:
                 except (psycopg.OperationalError, JournalError) as exc:
                     if isinstance(exc, JournalError) and self._conn is not None:
                         raise  # not a connection problem: the unit's own refusal
+                    started = self._conn is not None
                     await self._drop()
-                    if time.monotonic() + wait > deadline:
+                    if (started and not retry) or time.monotonic() + wait > deadline:
                         raise self._error(exc) from None
                     _log.warning("journal %s unreachable (%s); retrying", self.where, _brief(exc))
                     await asyncio.sleep(wait)
@@ -93,7 +98,10 @@ class Database:
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
             await self._drop()
-            self._conn = await connect(self.dsn)
+            self._conn = await connect(self.dsn, **_keepalives(self.dsn))
+            # A unit cut off mid-transaction must not hold its row locks for ever, nor a
+            # unit wait for ever on one: both end in an error, and the unit runs again.
+            await self._conn.execute(_SESSION)
         return self._conn
 
     async def _drop(self) -> None:
@@ -106,6 +114,27 @@ class Database:
 
     def _error(self, exc: Exception) -> JournalError:
         return JournalError(f"the journal {self.where} is unreachable: {_brief(exc)}")
+
+
+_SESSION: Final = (
+    "SET idle_in_transaction_session_timeout = '60s'; SET lock_timeout = '15s'"
+)
+_KEEPALIVES: Final = {
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+}
+"""A peer that vanished without a FIN (a cut network) is noticed in about 25 s, not the
+kernel's two hours."""
+
+
+def _keepalives(dsn: str) -> dict[str, str]:
+    """The TCP keepalive parameters ``dsn`` does not set itself."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    given = conninfo_to_dict(dsn)
+    return {key: value for key, value in _KEEPALIVES.items() if key not in given}
 
 
 def _brief(exc: BaseException) -> str:

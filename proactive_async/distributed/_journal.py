@@ -25,7 +25,7 @@ from ._store import MARK, RECORD, RELEASE, WRITE
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["Lease", "SliceJournal"]
+__all__ = ["Lease", "SliceJournal", "lease_clock"]
 
 _ENCODER: Final = msgspec.json.Encoder()
 
@@ -59,8 +59,18 @@ class Lease:
 
     def held(self) -> bool:
         """Still ours, by what this process knows: a frozen process that wakes past its
-        lease finds it over (its monotonic clock moved on) before the server says so."""
-        return not self.lost and time.monotonic() < self.valid_until
+        lease finds it over (its clock moved on) before the server says so."""
+        return not self.lost and lease_clock() < self.valid_until
+
+
+def lease_clock() -> float:
+    """Seconds that keep counting while the machine is suspended (CLOCK_BOOTTIME; a
+    suspended VM's monotonic clock stands still, and it would wake believing it still
+    holds its leases), else monotonic seconds where there is no such clock."""
+    return time.clock_gettime(_CLOCK)
+
+
+_CLOCK: Final = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
 
 
 class _Mark(msgspec.Struct):
@@ -132,10 +142,11 @@ class SliceJournal:
         await self.db.run(lambda conn: self._apply(conn, ops), transaction=False)
 
     async def _apply(self, conn: psycopg.AsyncConnection[Any], ops: list[_Op]) -> None:
+        # Sorted: rows are locked in one order, as a cancel's bulk update locks them.
         marks = [op for op in ops if isinstance(op, _Mark)]
-        marked = [line for op in marks for line in op.lines]
-        rows = [row for op in ops if isinstance(op, _Record) for row in op.rows]
-        released = [line for op in ops if isinstance(op, _Release) for line in op.lines]
+        marked = sorted(line for op in marks for line in op.lines)
+        rows = sorted((row for op in ops if isinstance(op, _Record) for row in op.rows), key=_line)
+        released = sorted(line for op in ops if isinstance(op, _Release) for line in op.lines)
         recorded = [row.line for row in rows]
         touched = len(marked) + len(recorded) + len(released)
         if len(set(marked) | set(recorded) | set(released)) == touched:
@@ -171,6 +182,10 @@ class SliceJournal:
         if isinstance(exc, JournalError):
             return exc
         return JournalError(f"cannot write the journal {self.db.where}: {type(exc).__name__}")
+
+
+def _line(row: _Row) -> int:
+    return row.line
 
 
 def _int_array(values: list[int]) -> str:

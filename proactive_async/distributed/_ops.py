@@ -1,25 +1,47 @@
-"""Operating a distributed campaign: its status (from its records), cancel, the report."""
+"""Operating a distributed campaign: its status (from its records), cancel, the report.
+
+Each is a unit of work on a reconnecting connection (``_connect.Database``): a database
+that restarts for a few seconds delays the answer, it does not fail it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import IO, TYPE_CHECKING, Any, Final
-
-import msgspec
+from collections.abc import Awaitable, Callable
+from typing import IO, TYPE_CHECKING, Any, Final, TypeVar
 
 from .._errors import JournalError
-from .._records import OutcomeError
-from ..journal._postgres import connect, display_dsn, split_location
-from ._store import FINISH_CAMPAIGN
+from ..journal._postgres import display_dsn, split_location
+from ._connect import Database
+from ._store import (
+    CANCEL_CAMPAIGN,
+    CANCEL_PLANNED,
+    CANCELLED,
+    CLOSE_SETTLED_SLICES,
+    FINISH_CAMPAIGN,
+    IN_FLIGHT_COUNT,
+    REPORT,
+    STATUS_COUNTS,
+    STATUS_HEAD,
+    STATUS_SLICES,
+)
 
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["CANCELLED", "CampaignStatus", "campaign_status", "cancel_campaign", "write_report"]
+__all__ = [
+    "CANCELLED",
+    "CampaignStatus",
+    "Cancelled",
+    "campaign_status",
+    "cancel_campaign",
+    "write_report",
+]
 
-CANCELLED: Final = "cancelled"
-"""``OutcomeError.kind`` of a record not sent because its campaign was cancelled."""
+T = TypeVar("T")
 _UNFINISHED: Final = ("planned", "in_flight")
+_PATIENCE: Final = 20.0
+"""Seconds an operator's command keeps reconnecting to a restarting database."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,28 +70,31 @@ class CampaignStatus:
         return dataclasses.asdict(self)
 
 
+class Cancelled(int):
+    """What ``cancel_campaign`` returns: the records it ended ``failed`` (an ``int``), and
+    in ``in_flight`` the records whose call was already in flight: they finish."""
+
+    in_flight: int
+
+    def __new__(cls, cancelled: int, in_flight: int) -> Cancelled:
+        value = super().__new__(cls, cancelled)
+        value.in_flight = in_flight
+        return value
+
+
 async def campaign_status(location: str) -> CampaignStatus:
     """The campaign's status, computed from its records (never from counters)."""
     dsn, campaign = split_location(location)
-    conn = await connect(dsn)
-    try:
-        head = await _head(conn, campaign, dsn)
-        cursor = await conn.execute(
-            "SELECT state, count(*) FROM proactive_record WHERE campaign_id = %s GROUP BY state",
-            (campaign,),
-        )
-        counts = {state: count for state, count in await cursor.fetchall()}
-        cursor = await conn.execute(
-            "SELECT count(*) FILTER (WHERE state = 'done'), count(DISTINCT"
-            " split_part(owner, '/', 1) || '/' || split_part(owner, '/', 2))"
-            " FILTER (WHERE lease_until > clock_timestamp())"
-            " FROM proactive_slice WHERE campaign_id = %s",
-            (campaign,),
-        )
-        slices_done, owners = await cursor.fetchone() or (0, 0)
-    finally:
-        await conn.close()
-    cancelled, planned, slices, aborted = head
+    return await _once(dsn, lambda conn: _status(conn, campaign, dsn))
+
+
+async def _status(conn: psycopg.AsyncConnection[Any], campaign: str, dsn: str) -> CampaignStatus:
+    params = {"campaign": campaign}
+    cancelled, planned, slices, aborted = await _head(conn, campaign, dsn)
+    cursor = await conn.execute(STATUS_COUNTS, params)
+    counts = {state: count for state, count in await cursor.fetchall()}
+    cursor = await conn.execute(STATUS_SLICES, params)
+    slices_done, owners = await cursor.fetchone() or (0, 0)
     unfinished = sum(counts.get(state, 0) for state in _UNFINISHED)
     return CampaignStatus(
         campaign=campaign,
@@ -86,82 +111,73 @@ async def campaign_status(location: str) -> CampaignStatus:
 async def _head(
     conn: psycopg.AsyncConnection[Any], campaign: str, dsn: str
 ) -> tuple[bool, bool, int, str | None]:
-    try:
-        cursor = await conn.execute(
-            "SELECT cancelled_at IS NOT NULL, planned_at IS NOT NULL, slices,"
-            " CASE WHEN aborted_at IS NOT NULL THEN coalesce(abort_reason, 'aborted') END"
-            " FROM proactive_campaign WHERE id = %s",
-            (campaign,),
-        )
-        head = await cursor.fetchone()
-    except Exception as exc:  # no tables: nothing was ever enqueued in that database
-        raise JournalError(
-            f"no campaign {campaign!r} in {display_dsn(dsn)} ({type(exc).__name__})"
-        ) from None
+    cursor = await conn.execute("SELECT to_regclass('proactive_slice') IS NOT NULL")
+    exists = await cursor.fetchone()
+    if not (exists and exists[0]):
+        raise JournalError(f"no campaign {campaign!r} in {display_dsn(dsn)} (no campaign tables)")
+    cursor = await conn.execute(STATUS_HEAD, {"campaign": campaign})
+    head = await cursor.fetchone()
     if head is None:
         raise JournalError(f"no campaign {campaign!r} in {display_dsn(dsn)}")
     return bool(head[0]), bool(head[1]), int(head[2] or 0), head[3]
 
 
-async def cancel_campaign(location: str) -> int:
-    """Cancel: every record still ``planned`` ends ``failed`` (``cancelled``); how many.
+async def cancel_campaign(location: str) -> Cancelled:
+    """Cancel: every record still ``planned`` ends ``failed`` (``cancelled``); how many,
+    and how many were in flight then.
 
     Once this returns, no record of the campaign is marked in flight any more (every mark
     checks the campaign in the same statement), so what is sent afterwards is at most the
-    calls that were already in flight.
+    calls that were already in flight; a record of theirs released as certainly not sent
+    ends cancelled too.
     """
     dsn, campaign = split_location(location)
-    error = msgspec.json.encode(
-        OutcomeError(kind=CANCELLED, message="not sent: the campaign was cancelled")
-    ).decode()
-    conn = await connect(dsn)
-    try:
-        async with conn.transaction():
-            cursor = await conn.execute(
-                "UPDATE proactive_campaign SET cancelled_at = coalesce(cancelled_at, now())"
-                " WHERE id = %s RETURNING id",
-                (campaign,),
-            )
-            if await cursor.fetchone() is None:
-                raise JournalError(f"no campaign {campaign!r} in {display_dsn(dsn)}")
-            cursor = await conn.execute(
-                # The same fields, in the same order, as an Outcome the report writes.
-                "UPDATE proactive_record SET state = 'failed', outcome = json_build_object("
-                " 'line', line, 'status', 'failed', 'recipient', recipient,"
-                " 'contactId', contact_id, 'conversationIds', '[]'::json, 'attempts', 0,"
-                " 'error', %s::json, 'duplicateOf', NULL)::text"
-                " WHERE campaign_id = %s AND state = 'planned'",
-                (error, campaign),
-            )
-            cancelled = cursor.rowcount
-            await conn.execute(
-                "UPDATE proactive_slice s SET state = 'done' WHERE campaign_id = %s"
-                " AND state = 'open' AND NOT EXISTS (SELECT 1 FROM proactive_record r"
-                " WHERE r.campaign_id = s.campaign_id AND r.slice = s.slice"
-                " AND r.state IN ('planned', 'in_flight'))",
-                (campaign,),
-            )
-            await conn.execute(FINISH_CAMPAIGN, {"campaign": campaign})
-    finally:
-        await conn.close()
-    return cancelled
+    return await _once(dsn, lambda conn: _cancel(conn, campaign, dsn))
+
+
+async def _cancel(conn: psycopg.AsyncConnection[Any], campaign: str, dsn: str) -> Cancelled:
+    params = {"campaign": campaign}
+    await _head(conn, campaign, dsn)
+    cursor = await conn.execute(CANCEL_CAMPAIGN, params)
+    if await cursor.fetchone() is None:
+        raise JournalError(f"no campaign {campaign!r} in {display_dsn(dsn)}")
+    cursor = await conn.execute(CANCEL_PLANNED, params)
+    cancelled = cursor.rowcount
+    await conn.execute(CLOSE_SETTLED_SLICES, params)
+    await conn.execute(FINISH_CAMPAIGN, params)
+    cursor = await conn.execute(IN_FLIGHT_COUNT, params)
+    in_flight = await cursor.fetchone()
+    return Cancelled(cancelled, int(in_flight[0]) if in_flight else 0)
 
 
 async def write_report(location: str, out: IO[bytes]) -> int:
-    """The campaign's report, one JSON line per finished record in input order; how many."""
+    """The campaign's report, one JSON line per finished record in input order; how many.
+
+    A campaign the journal does not hold is a ``JournalError`` before anything is written.
+    """
     dsn, campaign = split_location(location)
-    conn = await connect(dsn)
-    written = 0
+    db = Database(dsn, patience=_PATIENCE)
     try:
-        async with conn.transaction(), conn.cursor(name="proactive_report") as cursor:
-            await cursor.execute(
-                "SELECT outcome FROM proactive_record WHERE campaign_id = %s"
-                " AND outcome IS NOT NULL ORDER BY line",
-                (campaign,),
-            )
-            async for (outcome,) in cursor:
-                out.write(outcome.encode() + b"\n")
-                written += 1
+        await db.run(lambda conn: _head(conn, campaign, dsn))
+        # One pass, streamed: not a unit to run again (the lines are already written).
+        return await db.run(lambda conn: _stream(conn, campaign, out), retry=False)
     finally:
-        await conn.close()
+        await db.aclose()
+
+
+async def _stream(conn: psycopg.AsyncConnection[Any], campaign: str, out: IO[bytes]) -> int:
+    written = 0
+    async with conn.cursor(name="proactive_report") as cursor:
+        await cursor.execute(REPORT, {"campaign": campaign})
+        async for (outcome,) in cursor:
+            out.write(outcome.encode() + b"\n")
+            written += 1
     return written
+
+
+async def _once(dsn: str, unit: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
+    db = Database(dsn, patience=_PATIENCE)
+    try:
+        return await db.run(unit)
+    finally:
+        await db.aclose()

@@ -35,10 +35,11 @@ from ..journal import INTERRUPTED, SecretScrubber, kept_secrets
 from ..journal._postgres import display_dsn, split_location
 from ..ratelimit import RateLimitBackend
 from ._connect import Database
-from ._journal import Lease, SliceJournal
+from ._journal import Lease, SliceJournal, lease_clock
 from ._plan import SendSettings
 from ._store import (
     ABORT,
+    CANCEL_REST,
     CLAIM,
     FINISH_CAMPAIGN,
     FINISH_SLICE,
@@ -62,6 +63,8 @@ DEFAULT_LEASE: Final = 20.0
 """Seconds a slice stays its owner's without a renewal: a dead or frozen owner's slice
 is taken over this long after its last renewal."""
 _ENCODER: Final = msgspec.json.Encoder()
+_IDLE_CONNECTIONS: Final = 4
+"""Journal connections of ended slices kept for the next ones (more were only idle)."""
 _log = logging.getLogger("proactive_async")
 RateLimitFor = Callable[[ProactiveConversationRequest, SendSettings], RateLimitBackend | None]
 
@@ -211,6 +214,8 @@ class SliceRunner:
             await self._db.run(lambda conn: _abort(conn, campaign, reason))
         state = await self._give_back(lease)
         elapsed = time.monotonic() - started
+        if reason is not None:
+            state = "aborted"
         return SliceResult(campaign, slice_, state, dict(counts), elapsed, reason)
 
     # -- the lease -----------------------------------------------------------------------
@@ -218,7 +223,7 @@ class SliceRunner:
     async def _claim(self, campaign: str, slice_: int, settings: SendSettings) -> Lease | None:
         owner = f"{self._name}/{secrets.token_hex(4)}"
         lease = Lease(campaign, slice_, owner, 0, self.lease, margin=self.lease / 4)
-        asked = time.monotonic()
+        asked = lease_clock()
         resend = settings.resend_unknown
         fence = await self._db.run(lambda conn: _take(conn, lease, resend))
         if fence is None:
@@ -240,7 +245,7 @@ class SliceRunner:
         every = lease.seconds / 5
         while True:
             await asyncio.sleep(every)
-            asked = time.monotonic()
+            asked = lease_clock()
             try:
                 found = await self._db.run(lambda conn: _renew(conn, lease))
             except JournalError as exc:
@@ -268,7 +273,7 @@ class SliceRunner:
         keeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await keeper
-        if await _quietly(journal.aclose()):
+        if await _quietly(journal.aclose()) and len(self._idle) < _IDLE_CONNECTIONS:
             self._idle.append(journal.db)
         else:
             await journal.db.aclose()
@@ -359,7 +364,14 @@ async def _take(conn: psycopg.AsyncConnection[Any], lease: Lease, resend: bool) 
     params["fence"] = fence
     if resend:
         await conn.execute(REPLAN_IN_FLIGHT, params)
-        return fence
+    else:
+        await _settle_dead(conn, params)
+    await conn.execute(CANCEL_REST, params)
+    return fence
+
+
+async def _settle_dead(conn: psycopg.AsyncConnection[Any], params: dict[str, Any]) -> None:
+    """What the previous owner left in flight may have been processed: ``unknown``."""
     cursor = await conn.execute(IN_FLIGHT_OF_SLICE, params)
     dead = [
         make_outcome(
@@ -379,7 +391,6 @@ async def _take(conn: psycopg.AsyncConnection[Any], lease: Lease, resend: bool) 
                 "outcomes": [_ENCODER.encode(o).decode() for o in dead],
             },
         )
-    return fence
 
 
 async def _slice_state(
@@ -399,6 +410,7 @@ async def _renew(conn: psycopg.AsyncConnection[Any], lease: Lease) -> bool | Non
 
 
 async def _finish(conn: psycopg.AsyncConnection[Any], lease: Lease) -> str | None:
+    await conn.execute(CANCEL_REST, lease.params)
     cursor = await conn.execute(FINISH_SLICE, lease.params)
     row = await cursor.fetchone()
     if row is not None and row[0] == "done":

@@ -17,12 +17,24 @@ from __future__ import annotations
 
 from typing import Final
 
+import msgspec
+
+from .._records import OutcomeError
+from ..journal._postgres import outcome_json_sql
+
 __all__ = [
     "ABORT",
     "ANALYZE",
+    "CANCELLED",
+    "CANCELLED_ERROR",
+    "CANCEL_CAMPAIGN",
+    "CANCEL_PLANNED",
+    "CANCEL_REST",
     "CLAIM",
+    "CLOSE_SETTLED_SLICES",
     "FINISH_CAMPAIGN",
     "FINISH_SLICE",
+    "IN_FLIGHT_COUNT",
     "IN_FLIGHT_OF_SLICE",
     "LOAD_CHUNKS",
     "LOAD_RECORDS",
@@ -31,9 +43,13 @@ __all__ = [
     "RELEASE",
     "RENEW",
     "REPLAN_IN_FLIGHT",
+    "REPORT",
     "SCHEMA",
     "SETTLE_DEAD",
     "SLICE_STATE",
+    "STATUS_COUNTS",
+    "STATUS_HEAD",
+    "STATUS_SLICES",
     "SWEEP",
     "WRITE",
 ]
@@ -65,6 +81,24 @@ SCHEMA: Final = (
     """CREATE INDEX IF NOT EXISTS proactive_record_slice
         ON proactive_record (campaign_id, slice, line) WHERE slice IS NOT NULL""",
 )
+
+CANCELLED: Final = "cancelled"
+"""``OutcomeError.kind`` of a record not sent because its campaign was cancelled."""
+CANCELLED_ERROR: Final = OutcomeError(
+    kind=CANCELLED, message="not sent: the campaign was cancelled"
+)
+_CANCELLED_OUTCOME: Final = (
+    outcome_json_sql(
+        line="r.line",
+        status="'failed'",
+        recipient="r.recipient",
+        contact_id="r.contact_id",
+        error="'{}'::json".format(msgspec.json.encode(CANCELLED_ERROR).decode().replace("'", "''")),
+    )
+    + "::text"
+)
+"""An Outcome's JSON for a record of row ``r`` not sent because of a cancel, built by SQL
+from ``Outcome``'s own fields."""
 
 # The lease is this owner's: checked in the same statement as the change it guards.
 _HOLDS: Final = """EXISTS (SELECT 1 FROM proactive_slice s
@@ -161,13 +195,27 @@ RECORD: Final = """
 batch is one JSON array of ``{line, state, outcome}``; a ``json`` value keeps its text as
 given, so each outcome is stored exactly as encoded."""
 
-RELEASE: Final = """
-    UPDATE proactive_record r SET state = 'planned', fence = NULL
-    FROM unnest(%(released)s::bigint[]) AS m (line)
-    WHERE r.campaign_id = %(campaign)s AND r.line = m.line
+RELEASE: Final = f"""
+    UPDATE proactive_record r
+    SET state = CASE WHEN c.cancelled_at IS NULL THEN 'planned' ELSE 'failed' END,
+        outcome = CASE WHEN c.cancelled_at IS NULL THEN NULL ELSE {_CANCELLED_OUTCOME} END,
+        fence = NULL
+    FROM unnest(%(released)s::bigint[]) AS m (line), proactive_campaign c
+    WHERE c.id = %(campaign)s AND r.campaign_id = %(campaign)s AND r.line = m.line
     AND r.state = 'in_flight' AND r.fence = %(fence)s
 """
-"""Lines whose call was certainly not processed go back to ``planned``."""
+"""Lines whose call was certainly not processed go back to ``planned``, or, once the
+campaign is cancelled, end ``failed`` (cancelled): a cancel that ran while they were in
+flight left them to their owner."""
+
+CANCEL_REST: Final = f"""
+    UPDATE proactive_record r SET state = 'failed', outcome = {_CANCELLED_OUTCOME}
+    FROM proactive_campaign c
+    WHERE c.id = %(campaign)s AND c.cancelled_at IS NOT NULL
+    AND r.campaign_id = %(campaign)s AND r.slice = %(slice)s AND r.state = 'planned'
+"""
+"""A cancelled campaign's records of the slice still ``planned`` (released back after the
+cancel ran) end cancelled too: run by an owner when it claims and gives back a slice."""
 
 WRITE: Final = f"""
     WITH recorded AS ({RECORD}), released AS ({RELEASE}), marked AS ({MARK})
@@ -193,6 +241,47 @@ FINISH_CAMPAIGN: Final = """
     WHERE c.id = %(campaign)s AND c.finished_at IS NULL AND c.planned_at IS NOT NULL
     AND NOT EXISTS (SELECT 1 FROM proactive_slice s
                     WHERE s.campaign_id = c.id AND s.state = 'open')
+"""
+
+STATUS_HEAD: Final = """
+    SELECT cancelled_at IS NOT NULL, planned_at IS NOT NULL, slices,
+        CASE WHEN aborted_at IS NOT NULL THEN coalesce(abort_reason, 'aborted') END
+    FROM proactive_campaign WHERE id = %(campaign)s
+"""
+STATUS_COUNTS: Final = """
+    SELECT state, count(*) FROM proactive_record WHERE campaign_id = %(campaign)s
+    GROUP BY state
+"""
+STATUS_SLICES: Final = """
+    SELECT count(*) FILTER (WHERE state = 'done'),
+        count(DISTINCT split_part(owner, '/', 1) || '/' || split_part(owner, '/', 2))
+            FILTER (WHERE lease_until > clock_timestamp())
+    FROM proactive_slice WHERE campaign_id = %(campaign)s
+"""
+"""Slices done, and the worker processes (host/pid of an owner) holding a live lease."""
+
+CANCEL_CAMPAIGN: Final = """
+    UPDATE proactive_campaign SET cancelled_at = coalesce(cancelled_at, now())
+    WHERE id = %(campaign)s RETURNING id
+"""
+CANCEL_PLANNED: Final = f"""
+    UPDATE proactive_record r SET state = 'failed', outcome = {_CANCELLED_OUTCOME}
+    WHERE r.campaign_id = %(campaign)s AND r.state = 'planned'
+"""
+IN_FLIGHT_COUNT: Final = """
+    SELECT count(*) FROM proactive_record WHERE campaign_id = %(campaign)s
+    AND state = 'in_flight'
+"""
+CLOSE_SETTLED_SLICES: Final = """
+    UPDATE proactive_slice s SET state = 'done'
+    WHERE s.campaign_id = %(campaign)s AND s.state = 'open'
+    AND NOT EXISTS (SELECT 1 FROM proactive_record r
+        WHERE r.campaign_id = s.campaign_id AND r.slice = s.slice
+        AND r.state IN ('planned', 'in_flight'))
+"""
+REPORT: Final = """
+    SELECT outcome FROM proactive_record WHERE campaign_id = %(campaign)s
+    AND outcome IS NOT NULL ORDER BY line
 """
 
 ANALYZE: Final = "ANALYZE proactive_record, proactive_chunk, proactive_slice"

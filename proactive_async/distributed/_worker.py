@@ -81,6 +81,7 @@ class SliceWorker:
         self._unclaimed_after = unclaimed_after
         self._db = Database(runner.dsn)
         self._running: dict[tuple[str, int], asyncio.Task[SliceResult]] = {}
+        self._slots = asyncio.Semaphore(slices)
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -103,8 +104,9 @@ class SliceWorker:
             return None
 
     async def aclose(self, grace: float = 10.0, *, drain: bool = False) -> None:
-        """Stop sweeping; ``drain``: let running slices finish, else stop them (calls in
-        flight get ``grace`` seconds to finish) and give them back."""
+        """Stop sweeping; stop the running slices (no new call; calls in flight get
+        ``grace`` seconds to finish) and give them back. ``drain``: let them finish
+        instead (a program that knows nothing else waits for it)."""
         self._closing = True
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -131,7 +133,10 @@ class SliceWorker:
         return task
 
     async def _run(self, campaign: str, slice_: int) -> SliceResult:
-        result = await self.runner.run(campaign, slice_)
+        # At most ``slices`` at once, whatever the engine does: a job arq timed out keeps
+        # its slice running (shielded), and the next job waits here for a slot.
+        async with self._slots:
+            result = await self.runner.run(campaign, slice_)
         if result.aborted:
             _log.error(
                 "campaign %s ABORTED: %s. Fix the cause, then run the same enqueue again "

@@ -193,8 +193,9 @@ def check_stored_identity(where: str, row: Sequence[Any], identity: CampaignIden
     check_identity(where, stored, identity)
 
 
-async def connect(dsn: str) -> psycopg.AsyncConnection[Any]:
-    """An autocommit connection; JournalError (never the password) when it cannot be had."""
+async def connect(dsn: str, **options: str) -> psycopg.AsyncConnection[Any]:
+    """An autocommit connection; JournalError (never the password) when it cannot be had.
+    ``options``: more libpq parameters (``keepalives=1``...), the DSN's own win."""
     try:
         import psycopg
     except ImportError as exc:  # pragma: no cover - the extra is in the dev install
@@ -202,7 +203,8 @@ async def connect(dsn: str) -> psycopg.AsyncConnection[Any]:
             "a PostgreSQL journal needs psycopg: pip install 'proactive-async[postgres]'"
         ) from exc
     try:
-        return await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+        conninfo = psycopg.conninfo.make_conninfo(dsn, **options) if options else dsn
+        return await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
     except psycopg.Error as exc:
         raise JournalError(
             f"cannot open the journal database {display_dsn(dsn)}: "
