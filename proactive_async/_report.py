@@ -1,22 +1,34 @@
-"""What a campaign tells: the JSONL report file and the summary's running statistics."""
+"""What a campaign tells: the JSONL report file and the summary's running statistics.
+
+A report is written to a temporary file beside its path and renamed over it when it is
+complete (``ReportWriter.close``): a run that fails before it has a report leaves the
+earlier one as it was, and a reader never sees half a report under the final name.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import heapq
 import io
 import os
 import random
 import re
+import secrets
+import stat
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Final, NamedTuple
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Final, NamedTuple
 
 import msgspec
 
 from ._records import Outcome, OutcomeStatus
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 __all__ = [
     "REPORT_FORMATS",
@@ -27,6 +39,8 @@ __all__ = [
     "ReportWriter",
     "report_format",
 ]
+
+_OUTCOME_DECODER: Final = msgspec.json.Decoder(Outcome)
 
 REPORT_FORMATS: Final = ("jsonl", "csv")
 _CSV_COLUMNS: Final = (
@@ -71,6 +85,12 @@ _MAX_RUNS = 16
 class ReportWriter:
     """Writes one line per outcome (JSON; CSV for a ``.csv`` path), by ``line``, in flat memory.
 
+    The lines go to a temporary file in the report's directory, renamed over ``path`` by
+    ``close()`` or ``flush()``; ``discard()`` (or leaving a ``with`` block by an exception)
+    drops it and leaves ``path`` as it was. Written in place instead: with ``append``, a
+    path that is no regular file (``/dev/stdout``, a pipe), or a file object given as
+    ``path`` (JSONL unless ``format`` says otherwise; never closed here).
+
     Outcomes arrive in completion order. A line is written once every earlier line has been;
     later ones wait, up to ``max_held`` in memory, past that sorted into temporary files
     (runs) that are merged back as the gap fills, or at ``close()``. A line that never
@@ -80,17 +100,29 @@ class ReportWriter:
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | IO[bytes],
         *,
         append: bool = False,
         max_held: int = _MAX_HELD,
         format: str | None = None,
     ) -> None:
-        self.path = os.fspath(path)
-        self.format = format or report_format(self.path)
+        self._replace: tuple[str, str] | None = None  # (temporary, final) until published
+        self._owns_file = True
+        if isinstance(path, str | os.PathLike):
+            self.path = os.fspath(path)
+            self.format = format or report_format(self.path)
+        else:
+            self.path = getattr(path, "name", "-")
+            self.format = format or "jsonl"
         if self.format not in REPORT_FORMATS:
             raise ValueError(f"a report is jsonl or csv, not {self.format!r}")
-        self._file: IO[bytes] = open(self.path, "ab" if append else "wb")  # noqa: SIM115
+        if not isinstance(path, str | os.PathLike):
+            self._file: IO[bytes] = path
+            self._owns_file = False
+        elif append or not _replaceable(self.path):
+            self._file = open(self.path, "ab" if append else "wb")  # noqa: SIM115
+        else:
+            self._file, self._replace = _open_beside(self.path)
         self._encoder = msgspec.json.Encoder()
         if self.format == "csv" and self._file.tell() == 0:
             self._file.write(_CSV_HEADER)
@@ -127,12 +159,46 @@ class ReportWriter:
             self._emit(data)
             self._next = max(self._next, line + 1)
         self._write_buffer()
+        self._publish()
+
+    def json_lines(self) -> IO[bytes]:
+        """A binary file taking outcomes as JSON lines (as a journal stores them): each is
+        written in this report's format. Flush it before ``close()``."""
+        return io.BufferedWriter(_JsonLines(self))
 
     def close(self) -> None:
+        """Write what is held, close, and put the report in place (renamed over ``path``)."""
         if self._file.closed:
             return
         self.flush()
-        self._file.close()
+        if self._owns_file:
+            self._file.close()
+
+    def discard(self) -> None:
+        """Drop a report not put in place yet: ``path`` keeps what it held before."""
+        if not self._file.closed and self._owns_file:
+            self._file.close()
+        if self._replace is not None:
+            temporary, self._replace = self._replace[0], None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+        for _, _, run in self._runs:
+            run.close()
+        self._runs, self._held = [], {}
+
+    def __enter__(self) -> ReportWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            self.close()
+        else:
+            self.discard()
 
     def _emit(self, data: bytes) -> None:
         self._buffer.extend(data)
@@ -144,6 +210,14 @@ class ReportWriter:
             self._file.write(self._buffer)
             self._buffer.clear()
         self._file.flush()
+
+    def _publish(self) -> None:
+        """Rename the temporary file over the report's path (the open file keeps writing
+        to it: only ``flush`` for an exit that cannot wait publishes before ``close``)."""
+        if self._replace is not None:
+            temporary, final = self._replace
+            os.replace(temporary, final)
+            self._replace = None
 
     def _advance(self) -> None:
         """Write the lines that now follow on, from memory or from the runs."""
@@ -194,6 +268,63 @@ class ReportWriter:
         return heapq.merge(held, self._drain_runs(), key=lambda item: item[0])
 
 
+class _JsonLines(io.RawIOBase):
+    """What ``ReportWriter.json_lines`` buffers into: cuts lines, decodes each outcome."""
+
+    def __init__(self, report: ReportWriter) -> None:
+        self._report = report
+        self._partial = b""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: WriteableBuffer, /) -> int:
+        chunk = bytes(memoryview(data))
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            if line.strip():
+                self._report.write(_OUTCOME_DECODER.decode(line))
+        return len(chunk)
+
+    def close(self) -> None:
+        if not self.closed and self._partial.strip():
+            self._report.write(_OUTCOME_DECODER.decode(self._partial))
+            self._partial = b""
+        super().close()
+
+
+def _replaceable(path: str) -> bool:
+    """A missing path or a regular file is replaced by renaming; a device or a pipe is
+    written in place (a rename would take its name)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return True
+
+
+def _open_beside(path: str) -> tuple[IO[bytes], tuple[str, str]]:
+    """A new temporary file in the directory of ``path`` (of the file a symlink names), with
+    the mode the report has (or would get from ``open``); and (temporary, final)."""
+    final = os.path.realpath(path)
+    directory, name = os.path.split(final)
+    try:
+        mode: int | None = stat.S_IMODE(os.stat(final).st_mode)
+    except FileNotFoundError:
+        mode = None
+    while True:
+        temporary = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(temporary, flags, 0o666)  # the umask applies, as with open()
+        except FileExistsError:
+            continue
+        break
+    if mode is not None:
+        os.chmod(temporary, mode)
+    return os.fdopen(fd, "wb"), (temporary, final)
+
+
 class _Run:
     """Report lines sorted by line number in a temporary file, read back one at a time."""
 
@@ -210,6 +341,10 @@ class _Run:
             return None
         tab = raw.index(b"\t")
         return int(raw[:tab]), raw[tab + 1 :]
+
+    def close(self) -> None:
+        self._file.close()
+        self.head = None
 
     def pop(self) -> bytes:
         assert self.head is not None

@@ -36,7 +36,9 @@ def test_a_line_that_never_comes_holds_the_rest_until_close(tmp_path: Path) -> N
     for line in (1, 2, 4, 5, 6, 7, 8, 9, 10):  # 3 was left unsent by a stop
         writer.write(Outcome(line=line, status=OutcomeStatus.SENT))
     writer._write_buffer()
-    assert lines_of(path) == [1, 2]
+    assert writer._replace is not None  # written beside the path until it is complete
+    assert lines_of(Path(writer._replace[0])) == [1, 2]
+    assert not path.exists()
     writer.close()
     assert lines_of(path) == [1, 2, 4, 5, 6, 7, 8, 9, 10]
 

@@ -105,7 +105,13 @@ def add_parsers(commands: Any) -> None:
 
     r = commands.add_parser("report", help="a distributed campaign's report", allow_abbrev=False)
     _add_journal(r, campaign=True)
-    r.add_argument("--out", metavar="PATH", required=True, help="the JSONL report to write")
+    r.add_argument(
+        "--out",
+        metavar="PATH",
+        required=True,
+        help="the report to write: JSONL, or CSV for a path ending .csv; - for standard "
+        "output. Written whole or not at all (an earlier file stays until the report is ready)",
+    )
     r.set_defaults(handler=_report)
 
     c = commands.add_parser("cancel", help="cancel a distributed campaign", allow_abbrev=False)
@@ -295,7 +301,7 @@ def _arq_worker(args: argparse.Namespace, settings: Settings) -> int:
     """arq's worker, started again when Redis goes away (a restart): the slices it ran are
     given back first, and the journal tells it (or another worker) what is left."""
     import redis.exceptions
-    from arq.worker import run_worker
+    from arq.worker import create_worker
 
     from .. import arq as engine
     from ..distributed import DEFAULT_SLICES
@@ -304,10 +310,13 @@ def _arq_worker(args: argparse.Namespace, settings: Settings) -> int:
     options = engine.worker_options(settings, slices=slices, burst=args.burst)
     wait = _REDIS_RESTART_WAIT[0]
     while True:
+        # A new ctx each time: the last run's client and slices are closed, not reused.
+        worker = create_worker(engine.WorkerSettings, **{**options, "ctx": dict(options["ctx"])})  # type: ignore[arg-type]
         try:
-            run_worker(engine.WorkerSettings, **options)  # type: ignore[arg-type]
+            worker.run()
             return EXIT_OK
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            _close_after_failure(worker, engine.shutdown)
             _log.warning(
                 "Redis %s is unreachable (%s: %s); starting again in %.0f s",
                 _display(settings.redis_url),
@@ -317,6 +326,15 @@ def _arq_worker(args: argparse.Namespace, settings: Settings) -> int:
             )
             time.sleep(wait)
             wait = min(_REDIS_RESTART_WAIT[1], wait * 2)
+
+
+def _close_after_failure(worker: Any, shutdown: Callable[[dict[str, Any]], Any]) -> None:
+    """arq's own close stops at its first Redis command while Redis is down, before it
+    runs ``on_shutdown``: run it here, so the slices are given back and nothing leaks."""
+    try:
+        worker.loop.run_until_complete(shutdown(worker.ctx))
+    except Exception:  # Redis or the journal may be down too: what is left expires
+        _log.debug("closing the worker after a Redis failure", exc_info=True)
 
 
 def _celery_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -470,14 +488,31 @@ class _StatusWatch:
 
 
 def _report(args: argparse.Namespace) -> int:
+    """The report goes to a temporary file, renamed over --out once it is whole: a campaign
+    that is not there (a misspelt name) or a database that is down leaves --out as it was."""
+    from .._report import ReportWriter
+    from ._common import STDIN, os_error_text
+
+    async def write(location: str) -> int:
+        from ..distributed import campaign_status, write_report
+
+        await campaign_status(location)  # JournalError for a campaign it does not hold
+        out = sys.stdout.buffer if args.out == STDIN else args.out
+        with ReportWriter(out) as report:
+            lines = report.json_lines()
+            written = await write_report(location, lines)
+            lines.close()
+        return written
+
     def go() -> int:
         _need("postgres", "psycopg")
-        from ..distributed import write_report
-
         location = _location(_settings(args).journal or "", args.campaign)
-        with open(args.out, "wb") as out:
-            written = asyncio.run(write_report(location, out))
-        sys.stderr.write(f"{written:,} records written to {args.out}\n")
+        try:
+            written = asyncio.run(write(location))
+        except OSError as exc:
+            raise UsageError(os_error_text(exc)) from exc
+        where = "standard output" if args.out == STDIN else args.out
+        sys.stderr.write(f"{written:,} records written to {where}\n")
         return EXIT_OK
 
     return _run(go)
