@@ -410,3 +410,49 @@ def test_the_public_module_is_the_engine_free_api_for_your_own_queue() -> None:
 
     assert all(hasattr(public, name) for name in public.__all__)
     assert {"plan_campaign", "SliceRunner", "SliceWorker", "campaign_status"} <= set(public.__all__)
+
+
+class GateAfter(Gate):
+    """Lets ``free`` acquires through, then holds the rest until opened."""
+
+    def __init__(self, free: int) -> None:
+        super().__init__()
+        self.free = free
+        self.acquired = 0
+
+    async def acquire(self, weight: float = 1.0) -> None:
+        self.acquired += 1
+        if self.acquired > self.free:
+            await super().acquire(weight)
+
+
+async def test_a_cancel_while_chunks_wait_between_attempts_ends_them_cancelled(
+    dsn: str, tmp_path: Path
+) -> None:
+    """Every call meets a 429 (never processed), so each chunk is in flight, between
+    attempts, when the cancel runs: the cancel leaves them to their owner, which stops
+    and releases them; released after a cancel, they end cancelled, and the campaign
+    finishes instead of waiting for ever on records put back to planned."""
+    from proactive_async.simulator import Faults
+
+    targets = write_targets(tmp_path / "t.csv", 4)
+    await plan(dsn, "n", targets, chunk_size=1)
+    gate = GateAfter(4)
+    throttled = SimulatorConfig(token=TOKEN, faults=Faults(rate_429=1.0, retry_after=0.1))
+    async with Simulator(throttled) as sim, AsyncClient(sim.url, TOKEN) as client:
+        runner = SliceRunner(dsn, client, rate_limit_for=gated(gate), concurrency=4, lease=2)
+        running = asyncio.create_task(runner.run("n", 1))
+        await gate.waiting.wait()  # every chunk tried once, and waits to try again
+        assert await cancel_campaign(f"{dsn}?campaign=n") == 0  # all four in flight
+        await asyncio.sleep(1.0)  # the lease renewal hears of the cancel: the sender stops
+        gate.opened.set()
+        result = await running
+        await runner.aclose()
+    assert sim.audit.snapshot() == {}
+    assert result.state == "done"
+    status = await campaign_status(f"{dsn}?campaign=n")
+    assert status.finished and status.counts == {"failed": 4}
+    out = io.BytesIO()
+    await write_report(f"{dsn}?campaign=n", out)
+    errors = [msgspec.json.decode(line)["error"]["kind"] for line in out.getvalue().splitlines()]
+    assert errors == ["cancelled"] * 4
