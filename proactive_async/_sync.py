@@ -358,7 +358,21 @@ class Client:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        if asyncio._get_running_loop() is None:
+            self.close()
+            return
+        # Left in async code (where every call raised ClientStateError): never block the
+        # loop, and never raise here, which would replace the block's own exception.
+        self._close_soon()
+
+    def _close_soon(self) -> None:
+        """Close without waiting for the pool (from a running event loop): closed now,
+        the pool soon, on the client's loop."""
+        if self._closed:
+            return
+        self._closed = True
+        self._finalizer.detach()
+        _RUNTIME.release(self._async, self._generation)
 
     def close(self) -> None:
         """Close the connection pool. Idempotent; calls in flight on other threads fail."""

@@ -585,3 +585,28 @@ def test_exit_with_a_daemon_thread_call_in_flight_is_clean_and_quick(
     assert done.stderr == ""
     assert done.stdout == "exiting\n"
     assert time.monotonic() - started < 4.0  # not held up by the 5 s answer
+
+
+async def test_with_client_in_async_code_never_replaces_the_blocks_own_exception() -> None:
+    """``__exit__`` from a running loop closes without blocking and raises nothing of its
+    own: the block's exception (here a KeyError) is the one the caller sees (issue 18)."""
+    with (
+        pytest.raises(KeyError, match="the block's own"),
+        Client(base_url="http://127.0.0.1:1", token="t") as client,
+    ):
+        raise KeyError("the block's own")
+    assert client.closed
+
+
+async def test_a_call_from_async_code_raises_its_own_error_through_the_with_block() -> None:
+    with (
+        pytest.raises(ClientStateError, match="event loop"),
+        Client(base_url="http://127.0.0.1:1", token="t") as client,
+    ):
+        client.create_proactive_conversation(
+            channel_id=1, bot_id=2, conversation_template_id=3, recipient=["+5511999990000"]
+        )
+    assert client.closed
+    with Client(base_url="http://127.0.0.1:1", token="t") as quiet:
+        pass  # nothing raised, nothing to replace: closed all the same
+    assert quiet.closed
