@@ -21,7 +21,9 @@ __all__ = [
     "EXIT_OK",
     "EXIT_UNKNOWN",
     "EXIT_USAGE",
+    "JOURNAL_PASSWORD_HELP",
     "PROG",
+    "REDIS_PASSWORD_HELP",
     "STDIN",
     "UsageError",
     "check_targets_file",
@@ -50,6 +52,16 @@ exit codes:
   130  interrupted (Ctrl-C / SIGTERM): calls in flight were finished and recorded; resume
        with the same --journal. A second Ctrl-C exits at once (the journal stays consistent)
 """
+
+
+# A flag's value shows in ps: where a password goes instead (the --help of each URL flag).
+REDIS_PASSWORD_HELP: Final = (
+    "a password in the URL shows in ps: put the URL in $PROACTIVE_REDIS_URL instead"
+)
+JOURNAL_PASSWORD_HELP: Final = (
+    "a password in the URL shows in ps: put the URL in $PROACTIVE_JOURNAL, or leave the "
+    "password out and let libpq read $PGPASSWORD or ~/.pgpass ($PGPASSFILE)"
+)
 
 
 class UsageError(Exception):

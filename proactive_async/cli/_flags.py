@@ -20,7 +20,7 @@ from .._input import COLUMN_ALIASES
 from .._models import INT32_MAX, INT32_MIN, INTEGRATION_TYPES, ProactiveConversationRequest
 from .._options import CampaignOptions
 from .._report import REPORT_FORMATS, report_format
-from ._common import STDIN, UsageError
+from ._common import JOURNAL_PASSWORD_HELP, REDIS_PASSWORD_HELP, STDIN, UsageError
 
 __all__ = [
     "add_api_flags",
@@ -246,7 +246,8 @@ def add_shared_limit_flags(p: argparse.ArgumentParser) -> None:
         "--redis-url",
         metavar="URL",
         help="share the rate limit through Redis with every process on the same key "
-        "(default: $PROACTIVE_REDIS_URL); --rate is then the total for all of them",
+        "(default: $PROACTIVE_REDIS_URL); --rate is then the total for all of them; "
+        + REDIS_PASSWORD_HELP,
     )
     shared.add_argument(
         "--limit-key",
@@ -270,7 +271,7 @@ def add_record_flags(p: argparse.ArgumentParser) -> None:
         "--journal",
         metavar="PATH",
         help="journal: a file path (SQLite) or postgresql://...?campaign=NAME; makes the "
-        "campaign resumable (re-run to resume)",
+        "campaign resumable (re-run to resume); " + JOURNAL_PASSWORD_HELP,
     )
     rec.add_argument(
         "--report",

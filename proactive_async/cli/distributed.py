@@ -21,7 +21,13 @@ import msgspec
 
 from .._errors import JournalError
 from . import _flags
-from ._common import UsageError, settings_from, stderr_console
+from ._common import (
+    JOURNAL_PASSWORD_HELP,
+    REDIS_PASSWORD_HELP,
+    UsageError,
+    settings_from,
+    stderr_console,
+)
 
 if TYPE_CHECKING:
     from .._progress import RateMeter, Snapshot
@@ -55,7 +61,9 @@ def add_parsers(commands: Any) -> None:
     _add_engine(p)
     _add_journal(p)
     p.add_argument(
-        "--redis-url", metavar="URL", help="arq: the queue (default: $PROACTIVE_REDIS_URL)"
+        "--redis-url",
+        metavar="URL",
+        help="arq: the queue (default: $PROACTIVE_REDIS_URL); " + REDIS_PASSWORD_HELP,
     )
     # What is stored with the campaign for every worker; nothing of one process's pace.
     _flags.add_template_flags(p)
@@ -71,7 +79,8 @@ def add_parsers(commands: Any) -> None:
     w.add_argument(
         "--redis-url",
         metavar="URL",
-        help="arq's queue and the shared rate limit (default: $PROACTIVE_REDIS_URL)",
+        help="arq's queue and the shared rate limit (default: $PROACTIVE_REDIS_URL); "
+        + REDIS_PASSWORD_HELP,
     )
     w.add_argument(
         "--concurrency",
@@ -133,7 +142,9 @@ def _add_engine(p: argparse.ArgumentParser) -> None:
 
 def _add_journal(p: argparse.ArgumentParser, *, campaign: bool = False) -> None:
     p.add_argument(
-        "--journal", metavar="DSN", help="postgresql://... (default: $PROACTIVE_JOURNAL)"
+        "--journal",
+        metavar="DSN",
+        help="postgresql://... (default: $PROACTIVE_JOURNAL); " + JOURNAL_PASSWORD_HELP,
     )
     if campaign:
         p.add_argument("--campaign", metavar="ID", required=True)
