@@ -7,7 +7,7 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -185,9 +185,3 @@ async def test_the_local_fallback_keeps_to_its_share_from_the_first_second(
     first_second = sum(1 for stamp in grants if stamp < started + 1.0)
     assert 80 <= first_second <= 102, first_second
     assert problem is not None and "pacing locally at 100 targets/s" in problem
-
-
-@pytest.fixture
-async def stopped_redis(own_redis: Any) -> AsyncIterator[Any]:
-    own_redis.stop()
-    yield own_redis
