@@ -15,10 +15,13 @@ they are cancelled and recorded ``unknown``. Blocking work (hashing the input fi
 in ``anyio.to_thread``. Iteration (``async for outcome in campaign``) runs the campaign as
 one task it owns, since an async generator must not hold a task group across its yields.
 
-A fatal answer (401, 403, a TLS failure) or 429s without end abort the campaign: no new
-call is made, every record not yet sent ends ``failed`` (kind ``aborted``) in the report
-but stays unfinished in the journal, so that a later run sends it. ``run()`` then raises
-the fatal error.
+A fatal answer (401, 403, a TLS failure, a host name that does not resolve) or the
+sender's breaker (``CircuitOpenError``: nothing reachable, calls that may have been
+processed failing with no success, 429s without end) abort the campaign: no new call is
+made, every record not yet sent ends ``failed`` (kind ``aborted``) in the report but stays
+unfinished in the journal, so that a later run sends it. ``run()`` then raises the error.
+A resume with ``resend_failed`` also sends the records that ended ``failed`` for a cause
+that may have passed (``is_resendable``).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from ._planner import Chunk, PlannedTarget, Planner
 from ._records import Outcome, OutcomeStatus, Record
 from ._report import CampaignSummary, LatencySample, ReportWriter
 from ._retry import Sleep
-from ._sender import ABORTED, MAX_THROTTLES, ChunkSender, make_outcome
+from ._sender import ABORTED, MAX_THROTTLES, ChunkSender, is_resendable, make_outcome
 from .journal import INTERRUPTED, CampaignIdentity, Journal, open_journal
 from .ratelimit import RateLimit, RateLimitBackend
 
@@ -230,7 +233,7 @@ class Campaign:
 
     @property
     def aborted(self) -> ProactiveError | None:
-        """The error that aborted the campaign (fatal, or 429s without end), if one did."""
+        """The error that aborted the campaign (fatal, or ``CircuitOpenError``), if one did."""
         return self._sender.aborted
 
     @property
@@ -417,9 +420,12 @@ class Campaign:
         if not known:
             return list(targets)
         keep: list[PlannedTarget] = []
+        resend_failed = self.options.resend_failed
         for target in targets:
             entry = known.get(target.line)
-            if entry is None:
+            if entry is None or (
+                resend_failed and entry.outcome is not None and is_resendable(entry.outcome)
+            ):
                 keep.append(target)
             elif entry.outcome is None or entry.outcome.status is OutcomeStatus.UNKNOWN:
                 if self.options.resend_unknown:

@@ -9,7 +9,8 @@ decides whether resending could create a duplicate conversation.
     ProactiveError
     ├── TransportError                      no HTTP response was read
     │   ├── ConnectError                    connection never made (not processed)
-    │   ├── ConnectTimeout                  connection not made in time (not processed)
+    │   │   ├── ConnectTimeout              connection not made in time (not processed)
+    │   │   └── NameResolutionError         the host name does not resolve (not processed)
     │   ├── TLSError                        TLS handshake / certificate failed (not processed)
     │   ├── ReadTimeout                     sent, no answer in time (ambiguous)
     │   └── ConnectionLostError             dropped after sending (ambiguous)
@@ -28,12 +29,16 @@ decides whether resending could create a duplicate conversation.
     │   └── ResponseTooLargeError           the body passed the size cap (ambiguous)
     ├── ClientStateError                    the client was misused (closed, other event loop,
     │                                       a token or header that cannot be sent)
+    ├── CircuitOpenError                    a campaign stopped: no call can succeed
     ├── InputError                          a targets file cannot be read at all
     └── JournalError                        the campaign journal cannot be used
         └── JournalMismatchError            resuming with another template or input
 
 ``fatal`` marks errors that every later call would meet too (401, 403, a certificate that does
-not verify, a client that cannot build its request): a campaign stops at the first one.
+not verify, a host name that does not resolve, a client that cannot build its request): a
+campaign stops at the first one. ``CircuitOpenError`` is the campaign's own: raised when its
+breaker decides that no call can succeed (``RetryPolicy.stop_unreachable_after``,
+``stop_ambiguous_after``, ``max_retry_after``).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from typing import Any
 __all__ = [
     "AuthenticationError",
     "BadRequestError",
+    "CircuitOpenError",
     "ClientStateError",
     "ConflictError",
     "ConnectError",
@@ -54,6 +60,7 @@ __all__ = [
     "InputError",
     "JournalError",
     "JournalMismatchError",
+    "NameResolutionError",
     "NotFoundError",
     "PermissionDeniedError",
     "ProactiveError",
@@ -110,6 +117,16 @@ class ConnectError(TransportError):
 
 class ConnectTimeout(ConnectError):
     """The connection was not made within the connect timeout; nothing was sent."""
+
+
+class NameResolutionError(ConnectError):
+    """The API's host name does not resolve (no such name): nothing was sent.
+
+    Fatal for a campaign and never retried: a misspelt host stays misspelt. A resolver that
+    is only unreachable for now (``EAI_AGAIN``) is a plain, retried ``ConnectError``.
+    """
+
+    fatal = True
 
 
 class TLSError(TransportError):
@@ -325,6 +342,23 @@ class ClientStateError(ProactiveError):
     with a token or header that cannot be sent. Nothing was sent; fatal for a campaign."""
 
     fatal = True
+
+
+class CircuitOpenError(ProactiveError):
+    """A campaign's breaker stopped it: its calls keep failing in a way that says none can
+    succeed now. Fatal; nothing more is sent, and a resume sends what was not.
+
+    ``reason`` is ``"unreachable"`` (every attempt failed to connect), ``"ambiguous"`` (calls
+    that may have been processed kept failing) or ``"throttled"`` (429s without end);
+    ``cause`` is the last failure seen.
+    """
+
+    fatal = True
+
+    def __init__(self, message: str, *, reason: str, cause: ProactiveError) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.cause = cause
 
 
 class InputError(ProactiveError):

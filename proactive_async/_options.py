@@ -48,6 +48,11 @@ class CampaignOptions:
             people's rows into one message).
         resend_unknown: on resume, resend records that ended ``unknown`` or were in flight
             at the crash (duplicates possible).
+        resend_failed: on resume, resend records that ended ``failed`` for a cause of the
+            run, not of the record (no connection, 429/503, a wrong token or URL: see
+            ``is_resendable``), once that cause is fixed. ``failed`` is certainly not
+            created, so this never sends twice; a 400 or 422 is not resent. Records a stopped
+            run did not send (``aborted``) are resent without it.
         grace_period: seconds calls in flight get to finish once the campaign is stopped or
             cancelled (under the 30 s a service manager usually waits before a kill).
         flush_after: seconds a partly filled chunk waits for more targets of its group.
@@ -67,6 +72,7 @@ class CampaignOptions:
     allow_vanity_numbers: bool = False
     multiline_values: bool = False
     resend_unknown: bool = False
+    resend_failed: bool = False
     grace_period: float = 10.0
     flush_after: float = 0.05
 

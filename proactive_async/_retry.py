@@ -64,7 +64,22 @@ class RetryPolicy:
         backoff_initial, backoff_max, jitter: exponential backoff in seconds (initial,
             doubled per attempt up to max) plus up to ``jitter`` seconds of random jitter.
         max_retry_after: the longest ``Retry-After`` honoured; a longer one stops retrying
-            and the 429/503 error is raised carrying the wait.
+            and the 429/503 error is raised carrying the wait. In a campaign, also how long
+            429s may go on with no call accepted before the run stops (``CircuitOpenError``):
+            a single wait the policy honours never trips it.
+        stop_unreachable_after: in a campaign, seconds with no call reaching the server
+            (every attempt failing to connect: nothing listening, a refused or unreachable
+            host) after which the run stops (``CircuitOpenError``); None: never. The default
+            60 s outlasts the restart of an API or a load balancer and is shorter than the
+            first attempts of a chunk take to run out (8 attempts: about 61 s of backoff), so
+            a run against nothing ends with its records unsent, ``aborted``, not ``failed``.
+        stop_ambiguous_after: in a campaign, failures that may have been processed (500,
+            read timeout, connection lost, undecodable 2xx) with no call succeeding since,
+            after which the run stops; None: never. Those records end ``unknown``; the rest
+            are not sent. With 50, calls failing that way one time in two (far worse than
+            a healthy server) trip it about once in 10**9 runs of a million calls, while a
+            server that processes every call and answers 500 costs 50 calls (plus those in
+            flight), not one per record.
     """
 
     max_attempts: int = 5
@@ -74,12 +89,20 @@ class RetryPolicy:
     backoff_max: float = 30.0
     jitter: float = 0.5
     max_retry_after: float = 120.0
+    stop_unreachable_after: float | None = 60.0
+    stop_ambiguous_after: int | None = 50
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         if self.deadline is not None and self.deadline <= 0:
             raise ValueError("deadline must be positive or None")
+        if not self.max_retry_after >= 0:
+            raise ValueError("max_retry_after must not be negative")
+        if self.stop_unreachable_after is not None and not self.stop_unreachable_after > 0:
+            raise ValueError("stop_unreachable_after must be positive or None")
+        if self.stop_ambiguous_after is not None and self.stop_ambiguous_after < 1:
+            raise ValueError("stop_ambiguous_after must be at least 1 or None")
 
     @classmethod
     def never(cls) -> RetryPolicy:

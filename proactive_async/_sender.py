@@ -10,10 +10,14 @@ rate limit (and any shared pause), *then* mark the chunk's lines in flight in th
 (durably), *then* send. A later run, or a redelivered job, resends a line only when its
 journal row says it was never in flight, or when the caller asks for unknowns to be resent.
 
-A fatal answer (401, 403, a TLS failure: ``ProactiveError.fatal``) aborts the sender at
-once, and so do 429s with no call accepted for ``RetryPolicy.max_retry_after`` seconds:
-no new call is made, and every target not yet sent ends ``failed`` (kind ``aborted``) but
-stays unfinished in the journal, so that a later run sends it.
+A fatal answer (401, 403, a TLS failure, a host name that does not resolve:
+``ProactiveError.fatal``) aborts the sender at once, and so does its breaker when no call
+can succeed (``CircuitOpenError``): every attempt failing to connect for
+``RetryPolicy.stop_unreachable_after`` seconds, ``stop_ambiguous_after`` failures that may
+have been processed with no success, or 429s with no call accepted for
+``max_retry_after`` seconds. Then no new call is made, waits for a retry or the rate limit
+end at once, and every target not yet sent ends ``failed`` (kind ``aborted``) but stays
+unfinished in the journal, so that a later run sends it.
 """
 
 from __future__ import annotations
@@ -21,13 +25,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, Protocol
 
 from msgspec import UNSET
 
 from ._client import AsyncClient
-from ._errors import BadRequestError, ProactiveError, RateLimitError
+from ._errors import (
+    AuthenticationError,
+    BadRequestError,
+    CircuitOpenError,
+    ClientStateError,
+    ConnectError,
+    ConnectTimeout,
+    NameResolutionError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProactiveError,
+    RateLimitError,
+    RedirectError,
+    ServiceUnavailableError,
+    TLSError,
+)
 from ._hooks import RetryDetails, RetryHook, ThrottleDetails, ThrottleHook, safe_hook
 from ._matching import match_answer
 from ._models import Conversation, ProactiveConversationRequest, build_request, encode_request
@@ -38,16 +57,46 @@ from ._retry import RetryPolicy, Sleep
 from .journal import INTERRUPTED, Journal
 from .ratelimit import RateLimitBackend, report_failure, unnamed_throttle_wait
 
-__all__ = ["ABORTED", "MAX_THROTTLES", "ChunkSender", "OutcomeSink"]
+__all__ = [
+    "ABORTED",
+    "MAX_THROTTLES",
+    "ChunkSender",
+    "OutcomeSink",
+    "is_resendable",
+    "resendable_kind",
+]
 
 _log = logging.getLogger("proactive_async")
 
 ABORTED: Final = "aborted"
 """``OutcomeError.kind`` of a record not sent because the run was aborted."""
 MAX_THROTTLES: Final = 100
-"""429s one chunk may meet before it ends ``failed`` (each waits out the shared pause)."""
+"""429s one chunk may meet before it ends ``failed`` (each waits out the shared pause); if
+no call was accepted meanwhile, the run stops (429s without end, however fast they came)."""
 _UNMATCHED: Final = "unmatched"
 """``OutcomeError.kind`` of a target a successful answer did not prove sent (``match_answer``)."""
+
+_RESENDABLE: Final = frozenset(
+    [ABORTED]
+    + [
+        cls.__name__
+        for cls in (
+            ConnectError,
+            ConnectTimeout,
+            NameResolutionError,
+            TLSError,
+            CircuitOpenError,
+            RateLimitError,
+            ServiceUnavailableError,
+            AuthenticationError,
+            PermissionDeniedError,
+            ClientStateError,
+            NotFoundError,
+            RedirectError,
+        )
+    ]
+)
+"""Failure kinds of the run rather than of the record (``is_resendable``)."""
 
 
 class OutcomeSink(Protocol):
@@ -117,12 +166,14 @@ class ChunkSender:
         self._sleep = sleep
         self._stopping = False
         self._abort: ProactiveError | None = None
-        self._throttled_since: float | None = None
+        self._breaker = _Breaker(clock)
+        # Tasks waiting out a backoff or the rate limit -> whether an abort woke them.
+        self._waiting: dict[asyncio.Task[Any], bool] = {}
         self._guard = guard
 
     @property
     def aborted(self) -> ProactiveError | None:
-        """The error that aborted this sender (fatal, or 429s without end), if one did."""
+        """The error that aborted this sender (fatal, or its breaker's), if one did."""
         return self._abort
 
     @property
@@ -169,9 +220,9 @@ class ChunkSender:
             try:
                 # The rate limit (and its shared pause) before every attempt; a backoff first.
                 if backoff > 0:
-                    await self._sleep(backoff)
+                    await self._wait(self._sleep(backoff))
                 if self.rate_limit is not None:
-                    await self.rate_limit.acquire(weight)
+                    await self._wait(self.rate_limit.acquire(weight))
             except asyncio.CancelledError:
                 # Cancelled past the grace period while waiting to retry: the records still
                 # get their outcome, in the report and the journal.
@@ -232,7 +283,12 @@ class ChunkSender:
                 self._note_failure(exc, attempt, wait)
                 if wait is None and self._abort is not None and not sent_once:
                     # Certainly not processed, and the run stops: a resume sends them.
-                    await self._settle(targets, OutcomeStatus.FAILED, attempt, exc, durable=False)
+                    if self._abort is exc:  # this chunk met the fatal answer: it says so
+                        await self._settle(
+                            targets, OutcomeStatus.FAILED, attempt, exc, durable=False
+                        )
+                    else:
+                        await self._settle_aborted(targets, attempt)
                     return
                 if wait is None:
                     status = OutcomeStatus.UNKNOWN if sent_once else OutcomeStatus.FAILED
@@ -253,7 +309,7 @@ class ChunkSender:
                 return
             if self._latency is not None:
                 self._latency.add(time.perf_counter() - started)
-            self._throttled_since = None
+            self._breaker.succeeded()
             self.summary.last_failure = None  # nothing is failing now, for the display
             if self.rate_limit is not None:
                 await self.rate_limit.on_success(weight)
@@ -285,7 +341,8 @@ class ChunkSender:
 
         ``attempt`` counts the attempts that were not throttled: a 429 is the rate
         limit's business and does not use the policy's attempts (up to MAX_THROTTLES a
-        chunk). Everything else is the policy's one decision (``RetryPolicy.next_wait``).
+        chunk while other calls are accepted). Everything else is the policy's one
+        decision (``RetryPolicy.next_wait``), once the breaker has said the run goes on.
         """
         policy = self.retry
         if exc.fatal:
@@ -296,8 +353,10 @@ class ChunkSender:
             self.summary.throttled += 1
             if self._on_throttle is not None and isinstance(exc, RateLimitError):
                 self._on_throttle(ThrottleDetails(error=exc, retry_after=exc.retry_after))
-            if self._throttled_too_long(exc):
-                return None, False
+        tripped = self._breaker.failed(exc, policy)
+        if tripped is not None:
+            self._abort_with(tripped)
+            return None, False
         shared = False
         limit = self.rate_limit
         if limit is not None:
@@ -308,7 +367,10 @@ class ChunkSender:
         if retry_after is not None and retry_after > policy.max_retry_after:
             return None, False  # nobody waits that long: this chunk ends failed
         if throttles >= MAX_THROTTLES:
-            return None, False
+            if not self._breaker.accepted_within(elapsed):
+                # None accepted either: 429s without end, however fast they came.
+                self._abort_with(self._breaker.throttled_out(exc, throttles))
+            return None, False  # others are accepted, this one never: it ends failed
         if retry_after is not None:
             return retry_after, shared
         if limit is not None:
@@ -316,21 +378,38 @@ class ChunkSender:
         return policy.backoff(throttles), shared
 
     def _abort_with(self, exc: ProactiveError) -> None:
-        if self._abort is None:
-            self._abort = exc
-            self.summary.aborted = f"{exc.kind}: {exc.message}"
-            _log.error("campaign aborted: %s", self.summary.aborted)
+        if self._abort is not None:
+            return
+        self._abort = exc
+        self.summary.aborted = f"{exc.kind}: {exc.message}"
+        _log.error("campaign aborted: %s", self.summary.aborted)
+        # Chunks waiting to retry, or for the rate limit (a pause may last minutes), are
+        # settled now rather than when their wait ends.
+        current = asyncio.current_task()
+        for task, woken in self._waiting.items():
+            if task is not current and not woken:
+                self._waiting[task] = True
+                task.cancel()
 
-    def _throttled_too_long(self, exc: ProactiveError) -> bool:
-        """429s and no accepted call for ``max_retry_after`` seconds: abort."""
-        now = self._clock()
-        if self._throttled_since is None:
-            self._throttled_since = now
-            return False
-        if now - self._throttled_since < self.retry.max_retry_after:
-            return False
-        self._abort_with(exc)
-        return True
+    async def _wait(self, waiting: Awaitable[None]) -> None:
+        """Wait out a backoff or the rate limit, unless the sender is aborted (then return
+        early: the caller finds ``aborted`` set)."""
+        task = asyncio.current_task()
+        if self._abort is not None or task is None:
+            if self._abort is None:
+                await waiting
+            elif asyncio.iscoroutine(waiting):
+                waiting.close()
+            return
+        self._waiting[task] = False
+        try:
+            await waiting
+        except asyncio.CancelledError:
+            # Ours only when nobody else cancelled the task too (a Ctrl-C, a task group).
+            if not self._waiting[task] or task.uncancel() > 0:
+                raise
+        finally:
+            del self._waiting[task]
 
     async def _bisect(
         self, targets: Sequence[PlannedTarget], variables: dict[str, Any] | None
@@ -361,11 +440,17 @@ class ChunkSender:
         if sent_once:
             await self._settle(targets, OutcomeStatus.UNKNOWN, attempts, None, INTERRUPTED)
             return
-        assert self._abort is not None
+        abort = self._abort
+        assert abort is not None
+        why = (
+            f"{abort.kind} ({abort.cause.kind})"
+            if isinstance(abort, CircuitOpenError)
+            else abort.kind
+        )
         error = OutcomeError(
             kind=ABORTED,
-            message=f"not sent: the campaign stopped after {self._abort.kind}; a resume with "
-            "the same journal sends it",
+            message=f"not sent: the campaign stopped after {why}; a resume with the same "
+            "journal sends it",
         )
         await self._settle(targets, OutcomeStatus.FAILED, attempts, None, error, durable=False)
 
@@ -435,6 +520,107 @@ class ChunkSender:
         if self._on_outcome is not None:
             for outcome in outcomes:
                 await self._on_outcome(outcome)
+
+
+class _Breaker:
+    """Whether any call can still succeed: the state behind a policy's stop limits.
+
+    Three windows, each closed by a call that succeeds: attempts that all failed to
+    connect (``stop_unreachable_after`` seconds; any attempt that reached the server
+    closes it too), failures that may have been processed (``stop_ambiguous_after`` of
+    them), and 429s (``max_retry_after`` seconds). Calls finish in any order and from
+    any chunk: the windows are the sender's, not a chunk's.
+    """
+
+    __slots__ = ("_ambiguous", "_clock", "_last_success", "_throttled_since", "_unreachable_since")
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._last_success: float | None = None
+        self._unreachable_since: float | None = None
+        self._throttled_since: float | None = None
+        self._ambiguous = 0
+
+    def succeeded(self) -> None:
+        self._last_success = self._clock()
+        self._unreachable_since = self._throttled_since = None
+        self._ambiguous = 0
+
+    def accepted_within(self, seconds: float) -> bool:
+        """Some call succeeded in the last ``seconds``."""
+        last = self._last_success
+        return last is not None and self._clock() - last <= seconds
+
+    def throttled_out(self, exc: ProactiveError, how_long: str | int) -> CircuitOpenError:
+        """429s without end: ``how_long`` they went on, or how many one call met."""
+        if isinstance(how_long, int):
+            how_long = f"{how_long} times for one call"
+        return CircuitOpenError(
+            f"every call was answered 429 (rate limited) {how_long} with none accepted "
+            f"({exc.message}); the API's limit for this token or channel is used up: resume "
+            "later, or at a lower rate",
+            reason="throttled",
+            cause=exc,
+        )
+
+    def failed(self, exc: ProactiveError, policy: RetryPolicy) -> CircuitOpenError | None:
+        """Count a failed attempt; the error that stops the run, if this one trips it."""
+        now = self._clock()
+        if isinstance(exc, ConnectError):
+            since = self._unreachable_since
+            if since is None:
+                self._unreachable_since = now
+                return None
+            limit = policy.stop_unreachable_after
+            if limit is None or now - since < limit:
+                return None
+            return CircuitOpenError(
+                f"no call reached the server for {now - since:.0f} s: every attempt failed "
+                f"to connect ({exc.message}); check the base URL, and that the API is up and "
+                "reachable from here",
+                reason="unreachable",
+                cause=exc,
+            )
+        self._unreachable_since = None  # it answered, or the request reached it
+        if isinstance(exc, RateLimitError):
+            since = self._throttled_since
+            if since is None:
+                self._throttled_since = now
+            elif now - since >= policy.max_retry_after:
+                return self.throttled_out(exc, f"for {now - since:.0f} s")
+            return None
+        if exc.may_have_been_processed:
+            self._ambiguous += 1
+            limit = policy.stop_ambiguous_after
+            if limit is not None and self._ambiguous >= limit:
+                return CircuitOpenError(
+                    f"{self._ambiguous} calls failed after the server may have processed them, "
+                    f"and none succeeded ({exc.kind}: {exc.message}); stopped rather than call "
+                    "every record: those records ended unknown (may have been sent), the "
+                    "others were not sent; check the API before resuming",
+                    reason="ambiguous",
+                    cause=exc,
+                )
+        return None
+
+
+def is_resendable(outcome: Outcome) -> bool:
+    """A ``failed`` record worth sending again once its cause is fixed (``resend_failed``).
+
+    ``failed`` is certainly not created. Resendable are the failures of the run rather than
+    of the record: no connection, a name that does not resolve, TLS, 429/503, a wrong
+    token or URL (401, 403, 404, a redirect), the run aborted or stopped by its breaker. A
+    400, 409 or 422 is not: the same request would be refused again.
+    """
+    error = outcome.error
+    return (
+        outcome.status is OutcomeStatus.FAILED and error is not None and resendable_kind(error.kind)
+    )
+
+
+def resendable_kind(kind: str) -> bool:
+    """Whether a ``failed`` record of this error kind is resendable (``is_resendable``)."""
+    return kind in _RESENDABLE
 
 
 def merge_variables(defaults: dict[str, Any] | Any, own: dict[str, Any]) -> dict[str, Any]:

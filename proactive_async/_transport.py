@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import platform
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Mapping
@@ -31,6 +32,7 @@ from ._errors import (
     ConnectError,
     ConnectionLostError,
     ConnectTimeout,
+    NameResolutionError,
     ProactiveError,
     ReadTimeout,
     ResponseTooLargeError,
@@ -205,6 +207,11 @@ class Transport:
         except aiohttp.ConnectionTimeoutError as exc:
             raise ConnectTimeout(f"connecting to {_origin(url)} timed out") from exc
         except aiohttp.ClientConnectorError as exc:
+            if _name_does_not_resolve(exc):
+                reason = exc.os_error.strerror or "no address"
+                raise NameResolutionError(
+                    f"the host name {exc.host!r} does not resolve ({reason}); check the base URL"
+                ) from exc
             raise ConnectError(f"could not connect to {_origin(url)}: {exc.os_error}") from exc
         except aiohttp.InvalidURL as exc:
             raise ClientStateError(f"invalid URL: {exc}") from None
@@ -286,6 +293,17 @@ async def _read_head(response: aiohttp.ClientResponse, cap: int) -> bytes:
         if size >= cap:
             break
     return b"".join(chunks)
+
+
+def _name_does_not_resolve(exc: aiohttp.ClientConnectorError) -> bool:
+    """A DNS answer that the name does not exist; a resolver that cannot be reached now
+    (``EAI_AGAIN``) is not one: that may pass, like a refused connection."""
+    os_error = exc.os_error
+    # ClientConnectorDNSError since aiohttp 3.10.9; before it, the resolver's gaierror.
+    dns_error = getattr(aiohttp, "ClientConnectorDNSError", None)
+    if not (isinstance(os_error, socket.gaierror) or (dns_error and isinstance(exc, dns_error))):
+        return False
+    return os_error.errno != socket.EAI_AGAIN
 
 
 def _tls_reason(exc: Exception) -> str:

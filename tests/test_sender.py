@@ -20,17 +20,28 @@ from proactive_async._client import ApiResponse, AsyncClient
 from proactive_async._errors import (
     AuthenticationError,
     BadRequestError,
+    CircuitOpenError,
     ConnectError,
+    NameResolutionError,
     RateLimitError,
+    ReadTimeout,
     ServerError,
     ServiceUnavailableError,
+    UnprocessableEntityError,
 )
 from proactive_async._models import Conversation, Message, ProactiveConversationRequest
 from proactive_async._planner import Chunk, PlannedTarget
 from proactive_async._records import Outcome, OutcomeStatus
 from proactive_async._report import CampaignSummary, LatencySample
-from proactive_async._retry import RetryPolicy
-from proactive_async._sender import ABORTED, MAX_THROTTLES, ChunkSender, make_outcome
+from proactive_async._records import OutcomeError
+from proactive_async._retry import RetryPolicy, Sleep
+from proactive_async._sender import (
+    ABORTED,
+    MAX_THROTTLES,
+    ChunkSender,
+    is_resendable,
+    make_outcome,
+)
 from proactive_async.journal import INTERRUPTED, Journal, JournalEntry
 from proactive_async.ratelimit import RateLimitBackend
 
@@ -167,10 +178,13 @@ class FakeRateLimit:
         self.clock = clock
         self.acquire_takes = acquire_takes
         self.shared_pause = True  # False: the limit takes a 429 for noise
+        self.closed: asyncio.Event | None = None  # set: acquire waits until it is set
 
     async def acquire(self, weight: float = 1.0) -> None:
         self.clock.now += self.acquire_takes
         self.log.append(("acquire", weight))
+        if self.closed is not None:  # a long shared pause
+            await self.closed.wait()
 
     async def on_success(self, weight: float) -> None:
         self.log.append(("on_success", weight))
@@ -213,6 +227,7 @@ def make(
     rate_limit: bool = True,
     acquire_takes: float = 0.0,
     latency: LatencySample | None = None,
+    sleep: Sleep | None = None,
 ) -> Harness:
     log: list[Event] = []
     clock = FakeClock()
@@ -234,7 +249,7 @@ def make(
         on_outcome=collect,
         latency=latency,
         clock=clock,
-        sleep=clock.sleep,
+        sleep=sleep or clock.sleep,
     )
     return Harness(log, client, journal, limit, clock, sender, outcomes)
 
@@ -405,15 +420,41 @@ async def test_a_retry_after_above_the_cap_fails_the_chunk_and_pauses_nobody() -
     assert [o.line for o in h.journal.recorded] == [1, 2]
 
 
-async def test_a_chunk_meeting_max_throttles_429s_ends_failed() -> None:
+async def test_max_throttles_429s_with_none_accepted_stop_the_run_however_fast() -> None:
+    """Retry-After: 0 with no pacing: 100 quick 429s, not 120 s of them, stop the run."""
     h = make(lambda body: RateLimitError("slow down", status=429, retry_after=0.0))
     sent = targets(1)
     await h.sender.send(Chunk(variables=None, targets=sent))
     assert_one_outcome_each(h.outcomes, sent)
-    assert h.outcomes[0].status is OutcomeStatus.FAILED
-    assert h.client.calls == MAX_THROTTLES
+    assert h.client.calls == MAX_THROTTLES  # the clock never moved
     assert h.sender.summary.throttled == MAX_THROTTLES
-    assert h.sender.aborted is None  # the clock never moved: not "throttled too long"
+    abort = h.sender.aborted
+    assert isinstance(abort, CircuitOpenError) and abort.reason == "throttled"
+    assert "100 times for one call" in abort.message
+    outcome = h.outcomes[0]
+    assert outcome.status is OutcomeStatus.FAILED and outcome.error is not None
+    assert outcome.error.kind == ABORTED  # unsent, for a resume
+    assert h.journal.events("record") == []
+
+
+async def test_a_chunk_meeting_max_throttles_while_others_are_accepted_ends_failed() -> None:
+    calls = 0
+
+    def first_accepted_then_429(body: dict[str, Any]) -> Reply:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return answer_each(body)
+        return RateLimitError("slow down", status=429, retry_after=0.0)
+
+    h = make(first_accepted_then_429)
+    await h.sender.send(chunk(1))
+    await h.sender.send(chunk(2))
+    assert h.by_line()[1].status is OutcomeStatus.SENT
+    failed = h.by_line()[2]
+    assert failed.status is OutcomeStatus.FAILED and failed.error is not None
+    assert failed.error.kind == "RateLimitError" and is_resendable(failed)
+    assert h.sender.aborted is None
 
 
 async def test_429s_with_no_call_accepted_for_max_retry_after_abort_the_sender() -> None:
@@ -427,7 +468,9 @@ async def test_429s_with_no_call_accepted_for_max_retry_after_abort_the_sender()
     sent = targets(1, 2)
     await h.sender.send(Chunk(variables=None, targets=sent))
     assert h.client.calls == 3
-    assert isinstance(h.sender.aborted, RateLimitError)
+    abort = h.sender.aborted
+    assert isinstance(abort, CircuitOpenError) and abort.reason == "throttled"
+    assert isinstance(abort.cause, RateLimitError) and abort.fatal
     assert h.sender.summary.aborted is not None
     assert_one_outcome_each(h.outcomes, sent)
     assert all(o.status is OutcomeStatus.FAILED for o in h.outcomes)
@@ -735,3 +778,194 @@ def test_make_outcome_copies_the_target_and_defaults_to_no_conversations() -> No
     assert outcome.conversation_ids == []
     assert outcome.attempts == 2
     assert outcome.error is None
+
+
+# -- the breaker: runs that cannot succeed stop (issue 18) ---------------------------------
+
+
+def breaker_policy(**fields: Any) -> RetryPolicy:
+    return RetryPolicy(**{"max_attempts": 50, "deadline": None, "jitter": 0.0, **fields})
+
+
+async def test_attempts_that_all_fail_to_connect_for_the_limit_stop_the_run() -> None:
+    h = make(
+        lambda body: ConnectError("refused"), retry=breaker_policy(stop_unreachable_after=10.0)
+    )
+    await h.sender.send(chunk(1, 2))
+    # Failures at 0, 0.5, 1.5, 3.5, 7.5 and 15.5 s: the last is past 10 s.
+    assert h.client.calls == 6
+    abort = h.sender.aborted
+    assert isinstance(abort, CircuitOpenError) and abort.fatal
+    assert abort.reason == "unreachable" and isinstance(abort.cause, ConnectError)
+    assert "no call reached the server for 16 s" in abort.message
+    assert {o.error.kind for o in h.outcomes if o.error} == {ABORTED}
+    assert all(o.status is OutcomeStatus.FAILED for o in h.outcomes)
+    assert h.journal.events("record") == []  # unfinished: a plain resume sends them
+    await h.sender.send(chunk(3))
+    assert h.client.calls == 6  # dispatch stopped
+
+
+async def test_a_call_that_succeeds_closes_the_unreachable_window() -> None:
+    refused = ConnectError("refused")
+    script = [refused] * 5 + [answer_each] + [refused] * 5 + [answer_each]
+    h = make(*script, retry=breaker_policy(stop_unreachable_after=10.0))
+    await h.sender.send(chunk(1))  # 5 failures over 7.5 s, then sent at 15.5 s
+    h.client.script = [refused] * 5 + [answer_each]
+    await h.sender.send(chunk(2))  # another 15.5 s, but the window began again
+    assert h.sender.aborted is None
+    assert [o.status for o in h.outcomes] == [OutcomeStatus.SENT] * 2
+
+
+async def test_an_answer_of_any_kind_closes_the_unreachable_window() -> None:
+    refused = ConnectError("refused")
+    busy = ServiceUnavailableError("busy", status=503)
+    # Refused at 0, 0.5, 1.5, 2.5 and 3.5 s, a 503 at 4.5, refused from 5.5 to 8.5: the
+    # window began again at 5.5.
+    h = make(
+        *([refused] * 5 + [busy] + [refused] * 4 + [answer_each]),
+        retry=breaker_policy(stop_unreachable_after=5.0, backoff_max=1.0),
+        rate_limit=False,
+    )
+    await h.sender.send(chunk(1))
+    assert h.sender.aborted is None and h.outcomes[0].status is OutcomeStatus.SENT
+
+
+async def test_ambiguous_failures_with_no_success_stop_the_run_after_the_limit() -> None:
+    h = make(
+        lambda body: ServerError("HTTP 500", status=500),
+        retry=breaker_policy(stop_ambiguous_after=3),
+    )
+    for line in (1, 2, 3, 4, 5):
+        await h.sender.send(chunk(line))
+    assert h.client.calls == 3
+    abort = h.sender.aborted
+    assert isinstance(abort, CircuitOpenError) and abort.reason == "ambiguous"
+    assert abort.message.startswith("3 calls failed after the server may have processed them")
+    by_line = h.by_line()
+    assert [by_line[line].status for line in (1, 2, 3)] == [OutcomeStatus.UNKNOWN] * 3
+    assert h.journal.events("record") == [("record", (line,)) for line in (1, 2, 3)]
+    for line in (4, 5):
+        error = by_line[line].error
+        assert by_line[line].status is OutcomeStatus.FAILED and error and error.kind == ABORTED
+
+
+async def test_a_success_resets_the_count_of_ambiguous_failures() -> None:
+    h = make(
+        ServerError("HTTP 500", status=500),
+        ReadTimeout("no answer"),
+        answer_each,
+        ServerError("HTTP 500", status=500),
+        ReadTimeout("no answer"),
+        answer_each,
+        retry=breaker_policy(stop_ambiguous_after=3),
+    )
+    for line in range(1, 7):
+        await h.sender.send(chunk(line))
+    assert h.sender.aborted is None and h.client.calls == 6
+
+
+async def test_failures_that_were_not_processed_do_not_count_as_ambiguous() -> None:
+    h = make(
+        lambda body: UnprocessableEntityError("invalid", status=422),
+        retry=breaker_policy(stop_ambiguous_after=2),
+    )
+    for line in range(1, 6):
+        await h.sender.send(chunk(line))
+    assert h.sender.aborted is None and h.client.calls == 5
+
+
+async def test_a_breaker_limit_of_none_never_trips() -> None:
+    h = make(
+        lambda body: ServerError("HTTP 500", status=500),
+        retry=breaker_policy(stop_ambiguous_after=None, stop_unreachable_after=None),
+    )
+    for line in range(1, 101):
+        await h.sender.send(chunk(line))
+    assert h.sender.aborted is None and h.client.calls == 100
+
+
+async def test_a_name_that_does_not_resolve_is_fatal_at_once_and_not_retried() -> None:
+    h = make(NameResolutionError("the host name 'nohost.invalid' does not resolve"))
+    await h.sender.send(chunk(1, 2))
+    await h.sender.send(chunk(3))
+    assert h.client.calls == 1
+    assert isinstance(h.sender.aborted, NameResolutionError)
+    assert {o.error.kind for o in h.outcomes if o.error} == {"NameResolutionError", ABORTED}
+    assert h.journal.events("record") == []
+
+
+async def test_an_abort_ends_the_backoff_of_chunks_waiting_to_retry_at_once() -> None:
+    def script(body: dict[str, Any]) -> Reply:
+        if body["recipient"] == [phone(1)]:
+            return ConnectError("refused")
+        return AuthenticationError("bad token", status=401)
+
+    async def an_hour(seconds: float, /) -> None:
+        await asyncio.sleep(3600)
+
+    h = make(script, sleep=an_hour)
+    waiting = asyncio.create_task(h.sender.send(chunk(1)))
+    while h.client.calls == 0:
+        await asyncio.sleep(0)
+    await asyncio.wait_for(h.sender.send(chunk(2)), 5)
+    await asyncio.wait_for(waiting, 5)  # not an hour
+    error = h.by_line()[1].error
+    assert h.by_line()[1].status is OutcomeStatus.FAILED and error and error.kind == ABORTED
+    assert h.client.calls == 2
+
+
+async def test_an_abort_ends_a_wait_for_the_rate_limit_at_once() -> None:
+    h = make(AuthenticationError("bad token", status=401))
+    assert h.limit is not None
+    h.limit.closed = asyncio.Event()  # a pause that lasts until it is set
+    paused = asyncio.create_task(h.sender.send(chunk(5)))
+    while not h.named("acquire"):
+        await asyncio.sleep(0)
+    h.limit.closed = None  # the next acquire passes
+    await asyncio.wait_for(h.sender.send(chunk(1)), 5)  # meets the 401: aborts
+    await asyncio.wait_for(paused, 5)
+    error = h.by_line()[5].error
+    assert error is not None and error.kind == ABORTED and h.client.calls == 1
+
+
+async def test_a_cancellation_from_outside_still_cancels_a_waiting_chunk() -> None:
+    async def an_hour(seconds: float, /) -> None:
+        await asyncio.sleep(3600)
+
+    h = make(lambda body: ConnectError("refused"), sleep=an_hour)
+    waiting = asyncio.create_task(h.sender.send(chunk(1)))
+    while h.client.calls == 0:
+        await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert h.journal.events("release") == [("release", (1,))]
+
+
+@pytest.mark.parametrize(
+    ("kind", "resendable"),
+    [
+        (ABORTED, True),
+        ("ConnectError", True),
+        ("ConnectTimeout", True),
+        ("NameResolutionError", True),
+        ("CircuitOpenError", True),
+        ("RateLimitError", True),
+        ("ServiceUnavailableError", True),
+        ("AuthenticationError", True),
+        ("NotFoundError", True),
+        ("BadRequestError", False),
+        ("UnprocessableEntityError", False),
+        ("ConflictError", False),
+        ("HTTPStatusError", False),
+    ],
+)
+def test_which_failed_records_a_resume_may_send_again(kind: str, resendable: bool) -> None:
+    outcome = make_outcome(
+        targets(1)[0], OutcomeStatus.FAILED, error=OutcomeError(kind=kind, message="x")
+    )
+    assert is_resendable(outcome) is resendable
+    unknown = make_outcome(
+        targets(1)[0], OutcomeStatus.UNKNOWN, error=OutcomeError(kind=kind, message="x")
+    )
+    assert not is_resendable(unknown)  # may have been created: never by this flag

@@ -32,6 +32,7 @@ __all__ = [
     "add_record_flags",
     "add_sending_flags",
     "add_shared_limit_flags",
+    "add_stop_flags",
     "add_template_flags",
     "campaign_inputs",
     "int32_arg",
@@ -239,6 +240,42 @@ def add_pace_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_stop_flags(p: argparse.ArgumentParser) -> None:
+    """When a run that cannot succeed stops, and what a resume sends again (``campaign``
+    only: a distributed campaign keeps the defaults)."""
+    stop = p.add_argument_group("stopping a run that cannot succeed, and resuming it")
+    retry = _DEFAULTS.retry
+    stop.add_argument(
+        "--stop-unreachable-after",
+        type=positive_float,
+        metavar="SECONDS",
+        help="stop (exit 2) when every attempt has failed to connect for this long with no "
+        f"call reaching the API (default {retry.stop_unreachable_after:g})",
+    )
+    stop.add_argument(
+        "--stop-ambiguous-after",
+        type=positive_int,
+        metavar="N",
+        help="stop (exit 2) after N failures that may have been processed (500, timeout, "
+        f"connection lost) with no call succeeding (default {retry.stop_ambiguous_after})",
+    )
+    stop.add_argument(
+        "--max-retry-after",
+        type=positive_float,
+        metavar="SECONDS",
+        help="the longest Retry-After waited for, and how long 429s with no call accepted "
+        f"may go on before the run stops (exit 2) (default {retry.max_retry_after:g})",
+    )
+    stop.add_argument(
+        "--resend-failed",
+        action="store_true",
+        help="on resume, also send the records that ended failed for a cause of the run "
+        "(no connection, 429/503, a wrong token or URL), once it is fixed; they were "
+        "certainly not created. Not 400/422 answers. Records a stopped run did not send "
+        "are sent on resume without it",
+    )
+
+
 def add_shared_limit_flags(p: argparse.ArgumentParser) -> None:
     """One rate limit for every process on the same key, through Redis."""
     shared = p.add_argument_group("shared rate limit")
@@ -382,6 +419,9 @@ def options_from_args(
         retry["max_attempts"] = given["max_attempts"]
     if given.get("retry_ambiguous"):
         retry["retry_ambiguous"] = True
+    for name in ("stop_unreachable_after", "stop_ambiguous_after", "max_retry_after"):
+        if given.get(name) is not None:
+            retry[name] = given[name]
     if retry:
         fields["retry"] = dataclasses.replace(_DEFAULTS.retry, **retry)
     try:
@@ -399,6 +439,7 @@ _SWITCHES: Final = {
     "allow_vanity_numbers": ("allow_vanity_numbers", True),
     "multiline_values": ("multiline_values", True),
     "resend_unknown": ("resend_unknown", True),
+    "resend_failed": ("resend_failed", True),
 }
 
 

@@ -26,9 +26,11 @@ from .._campaign import Campaign
 from .._client import AsyncClient
 from .._errors import (
     AuthenticationError,
+    CircuitOpenError,
     ClientStateError,
     InputError,
     JournalError,
+    NameResolutionError,
     PermissionDeniedError,
     ProactiveError,
     TLSError,
@@ -38,6 +40,7 @@ from .._options import CampaignOptions
 from .._progress import choose_display
 from .._records import OutcomeStatus
 from .._report import CampaignSummary
+from .._sender import ABORTED, resendable_kind
 from ..ratelimit import RateLimit, RateLimitBackend
 from ..settings import Settings, build_client, build_rate_limit
 from . import _flags
@@ -202,18 +205,29 @@ async def run_campaign(settings: CampaignSettings, *, stderr: Console) -> Campai
         except ProactiveError as exc:
             if not exc.fatal or campaign.aborted is not exc:
                 raise
-            return CampaignResult(campaign.summary, False, fatal=_fatal_text(exc, settings))
+            fatal = _fatal_text(exc, settings, campaign.summary)
+            return CampaignResult(campaign.summary, False, fatal=fatal)
     return CampaignResult(campaign.summary, interrupted)
 
 
-def _fatal_text(exc: ProactiveError, settings: CampaignSettings) -> str:
+def _fatal_text(exc: ProactiveError, settings: CampaignSettings, summary: CampaignSummary) -> str:
     """The one line that tells the operator why the run stopped and what to do."""
-    resume = (
-        "; records not sent stay unsent in the journal: resume with the same --journal"
-        if settings.journal
-        else ""
-    )
-    if isinstance(exc, AuthenticationError):
+    resume = ""
+    if settings.journal:
+        resume = "; records not sent stay unsent in the journal: resume with the same --journal"
+        failed = _resendable_failures(summary, but=exc.kind)
+        if failed:
+            resume += f" (and --resend-failed for the {failed:,} that ended failed unsent)"
+    if isinstance(exc, CircuitOpenError):
+        hint = {
+            "unreachable": " (--base-url or PROACTIVE_BASE_URL; --proxy)",
+            "throttled": " (--rate), or raise --max-retry-after",
+            "ambiguous": "",
+        }.get(exc.reason, "")
+        why = f"stopped: {exc.message}{hint}"
+    elif isinstance(exc, NameResolutionError):
+        why = f"{exc.message} (--base-url or PROACTIVE_BASE_URL)"
+    elif isinstance(exc, AuthenticationError):
         why = f"authentication failed: {exc.message}; check PROACTIVE_TOKEN (or --token-file)"
     elif isinstance(exc, PermissionDeniedError):
         why = f"permission denied: {exc.message}; the token may not use this channel or bot"
@@ -407,7 +421,27 @@ def _advice(result: CampaignResult, journal: str | None) -> str | None:
             'blindly; check the report (status "unknown")'
             + ("; a resume with the same --journal does not resend them." if journal else ".")
         )
+    failed = _resendable_failures(result.summary)
+    if failed and journal:
+        return (
+            f"{failed:,} record(s) ended failed for a cause of the run (connection, 429/503, "
+            "token or URL), certainly not sent: once it is fixed, resume with the same "
+            "--journal and --resend-failed."
+        )
     return None
+
+
+def _resendable_failures(summary: CampaignSummary, *, but: str = ABORTED) -> int:
+    """Records that ended failed, durably, for a cause a resume with --resend-failed may
+    overcome (``but``: the kind of a fatal answer, whose chunk a plain resume resends)."""
+    skip = {ABORTED, but}
+    return sum(
+        count
+        for key, count in summary.errors.items()
+        if key.status == OutcomeStatus.FAILED.value
+        and key.kind not in skip
+        and resendable_kind(key.kind)
+    )
 
 
 def print_summary(
@@ -488,6 +522,7 @@ def add_parser(commands: Any) -> None:
     p.set_defaults(handler=_command)
     _flags.add_campaign_options(p)
     _flags.add_pace_flags(p)
+    _flags.add_stop_flags(p)
     _flags.add_shared_limit_flags(p)
     _flags.add_record_flags(p)
     _flags.add_api_flags(p)
