@@ -107,7 +107,7 @@ def serve(seed: int) -> None:
     async def main() -> None:
         config = SimulatorConfig(
             token="bench-token",
-            faults=Faults(**FAULTS, seed=seed),  # type: ignore[arg-type]
+            faults=Faults(**FAULTS, seed=seed),
             retry_after_style="fractional",
         )
         simulator = Simulator(config)
@@ -203,8 +203,8 @@ def tree_cpu(pid: int) -> float:
 def servers(tmp: Path) -> Iterator[tuple[Any, Any]]:
     """The test suite's PostgreSQL and Redis (objects, for ``restart``), on the server core."""
     _tests_on_path()
-    from _postgres import PostgresServer, find_pg_bin
-    from _redis import RedisServer, find_redis_server
+    from _postgres import PostgresServer, find_pg_bin  # type: ignore[import-not-found]
+    from _redis import RedisServer, find_redis_server  # type: ignore[import-not-found]
 
     bin_dir, executable = find_pg_bin(), find_redis_server()
     if bin_dir is None or executable is None:
@@ -634,7 +634,7 @@ def redis_commands(url: str) -> dict[str, int]:
 
     store = redis.Redis.from_url(url)
     try:
-        stats = store.info("commandstats")
+        stats: dict[str, Any] = store.info("commandstats")  # type: ignore[assignment]
     finally:
         store.close()
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}

@@ -4,7 +4,9 @@ These check shape only, never timing: a benchmark is a measurement, not a test. 
 4 (CLI over CSV files), 6 (adaptive behind nginx) and 10 (arq workers on a fresh
 PostgreSQL) take longer than this file's budget of ~10 s and are exercised by
 ``benchmarks/run.py --quick`` instead; 9 starts its own redis-server (skipped rows without
-one), as the session does.
+one), as the session does. 13 (recovery) waits for leases to expire (20 s each), so its
+smoke test runs one scenario for real (cancel) and builds every other row from figures;
+14 (ceilings) runs at its quick size. Both are marked slow.
 """
 
 from __future__ import annotations
@@ -64,6 +66,43 @@ def test_quick_benchmark_reports_rows_with_every_table_column(module_name: str) 
         # A row is judged, or says why not.
         assert row["ok"] is not None or row["skipped"] or row["target"] == "(info)"
     assert isinstance(result["details"], dict)
+
+
+def _check_rows(result: dict[str, Any]) -> None:
+    assert result["name"] and result["rows"]
+    for row in result["rows"]:
+        assert set(row) == ROW_KEYS
+        assert row["benchmark"] and row["target"]
+        assert row["ok"] is not None or row["skipped"] or row["target"] == "(info)"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_recovery_benchmark_runs_a_cancel_and_reports_a_row_per_scenario() -> None:
+    bench = importlib.import_module("bench_recovery")
+    result = bench.run(True, only=["cancel"])
+    _check_rows(result)
+    assert len(result["rows"]) == 1 and "cancel" in result["rows"][0]["benchmark"]
+    if not result["rows"][0]["skipped"]:  # PostgreSQL and Redis installed
+        assert result["details"]["results"]["cancel"]["processed_twice"] == 0
+    checked = {"missing": 0, "processed_twice": 0, "sent_not_processed_once": 0}
+    figures = {"outcomes": {"sent": 10}, "failed_but_processed": 0, "fault_after": 1.0, **checked}
+    figures |= {"ok": True, "seconds": 30.0, "woken_sent": 0, "workers_exited": []}
+    figures |= {"tracebacks": 0, "after_answer": 3, "during_cancel": 5, "cancel_seconds": 0.5}
+    rows = bench.recovery_rows({kind: figures for kind in bench.SCENARIOS}, "10 records")
+    assert len(rows) == len(bench.SCENARIOS) and all(r["ok"] is True for r in rows)
+    late = bench.recovery_rows({"kill9": figures | {"seconds": 91.0}}, "10 records")
+    assert late[0]["ok"] is False
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_ceilings_benchmark_reports_postgresql_and_redis_rows() -> None:
+    result = importlib.import_module("bench_recovery").run_ceilings(True)
+    _check_rows(result)
+    if not result["rows"][0]["skipped"]:
+        names = " ".join(r["benchmark"] for r in result["rows"])
+        assert "PostgreSQL" in names and "Redis" in names and len(result["rows"]) == 4
 
 
 def test_results_table_has_a_line_per_row_and_marks_skips() -> None:
