@@ -456,3 +456,26 @@ async def test_a_cancel_while_chunks_wait_between_attempts_ends_them_cancelled(
     await write_report(f"{dsn}?campaign=n", out)
     errors = [msgspec.json.decode(line)["error"]["kind"] for line in out.getvalue().splitlines()]
     assert errors == ["cancelled"] * 4
+
+
+async def test_closing_a_database_that_waits_for_its_server_does_not_wait_out_its_patience() -> (
+    None
+):
+    """A worker's shutdown while PostgreSQL is down: the unit retrying its connection
+    gives up at its next try, and the close returns in about a retry's wait."""
+    import socket
+
+    from proactive_async import JournalError
+    from proactive_async.distributed._connect import Database
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    db = Database(f"postgresql://nobody@127.0.0.1:{port}/x", patience=60)
+    waiting = asyncio.create_task(db.run(lambda conn: conn.execute("SELECT 1")))
+    await asyncio.sleep(0.5)  # it has failed and is waiting to try again
+    started = asyncio.get_running_loop().time()
+    await db.aclose()
+    with pytest.raises(JournalError):
+        await waiting
+    assert asyncio.get_running_loop().time() - started < 5

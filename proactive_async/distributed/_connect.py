@@ -46,6 +46,7 @@ class Database:
         self.patience = patience
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._lock = asyncio.Lock()
+        self._closing = False
 
     async def run(
         self,
@@ -68,6 +69,8 @@ class Database:
         wait = _FIRST_WAIT
         async with self._lock:
             while True:
+                if self._closing:
+                    raise JournalError(f"the journal {self.where} was closed")
                 try:
                     conn = await self._connection()
                     if not transaction:
@@ -79,7 +82,8 @@ class Database:
                         raise  # not a connection problem: the unit's own refusal
                     started = self._conn is not None
                     await self._drop()
-                    if (started and not retry) or time.monotonic() + wait > deadline:
+                    out_of_time = time.monotonic() + wait > deadline
+                    if (started and not retry) or out_of_time or self._closing:
                         raise self._error(exc) from None
                     _log.warning("journal %s unreachable (%s); retrying", self.where, _brief(exc))
                     await asyncio.sleep(wait)
@@ -92,6 +96,11 @@ class Database:
         return display_dsn(self.dsn)
 
     async def aclose(self) -> None:
+        """Close now: a unit still waiting for the database (a shutdown while it is down)
+        gives up at its next try instead of holding the close for its whole patience."""
+        self._closing = True
+        if self._lock.locked():
+            await self._drop()  # the unit's statement fails, and it does not try again
         async with self._lock:
             await self._drop()
 
@@ -116,9 +125,7 @@ class Database:
         return JournalError(f"the journal {self.where} is unreachable: {_brief(exc)}")
 
 
-_SESSION: Final = (
-    "SET idle_in_transaction_session_timeout = '60s'; SET lock_timeout = '15s'"
-)
+_SESSION: Final = "SET idle_in_transaction_session_timeout = '60s'; SET lock_timeout = '15s'"
 _KEEPALIVES: Final = {
     "keepalives": "1",
     "keepalives_idle": "10",
