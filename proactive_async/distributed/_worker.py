@@ -35,8 +35,10 @@ __all__ = ["DEFAULT_SLICES", "SliceWorker", "check_journal"]
 DEFAULT_SLICES: Final = DEFAULT_ARQ_JOBS
 """Slices one worker process runs at once (the settings' default)."""
 SWEEP_EVERY: Final = 2.0
-UNCLAIMED_AFTER: Final = 30.0
-"""Seconds after planning before a slice no job came for is taken from the journal."""
+UNCLAIMED_AFTER: Final = 5.0
+"""Seconds after planning before an idle worker takes from the journal a slice no job
+came for. Short: a worker idle while slices wait means the queue lost their jobs or is
+slower than the journal (two claiming one slice is settled by the claim)."""
 _log = logging.getLogger("proactive_async")
 
 
