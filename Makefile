@@ -8,14 +8,14 @@ STAMP := $(VENV)/.installed
 CELERY_VENV := .venv-celery
 CELERY_STAMP := $(CELERY_VENV)/.installed
 
-.PHONY: test demo bench lint typecheck clean venv servers
+.PHONY: test demo bench lint typecheck clean venv servers docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench,docs]'
 	touch $(STAMP)
 
 $(CELERY_STAMP): pyproject.toml
@@ -33,11 +33,17 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy proactive_async
 
+# The documentation site (mkdocs.yml, docs/) into build/site, offline; --strict: a broken
+# link, a missing page or an API reference that does not resolve fails the build.
+# NO_MKDOCS_2_WARNING: Material prints a banner about its successor on every build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 # The servers the tests start on their own free ports (redis-server), installed if missing.
 servers:
 	bash scripts/ensure-servers.sh
 
-test: lint typecheck servers $(CELERY_STAMP)
+test: lint typecheck docs servers $(CELERY_STAMP)
 	rm -f .coverage .coverage.*
 	# Subprocesses (the CLI, arq workers) report coverage too (coverage's .pth hook).
 	COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml $(BIN)/coverage run -m pytest
@@ -53,4 +59,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) $(CELERY_VENV) .coverage .coverage.* .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CELERY_VENV) build/site .coverage .coverage.* .mypy_cache .pytest_cache .ruff_cache

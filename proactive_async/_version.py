@@ -1,8 +1,9 @@
-"""The installed distribution's version."""
+"""The package's version: the one place it is written.
 
-from importlib.metadata import PackageNotFoundError, version
+Hatchling reads it from here when it builds the wheel and the sdist
+(``[tool.hatch.version]`` in pyproject.toml), so the installed metadata
+(``importlib.metadata.version("proactive-async")``) and ``__version__`` cannot differ,
+and a source tree that is not installed still knows its version.
+"""
 
-try:
-    __version__ = version("proactive-async")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
-    __version__ = "0.0.0"
+__version__ = "0.1.0"
