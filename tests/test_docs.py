@@ -1,0 +1,34 @@
+"""The documentation site keeps up with the package (the build itself is `make docs`)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import proactive_async
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+
+
+def test_every_public_name_has_its_place_in_the_api_reference() -> None:
+    page = (DOCS / "reference" / "proactive_async.md").read_text(encoding="utf-8")
+    documented = re.findall(r"^::: proactive_async\.(\w+)$", page, flags=re.MULTILINE)
+    assert sorted(documented) == sorted(proactive_async.__all__)
+
+
+def test_every_page_and_recipe_is_reachable_from_the_site() -> None:
+    config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    pages = {
+        path.relative_to(DOCS).as_posix()
+        for path in DOCS.rglob("*.md")
+        if "__pycache__" not in path.parts
+    }
+    assert pages == set(re.findall(r"^\s+- (?:[^:\n]+: )?(\S+\.md)$", config, re.MULTILINE)) - {
+        "benchmarks/README.md",
+        "benchmarks/RESULTS.md",
+        "benchmarks-plots.md",
+    }
+    recipes_page = (DOCS / "guides" / "recipes.md").read_text(encoding="utf-8")
+    included = set(re.findall(r'^--8<-- "docs/recipes/(\w+\.py)"$', recipes_page, re.MULTILINE))
+    assert included == {path.name for path in (DOCS / "recipes").glob("*.py")}
