@@ -63,6 +63,7 @@ from ._report import CampaignSummary
 from ._retry import RetryPolicy, is_safe_to_retry, parse_retry_after
 from ._secrets import mask_phone
 from ._sync import Client, ClientOptions
+from ._transport_api import AsyncTransport, TransportRequest, TransportResponse
 from ._version import __version__
 from .journal import Journal, open_journal
 from .ratelimit import (
@@ -79,6 +80,7 @@ __all__ = [
     "AgentType",
     "ApiResponse",
     "AsyncClient",
+    "AsyncTransport",
     "AuthenticationError",
     "BadRequestError",
     "Campaign",
@@ -137,6 +139,8 @@ __all__ = [
     "ThrottleHook",
     "Timeout",
     "TransportError",
+    "TransportRequest",
+    "TransportResponse",
     "UnprocessableEntityError",
     "__version__",
     "default_limit_key",

@@ -6,6 +6,8 @@ import asyncio
 import logging
 import os
 import ssl
+import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from ._errors import (
     ProactiveError,
     ProblemDetails,
     RateLimitError,
+    ResponseTooLargeError,
     ServiceUnavailableError,
     status_error_class,
 )
@@ -37,7 +40,8 @@ from ._models import (
 )
 from ._retry import RetryPolicy, Sleep, parse_retry_after, retry_call
 from ._secrets import Redactor, check_header_value, check_token, mask_phones_in
-from ._transport import RawResponse, Transport, TransportConfig, user_agent
+from ._transport import MAX_ERROR_BODY, RawResponse, Transport, TransportConfig, user_agent
+from ._transport_api import AsyncTransport, TransportRequest, TransportResponse
 from ._version import __version__
 from .ratelimit import RateLimitBackend, report_failure
 
@@ -45,6 +49,11 @@ __all__ = ["ApiResponse", "AsyncClient"]
 
 PATH = "/api/Conversation/proactive-conversation"
 _log = logging.getLogger("proactive_async")
+_SIMULATOR_REGISTRY = "proactive_async.simulator._registry"
+_PROBE_AFTER = 1.0
+"""Seconds an answer from an in-process simulator is awaited before its loop is probed."""
+_BLOCKED_AFTER = 2.0
+"""Seconds without the probe's answer after which the simulator's loop is blocked."""
 T = TypeVar("T")
 
 
@@ -93,6 +102,10 @@ class AsyncClient:
         assume_utc: read a date-time the server sent without an offset (``created_at``
             and friends) as UTC, so that every date-time decoded is aware. Off by default:
             such a value is naive, as sent; one sent with an offset or ``Z`` is always aware.
+        transport: what makes each POST (an ``AsyncTransport``); default aiohttp's pool.
+            ``proactive_async.testing.MockTransport`` answers from a function, without
+            sockets; retries, rate limits, decoding and errors work unchanged over it.
+            ``timeout``, ``limits``, ``verify`` and ``proxy`` are the default transport's.
     """
 
     def __init__(
@@ -112,6 +125,7 @@ class AsyncClient:
         assume_utc: bool = False,
         sleep: Sleep | None = None,
         clock: Callable[[], float] | None = None,
+        transport: AsyncTransport | None = None,
     ) -> None:
         base_url = base_url or os.environ.get("PROACTIVE_BASE_URL")
         token = token or os.environ.get("PROACTIVE_TOKEN")
@@ -134,21 +148,33 @@ class AsyncClient:
         self._url = self.base_url + PATH
         self._sleep: Sleep = sleep if sleep is not None else asyncio.sleep
         self._clock = clock if clock is not None else time.monotonic
-        self._transport = Transport(
-            TransportConfig(
-                limits=limits,
-                timeout=timeout if timeout is not None else NO_TIMEOUT,
-                verify=_ssl_verify(verify),
-                proxy=proxy,
-                max_response_bytes=max_response_bytes,
-                headers={
-                    "User-Agent": user_agent(__version__),
-                    "Accept": "application/json",
-                    "Content-Type": "application/json",
-                },
-                request_headers={**(headers or {}), "Authorization": f"Bearer {token}"},
+        self._closed = False
+        self._origin = _origin(self.base_url)
+        default_headers = {
+            "User-Agent": user_agent(__version__),
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+        }
+        self._transport: Transport | AsyncTransport
+        self._post: Callable[[str, bytes], Awaitable[RawResponse]]
+        if transport is None:
+            own = Transport(
+                TransportConfig(
+                    limits=limits,
+                    timeout=timeout if timeout is not None else NO_TIMEOUT,
+                    verify=_ssl_verify(verify),
+                    proxy=proxy,
+                    max_response_bytes=max_response_bytes,
+                    headers=default_headers,
+                    request_headers={**(headers or {}), "Authorization": f"Bearer {token}"},
+                )
             )
-        )
+            self._transport, self._post = own, own.post
+        else:
+            self._transport = transport
+            self._post = _Handoff(
+                self, transport, {**default_headers, **(headers or {})}, max_response_bytes
+            ).post
 
     def __repr__(self) -> str:
         return f"AsyncClient(base_url={self.base_url!r})"
@@ -159,7 +185,7 @@ class AsyncClient:
         return (self._token,)
 
     async def __aenter__(self) -> Self:
-        if self._transport.closed:
+        if self._closed:
             raise ClientStateError("the client is closed; create a new AsyncClient")
         return self
 
@@ -172,12 +198,15 @@ class AsyncClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pool. Idempotent; safe under cancellation."""
+        """Close the connection pool (or the transport). Idempotent; safe under cancellation."""
+        already, self._closed = self._closed, True
+        if already and not isinstance(self._transport, Transport):
+            return  # a user's transport is closed once; aiohttp's own is idempotent
         await self._transport.aclose()
 
     @property
     def closed(self) -> bool:
-        return self._transport.closed
+        return self._closed
 
     async def create_proactive_conversation(
         self,
@@ -244,7 +273,11 @@ class AsyncClient:
 
     async def send_once(self, body: bytes, *, attempt: int = 1) -> ApiResponse[list[Conversation]]:
         """One attempt with an encoded body, no retry; for runners that retry on their own."""
-        raw = await self._transport.post(self._url, body)
+        registry = sys.modules.get(_SIMULATOR_REGISTRY)
+        if registry is not None and registry.SERVING:  # an in-process simulator (tests only)
+            raw = await self._post_watched(body, registry)
+        else:
+            raw = await self._post(self._url, body)
         if _log.isEnabledFor(logging.DEBUG):
             _log.debug(
                 "POST %s -> %d in %.1f ms (attempt %d)",
@@ -265,6 +298,53 @@ class AsyncClient:
                 raise
             return ApiResponse(value, raw.status, raw.headers, raw.elapsed, attempt)
         raise self._status_error(raw, attempt)
+
+    async def _post_watched(self, body: bytes, registry: Any) -> RawResponse:
+        """The POST, to an in-process simulator served by another event loop: if that loop
+        stops running while it waits (blocked by a synchronous call made from it that waits
+        for this very request: a deadlock), a ClientStateError names the fix, at once."""
+        serving: asyncio.AbstractEventLoop | None = registry.SERVING.get(self._origin)
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        if serving is None or serving is loop or task is None:
+            return await self._post(self._url, body)
+        blocked = False
+        handle: asyncio.TimerHandle | None = None
+
+        def probe() -> None:
+            nonlocal handle
+            pong = threading.Event()
+            try:
+                serving.call_soon_threadsafe(pong.set)
+            except RuntimeError:  # that loop is closed: the POST fails on its own
+                return
+            handle = loop.call_later(_BLOCKED_AFTER, verdict, pong)
+
+        def verdict(pong: threading.Event) -> None:
+            nonlocal blocked, handle
+            if pong.is_set():
+                handle = loop.call_later(_PROBE_AFTER, probe)
+                return
+            blocked = True
+            task.cancel()
+
+        handle = loop.call_later(_PROBE_AFTER, probe)
+        try:
+            return await self._post(self._url, body)
+        except BaseException:
+            if not blocked:
+                raise
+            task.uncancel()
+        finally:
+            handle.cancel()
+        raise ClientStateError(
+            f"the simulator at {self._origin} cannot answer: its event loop has not run for"
+            f" {_BLOCKED_AFTER:g} s, blocked by a synchronous call made from it (a test"
+            " client of FastAPI, Flask or Django, a blocking Client) that waits for this"
+            " request. Serve the simulator from its own thread:"
+            " proactive_async.testing.ThreadedSimulator, or the proactive_simulator_threaded"
+            " fixture. The request was not processed."
+        )
 
     def _status_error(self, raw: RawResponse, attempt: int) -> HTTPStatusError:
         # An echoing gateway may send our own headers back: the token stays out of the error.
@@ -288,6 +368,45 @@ class AsyncClient:
                 message += f" (Retry-After {wait:g}s)"
             return cls(message, retry_after=wait, **common)
         return cls(message, **common)
+
+
+class _Handoff:
+    """Hands each POST to a user's AsyncTransport as a TransportRequest, and its answer back
+    as the RawResponse the client decodes, capped as the default transport caps it."""
+
+    __slots__ = ("_cap", "_client", "_headers", "_token", "_transport")
+
+    def __init__(
+        self, client: AsyncClient, transport: AsyncTransport, headers: Mapping[str, str], cap: int
+    ) -> None:
+        self._client = client
+        self._transport = transport
+        self._headers = headers
+        self._token = client._token
+        self._cap = cap
+
+    async def post(self, url: str, body: bytes) -> RawResponse:
+        if self._client._closed:
+            raise ClientStateError("the client is closed; create a new AsyncClient")
+        request = TransportRequest("POST", url, dict(self._headers), body, self._token)
+        started = time.perf_counter()
+        answer = await self._transport.handle_request(request)
+        if not isinstance(answer, TransportResponse):
+            raise TypeError(f"a transport returned {answer!r}, not a TransportResponse")
+        payload = answer.body
+        if not 200 <= answer.status < 300:
+            payload = payload[:MAX_ERROR_BODY]
+        elif len(payload) > self._cap:
+            raise ResponseTooLargeError(
+                f"response of {len(payload)} bytes passes max_response_bytes={self._cap}",
+                status=answer.status,
+            )
+        return RawResponse(answer.status, answer.headers, payload, time.perf_counter() - started)
+
+
+def _origin(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}"
 
 
 def _targets_in(request: ProactiveConversationRequest) -> int:

@@ -15,5 +15,14 @@ from ._audit import Audit
 from ._config import Faults, SimulatorConfig
 from ._main import main
 from ._server import ENDPOINT_PATH, Simulator
+from ._threaded import ThreadedSimulator
 
-__all__ = ["ENDPOINT_PATH", "Audit", "Faults", "Simulator", "SimulatorConfig", "main"]
+__all__ = [
+    "ENDPOINT_PATH",
+    "Audit",
+    "Faults",
+    "Simulator",
+    "SimulatorConfig",
+    "ThreadedSimulator",
+    "main",
+]

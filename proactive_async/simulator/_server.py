@@ -20,6 +20,7 @@ from aiohttp import web
 
 from ._audit import Audit
 from ._bucket import TokenBucket, format_retry_after
+from ._registry import SERVING
 from ._config import SimulatorConfig
 from ._render import Renderer
 from ._validation import Call, parse_call
@@ -139,11 +140,13 @@ class Simulator:
         host = f"[{self._host}]" if ":" in self._host else self._host
         scheme = "https" if self._ssl is not None else "http"
         self._url = f"{scheme}://{host}:{self._port}"
+        SERVING[self._url] = asyncio.get_running_loop()
 
     async def aclose(self) -> None:
         """Stop serving and close every connection; calling it again does nothing."""
         runner, self._runner = self._runner, None
         if runner is not None:
+            SERVING.pop(self.url, None)
             await runner.cleanup()
 
     async def __aenter__(self) -> Simulator:
