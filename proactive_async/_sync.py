@@ -45,6 +45,7 @@ from ._errors import ClientStateError
 from ._models import Conversation, ProactiveConversationFields, ProactiveConversationRequest
 from ._report import CampaignSummary
 from ._retry import RetryPolicy, Sleep
+from ._transport_api import AsyncTransport
 from .ratelimit import RateLimitBackend
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ class ClientOptions(TypedDict, total=False):
     assume_utc: bool
     sleep: Sleep | None
     clock: Callable[[], float] | None
+    transport: AsyncTransport | None
 
 
 class _Runtime:
