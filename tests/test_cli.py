@@ -5,11 +5,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
-import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -21,52 +19,10 @@ import pytest
 
 from proactive_async import Outcome, OutcomeStatus
 from proactive_async.cli import main
-from proactive_async.simulator import Faults, Simulator, SimulatorConfig
+from proactive_async.simulator import Faults, SimulatorConfig
+from proactive_async.testing import ThreadedSimulator  # other test files import it from here
 
 TOKEN = "cli-test-token"
-
-
-class ThreadedSimulator:
-    """A Simulator serving from its own thread and event loop."""
-
-    def __init__(self, config: SimulatorConfig, ssl_context: ssl.SSLContext | None = None) -> None:
-        self.simulator = Simulator(config, ssl_context=ssl_context)
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(),), daemon=True)
-
-    async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        async with self.simulator:
-            self._ready.set()
-            await self._stop.wait()
-
-    def __enter__(self) -> ThreadedSimulator:
-        self._thread.start()
-        assert self._ready.wait(10), "the simulator did not start"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._loop is not None and self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    @property
-    def url(self) -> str:
-        return self.simulator.url
-
-    def configure(self, config: SimulatorConfig) -> None:
-        assert self._loop is not None
-        asyncio.run_coroutine_threadsafe(self._configure(config), self._loop).result(10)
-
-    async def _configure(self, config: SimulatorConfig) -> None:
-        self.simulator.configure(config)
-
-    @property
-    def audit(self):  # type: ignore[no-untyped-def]
-        return self.simulator.audit
 
 
 @pytest.fixture
