@@ -20,7 +20,6 @@ clients (FastAPI's ``TestClient``, Flask, Django) that would block an async fixt
 from __future__ import annotations
 
 import inspect
-import itertools
 from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol
 
@@ -96,17 +95,15 @@ class MockTransport:
         return f"<MockTransport {len(self.requests)} requests>"
 
 
-_ids = itertools.count(1)
-
-
 def answer_like_the_api(request: TransportRequest, /) -> TransportResponse:
-    """A 200 as the API gives it: one conversation per recipient and per contact id."""
+    """A 200 as the API gives it: one conversation per recipient and per contact id (ids
+    1, 2, ... in each answer, in request order)."""
     call: Mapping[str, Any] = request.json()
-    targets = [("recipient", r) for r in call.get("recipient") or ()]
-    targets += [("contact", c) for c in call.get("contactIds") or ()]
+    # Recipients first, then contacts, as the API orders them; a contact's number is made up.
+    targets: list[tuple[str, str | None]] = [(str(r), None) for r in call.get("recipient") or ()]
+    targets += [(f"+1{int(c) % 10**10:010d}", f"Contact {c}") for c in call.get("contactIds") or ()]
     conversations = []
-    for kind, target in targets:
-        number = next(_ids)
+    for number, (to, contact_name) in enumerate(targets, start=1):
         conversations.append(
             {
                 "id": number,
@@ -114,8 +111,8 @@ def answer_like_the_api(request: TransportRequest, /) -> TransportResponse:
                 "conversationId": f"mock-{number}",
                 "channelId": call.get("channelId", 0),
                 "botId": call.get("botId", 0),
-                "from": target if kind == "recipient" else None,
-                "userId": target if kind == "contact" else 0,
+                "contactName": contact_name,
+                "messages": [{"id": number, "to": to, "conversationId": number}],
             }
         )
     return TransportResponse.json(conversations)

@@ -12,6 +12,7 @@ import pytest
 from aioresponses import aioresponses
 
 from proactive_async.settings import VARIABLES
+from proactive_async.testing import MockTransport
 
 
 class FakeTime:
@@ -49,6 +50,13 @@ class _AiohttpCompatResponse(aiohttp.ClientResponse):
     def __init__(self, method: str, url: Any, **kwargs: Any) -> None:
         kwargs.setdefault("stream_writer", SimpleNamespace(output_size=0))
         super().__init__(method, url, **kwargs)
+
+
+@pytest.fixture
+def mock_transport() -> MockTransport:
+    """A ``MockTransport`` answering like the API (set ``.handler`` per test): for
+    ``AsyncClient(transport=...)``, the seam users test their code with."""
+    return MockTransport()
 
 
 @pytest.fixture

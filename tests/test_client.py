@@ -48,6 +48,7 @@ from proactive_async import (
     mask_phone,
 )
 from proactive_async._errors import status_error_class
+from proactive_async.testing import MockTransport, TransportResponse
 
 BASE = "http://api.test"
 URL = BASE + "/api/Conversation/proactive-conversation"
@@ -60,6 +61,20 @@ PHONE = "+5511999990000"
 async def client(fake_time: FakeTime) -> AsyncIterator[AsyncClient]:
     async with AsyncClient(
         BASE, TOKEN, sleep=fake_time.sleep, clock=fake_time.clock, retry=RetryPolicy.never()
+    ) as c:
+        yield c
+
+
+@pytest.fixture
+async def mocked(fake_time: FakeTime, mock_transport: MockTransport) -> AsyncIterator[AsyncClient]:
+    """As ``client``, over a MockTransport (the seam users get) instead of aioresponses."""
+    async with AsyncClient(
+        BASE,
+        TOKEN,
+        sleep=fake_time.sleep,
+        clock=fake_time.clock,
+        retry=RetryPolicy.never(),
+        transport=mock_transport,
     ) as c:
         yield c
 
@@ -242,10 +257,9 @@ def test_the_user_agent_names_three_versions() -> None:
 
 
 async def test_keyword_fields_are_sent_as_camel_case_json(
-    client: AsyncClient, mock_api: aioresponses
+    mocked: AsyncClient, mock_transport: MockTransport
 ) -> None:
-    mock_api.post(URL, body=OK_BODY)
-    conversations = await client.create_proactive_conversation(
+    conversations = await mocked.create_proactive_conversation(
         channel_id=1,
         bot_id=2,
         conversation_template_id=3,
@@ -254,8 +268,9 @@ async def test_keyword_fields_are_sent_as_camel_case_json(
     )
     assert conversations[0].id == 1
     assert conversations[0].recipients == [PHONE]
-    [call] = sent(mock_api)
-    assert json.loads(call.kwargs["data"]) == {
+    [call] = mock_transport.requests
+    assert call.path == "/api/Conversation/proactive-conversation"
+    assert call.json() == {
         "channelId": 1,
         "botId": 2,
         "conversationTemplateId": 3,
@@ -264,37 +279,39 @@ async def test_keyword_fields_are_sent_as_camel_case_json(
     }
 
 
-async def test_a_request_object_is_sent_as_is(client: AsyncClient, mock_api: aioresponses) -> None:
-    mock_api.post(URL, body=OK_BODY)
+async def test_a_request_object_is_sent_as_is(
+    mocked: AsyncClient, mock_transport: MockTransport
+) -> None:
     request = ProactiveConversationRequest(channel_id=5, contact_ids=[7, 8])
-    await client.create_proactive_conversation(request)
-    [call] = sent(mock_api)
-    assert json.loads(call.kwargs["data"]) == {"channelId": 5, "contactIds": [7, 8]}
+    await mocked.create_proactive_conversation(request)
+    [call] = mock_transport.requests
+    assert call.json() == {"channelId": 5, "contactIds": [7, 8]}
 
 
 async def test_keyword_fields_override_the_request_object(
-    client: AsyncClient, mock_api: aioresponses
+    mocked: AsyncClient, mock_transport: MockTransport
 ) -> None:
-    mock_api.post(URL, body=OK_BODY)
     request = ProactiveConversationRequest(channel_id=5, bot_id=6)
-    await client.create_proactive_conversation(request, bot_id=9, queue_id=0)
-    [call] = sent(mock_api)
-    assert json.loads(call.kwargs["data"]) == {"channelId": 5, "botId": 9, "queueId": 0}
+    await mocked.create_proactive_conversation(request, bot_id=9, queue_id=0)
+    [call] = mock_transport.requests
+    assert call.json() == {"channelId": 5, "botId": 9, "queueId": 0}
 
 
 async def test_an_unknown_keyword_field_is_a_type_error_before_any_request(
-    client: AsyncClient, mock_api: aioresponses
+    mocked: AsyncClient, mock_transport: MockTransport
 ) -> None:
     with pytest.raises(TypeError):
-        await client.create_proactive_conversation(channelId=1)
-    assert sent(mock_api) == []
+        await mocked.create_proactive_conversation(channelId=1)
+    assert mock_transport.requests == []
 
 
 async def test_with_response_gives_status_headers_elapsed_and_attempts(
-    client: AsyncClient, mock_api: aioresponses
+    mocked: AsyncClient, mock_transport: MockTransport
 ) -> None:
-    mock_api.post(URL, status=201, body=OK_BODY, headers={"X-Request-Id": "r-1"})
-    response = await client.create_proactive_conversation_with_response(channel_id=1)
+    mock_transport.handler = lambda request: TransportResponse(
+        201, {"x-request-id": "r-1"}, OK_BODY
+    )
+    response = await mocked.create_proactive_conversation_with_response(channel_id=1)
     assert isinstance(response, ApiResponse)
     assert response.status == 201
     assert response.headers["X-Request-Id"] == "r-1"
@@ -304,13 +321,13 @@ async def test_with_response_gives_status_headers_elapsed_and_attempts(
 
 
 async def test_send_once_posts_an_encoded_body_without_retry(
-    client: AsyncClient, mock_api: aioresponses
+    mocked: AsyncClient, mock_transport: MockTransport
 ) -> None:
-    mock_api.post(URL, status=503)
+    mock_transport.handler = lambda request: TransportResponse(503)
     with pytest.raises(ServiceUnavailableError) as info:
-        await client.send_once(b'{"channelId": 1}', attempt=4)
+        await mocked.send_once(b'{"channelId": 1}', attempt=4)
     assert info.value.attempts == 4
-    assert sent(mock_api)[0].kwargs["data"] == b'{"channelId": 1}'
+    assert [call.body for call in mock_transport.requests] == [b'{"channelId": 1}']
 
 
 async def test_debug_logging_names_the_call_and_its_status(

@@ -60,7 +60,7 @@ async def test_the_handler_sees_method_path_json_and_headers_but_never_the_token
     assert "Authorization" not in request.headers
     assert TOKEN not in repr(request)
     assert request.token == TOKEN  # for a transport that really sends
-    assert conversation.from_ == PHONE and conversation.channel_id == 1
+    assert conversation.recipients == [PHONE] and conversation.channel_id == 1
     assert transport.closed
 
 
