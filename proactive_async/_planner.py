@@ -10,9 +10,9 @@ Planning is deterministic for the same input and config (the same rejections and
 skip what its journal already finished. Which targets share a chunk is not deterministic:
 it depends on timing.
 
-Memory stays flat for any input size: at most ``max_open_groups x chunk_size`` targets
-are held, and the dedupe set is an open-addressing table of 12-byte slots (``DedupeTable``)
-instead of a ``set[str]``.
+Memory stays flat for any input size but the dedupe set: at most ``max_open_groups x
+chunk_size`` targets are held, and the dedupe set is an open-addressing table of 12-byte
+slots (``DedupeTable``, 15-23 bytes a target) instead of a ``set[str]`` (~100).
 """
 
 from __future__ import annotations
@@ -130,22 +130,38 @@ class PlannerStats:
 _M64: Final = (1 << 64) - 1
 _GOLDEN: Final = 0x9E3779B97F4A7C15  # 2**64 / golden ratio: spreads clustered keys
 _LINE_TYPECODE: Final = "I" if array("I").itemsize == 4 else "L"
+# The table is 64 segments, picked by the top 6 bits of a key's mixed hash; the rest of the
+# hash picks the home slot in the segment (scaled to its capacity, any size).
+_SEGMENT_BITS: Final = 6
+_REST_BITS: Final = 64 - _SEGMENT_BITS
+_REST_MASK: Final = (1 << _REST_BITS) - 1
+_MIN_SEGMENT: Final = 8
 
 
 class DedupeTable:
     """A set of nonzero signed 64-bit keys, each with the first line that added it.
 
-    Open addressing with linear probing over two flat arrays (8-byte keys, 4-byte lines),
-    at most 70% full: about 25 bytes per entry at a million entries, against ~100 for a
-    ``set[str]`` of phone numbers.
+    Open addressing with linear probing over flat arrays (8-byte keys, 4-byte lines), split
+    into 64 segments that grow one at a time, by half, at 80% full: 15-23 bytes per entry
+    at any size (a ``set[str]`` of phone numbers: ~100), and a growth never holds more than
+    one small segment twice.
+
+    With ``checked``, an entry is a key and a check number (``insert(key, line, check)``):
+    a key equal and a check different is another entry, so a key that is a hash (of a
+    number and its content variables) never makes two different numbers duplicates.
     """
 
-    __slots__ = ("_keys", "_limit", "_lines", "_mask", "_shift", "_size")
+    __slots__ = ("_checks", "_keys", "_limits", "_lines", "_size", "_sizes")
 
-    def __init__(self, capacity: int = 1024) -> None:
-        bits = max(4, (capacity - 1).bit_length())
+    def __init__(self, capacity: int = 1024, *, checked: bool = False) -> None:
+        per_segment = max(_MIN_SEGMENT, -(-capacity >> _SEGMENT_BITS))
+        count = 1 << _SEGMENT_BITS
         self._size = 0
-        self._allocate(bits)
+        self._sizes = [0] * count
+        self._keys = [_zeros("q", per_segment) for _ in range(count)]
+        self._lines = [_zeros(_LINE_TYPECODE, per_segment) for _ in range(count)]
+        self._checks = [_zeros("q", per_segment) for _ in range(count)] if checked else None
+        self._limits = [_limit(per_segment)] * count
 
     def __len__(self) -> int:
         return self._size
@@ -153,62 +169,98 @@ class DedupeTable:
     @property
     def capacity(self) -> int:
         """Slots allocated."""
-        return len(self._keys)
+        return sum(len(keys) for keys in self._keys)
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the table's arrays."""
-        return len(self._keys) * self._keys.itemsize + len(self._lines) * self._lines.itemsize
+        arrays = [*self._keys, *self._lines, *(self._checks or ())]
+        return sum(len(a) * a.itemsize for a in arrays)
 
-    def home_slot(self, key: int) -> int:
-        """The slot where the probe for ``key`` starts."""
-        return ((key * _GOLDEN) & _M64) >> self._shift
+    def home(self, key: int) -> tuple[int, int]:
+        """The segment of ``key`` and the slot in it where its probe starts."""
+        mixed = (key * _GOLDEN) & _M64
+        segment = mixed >> _REST_BITS
+        return segment, ((mixed & _REST_MASK) * len(self._keys[segment])) >> _REST_BITS
 
-    def insert(self, key: int, line: int) -> int | None:
-        """Add ``key`` first seen at ``line``: ``None`` if it is new, else the first line."""
+    def segment_capacity(self, segment: int) -> int:
+        """Slots allocated in ``segment``."""
+        return len(self._keys[segment])
+
+    def insert(self, key: int, line: int, check: int = 0) -> int | None:
+        """Add ``key`` first seen at ``line``: ``None`` if it is new, else the first line.
+
+        ``check`` is compared too in a ``checked`` table (ignored otherwise).
+        """
         if key == 0:
             raise ValueError("0 marks an empty slot and cannot be a key")
-        keys = self._keys
-        mask = self._mask
-        slot = ((key * _GOLDEN) & _M64) >> self._shift
+        mixed = (key * _GOLDEN) & _M64
+        segment = mixed >> _REST_BITS
+        keys = self._keys[segment]
+        capacity = len(keys)
+        slot = ((mixed & _REST_MASK) * capacity) >> _REST_BITS
+        checks = self._checks[segment] if self._checks is not None else None
         while True:
             found = keys[slot]
-            if found == key:
-                return self._lines[slot]
+            if found == key and (checks is None or checks[slot] == check):
+                return self._lines[segment][slot]
             if found == 0:
                 break
-            slot = (slot + 1) & mask
-        if self._size >= self._limit:
-            self._grow()
-            slot = self._free_slot(key)
-        self._keys[slot] = key
-        self._lines[slot] = line
+            slot += 1
+            if slot == capacity:
+                slot = 0
+        if self._sizes[segment] >= self._limits[segment]:
+            self._grow(segment)
+            slot = self._free_slot(segment, key)
+        self._keys[segment][slot] = key
+        self._lines[segment][slot] = line
+        if self._checks is not None:
+            self._checks[segment][slot] = check
+        self._sizes[segment] += 1
         self._size += 1
         return None
 
-    def _allocate(self, bits: int) -> None:
-        size = 1 << bits
-        self._keys = array("q", bytes(8 * size))
-        self._lines = array(_LINE_TYPECODE, bytes(array(_LINE_TYPECODE).itemsize * size))
-        self._mask = size - 1
-        self._shift = 64 - bits
-        self._limit = size * 7 // 10
-
-    def _grow(self) -> None:
-        old_keys, old_lines = self._keys, self._lines
-        self._allocate(64 - self._shift + 1)
+    def _grow(self, segment: int) -> None:
+        old_keys, old_lines = self._keys[segment], self._lines[segment]
+        capacity = len(old_keys) + len(old_keys) // 2
+        keys = self._keys[segment] = _zeros("q", capacity)
+        lines = self._lines[segment] = _zeros(_LINE_TYPECODE, capacity)
+        self._limits[segment] = _limit(capacity)
+        old_checks = self._checks[segment] if self._checks is not None else None
+        checks = None
+        if self._checks is not None:
+            checks = self._checks[segment] = _zeros("q", capacity)
         for index, key in enumerate(old_keys):
-            if key:
-                slot = self._free_slot(key)
-                self._keys[slot] = key
-                self._lines[slot] = old_lines[index]
+            if not key:
+                continue
+            slot = (((key * _GOLDEN) & _REST_MASK) * capacity) >> _REST_BITS
+            while keys[slot]:
+                slot += 1
+                if slot == capacity:
+                    slot = 0
+            keys[slot] = key
+            lines[slot] = old_lines[index]
+            if checks is not None and old_checks is not None:
+                checks[slot] = old_checks[index]
 
-    def _free_slot(self, key: int) -> int:
-        keys = self._keys
-        slot = self.home_slot(key)
+    def _free_slot(self, segment: int, key: int) -> int:
+        keys = self._keys[segment]
+        capacity = len(keys)
+        slot = (((key * _GOLDEN) & _REST_MASK) * capacity) >> _REST_BITS
         while keys[slot]:
-            slot = (slot + 1) & self._mask
+            slot += 1
+            if slot == capacity:
+                slot = 0
         return slot
+
+
+def _zeros(typecode: str, count: int) -> array[int]:
+    return array(typecode, bytes(array(typecode).itemsize * count))
+
+
+def _limit(capacity: int) -> int:
+    """Entries a segment of ``capacity`` slots takes before it grows (80%)."""
+    return capacity * 4 // 5
 
 
 def _variables_key(key: int, encoded_variables: bytes) -> int:
@@ -251,7 +303,12 @@ class _PlanState:
         self._config = config
         self._stats = stats
         self._clock = clock
-        self._table = DedupeTable() if config.dedupe else None
+        # With repeats by variables the table's key is a hash, checked by the exact key.
+        self._table = (
+            DedupeTable(checked=config.allow_repeats_with_different_variables)
+            if config.dedupe
+            else None
+        )
         # phonenumbers and its metadata load with the first plan, not with the package.
         from ._phone import normalize_phone
 
@@ -275,8 +332,9 @@ class _PlanState:
             return
         if self._table is not None:
             if self._config.allow_repeats_with_different_variables:
-                key = _variables_key(key, encoded)
-            first = self._table.insert(key, record.line)
+                first = self._table.insert(_variables_key(key, encoded), record.line, key)
+            else:
+                first = self._table.insert(key, record.line)
             if first is not None:
                 self._stats.duplicates += 1
                 out.append(_duplicate(target, first))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from proactive_async import _planner as planner_module
 from proactive_async._errors import InputError
 from proactive_async._input import aiter_records, read_csv
 from proactive_async._planner import (
@@ -486,22 +488,76 @@ def test_dedupe_table_grows_and_keeps_every_entry() -> None:
     for line, key in enumerate(keys, start=1):
         assert table.insert(key, line) is None
     assert len(table) == 20_000
-    assert table.capacity & (table.capacity - 1) == 0  # a power of two
-    assert len(table) <= table.capacity * 0.7
+    assert len(table) <= table.capacity * 0.8
     assert table.nbytes == table.capacity * 12
     for line, key in enumerate(keys, start=1):
         assert table.insert(key, line + 10**6) == line
     assert len(table) == 20_000
 
 
+def test_dedupe_table_holds_at_most_24_bytes_an_entry_once_grown() -> None:
+    table = DedupeTable()
+    for line in range(1, 200_001):
+        table.insert(5511900000000 + 7 * line, line)
+        if line % 10_000 == 0:
+            assert table.nbytes <= 24 * line
+
+
 def test_dedupe_table_resolves_colliding_slots_and_wraps_around() -> None:
     table = DedupeTable(capacity=16)
-    last_slot = table.capacity - 1
-    # Keys whose home is the table's last slot: they probe past the end to slot 0, 1, ...
-    colliding = [k for k in range(1, 100_000) if table.home_slot(k) == last_slot][:5]
+    segment, last_slot = 0, table.segment_capacity(0) - 1
+    # Keys whose home is the segment's last slot: they probe past its end to slot 0, 1, ...
+    colliding = [k for k in range(1, 1_000_000) if table.home(k) == (segment, last_slot)][:5]
     assert len(colliding) == 5
     for line, key in enumerate(colliding, start=1):
         assert table.insert(key, line) is None
     for line, key in enumerate(colliding, start=1):
         assert table.insert(key, 99) == line
     assert len(table) == 5
+
+
+def test_checked_dedupe_table_keeps_equal_keys_with_different_checks_apart() -> None:
+    """A key is a hash in a checked table: equal hashes of different numbers are two entries."""
+    table = DedupeTable(capacity=16, checked=True)
+    assert table.insert(77, 1, 5511900000001) is None
+    assert table.insert(77, 2, 5511900000002) is None  # a hash collision: not a duplicate
+    assert table.insert(77, 3, 5511900000001) == 1
+    assert table.insert(77, 4, 5511900000002) == 2
+    assert len(table) == 2
+    for line in range(5, 2_000):  # grown many times over, the colliding entries stay apart
+        assert table.insert(77 if line % 2 else line, line, line) is None
+    assert table.insert(77, 9_999, 5511900000002) == 2
+    assert table.nbytes == table.capacity * 20
+
+
+def test_colliding_variables_hashes_never_make_two_numbers_duplicates(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With repeats by variables the table's key is a 64-bit hash; forced to collide (a
+    one-value hash), different numbers are still all sent and only true repeats are
+    duplicates."""
+    monkeypatch.setattr(planner_module, "_variables_key", lambda key, encoded: 1)
+    config = PlannerConfig(default_region="BR", allow_repeats_with_different_variables=True)
+    records = [
+        phone(1, "+55 11 98765-4321", {"name": "Ana"}),
+        phone(2, "+55 11 98765-4322", {"name": "Ana"}),
+        phone(3, "+55 11 98765-4321", {"name": "Bia"}),
+        phone(4, "+55 11 98765-4322", {"name": "Ana"}),
+        contact(5, 42, {"name": "Ana"}),
+        contact(6, 42, {"name": "Ana"}),
+    ]
+    outcomes, chunks, _ = asyncio.run(run(Planner(config), records))
+    sent = sorted(t.line for c in chunks for t in c.targets)
+    # The hash cannot tell the variables apart either, so line 3 is a duplicate of line 1:
+    # what a collision may cost is a repeat of a number with other variables, never a number.
+    assert sent == [1, 2, 5]
+    assert {(o.line, o.duplicate_of) for o in outcomes} == {(3, 1), (4, 2), (6, 5)}
+
+
+def test_the_variables_hash_is_stable_across_processes() -> None:
+    """hashlib, not hash(): a resumed campaign replays its input and gets the same keys."""
+    assert planner_module._variables_key(5511987654321, b'{"a":1}') == int.from_bytes(
+        hashlib.blake2b((5511987654321).to_bytes(8, "little") + b'{"a":1}', digest_size=8).digest(),
+        "little",
+        signed=True,
+    )
