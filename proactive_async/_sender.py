@@ -283,7 +283,7 @@ class ChunkSender:
                 self._note_failure(exc, attempt, wait)
                 if wait is None and self._abort is not None and not sent_once:
                     # Certainly not processed, and the run stops: a resume sends them.
-                    if self._abort is exc:  # this chunk met the fatal answer: it says so
+                    if exc.fatal:  # this chunk met a fatal answer itself: it says so
                         await self._settle(
                             targets, OutcomeStatus.FAILED, attempt, exc, durable=False
                         )

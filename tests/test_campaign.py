@@ -18,6 +18,7 @@ from proactive_async import (
     ApiResponse,
     AsyncClient,
     Campaign,
+    CircuitOpenError,
     Conversation,
     InputError,
     JournalMismatchError,
@@ -1223,23 +1224,25 @@ async def test_nothing_but_429s_ends_in_bounded_time_with_every_record_failed() 
         return web.json_response({}, status=429, headers={"Retry-After": "1"})
 
     count = 2000
+    outcomes: list[Outcome] = []
     async with custom_server(handler) as url, client_for(url) as client:
-        outcomes = [
-            o
-            async for o in Campaign(
-                client,
-                template=TEMPLATE,
-                targets=[phone(i) for i in range(count)],
-                chunk_size=10,
-                concurrency=4,
-                adaptive=False,
-                clock=fake.clock,
-                sleep=fake.sleep,
-            )
-        ]
+        campaign = Campaign(
+            client,
+            template=TEMPLATE,
+            targets=[phone(i) for i in range(count)],
+            chunk_size=10,
+            concurrency=4,
+            adaptive=False,
+            clock=fake.clock,
+            sleep=fake.sleep,
+        )
+        with pytest.raises(CircuitOpenError) as raised:  # ends like a fatal answer
+            async for outcome in campaign:
+                outcomes.append(outcome)
+    assert raised.value.reason == "throttled" and campaign.aborted is raised.value
     assert sorted(o.line for o in outcomes) == list(range(1, count + 1))
     assert {o.status for o in outcomes} == {OutcomeStatus.FAILED}
-    assert {o.error.kind for o in outcomes if o.error} <= {"RateLimitError", "aborted"}
+    assert {o.error.kind for o in outcomes if o.error} == {"aborted"}  # all resumable
     assert sum(fake.sleeps) <= 130  # max_retry_after (120 s) of 429s, then the stop
     assert calls < 1000  # not 100 attempts for each of the 200 chunks
 

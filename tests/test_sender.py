@@ -31,9 +31,8 @@ from proactive_async._errors import (
 )
 from proactive_async._models import Conversation, Message, ProactiveConversationRequest
 from proactive_async._planner import Chunk, PlannedTarget
-from proactive_async._records import Outcome, OutcomeStatus
+from proactive_async._records import Outcome, OutcomeError, OutcomeStatus
 from proactive_async._report import CampaignSummary, LatencySample
-from proactive_async._records import OutcomeError
 from proactive_async._retry import RetryPolicy, Sleep
 from proactive_async._sender import (
     ABORTED,
@@ -179,11 +178,13 @@ class FakeRateLimit:
         self.acquire_takes = acquire_takes
         self.shared_pause = True  # False: the limit takes a 429 for noise
         self.closed: asyncio.Event | None = None  # set: acquire waits until it is set
+        self.paused = asyncio.Event()  # an acquire is waiting for ``closed``
 
     async def acquire(self, weight: float = 1.0) -> None:
         self.clock.now += self.acquire_takes
         self.log.append(("acquire", weight))
         if self.closed is not None:  # a long shared pause
+            self.paused.set()
             await self.closed.wait()
 
     async def on_success(self, weight: float) -> None:
@@ -895,8 +896,11 @@ async def test_a_name_that_does_not_resolve_is_fatal_at_once_and_not_retried() -
 
 
 async def test_an_abort_ends_the_backoff_of_chunks_waiting_to_retry_at_once() -> None:
+    refused = asyncio.Event()
+
     def script(body: dict[str, Any]) -> Reply:
         if body["recipient"] == [phone(1)]:
+            refused.set()
             return ConnectError("refused")
         return AuthenticationError("bad token", status=401)
 
@@ -905,8 +909,7 @@ async def test_an_abort_ends_the_backoff_of_chunks_waiting_to_retry_at_once() ->
 
     h = make(script, sleep=an_hour)
     waiting = asyncio.create_task(h.sender.send(chunk(1)))
-    while h.client.calls == 0:
-        await asyncio.sleep(0)
+    await refused.wait()
     await asyncio.wait_for(h.sender.send(chunk(2)), 5)
     await asyncio.wait_for(waiting, 5)  # not an hour
     error = h.by_line()[1].error
@@ -919,8 +922,7 @@ async def test_an_abort_ends_a_wait_for_the_rate_limit_at_once() -> None:
     assert h.limit is not None
     h.limit.closed = asyncio.Event()  # a pause that lasts until it is set
     paused = asyncio.create_task(h.sender.send(chunk(5)))
-    while not h.named("acquire"):
-        await asyncio.sleep(0)
+    await h.limit.paused.wait()
     h.limit.closed = None  # the next acquire passes
     await asyncio.wait_for(h.sender.send(chunk(1)), 5)  # meets the 401: aborts
     await asyncio.wait_for(paused, 5)
@@ -932,10 +934,16 @@ async def test_a_cancellation_from_outside_still_cancels_a_waiting_chunk() -> No
     async def an_hour(seconds: float, /) -> None:
         await asyncio.sleep(3600)
 
-    h = make(lambda body: ConnectError("refused"), sleep=an_hour)
+    refused = asyncio.Event()
+
+    def script(body: dict[str, Any]) -> Reply:
+        refused.set()
+        return ConnectError("refused")
+
+    h = make(script, sleep=an_hour)
     waiting = asyncio.create_task(h.sender.send(chunk(1)))
-    while h.client.calls == 0:
-        await asyncio.sleep(0)
+    await refused.wait()
+    await asyncio.sleep(0)  # into its backoff
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting

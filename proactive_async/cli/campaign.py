@@ -221,7 +221,7 @@ def _fatal_text(exc: ProactiveError, settings: CampaignSettings, summary: Campai
     if isinstance(exc, CircuitOpenError):
         hint = {
             "unreachable": " (--base-url or PROACTIVE_BASE_URL; --proxy)",
-            "throttled": " (--rate), or raise --max-retry-after",
+            "throttled": " (--rate)",
             "ambiguous": "",
         }.get(exc.reason, "")
         why = f"stopped: {exc.message}{hint}"
