@@ -20,8 +20,8 @@ from aiohttp import web
 
 from ._audit import Audit
 from ._bucket import TokenBucket, format_retry_after
-from ._registry import SERVING
 from ._config import SimulatorConfig
+from ._registry import SERVING
 from ._render import Renderer
 from ._validation import Call, parse_call
 
