@@ -6,12 +6,15 @@ clients still open are closed, so that a script that never calls ``close()`` sti
 cleanly. Calls from any number of threads are handed to that loop, where each Client's
 ``AsyncClient`` (and so its one connection pool) lives.
 
-A call goes over with ``asyncio.run_coroutine_threadsafe`` rather than ``portal.call``: the
-portal spawns each task through a first blocking hop into its task group, then waits for
-the result, two cross-thread hand-offs instead of one (about 70 us against 30 us a call,
-``benchmarks/bench_sync.py``). The portal still owns the loop's life: its start, its stop,
-and the cancellation of whatever is left when it stops. A caller interrupted while it waits
-(Ctrl-C) cancels its call rather than leaving it running.
+A call goes over by a call queue of our own (``_Calls``) rather than ``portal.call`` (two
+cross-thread hand-offs: one to spawn the task, one for its result) or
+``asyncio.run_coroutine_threadsafe`` (a ``concurrent.futures.Future`` with its condition and
+callbacks, and a second loop iteration to pass the result on): the caller appends the call
+and wakes the loop only if no drain is pending, so busy threads share one wake-up; the loop
+starts one task per call, which hands back the outcome and releases a lock the caller
+blocks on (``benchmarks/bench_sync.py`` measures the three). The portal still owns the
+loop's life: its start, its stop, and the cancellation of whatever is left when it stops. A
+caller interrupted while it waits (Ctrl-C) cancels its call rather than leaving it running.
 
 After ``os.fork()`` the child has no loop thread, but it holds copies of the parent's loop,
 sessions and sockets. The child forgets them (a new loop and a new pool are made at its
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import concurrent.futures
 import contextlib
 import os
@@ -36,7 +40,7 @@ import threading
 import weakref
 from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Final, Generic, Self, TypedDict, TypeVar, Unpack
 
 from ._campaign import Campaign
 from ._client import ApiResponse, AsyncClient
@@ -61,6 +65,7 @@ _IN_EVENT_LOOP: Final = (
     "loop, or deadlock); in async code use AsyncClient and await its methods"
 )
 _EXITING: Final = "the interpreter is exiting: the event loop of Client is stopped"
+_STOPPED: Final = "the call was cancelled: the event loop of Client stopped (interpreter exit)"
 _EXIT_CLOSE_TIMEOUT: Final = 5.0
 """Seconds the clients left open get to close at interpreter exit: exit must not hang."""
 _EXIT_JOIN_TIMEOUT: Final = 10.0
@@ -94,21 +99,22 @@ class _Runtime:
         self._thread: threading.Thread | None = None
         self._portal: BlockingPortal | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._calls: _Calls | None = None  # the hand-off to _loop
         self._exiting = False
         self._clients: weakref.WeakSet[Client] = weakref.WeakSet()
         self._closing: set[asyncio.Task[None]] = set()  # closes of collected clients
         self._inherited: list[object] = []  # a fork child's copies of the parent's objects
 
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """The running loop, started if need be."""
-        loop = self._loop
-        if loop is not None:
-            return loop
+    def calls(self) -> _Calls:
+        """The hand-off to the running loop, started if need be."""
+        calls = self._calls
+        if calls is not None:
+            return calls
         with self.lock:
-            if self._loop is None:
+            if self._calls is None:
                 self._start()
-            assert self._loop is not None
-            return self._loop
+            assert self._calls is not None
+            return self._calls
 
     def _start(self) -> None:
         if self._exiting:
@@ -122,6 +128,7 @@ class _Runtime:
         )
         thread.start()
         self._portal, self._loop = started.result()
+        self._calls = _Calls(self._loop)
         self._thread = thread
 
     def register(self, client: Client) -> None:
@@ -137,9 +144,9 @@ class _Runtime:
         if generation != self.generation:
             self.keep(async_client)
             return
-        loop = self._loop
-        if loop is not None:
-            wait(submit(async_client.aclose(), loop))
+        calls = self._calls
+        if calls is not None:
+            wait(calls.submit(async_client.aclose()), calls)
 
     def release(self, async_client: AsyncClient, generation: int) -> None:
         """A client was collected without ``close()``: close its pool soon, from any thread."""
@@ -163,7 +170,7 @@ class _Runtime:
         with self.lock:
             self._exiting = True
             thread, portal = self._thread, self._portal
-            self._thread = self._portal = self._loop = None
+            self._thread = self._portal = self._loop = self._calls = None
             clients = [c for c in list(self._clients) if c._generation == self.generation]
         if thread is None or portal is None:
             return
@@ -187,8 +194,8 @@ class _Runtime:
         self.generation += 1
         if self._loop is not None:
             _neutralize_inherited(self._loop)
-        self.keep((self._thread, self._portal, self._loop, self._closing))
-        self._thread = self._portal = self._loop = None
+        self.keep((self._thread, self._portal, self._loop, self._calls, self._closing))
+        self._thread = self._portal = self._loop = self._calls = None
         self._closing = set()
 
 
@@ -258,35 +265,133 @@ def refuse_inside_event_loop() -> None:
         raise ClientStateError(_IN_EVENT_LOOP)
 
 
-def submit(
-    coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop
-) -> concurrent.futures.Future[T]:
-    """Hand ``coro`` to ``loop``; a loop stopped meanwhile (interpreter exit) is our error."""
+class _Call(Generic[T]):
+    """One call handed to the loop: its coroutine, then its outcome.
+
+    ``done`` is a lock taken when the call is made and released when its task has ended:
+    the caller blocks on it (a bare lock, interruptible by Ctrl-C in the main thread).
+    """
+
+    __slots__ = ("cancelled", "coro", "done", "ended", "error", "result", "task")
+
+    def __init__(self, coro: Coroutine[Any, Any, T]) -> None:
+        self.coro = coro
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.result: T | None = None
+        self.error: BaseException | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.cancelled = False  # its task was cancelled, or the caller gave it up first
+        self.ended = False  # set just before ``done`` is released
+
+    def end(self) -> None:
+        self.ended = True
+        self.done.release()
+
+    def fail(self, error: BaseException) -> None:
+        """End a call that never started (its coroutine is closed unrun)."""
+        self.coro.close()
+        self.error = error
+        self.end()
+
+    def cancel(self) -> None:
+        """On the loop: the caller gave up (Ctrl-C); cancel the task, or never start it."""
+        if self.task is not None:
+            self.task.cancel()
+        elif not self.cancelled:
+            self.cancelled = True
+            self.coro.close()
+            self.end()
+
+
+async def _run_call(call: _Call[Any]) -> None:
+    """A call's task: the outcome goes back without a second trip through the loop."""
     try:
-        return asyncio.run_coroutine_threadsafe(coro, loop)
-    except RuntimeError:
-        coro.close()
-        raise ClientStateError(_EXITING) from None
+        call.result = await call.coro
+    except asyncio.CancelledError:
+        call.cancelled = True
+        raise
+    except BaseException as exc:
+        call.error = exc
+        if not isinstance(exc, Exception):
+            raise  # KeyboardInterrupt or SystemExit on the loop: the loop's to handle
+    finally:
+        call.end()
 
 
-def wait(future: concurrent.futures.Future[T], finished: threading.Event | None = None) -> T:
-    """The result of ``future``; interrupted (Ctrl-C), its task is cancelled, not left running.
+class _Calls:
+    """The hand-off from calling threads to one loop: a queue drained on the loop.
 
-    ``finished``, if given, is set once the task has ended: the interrupted caller waits for
-    it, so that a task's own wind-down (a campaign's grace period) completes first.
+    A caller wakes the loop (``call_soon_threadsafe``: a write to its self-pipe) only when no
+    drain is pending yet, so threads calling while the loop is busy share one wake-up.
+    """
+
+    __slots__ = ("_drain_pending", "_lock", "_loop", "_pending")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._pending: collections.deque[_Call[Any]] = collections.deque()
+        self._drain_pending = False
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> _Call[T]:
+        """Hand ``coro`` to the loop; a loop stopped meanwhile (interpreter exit) is our error."""
+        call = _Call(coro)
+        with self._lock:
+            self._pending.append(call)
+            if self._drain_pending:
+                return call
+            self._drain_pending = True
+        try:
+            self._loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the loop is closed: fail every call waiting for a drain
+            with self._lock:
+                stranded = list(self._pending)
+                self._pending.clear()
+                self._drain_pending = False
+            for waiting in stranded:
+                waiting.fail(ClientStateError(_EXITING))
+        return call
+
+    def cancel(self, call: _Call[Any]) -> None:
+        """From the caller: stop ``call`` (after the drain that starts it, if one is pending)."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing runs any more
+            self._loop.call_soon_threadsafe(call.cancel)
+
+    def _drain(self) -> None:
+        with self._lock:
+            calls = list(self._pending)
+            self._pending.clear()
+            self._drain_pending = False
+        create_task = self._loop.create_task
+        for call in calls:
+            if not call.cancelled:
+                call.task = create_task(_run_call(call))
+
+
+def wait(call: _Call[T], calls: _Calls, *, wait_out: bool = False) -> T:
+    """The result of ``call``; interrupted (Ctrl-C), it is cancelled, not left running.
+
+    With ``wait_out``, the interrupted caller waits for the call's task to end, so that its
+    own wind-down (a campaign's grace period) completes first.
     """
     try:
-        return future.result()
-    except concurrent.futures.CancelledError:
-        raise ClientStateError(
-            "the call was cancelled: the event loop of Client stopped (interpreter exit)"
-        ) from None
+        call.done.acquire()
     except BaseException:
-        if not future.done():
-            future.cancel()
-            if finished is not None:
-                finished.wait()
+        calls.cancel(call)
+        if wait_out and not call.ended:  # (ended: the interrupt came just after the answer)
+            call.done.acquire()
         raise
+    error = call.error
+    if error is not None:
+        call.error = None  # no cycle through the traceback
+        try:
+            raise error
+        finally:
+            del error
+    if call.cancelled:
+        raise ClientStateError(_STOPPED)
+    return call.result  # type: ignore[return-value]  # set: the call ended without error
 
 
 class Client:
@@ -398,9 +503,9 @@ class Client:
         As ``AsyncClient.create_proactive_conversation``, blocking: a request, keyword
         fields, or both (the keywords override); raises the same ProactiveErrors.
         """
-        client, loop = self._ready()
+        client, calls = self._ready()
         coro = client.create_proactive_conversation(request, retry=retry, **fields)
-        return wait(submit(coro, loop))
+        return wait(calls.submit(coro), calls)
 
     def create_proactive_conversation_with_response(
         self,
@@ -411,9 +516,9 @@ class Client:
         **fields: Unpack[ProactiveConversationFields],
     ) -> ApiResponse[list[Conversation]]:
         """As ``create_proactive_conversation``, with status, headers, elapsed and attempts."""
-        client, loop = self._ready()
+        client, calls = self._ready()
         coro = client.create_proactive_conversation_with_response(request, retry=retry, **fields)
-        return wait(submit(coro, loop))
+        return wait(calls.submit(coro), calls)
 
     def run_campaign(
         self,
@@ -439,11 +544,10 @@ class Client:
         KeyboardInterrupt is raised. A fatal error (401, 403, TLS) is raised as from
         ``Campaign.run()``.
         """
-        client, loop = self._ready()
+        client, calls = self._ready()
         # Built here, not on the loop: it may count the lines of a large targets file.
         runner = Campaign(client, template=template, targets=targets, **campaign)
-        finished = threading.Event()
-        return wait(submit(_run_to_end(runner, finished), loop), finished)
+        return wait(calls.submit(runner.run()), calls, wait_out=True)
 
     def run(self, function: Callable[..., Awaitable[T]], /, *args: Any) -> T:
         """Run ``await function(async_client, *args)`` on this client's event loop; blocking.
@@ -451,21 +555,21 @@ class Client:
         For integrations that drive async parts of the SDK from sync code (a Celery task
         sending a stored chunk): they share this client's loop and connection pool.
         """
-        client, loop = self._ready()
-        return wait(submit(_call(function, client, args), loop))
+        client, calls = self._ready()
+        return wait(calls.submit(_call(function, client, args)), calls)
 
-    def _ready(self) -> tuple[AsyncClient, asyncio.AbstractEventLoop]:
-        """This process's AsyncClient and the loop it lives in, or why a call cannot be made."""
+    def _ready(self) -> tuple[AsyncClient, _Calls]:
+        """This process's AsyncClient and the hand-off to its loop, or why a call cannot be made."""
         if self._closed:
             raise ClientStateError(_CLOSED)
         refuse_inside_event_loop()
         if self._generation != _RUNTIME.generation:
             self._renew()
-        loop = _RUNTIME.loop()
+        calls = _RUNTIME.calls()
         # Closed while the loop was starting: close() saw no loop and so no pool to close.
         if self._closed:
             raise ClientStateError(_CLOSED)
-        return self._async, loop
+        return self._async, calls
 
     def _renew(self) -> None:
         """In a fork child: a new AsyncClient (a new pool); the parent's is kept, untouched."""
@@ -478,13 +582,6 @@ class Client:
             self._generation = _RUNTIME.generation
             self._finalizer = self._watch()
         _RUNTIME.keep(inherited)
-
-
-async def _run_to_end(campaign: Campaign, finished: threading.Event) -> CampaignSummary:
-    try:
-        return await campaign.run()
-    finally:
-        finished.set()
 
 
 async def _call(

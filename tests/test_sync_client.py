@@ -38,7 +38,7 @@ from proactive_async import (
     RetryPolicy,
     Timeout,
 )
-from proactive_async._sync import _RUNTIME, Client, ClientOptions
+from proactive_async._sync import _RUNTIME, Client, ClientOptions, _Calls, wait
 from proactive_async.simulator import Faults, SimulatorConfig
 
 TOKEN = "sync-test-token"
@@ -610,3 +610,47 @@ async def test_a_call_from_async_code_raises_its_own_error_through_the_with_bloc
     with Client(base_url="http://127.0.0.1:1", token="t") as quiet:
         pass  # nothing raised, nothing to replace: closed all the same
     assert quiet.closed
+
+
+# -- the hand-off ------------------------------------------------------------------------
+
+
+def test_calls_from_many_threads_each_get_their_own_answer() -> None:
+    """The call queue shares one wake-up of the loop between busy threads; no call is lost
+    or answered with another's result."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    calls = _Calls(loop)
+
+    async def echo(n: int) -> int:
+        await asyncio.sleep(0)
+        return n
+
+    answers: list[list[int]] = [[] for _ in range(8)]
+
+    def work(k: int) -> None:
+        for i in range(300):
+            answers[k].append(wait(calls.submit(echo(k * 1000 + i)), calls))
+
+    try:
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert answers == [[k * 1000 + i for i in range(300)] for k in range(8)]
+        with pytest.raises(ZeroDivisionError):
+            wait(calls.submit(_divide_by_zero()), calls)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+    stranded = _divide_by_zero()
+    with pytest.raises(ClientStateError, match="exiting"):
+        wait(calls.submit(stranded), calls)  # the loop is closed: refused, never hangs
+    assert stranded.cr_frame is None  # closed unrun: no "never awaited" warning
+
+
+async def _divide_by_zero() -> int:
+    return 1 // 0
