@@ -264,3 +264,41 @@ def test_report_format_csv_writes_a_spreadsheet_in_input_order(tmp_path: Path) -
         cwd=tmp_path,
     )
     assert mismatched.returncode == 2 and "--report-format csv" in mismatched.stderr
+
+
+# -- what stops a run (issue 18 §1) ------------------------------------------------------
+
+
+def test_the_stop_flags_reach_the_retry_policy_and_resend_failed_the_options() -> None:
+    from proactive_async.cli import build_parser
+    from proactive_async.cli._flags import options_from_args
+
+    argv = ["campaign", "r.csv", "--channel-id", "1", "--bot-id", "2", "--template-id", "3"]
+    defaults = options_from_args(build_parser().parse_args(argv))
+    assert (defaults.retry.stop_unreachable_after, defaults.retry.stop_ambiguous_after) == (60, 50)
+    assert defaults.retry.max_retry_after == 120 and not defaults.resend_failed
+    given = build_parser().parse_args(
+        [
+            *argv,
+            *("--stop-unreachable-after", "5", "--stop-ambiguous-after", "7"),
+            *("--max-retry-after", "9", "--resend-failed", "--max-attempts", "3"),
+        ]
+    )
+    options = options_from_args(given)
+    retry = options.retry
+    assert (retry.stop_unreachable_after, retry.stop_ambiguous_after) == (5.0, 7)
+    assert retry.max_retry_after == 9.0 and retry.max_attempts == 3
+    assert options.resend_failed and not options.resend_unknown
+
+
+def test_the_stop_flags_are_the_campaigns_alone() -> None:
+    """enqueue stores no breaker limits with a campaign: it does not take their flags."""
+    done = subprocess.run(
+        [sys.executable, "-m", "proactive_async.cli", "enqueue", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0
+    for flag in ("--stop-unreachable-after", "--stop-ambiguous-after", "--resend-failed"):
+        assert flag not in done.stdout

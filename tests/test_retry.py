@@ -456,3 +456,24 @@ def test_parse_retry_after(value: str | None, expected: float | None) -> None:
 def test_parse_retry_after_uses_the_wall_clock_by_default() -> None:
     ahead = parse_retry_after(email.utils.formatdate(time.time() + 100, usegmt=True))
     assert ahead is not None and 98.0 <= ahead <= 100.5
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"stop_unreachable_after": 0.0},
+        {"stop_unreachable_after": -1.0},
+        {"stop_ambiguous_after": 0},
+        {"max_retry_after": -1.0},
+    ],
+)
+def test_the_breaker_limits_are_checked(fields: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        RetryPolicy(**fields)  # type: ignore[arg-type]
+
+
+def test_the_breaker_limits_default_to_a_minute_and_fifty_and_none_turns_them_off() -> None:
+    policy = RetryPolicy()
+    assert (policy.stop_unreachable_after, policy.stop_ambiguous_after) == (60.0, 50)
+    off = RetryPolicy(stop_unreachable_after=None, stop_ambiguous_after=None)
+    assert off.stop_unreachable_after is None and off.stop_ambiguous_after is None

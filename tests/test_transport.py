@@ -26,6 +26,7 @@ from proactive_async import (
     ConnectError,
     ConnectionLostError,
     Limits,
+    NameResolutionError,
     ReadTimeout,
     RedirectError,
     ResponseTooLargeError,
@@ -222,6 +223,38 @@ async def test_a_refused_connection_is_a_connect_error_and_is_retried(
     assert info.value.attempts == 3
     assert fake_time.sleeps == [0.5, 1.0]
     assert str(info.value).startswith("could not connect to http://127.0.0.1:")
+
+
+async def test_a_host_name_that_does_not_resolve_is_fatal_and_tried_once(
+    fake_time: FakeTime,
+) -> None:
+    policy = RetryPolicy(max_attempts=5, jitter=0.0)
+    async with client_for("http://nohost.invalid:8080", fake_time, retry=policy) as client:
+        with pytest.raises(NameResolutionError) as info:
+            await client.create_proactive_conversation(channel_id=1)
+    error = info.value
+    assert isinstance(error, ConnectError) and error.fatal
+    assert error.may_have_been_processed is False
+    assert error.attempts == 1 and fake_time.sleeps == []
+    assert "'nohost.invalid' does not resolve" in error.message
+
+
+async def test_a_resolver_that_cannot_be_reached_now_is_a_retried_connect_error(
+    fake_time: FakeTime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EAI_AGAIN (no DNS server answering) may pass: retried like a refused connection."""
+    loop = asyncio.get_running_loop()
+
+    async def unreachable_resolver(*args: Any, **kwargs: Any) -> Any:
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(loop, "getaddrinfo", unreachable_resolver)
+    policy = RetryPolicy(max_attempts=2, jitter=0.0)
+    async with client_for("http://api.example:8080", fake_time, retry=policy) as client:
+        with pytest.raises(ConnectError) as info:
+            await client.create_proactive_conversation(channel_id=1)
+    assert not isinstance(info.value, NameResolutionError) and not info.value.fatal
+    assert info.value.attempts == 2
 
 
 async def test_a_connection_dropped_before_the_request_is_read_is_connection_lost() -> None:
