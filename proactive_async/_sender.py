@@ -30,22 +30,13 @@ from typing import Any, Final, Protocol
 
 from msgspec import UNSET
 
+from ._breaker import ABORTED, Breaker, is_resendable, resendable_kind
 from ._client import AsyncClient
 from ._errors import (
-    AuthenticationError,
     BadRequestError,
     CircuitOpenError,
-    ClientStateError,
-    ConnectError,
-    ConnectTimeout,
-    NameResolutionError,
-    NotFoundError,
-    PermissionDeniedError,
     ProactiveError,
     RateLimitError,
-    RedirectError,
-    ServiceUnavailableError,
-    TLSError,
 )
 from ._hooks import RetryDetails, RetryHook, ThrottleDetails, ThrottleHook, safe_hook
 from ._matching import match_answer
@@ -68,35 +59,11 @@ __all__ = [
 
 _log = logging.getLogger("proactive_async")
 
-ABORTED: Final = "aborted"
-"""``OutcomeError.kind`` of a record not sent because the run was aborted."""
 MAX_THROTTLES: Final = 100
 """429s one chunk may meet before it ends ``failed`` (each waits out the shared pause); if
 no call was accepted meanwhile, the run stops (429s without end, however fast they came)."""
 _UNMATCHED: Final = "unmatched"
 """``OutcomeError.kind`` of a target a successful answer did not prove sent (``match_answer``)."""
-
-_RESENDABLE: Final = frozenset(
-    [ABORTED]
-    + [
-        cls.__name__
-        for cls in (
-            ConnectError,
-            ConnectTimeout,
-            NameResolutionError,
-            TLSError,
-            CircuitOpenError,
-            RateLimitError,
-            ServiceUnavailableError,
-            AuthenticationError,
-            PermissionDeniedError,
-            ClientStateError,
-            NotFoundError,
-            RedirectError,
-        )
-    ]
-)
-"""Failure kinds of the run rather than of the record (``is_resendable``)."""
 
 
 class OutcomeSink(Protocol):
@@ -166,7 +133,7 @@ class ChunkSender:
         self._sleep = sleep
         self._stopping = False
         self._abort: ProactiveError | None = None
-        self._breaker = _Breaker(clock)
+        self._breaker = Breaker(clock)
         # Tasks waiting out a backoff or the rate limit -> whether an abort woke them.
         self._waiting: dict[asyncio.Task[Any], bool] = {}
         self._guard = guard
@@ -214,6 +181,7 @@ class ChunkSender:
         attempt = 0
         throttles = 0
         sent_once = False
+        fenced = False
         first_try = 0.0
         backoff = 0.0
         while True:
@@ -229,6 +197,15 @@ class ChunkSender:
                 if attempt > 0:
                     await self._interrupt(targets, attempt, sent_once)
                 raise
+            except ProactiveError as exc:
+                if not exc.fatal:
+                    raise
+                # The rate limit cannot pace at all (a shared limit's Redis answered with
+                # an error): the run stops as for a 401.
+                self._note_failure(exc, attempt, None)
+                self._abort_with(exc)
+                await self._settle_aborted(targets, attempt, sent_once)
+                return
             if self._stopping:
                 # A chunk waiting on the rate limit when stop() came is not sent. Before a
                 # first attempt it was never marked in flight, so it stays unsent.
@@ -241,12 +218,17 @@ class ChunkSender:
             if attempt == 0:
                 first_try = self._clock()
                 if self.journal is not None:
-                    kept = await self._mark(targets)
+                    kept, fenced = await self._mark(targets)
                     if not kept:
                         return  # another owner's now, or the campaign was cancelled
                     if len(kept) < len(targets):
                         targets, body = kept, self._encode(kept, variables)
                         weight = float(len(kept))
+            elif fenced and len((await self._mark(targets))[0]) < len(targets):
+                # Before a retry, the fence again: a campaign cancelled (or a lease lost)
+                # since the first attempt makes no new call.
+                await self._interrupt(targets, attempt, sent_once)
+                return
             if self._guard is not None and not self._guard():
                 # The fence is gone (a lease lost while frozen, cut off): send nothing more.
                 self.stop()
@@ -316,14 +298,16 @@ class ChunkSender:
             await self._settle_response(targets, response.value, attempt)
             return
 
-    async def _mark(self, targets: Sequence[PlannedTarget]) -> Sequence[PlannedTarget]:
-        """Mark the targets in flight; the ones the journal marked (a fenced journal may
-        refuse some: they are not this sender's to send)."""
+    async def _mark(self, targets: Sequence[PlannedTarget]) -> tuple[Sequence[PlannedTarget], bool]:
+        """Mark the targets in flight: the ones the journal marked, and whether it is a
+        fenced journal (one that may refuse some: they are not this sender's to send)."""
         assert self.journal is not None
         marked = await self.journal.mark_in_flight([t.line for t in targets])
-        if marked is None or len(marked) == len(targets):
-            return targets
-        return [t for t in targets if t.line in marked]
+        if marked is None:
+            return targets, False
+        if len(marked) == len(targets):
+            return targets, True
+        return [t for t in targets if t.line in marked], True
 
     def _note_failure(self, exc: ProactiveError, attempt: int, wait: float | None) -> None:
         """Log a failed attempt and keep it in the summary, where a live display says why
@@ -520,107 +504,6 @@ class ChunkSender:
         if self._on_outcome is not None:
             for outcome in outcomes:
                 await self._on_outcome(outcome)
-
-
-class _Breaker:
-    """Whether any call can still succeed: the state behind a policy's stop limits.
-
-    Three windows, each closed by a call that succeeds: attempts that all failed to
-    connect (``stop_unreachable_after`` seconds; any attempt that reached the server
-    closes it too), failures that may have been processed (``stop_ambiguous_after`` of
-    them), and 429s (``max_retry_after`` seconds). Calls finish in any order and from
-    any chunk: the windows are the sender's, not a chunk's.
-    """
-
-    __slots__ = ("_ambiguous", "_clock", "_last_success", "_throttled_since", "_unreachable_since")
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self._clock = clock
-        self._last_success: float | None = None
-        self._unreachable_since: float | None = None
-        self._throttled_since: float | None = None
-        self._ambiguous = 0
-
-    def succeeded(self) -> None:
-        self._last_success = self._clock()
-        self._unreachable_since = self._throttled_since = None
-        self._ambiguous = 0
-
-    def accepted_within(self, seconds: float) -> bool:
-        """Some call succeeded in the last ``seconds``."""
-        last = self._last_success
-        return last is not None and self._clock() - last <= seconds
-
-    def throttled_out(self, exc: ProactiveError, how_long: str | int) -> CircuitOpenError:
-        """429s without end: ``how_long`` they went on, or how many one call met."""
-        if isinstance(how_long, int):
-            how_long = f"{how_long} times for one call"
-        return CircuitOpenError(
-            f"every call was answered 429 (rate limited) {how_long} with none accepted "
-            f"({exc.message}); the API's limit for this token or channel is used up: resume "
-            "later, or at a lower rate",
-            reason="throttled",
-            cause=exc,
-        )
-
-    def failed(self, exc: ProactiveError, policy: RetryPolicy) -> CircuitOpenError | None:
-        """Count a failed attempt; the error that stops the run, if this one trips it."""
-        now = self._clock()
-        if isinstance(exc, ConnectError):
-            since = self._unreachable_since
-            if since is None:
-                self._unreachable_since = now
-                return None
-            limit = policy.stop_unreachable_after
-            if limit is None or now - since < limit:
-                return None
-            return CircuitOpenError(
-                f"no call reached the server for {now - since:.0f} s: every attempt failed "
-                f"to connect ({exc.message}); check the base URL, and that the API is up and "
-                "reachable from here",
-                reason="unreachable",
-                cause=exc,
-            )
-        self._unreachable_since = None  # it answered, or the request reached it
-        if isinstance(exc, RateLimitError):
-            since = self._throttled_since
-            if since is None:
-                self._throttled_since = now
-            elif now - since >= policy.max_retry_after:
-                return self.throttled_out(exc, f"for {now - since:.0f} s")
-            return None
-        if exc.may_have_been_processed:
-            self._ambiguous += 1
-            limit = policy.stop_ambiguous_after
-            if limit is not None and self._ambiguous >= limit:
-                return CircuitOpenError(
-                    f"{self._ambiguous} calls failed after the server may have processed them, "
-                    f"and none succeeded ({exc.kind}: {exc.message}); stopped rather than call "
-                    "every record: those records ended unknown (may have been sent), the "
-                    "others were not sent; check the API before resuming",
-                    reason="ambiguous",
-                    cause=exc,
-                )
-        return None
-
-
-def is_resendable(outcome: Outcome) -> bool:
-    """A ``failed`` record worth sending again once its cause is fixed (``resend_failed``).
-
-    ``failed`` is certainly not created. Resendable are the failures of the run rather than
-    of the record: no connection, a name that does not resolve, TLS, 429/503, a wrong
-    token or URL (401, 403, 404, a redirect), the run aborted or stopped by its breaker. A
-    400, 409 or 422 is not: the same request would be refused again.
-    """
-    error = outcome.error
-    return (
-        outcome.status is OutcomeStatus.FAILED and error is not None and resendable_kind(error.kind)
-    )
-
-
-def resendable_kind(kind: str) -> bool:
-    """Whether a ``failed`` record of this error kind is resendable (``is_resendable``)."""
-    return kind in _RESENDABLE
 
 
 def merge_variables(defaults: dict[str, Any] | Any, own: dict[str, Any]) -> dict[str, Any]:

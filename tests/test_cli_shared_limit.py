@@ -90,10 +90,6 @@ def own_redis(tmp_path: Path) -> Iterator[Any]:
     server.stop()
 
 
-@pytest.mark.xfail(
-    reason="needs the chunk sender to abort on a fatal error raised by acquire (_sender.py)",
-    strict=False,
-)
 def test_a_redis_refusing_the_password_ends_the_campaign_with_exit_2_one_line_and_the_report(
     tmp_path: Path, own_redis: Any
 ) -> None:

@@ -479,3 +479,29 @@ async def test_closing_a_database_that_waits_for_its_server_does_not_wait_out_it
     with pytest.raises(JournalError):
         await waiting
     assert asyncio.get_running_loop().time() - started < 5
+
+
+async def test_after_cancel_has_answered_no_retry_is_made(dsn: str, tmp_path: Path) -> None:
+    """A chunk whose first call met a 429 would try again: once the cancel has answered,
+    that retry checks the fence again (the campaign is cancelled) and makes no call, even
+    before the lease's renewal hears of the cancel."""
+    from proactive_async.simulator import Faults
+
+    targets = write_targets(tmp_path / "t.csv", 4)
+    await plan(dsn, "o", targets, chunk_size=1)
+    gate = GateAfter(4)
+    throttled = SimulatorConfig(token=TOKEN, faults=Faults(rate_429=1.0, retry_after=0.1))
+    async with Simulator(throttled) as sim, AsyncClient(sim.url, TOKEN) as client:
+        runner = SliceRunner(dsn, client, rate_limit_for=gated(gate), concurrency=4, lease=60)
+        running = asyncio.create_task(runner.run("o", 1))
+        await gate.waiting.wait()
+        await asyncio.sleep(0.2)  # every chunk tried once (4 calls), and waits to retry
+        calls = sim.audit.calls
+        await cancel_campaign(f"{dsn}?campaign=o")
+        gate.opened.set()  # at once: the renewal (every 12 s) has not run
+        result = await running
+        await runner.aclose()
+    assert calls == 4 and sim.audit.calls == 4, "a retry went out after the cancel"
+    assert result.counts == {}
+    status = await campaign_status(f"{dsn}?campaign=o")
+    assert status.finished and status.counts == {"failed": 4}
