@@ -979,7 +979,9 @@ def test_the_report_writer_flushes_big_buffers_and_closes_once(tmp_path: Path) -
     writer = ReportWriter(path)
     for line in range(1, 3001):
         writer.write(Outcome(line=line, status=OutcomeStatus.SENT, recipient=phone(line)))
-    assert path.stat().st_size > 0  # flushed on its own past 64 KiB
+    assert writer._replace is not None  # written beside, renamed over the report at close
+    assert Path(writer._replace[0]).stat().st_size > 0  # flushed on its own past 64 KiB
+    assert not path.exists()
     writer.close()
     writer.close()
     assert len(path.read_text().splitlines()) == 3000

@@ -134,13 +134,22 @@ class Campaign:
         the resumed run rewrites the whole report from the journal. Otherwise every line
         must be whole."""
         decoder = msgspec.json.Decoder(Outcome)
-        *lines, tail = self.report.read_bytes().split(b"\n")
+        # A killed run never renamed its report over the path: its lines are in the
+        # temporary file it was writing beside it.
+        source = self.report if self.report.exists() or not killed else self.written()[0]
+        *lines, tail = source.read_bytes().split(b"\n")
         assert killed or tail == b"", f"the report ends in a partial line: {tail[-80:]!r}"
         return [decoder.decode(line) for line in lines]
 
+    def written(self) -> list[Path]:
+        """The report being written: a temporary file beside the path until the run ends
+        (then renamed over it), and the report itself."""
+        beside = sorted(self.report.parent.glob(f".{self.report.name}.*.tmp"))
+        return [*beside, self.report] if self.report.exists() else beside
+
     def reported(self) -> int:
         """Bytes of report written so far (the writer flushes every 64 KiB)."""
-        return self.report.stat().st_size if self.report.exists() else 0
+        return sum(path.stat().st_size for path in self.written() if path.exists())
 
 
 def wait_for(condition: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path) -> None:
