@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -302,3 +303,39 @@ def test_the_stop_flags_are_the_campaigns_alone() -> None:
     assert done.returncode == 0
     for flag in ("--stop-unreachable-after", "--stop-ambiguous-after", "--resend-failed"):
         assert flag not in done.stdout
+
+
+# -- a run without a journal (issue 18 §2) ------------------------------------------------
+
+
+def test_a_run_without_journal_warns_at_the_start_that_a_re_run_sends_again(
+    tmp_path: Path,
+) -> None:
+    targets = write_csv(tmp_path / "r.csv", [f"{p},Ana" for p in phones(5)])
+    with ThreadedSimulator(SimulatorConfig(token=TOKEN)) as sim:
+        plain = run_cli(*campaign(targets, sim.url), cwd=tmp_path)
+        journaled = run_cli(*campaign(targets, sim.url, "--journal", "j.db"), cwd=tmp_path)
+    assert plain.returncode == 0 and journaled.returncode == 0, plain.stderr + journaled.stderr
+    first = plain.stderr.splitlines()[0]
+    assert "no --journal" in first and "sends to every recipient again" in first
+    assert plain.stderr.count("no --journal") == 1
+    assert "no --journal" not in journaled.stderr
+
+
+def test_the_ctrl_c_hint_says_how_many_were_already_sent(tmp_path: Path) -> None:
+    targets = write_csv(tmp_path / "r.csv", [f"{p},Ana" for p in phones(2000)])
+    with ThreadedSimulator(SimulatorConfig(token=TOKEN)) as sim:
+        run = TimedRun(
+            *campaign(targets, sim.url, "--rate", "100", "--chunk-size", "5"), cwd=tmp_path
+        )
+        deadline = time.monotonic() + 30
+        while sim.audit.total_processed < 50 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        run.process.send_signal(signal.SIGINT)
+        code, _ = run.wait()
+    assert code == 130, run.stderr
+    (hint,) = [line for line in run.stderr.splitlines() if line.startswith("interrupted: ")][:1]
+    sent = int(hint.removeprefix("interrupted: ").split(" ", 1)[0].replace(",", ""))
+    assert 50 <= sent < 2000, hint
+    assert "already sent (no --journal: a re-run sends them again)" in hint
+    assert "already sent too" in run.stderr  # the advice after the summary

@@ -80,6 +80,11 @@ __all__ = [
 
 _DEFAULTS: Final = CampaignOptions()
 
+NO_JOURNAL_WARNING: Final = (
+    "no --journal: nothing remembers what this run sends; running it again sends to every "
+    "recipient again (add --journal PATH to make it resumable)"
+)
+
 
 @dataclass(frozen=True)
 class CampaignSettings:
@@ -195,6 +200,8 @@ async def run_campaign(settings: CampaignSettings, *, stderr: Console) -> Campai
         if limit is not None:
             stack.push_async_callback(limit.aclose)
         campaign = _make_campaign(client, settings, limit)
+        if settings.journal is None:
+            stderr.print(NO_JOURNAL_WARNING, highlight=False)
         try:
             display = choose_display(settings.progress, campaign.total, stderr)
             interrupted = await _drive(campaign, display, settings.options.grace_period)
@@ -308,10 +315,7 @@ async def _drive(campaign: Campaign, display: ProgressDisplay, grace_period: flo
     watcher.start()
 
     def stop() -> None:
-        display.note(
-            f"interrupted: no new calls; calls in flight get up to {grace_period:g}s to finish "
-            "(interrupt again to exit at once)"
-        )
+        display.note(_interrupt_note(campaign, grace_period))
         campaign.stop()
         # stop() alone only ends the run once the feeder drains; cancelling runs the
         # campaign's own wind-down: feeder stopped, in-flight calls awaited, all recorded.
@@ -329,6 +333,19 @@ async def _drive(campaign: Campaign, display: ProgressDisplay, grace_period: flo
         return True
     runner.result()  # raises what the run raised
     return False  # a signal that came after the end changes nothing
+
+
+def _interrupt_note(campaign: Campaign, grace_period: float) -> str:
+    """The first interrupt's line: what was already sent, and what a re-run would do."""
+    sent = campaign.summary.counts[OutcomeStatus.SENT]
+    if campaign.journal_path is None:
+        already = f"{sent:,} already sent (no --journal: a re-run sends them again)"
+    else:
+        already = f"{sent:,} already sent (a resume with the same --journal does not resend them)"
+    return (
+        f"interrupted: {already}; no new calls; calls in flight get up to {grace_period:g}s "
+        "to finish (interrupt again to exit at once)"
+    )
 
 
 class _Interrupts:
@@ -368,10 +385,15 @@ def _exit_now(campaign: Campaign, display: ProgressDisplay) -> NoReturn:
     with contextlib.suppress(OSError, ValueError):
         campaign.flush_report()
     display.close()
-    sys.stderr.write(
-        "interrupted again: exiting now. Resume with the same --journal; records that "
-        "were in flight are reported unknown, not resent.\n"
-    )
+    sent = campaign.summary.counts[OutcomeStatus.SENT]
+    if campaign.journal_path is None:
+        then = "no --journal: a re-run sends them again, and those in flight may have been sent"
+    else:
+        then = (
+            "resume with the same --journal; records that were in flight are reported "
+            "unknown, not resent"
+        )
+    sys.stderr.write(f"interrupted again: exiting now; {sent:,} already sent; {then}.\n")
     sys.stderr.flush()
     os._exit(EXIT_INTERRUPTED)
 
@@ -414,6 +436,9 @@ def _advice(result: CampaignResult, journal: str | None) -> str | None:
     unknown = result.summary.counts[OutcomeStatus.UNKNOWN]
     resume = "resume with the same --journal" if journal else "add --journal to make runs resumable"
     if result.exit_code == EXIT_INTERRUPTED:
+        sent = result.summary.counts[OutcomeStatus.SENT]
+        if not journal:
+            resume = f"a re-run sends to all again, the {sent:,} already sent too; {resume}"
         return f"interrupted: the report covers the records handled so far; {resume}."
     if unknown:
         return (
