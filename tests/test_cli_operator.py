@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -339,3 +340,46 @@ def test_the_ctrl_c_hint_says_how_many_were_already_sent(tmp_path: Path) -> None
     assert 50 <= sent < 2000, hint
     assert "already sent (no --journal: a re-run sends them again)" in hint
     assert "already sent too" in run.stderr  # the advice after the summary
+
+
+# -- answers that prove nothing (issue 18 §4) ---------------------------------------------
+
+
+class _OtherNumbersHandler(BaseHTTPRequestHandler):
+    """200 for every call, naming conversations to numbers nobody asked for."""
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        answer = json.dumps(
+            [
+                {"id": 500 + i, "messages": [{"to": "+4915100000000"}]}
+                for i, _ in enumerate(body["recipient"])
+            ]
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_the_summary_says_calls_answered_without_proof_instead_of_a_bare_zero_rate(
+    tmp_path: Path,
+) -> None:
+    targets = write_csv(tmp_path / "r.csv", [f"{p},Ana" for p in phones(300)])
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _OtherNumbersHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        done = run_cli(*campaign(targets, url, "--chunk-size", "10"), cwd=tmp_path)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 3, done.stderr
+    [rate] = [line for line in done.stdout.splitlines() if "targets/s" in line]
+    assert "0 proven (300 records answered without proof: see top errors)" in rate, rate
+    assert "300 x the call succeeded" in done.stdout and "unmatched" in done.stdout

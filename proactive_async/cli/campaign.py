@@ -40,6 +40,7 @@ from .._options import CampaignOptions
 from .._progress import choose_display
 from .._records import OutcomeStatus
 from .._report import CampaignSummary
+from .._sender import _UNMATCHED as UNMATCHED
 from .._sender import ABORTED, resendable_kind
 from ..ratelimit import RateLimit, RateLimitBackend
 from ..settings import Settings, build_client, build_rate_limit
@@ -414,7 +415,7 @@ def summary_table(summary: CampaignSummary, *, report: str | None, journal: str 
     if summary.resumed:
         table.add_row("from the journal", f"{summary.resumed:,}")
     table.add_row("elapsed", f"{summary.elapsed:.2f} s")
-    table.add_row("targets/s", f"{summary.targets_per_second:,.0f}")
+    table.add_row("targets/s", _rate_text(summary))
     table.add_row("calls", f"{summary.calls:,}")
     table.add_row("retries", f"{summary.retries:,}")
     table.add_row("429s", f"{summary.throttled:,}")
@@ -429,6 +430,23 @@ def summary_table(summary: CampaignSummary, *, report: str | None, journal: str 
     for index, error in enumerate(summary.top_errors()):
         table.add_row("top errors" if index == 0 else "", error.text())
     return table
+
+
+def _rate_text(summary: CampaignSummary) -> str:
+    """Proven sends a second; with the records whose answer proved nothing, so that a run of
+    successful calls that proved nothing does not read as a bare ``0``."""
+    rate = summary.targets_per_second
+    text = f"{rate:,.1f}" if 0 < rate < 10 else f"{rate:,.0f}"
+    unproven = sum(
+        count
+        for key, count in summary.errors.items()
+        if key.kind == UNMATCHED and key.status == OutcomeStatus.UNKNOWN.value
+    )
+    if not unproven:
+        return text
+    if not summary.targets_sent:
+        return f"0 proven ({unproven:,} records answered without proof: see top errors)"
+    return f"{text} proven (and {unproven:,} records answered without proof)"
 
 
 def _advice(result: CampaignResult, journal: str | None) -> str | None:
