@@ -141,7 +141,7 @@ def test_dry_run_plans_the_whole_file_without_token_or_network(tmp_path: Path) -
         "--chunk-size", "50", "--dry-run", "--json-summary",
         token=None, cwd=tmp_path,
     )  # fmt: skip
-    assert done.returncode == 1, done.stderr  # not every record is sendable
+    assert done.returncode == 0, done.stderr  # rejected and duplicate: reported, exit 0
     plan = json.loads(done.stdout)
     assert (plan["records"], plan["valid"], plan["rejected"], plan["duplicate"]) == (123, 120, 2, 1)
     assert plan["calls"] == 3 and plan["targets_per_call"] == {"min": 20, "mean": 40.0, "max": 50}
@@ -383,3 +383,18 @@ def test_the_summary_says_calls_answered_without_proof_instead_of_a_bare_zero_ra
     [rate] = [line for line in done.stdout.splitlines() if "targets/s" in line]
     assert "0 proven (300 records answered without proof: see top errors)" in rate, rate
     assert "300 x the call succeeded" in done.stdout and "unmatched" in done.stdout
+
+
+def test_a_dry_run_and_a_run_of_a_file_with_rejected_records_exit_alike(tmp_path: Path) -> None:
+    """Rejected and duplicate records are reported, never an exit code of their own."""
+    rows = [f"{p},Ana" for p in phones(8)] + ["12,Bob", f"{phones(1)[0]},Ana"]
+    targets = write_csv(tmp_path / "r.csv", rows)
+    dry = run_cli(*campaign(targets, "http://127.0.0.1:9", "--dry-run"), token=None, cwd=tmp_path)
+    with ThreadedSimulator(SimulatorConfig(token=TOKEN)) as sim:
+        real = run_cli(*campaign(targets, sim.url, "--json-summary"), cwd=tmp_path)
+        assert sim.audit.total_processed == 8
+    assert (dry.returncode, real.returncode) == (0, 0), dry.stderr + real.stderr
+    counts = json.loads(real.stdout)["counts"]
+    assert (counts["sent"], counts["rejected"], counts["duplicate"]) == (8, 1, 1)
+    helped = run_cli("campaign", "--help", token=None, cwd=tmp_path).stdout
+    assert "never an exit code of their own" in helped and "--dry-run of the same file" in helped

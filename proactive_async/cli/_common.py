@@ -8,6 +8,8 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 from .._errors import InputError
 from .._input import read_records
+from .._records import OutcomeStatus
+from .._report import CampaignSummary
 from ..settings import Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -28,6 +30,7 @@ __all__ = [
     "UsageError",
     "check_targets_file",
     "console",
+    "exit_code_of",
     "os_error_text",
     "settings_from",
     "stderr_console",
@@ -43,7 +46,9 @@ PROG: Final = "proactive-async"
 
 EXIT_CODES_HELP: Final = """\
 exit codes:
-  0    every record ended sent, rejected (invalid input) or duplicate
+  0    every record ended sent, rejected (invalid input) or duplicate. Rejected and
+       duplicate records are counted and reported, never an exit code of their own: a
+       --dry-run of the same file exits as the run would (0 unless it cannot read the file)
   1    some records failed (certainly not sent) and none is unknown
   2    usage, configuration, input-file or journal error, or a fatal answer (401, 403, a
        certificate that does not verify) that stopped the run (one line on stderr)
@@ -62,6 +67,17 @@ JOURNAL_PASSWORD_HELP: Final = (
     "a password in the URL shows in ps: put the URL in $PROACTIVE_JOURNAL, or leave the "
     "password out and let libpq read $PGPASSWORD or ~/.pgpass ($PGPASSFILE)"
 )
+
+
+def exit_code_of(summary: CampaignSummary) -> int:
+    """The exit code of the records' outcomes, for a run and a dry run alike: rejected and
+    duplicate records are in the report and the summary, never an exit code of their own
+    (running the file again would not help them)."""
+    if summary.counts[OutcomeStatus.UNKNOWN]:
+        return EXIT_UNKNOWN
+    if summary.counts[OutcomeStatus.FAILED]:
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 class UsageError(Exception):

@@ -47,16 +47,14 @@ from ..settings import Settings, build_client, build_rate_limit
 from . import _flags
 from ._common import (
     EXIT_CODES_HELP,
-    EXIT_FAILED,
     EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_UNKNOWN,
     EXIT_USAGE,
     PROG,
     STDIN,
     UsageError,
     check_targets_file,
     console,
+    exit_code_of,
     os_error_text,
     settings_from,
     stderr_console,
@@ -186,11 +184,7 @@ class CampaignResult:
             return EXIT_USAGE
         if self.interrupted or self.summary.interrupted:
             return EXIT_INTERRUPTED
-        if self.summary.counts[OutcomeStatus.UNKNOWN]:
-            return EXIT_UNKNOWN
-        if self.summary.counts[OutcomeStatus.FAILED]:
-            return EXIT_FAILED
-        return EXIT_OK
+        return exit_code_of(self.summary)
 
 
 async def run_campaign(settings: CampaignSettings, *, stderr: Console) -> CampaignResult:
@@ -595,8 +589,8 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="read and plan the whole file, send nothing (no token, no network): counts of "
         "valid, rejected (top reasons) and duplicate records, the calls it would make; the "
-        "report lists the rejected and duplicate records. Exit 0 when every record is "
-        "sendable, else 1",
+        "report lists the rejected and duplicate records. Exits as a run would: rejected "
+        "and duplicate records are counted, never an exit code of their own",
     )
     out.add_argument(
         "--json-summary",

@@ -25,11 +25,10 @@ from .._records import Outcome, OutcomeStatus, Record
 from .._report import CampaignSummary, ReportWriter
 from . import _flags
 from ._common import (
-    EXIT_FAILED,
-    EXIT_OK,
     UsageError,
     check_targets_file,
     console,
+    exit_code_of,
     os_error_text,
     stderr_console,
 )
@@ -53,11 +52,6 @@ class DryRun:
     """Valid records that would be sent with at least one empty content variable."""
     empty_variables: Counter[str] = field(default_factory=Counter)
     """Those records by variable name (a record with two empty names counts under both)."""
-
-    @property
-    def sendable(self) -> bool:
-        counts = self.summary.counts
-        return not (counts[OutcomeStatus.REJECTED] or counts[OutcomeStatus.DUPLICATE])
 
     def add_call(self, size: int) -> None:
         self.calls += 1
@@ -177,7 +171,7 @@ def dry_run_command(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     else:
         console(sys.stdout).print(table)
-    return EXIT_OK if result.sendable else EXIT_FAILED
+    return exit_code_of(result.summary)
 
 
 def _check_targets_file(path: str, recipient_column: str | None) -> None:
