@@ -4,7 +4,10 @@ Both displays poll ``Campaign.summary`` on a timer; nothing is rendered per outc
 a fast campaign is never slowed by its own progress display. Besides the counts they say
 why nothing is being sent: the latest failed call (``retrying: ConnectError x 12, next in
 4 s``), the shared pause after a 429, and what the rate limit says of itself (a shared
-limit whose Redis is away: its ``problem``). The ETA follows the rate of the last few seconds.
+limit whose Redis is away: its ``problem``). The ETA follows the rate of the last few seconds
+at which this run handles records: those a resume replays from the journal (thousands a
+second) are left out of it, and it starts at the first record handled, so neither a resume
+nor the first call's wait skews the first seconds' ETA.
 """
 
 from __future__ import annotations
@@ -95,6 +98,10 @@ class RateMeter:
         self._window = window
         self._points: deque[tuple[float, int]] = deque()
 
+    @property
+    def started(self) -> bool:
+        return bool(self._points)
+
     def add(self, now: float, targets: int) -> float:
         points = self._points
         points.append((now, targets))
@@ -118,9 +125,12 @@ def take_snapshot(
     A ``limit`` with a ``problem`` (Redis away) is the reason shown first: while it holds
     every call back, the last failed call is old news."""
     now = time.monotonic()
+    if total is not None:
+        total = max(total, summary.records)  # the count is an estimate (lines of the file)
     eta: float | None = None
-    if records_meter is not None:
-        records_rate = records_meter.add(now, summary.records)
+    handled = summary.records - summary.resumed
+    if records_meter is not None and (handled or records_meter.started):
+        records_rate = records_meter.add(now, handled)
         if total is not None and records_rate > 0:
             eta = max(0, total - summary.records) / records_rate
     failure = summary.last_failure
@@ -188,6 +198,7 @@ class RichProgress:
         self._lines = [counts] if snapshot.problem is None else [counts, snapshot.problem]
         self._progress.update(
             self._task,
+            total=snapshot.total,
             completed=snapshot.records,
             rate=f"{snapshot.targets_per_second:,.0f} targets/s",
             eta=snapshot.eta_text(),
@@ -286,9 +297,7 @@ class ProgressWatcher:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        now = time.monotonic()
-        self._meter.add(now, self._summary.targets_sent)
-        self._records_meter.add(now, self._summary.records)
+        self._meter.add(time.monotonic(), self._summary.targets_sent)
         self._task = asyncio.create_task(self._poll())
 
     async def finish(self, *, show: bool = True) -> None:
@@ -302,6 +311,10 @@ class ProgressWatcher:
         summary = self._summary
         final = self._snapshot()
         final = dataclasses.replace(final, eta=None, problem=None)  # the summary tells
+        if not summary.interrupted and summary.aborted is None:
+            # A whole run handled every record: the total counted from the file's lines (a
+            # blank line, a multi-line value) gives way to what was read.
+            final = dataclasses.replace(final, total=summary.records)
         if summary.elapsed > 0:
             final = dataclasses.replace(final, targets_per_second=summary.targets_per_second)
         if isinstance(self.display, PlainProgress):

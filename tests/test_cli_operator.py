@@ -398,3 +398,39 @@ def test_a_dry_run_and_a_run_of_a_file_with_rejected_records_exit_alike(tmp_path
     assert (counts["sent"], counts["rejected"], counts["duplicate"]) == (8, 1, 1)
     helped = run_cli("campaign", "--help", token=None, cwd=tmp_path).stdout
     assert "never an exit code of their own" in helped and "--dry-run of the same file" in helped
+
+
+# -- progress lines (issue 18 §4) ----------------------------------------------------------
+
+
+def test_the_last_progress_line_counts_the_records_read_not_the_lines(tmp_path: Path) -> None:
+    targets = tmp_path / "r.csv"
+    rows = [f"{p},Ana" for p in phones(14)]
+    targets.write_text("phone,name\n" + "\n".join(rows[:7]) + "\n\n" + "\n".join(rows[7:]) + "\n")
+    with ThreadedSimulator(SimulatorConfig(token=TOKEN)) as sim:
+        done = run_cli(*campaign(targets, sim.url), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    last = [line for line in done.stderr.splitlines() if " records, " in line][-1]
+    assert last.startswith("14/14 records, "), done.stderr
+
+
+def test_the_eta_of_a_resume_follows_the_records_sent_now_not_those_replayed(
+    tmp_path: Path,
+) -> None:
+    targets = write_csv(tmp_path / "r.csv", [f"{p},Ana" for p in phones(2000)])
+    journal = ["--journal", str(tmp_path / "j.db"), "--chunk-size", "10"]
+    with ThreadedSimulator(SimulatorConfig(token=TOKEN)) as sim:
+        first = TimedRun(*campaign(targets, sim.url, *journal, "--rate", "1000"), cwd=tmp_path)
+        deadline = time.monotonic() + 30
+        while sim.audit.total_processed < 1500 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        first.process.send_signal(signal.SIGINT)
+        assert first.wait()[0] == 130, first.stderr
+        resume = TimedRun(*campaign(targets, sim.url, *journal, "--rate", "50"), cwd=tmp_path)
+        code, _ = resume.wait()
+    assert code == 0, resume.stderr
+    # About 500 records left at 50 a second: some 10 s. Replayed records counted in the rate
+    # made the first lines' ETA a second or two.
+    etas = [line.rsplit(", eta ", 1)[1] for line in resume.stderr.splitlines() if ", eta " in line]
+    h, m, s = (int(part) for part in etas[0].split(":"))
+    assert h * 3600 + m * 60 + s >= 5, resume.stderr

@@ -8,7 +8,13 @@ import pytest
 from rich.console import Console
 
 from proactive_async import OutcomeStatus
-from proactive_async._progress import PlainProgress, RateMeter, RichProgress, Snapshot
+from proactive_async._progress import (
+    PlainProgress,
+    RateMeter,
+    RichProgress,
+    Snapshot,
+    take_snapshot,
+)
 
 
 def test_plain_progress_prints_records_rate_and_counts_and_skips_repeats() -> None:
@@ -59,3 +65,25 @@ def test_the_terminal_progress_shows_the_bar_the_rate_and_the_counts() -> None:
     text = stream.getvalue()
     assert "12/20" in text and "950 targets/s" in text and "sent 12" in text
     assert "a message" in text
+
+
+def test_records_replayed_from_the_journal_do_not_make_the_eta_of_a_resume() -> None:
+    """A resume replays thousands of records a second: the ETA waits for records handled now."""
+    from proactive_async._report import CampaignSummary
+
+    summary = CampaignSummary()
+    summary.records = summary.resumed = 1000
+    meter, records_meter = RateMeter(), RateMeter()
+    snap = take_snapshot(summary, 2000, meter, records_meter)
+    assert snap.eta is None and not records_meter.started  # nothing handled now: no guess
+    summary.records += 10
+    take_snapshot(summary, 2000, meter, records_meter)
+    assert records_meter.started
+
+
+def test_a_total_counted_too_low_never_shows_more_records_than_the_total() -> None:
+    from proactive_async._report import CampaignSummary
+
+    summary = CampaignSummary()
+    summary.records = 16
+    assert take_snapshot(summary, 15, RateMeter(), RateMeter()).total == 16
