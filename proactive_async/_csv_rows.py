@@ -5,6 +5,13 @@ feeds it the file's lines and keeps those of the row being read; when a row must
 rejected (its quoted value open past the limits below, or at the end of the file, or a
 line too long), it puts the row's later lines back in front of the file, so reading goes
 on from the line after the rejected row's first and no later row is lost.
+
+A row refused only because its closed quoted value spans lines (multi-line values not
+allowed) may be a legal value or a stray quote closed by another. Its later lines are read
+again as rows only where a line is a whole row on its own (the header's number of fields,
+no quote left open): a stray quote's rows are, and are not lost. A line that is not (the
+rest of a legal value: ``lines"``) is taken as part of the refused row, which counts it in
+its span, rather than rejected as a phantom record of its own.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 import csv
 import functools
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
 
 from ._errors import InputError
@@ -99,10 +106,14 @@ class LineFeed:
         if held:
             raise _Unclosed
 
-    def reject_multiline(self, line_num: int) -> str:
-        """Reject the complete row in ``held``, which spans lines (``line_num``: the reader's)."""
+    def reject_multiline(self, line_num: int, own_row: Callable[[str], bool]) -> str:
+        """Reject the complete row in ``held``, which spans lines (``line_num``: the reader's);
+        of its later lines, those that are not ``own_row`` stay the refused row's (read again
+        as blank lines, so that line numbers hold)."""
         last = self.base + line_num
         first = last - len(self.held) + 1
+        held = self.held
+        held[1:] = [text if own_row(text) else "\n" for text in held[1:]]
         self._rewind(first)
         return (
             f"a quoted value spans lines {first}-{last} of the file (a stray quote?); "

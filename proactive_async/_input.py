@@ -24,8 +24,11 @@ must not pour other people's rows into one value, so a row is rejected when its 
 still open at the end of the file or past the row limit (1000 lines, or 4 times the csv
 module's field limit in characters), and, unless ``multiline=True``, when a quoted value
 spans lines at all; reading then goes on from the line after the rejected row's first,
-so no later row is lost. A cell over ``csv.field_size_limit()`` (left as the user set it)
-or a line over the row limit rejects that row alone.
+so no later row is lost. Of a refused multi-line row whose quote closed, only the later
+lines that are whole rows on their own are read again (a stray quote closed by another);
+the rest of a legal multi-line value stays part of the refused record, never a phantom
+one. A cell over ``csv.field_size_limit()`` (left as the user set it) or a line over the
+row limit rejects that row alone.
 """
 
 from __future__ import annotations
@@ -35,7 +38,14 @@ import csv
 import hashlib
 import io
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from pathlib import Path
 from typing import IO, Any
 
@@ -149,7 +159,8 @@ def read_csv(
                 for row in reader:
                     if len(held) != 1 and not multiline:
                         line += 1
-                        yield Record(line=line, error=feed.reject_multiline(reader.line_num))
+                        reason = feed.reject_multiline(reader.line_num, layout.whole_row(sep))
+                        yield Record(line=line, error=reason)
                         break  # read again from the row's second line
                     held.clear()
                     if not row or (len(row) == 1 and not row[0].strip()):
@@ -328,6 +339,20 @@ class _CsvLayout:
         elif cell:
             self.var_index.append(index)
             self.var_names.append(cell)
+
+    def whole_row(self, delimiter: str) -> Callable[[str], bool]:
+        """Whether one physical line is a row on its own: the header's number of fields, and
+        no quoted value left open (a value holding the line's end)."""
+
+        def check(text: str) -> bool:
+            rows = list(csv.reader([text], delimiter=delimiter))
+            return (
+                len(rows) == 1
+                and len(rows[0]) == self.width
+                and not any("\n" in cell or "\r" in cell for cell in rows[0])
+            )
+
+        return check
 
     def record(self, line: int, row: list[str]) -> Record:
         recipient = _cell(row, self.recipient)

@@ -434,3 +434,24 @@ def test_the_eta_of_a_resume_follows_the_records_sent_now_not_those_replayed(
     etas = [line.rsplit(", eta ", 1)[1] for line in resume.stderr.splitlines() if ", eta " in line]
     h, m, s = (int(part) for part in etas[0].split(":"))
     assert h * 3600 + m * 60 + s >= 5, resume.stderr
+
+
+# -- a multi-line value refused by default (issue 18 §4) -----------------------------------
+
+
+def test_a_refused_multi_line_value_is_one_report_line_not_two(tmp_path: Path) -> None:
+    first, second = phones(2)
+    targets = tmp_path / "r.csv"
+    targets.write_text(f'phone,name\n{first},"Ana\nMaria"\n{second},Bob\n', encoding="utf-8")
+    dry = run_cli(*campaign(targets, "http://127.0.0.1:9", "--dry-run", "--json-summary"),
+                  token=None, cwd=tmp_path)  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    plan = json.loads(dry.stdout)
+    assert (plan["records"], plan["valid"], plan["rejected"]) == (2, 1, 1)
+    with ThreadedSimulator(SimulatorConfig(token=TOKEN)) as sim:
+        done = run_cli(*campaign(targets, sim.url), cwd=tmp_path)
+        assert sim.audit.total_processed == 1
+    assert done.returncode == 0, done.stderr
+    report = [json.loads(line) for line in (tmp_path / "r.report.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["status"]) for r in report] == [(1, "rejected"), (2, "sent")]
+    assert "spans lines 2-3" in report[0]["error"]["message"]

@@ -102,17 +102,31 @@ def test_csv_quoted_field_with_newline_is_one_record_with_multiline(tmp_path: Pa
 def test_csv_multiline_value_is_rejected_by_default_and_its_lines_read_again(
     tmp_path: Path,
 ) -> None:
-    """Without multiline, a quoted value over lines 3-4 is rejected; line 4 is read as a row."""
+    """Without multiline, a quoted value over lines 3-4 is rejected as one record; line 4
+    (``lines"``, not a row on its own) is part of it, never a phantom record."""
     path = write(tmp_path, "t.csv", 'recipient,msg\n+551,a\n+552,"two\nlines"\n+553,x\n')
-    first, spanning, rest, last = read_csv(path)
+    first, spanning, last = read_csv(path)
     assert first == Record(line=1, recipient="+551", variables={"msg": "a"})
     assert spanning == Record(
         line=2,
         error="a quoted value spans lines 3-4 of the file (a stray quote?); "
         "allow multi-line values to send it",
     )
-    assert (rest.line, rest.error) == (3, "row has 1 fields, the header has 2")
-    assert last == Record(line=4, recipient="+553", variables={"msg": "x"})
+    assert last == Record(line=3, recipient="+553", variables={"msg": "x"})
+
+
+def test_a_refused_multiline_value_of_many_lines_is_one_record_and_whole_rows_are_read(
+    tmp_path: Path,
+) -> None:
+    """Its later lines that are not rows on their own (a middle line, one with a doubled
+    quote, the closing one) are the refused row's; a whole row among them is read as a row."""
+    content = 'recipient,msg\n+551,"one\nmiddle\nsaid ""hi\n+552,whole\nend"\n+553,x\n'
+    spanning, *rest = read_csv(write(tmp_path, "t.csv", content))
+    assert spanning.error is not None and "spans lines 2-6" in spanning.error
+    assert rest == [
+        Record(line=2, recipient="+552", variables={"msg": "whole"}),
+        Record(line=3, recipient="+553", variables={"msg": "x"}),
+    ]
 
 
 def test_csv_unclosed_quote_is_rejected_alone_and_later_rows_are_read(tmp_path: Path) -> None:
@@ -151,7 +165,7 @@ def test_read_records_passes_multiline_to_the_csv_reader(tmp_path: Path) -> None
     path = write(tmp_path, "t.csv", 'recipient,msg\n+551,"two\nlines"\n')
     (record,) = read_records(path, multiline=True)
     assert record.variables == {"msg": "two\nlines"}
-    (rejected, _) = read_records(path)
+    (rejected,) = read_records(path)
     assert rejected.error is not None and "spans lines 2-3" in rejected.error
 
 
@@ -243,15 +257,18 @@ def test_csv_header_over_the_row_limit_raises_naming_the_file(tmp_path: Path) ->
 
 def test_csv_error_line_numbers_count_the_header_blank_lines_and_bom(tmp_path: Path) -> None:
     """Records count data rows; messages name physical lines of the file."""
-    content = b'\xef\xbb\xbf\r\nrecipient,name\r\n\r\n+551,a\r\n+552,"b\r\nc"\r\n+553,d\r\n'
+    content = (
+        b'\xef\xbb\xbf\r\nrecipient,name\r\n\r\n+551,a\r\n+552,"b\r\nc"\r\n+553,d\r\n+554,"e\r\n'
+    )
     records = list(read_csv(write(tmp_path, "t.csv", content)))
     assert [(r.line, r.recipient) for r in records] == [
         (1, "+551"),
         (2, None),
-        (3, 'c"'),
-        (4, "+553"),
+        (3, "+553"),
+        (4, None),
     ]
     assert records[1].error is not None and "spans lines 5-6 of" in records[1].error
+    assert records[3].error is not None and "opened on line 8 of" in records[3].error
 
 
 def test_csv_blank_lines_are_not_records(tmp_path: Path) -> None:
