@@ -134,7 +134,7 @@ class Campaign:
         self.journal_path = journal
         self.report_path = report
         self.summary = CampaignSummary()
-        self.total: int | None = _count_records(targets)
+        self.total: int | None = _count_records(targets, options.recipient_column)
         self._clock = clock
         self._own_limit = False
         self.rate_limit = self._choose_rate_limit(rate_limit, clock, sleep)
@@ -399,7 +399,11 @@ class Campaign:
     def _records(self) -> AsyncIterator[Record]:
         source = self.targets
         if isinstance(source, str | os.PathLike):
-            return file_records(source, multiline=self.options.multiline_values)
+            return file_records(
+                source,
+                multiline=self.options.multiline_values,
+                recipient_column=self.options.recipient_column,
+            )
         return aiter_records(source)
 
     async def _settle_planned(self, outcome: Outcome) -> None:
@@ -503,8 +507,11 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return error
 
 
-async def file_records(path: str | os.PathLike[str], *, multiline: bool) -> AsyncIterator[Record]:
-    for index, record in enumerate(read_records(path, multiline=multiline)):
+async def file_records(
+    path: str | os.PathLike[str], *, multiline: bool, recipient_column: str | None = None
+) -> AsyncIterator[Record]:
+    reading = read_records(path, multiline=multiline, recipient_column=recipient_column)
+    for index, record in enumerate(reading):
         yield record
         if index & 255 == 255:
             await asyncio.sleep(0)  # reading is synchronous: let the dispatchers run
@@ -560,7 +567,7 @@ def _fingerprint(source: object) -> str:
     return ""
 
 
-def _count_records(source: object) -> int | None:
+def _count_records(source: object, recipient_column: str | None = None) -> int | None:
     """Records in a targets file (lines, header and blank lines aside), for progress; else None."""
     if not isinstance(source, str | os.PathLike):
         return len(source) if isinstance(source, list | tuple) else None
@@ -575,4 +582,4 @@ def _count_records(source: object) -> int | None:
         return None
     if last != b"\n":
         lines += 1
-    return max(0, lines - 1) if starts_with_header(source) else lines
+    return max(0, lines - 1) if starts_with_header(source, recipient_column) else lines

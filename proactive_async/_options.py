@@ -46,6 +46,8 @@ class CampaignOptions:
         multiline_values: accept a CSV quoted value spanning several lines; off by default,
             so such a record ends ``rejected`` (a stray quote must not merge other
             people's rows into one message).
+        recipient_column: the CSV column holding the phone numbers, when it is not one
+            of the built-in names (``telefone``); then only that column is read as them.
         resend_unknown: on resume, resend records that ended ``unknown`` or were in flight
             at the crash (duplicates possible).
         resend_failed: on resume, resend records that ended ``failed`` for a cause of the
@@ -71,6 +73,7 @@ class CampaignOptions:
     allow_repeats_with_different_variables: bool = False
     allow_vanity_numbers: bool = False
     multiline_values: bool = False
+    recipient_column: str | None = None
     resend_unknown: bool = False
     resend_failed: bool = False
     grace_period: float = 10.0
@@ -110,4 +113,6 @@ class CampaignOptions:
             options["allow_vanity_numbers"] = True
         if self.multiline_values:
             options["multiline_values"] = True
+        if self.recipient_column is not None:
+            options["recipient_column"] = self.recipient_column
         return options

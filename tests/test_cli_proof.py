@@ -121,9 +121,24 @@ def test_a_recipient_column_of_another_name_is_read_by_the_dry_run(tmp_path: Pat
     assert "no column 'celular'" in missing.stderr and "Traceback" not in missing.stderr
 
 
-def test_a_run_refuses_a_recipient_column_it_cannot_honour_yet(tmp_path: Path) -> None:
-    targets = write_csv(tmp_path / "r.csv", [f"{p},Ana" for p in phones(2)], header="telefone,n")
+def test_a_run_sends_to_the_recipient_column_it_is_told_and_a_resume_keeps_it(
+    tmp_path: Path,
+) -> None:
+    """``--recipient-column`` in a real run: the numbers are read from that column (the
+    ``phone`` column beside it is a content variable), and it is part of the journal's
+    identity: a resume without it is refused."""
+    numbers = phones(4)
+    rows = [f"{numbers[i]},Ana,{numbers[(i + 1) % 4]}" for i in range(3)]
+    targets = write_csv(tmp_path / "r.csv", rows, header="telefone,n,phone")
+    journal = tmp_path / "j.db"
     with ThreadedSimulator(SimulatorConfig(token=TOKEN)) as sim:
-        done = run_cli(*campaign(targets, sim.url, "--recipient-column", "telefone"), cwd=tmp_path)
-        assert sim.audit.total_processed == 0
-    assert done.returncode == 2 and "--recipient-column" in done.stderr
+        done = run_cli(
+            *campaign(
+                targets, sim.url, "--recipient-column", "telefone", "--journal", str(journal)
+            ),
+            cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr
+        assert sim.simulator.audit.snapshot() == {number: 1 for number in numbers[:3]}
+        other = run_cli(*campaign(targets, sim.url, "--journal", str(journal)), cwd=tmp_path)
+    assert other.returncode == 2 and "another campaign" in other.stderr

@@ -100,10 +100,10 @@ def settings_from(environ: Mapping[str, str] | None = None, /, **flags: Any) -> 
         raise UsageError(f"{flag} {exc.reason}") from None
 
 
-def check_targets_file(path: str) -> None:
+def check_targets_file(path: str, recipient_column: str | None = None) -> None:
     """Fail fast (before any report or journal is touched) when the file cannot be read at all."""
     try:
-        records = read_records(path)
+        records = read_records(path, recipient_column=recipient_column)
         try:
             next(records, None)
         finally:

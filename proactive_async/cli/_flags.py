@@ -173,7 +173,7 @@ def add_planning_flags(p: argparse.ArgumentParser) -> None:
         "--recipient-column",
         metavar="NAME",
         help="the CSV column holding the phone numbers, when it is not one of the built-in "
-        "names (e.g. telefone); honoured by --dry-run so far",
+        "names (e.g. telefone); then only that column is read as them",
     )
     plan.add_argument(
         "--multiline-values",
@@ -405,13 +405,8 @@ def options_from_args(
     fields.update({name: value for flag, (name, value) in _SWITCHES.items() if given.get(flag)})
     if concurrency is not None:
         fields["concurrency"] = concurrency
-    if given.get("recipient_column") is not None and not given.get("dry_run"):
-        # Reading it needs CampaignOptions and the campaign's reader to carry the column;
-        # until they do, a run refuses it rather than read the file without it.
-        raise UsageError(
-            "--recipient-column is honoured by --dry-run only so far; for a run, rename "
-            "the column recipient or phone"
-        )
+    if given.get("recipient_column") is not None:
+        fields["recipient_column"] = given["recipient_column"]
     if given.get("default_region"):
         fields["default_region"] = given["default_region"].upper()
     retry: dict[str, Any] = {}

@@ -534,7 +534,7 @@ def _run_or_plan(args: argparse.Namespace) -> int:
 
         return dry_run_command(args)
     settings = settings_from_args(args)
-    check_targets_file(settings.targets)
+    check_targets_file(settings.targets, settings.options.recipient_column)
     stderr = stderr_console()
     token = settings.settings.token
     with logging_to(args.verbose, args.log_file, [token] if token else []):

@@ -246,7 +246,11 @@ class _Storing:
         )
         campaign = self.campaign
         async with self.conn.cursor().copy(copy_sql) as copy:
-            source = file_records(targets, multiline=options.multiline_values)
+            source = file_records(
+                targets,
+                multiline=options.multiline_values,
+                recipient_column=options.recipient_column,
+            )
             async with contextlib.aclosing(Planner(options.planner).plan(source)) as plan:
                 async for item in plan:
                     if isinstance(item, Outcome):
