@@ -148,8 +148,11 @@ class ChunkSender:
         return self._stopping
 
     def stop(self) -> None:
-        """Make no new attempt; a chunk waiting for its first attempt is left unsent."""
+        """Make no new attempt; a chunk waiting for its first attempt is left unsent, and
+        chunks waiting out a backoff or the rate limit stop waiting now (a Ctrl-C with
+        nothing in flight does not wait for a pause, or for a Redis that is away)."""
         self._stopping = True
+        self._wake_waiters()
 
     async def send(self, chunk: Chunk) -> None:
         """Send ``chunk`` until every target in it has its outcome (or is left unsent)."""
@@ -369,6 +372,9 @@ class ChunkSender:
         _log.error("campaign aborted: %s", self.summary.aborted)
         # Chunks waiting to retry, or for the rate limit (a pause may last minutes), are
         # settled now rather than when their wait ends.
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
         current = asyncio.current_task()
         for task, woken in self._waiting.items():
             if task is not current and not woken:
@@ -376,11 +382,11 @@ class ChunkSender:
                 task.cancel()
 
     async def _wait(self, waiting: Awaitable[None]) -> None:
-        """Wait out a backoff or the rate limit, unless the sender is aborted (then return
-        early: the caller finds ``aborted`` set)."""
+        """Wait out a backoff or the rate limit, unless the sender is aborted or stopped
+        (then return early: the caller finds ``aborted`` or ``stopping`` set)."""
         task = asyncio.current_task()
-        if self._abort is not None or task is None:
-            if self._abort is None:
+        if self._abort is not None or self._stopping or task is None:
+            if self._abort is None and not self._stopping:
                 await waiting
             elif asyncio.iscoroutine(waiting):
                 waiting.close()

@@ -977,3 +977,17 @@ def test_which_failed_records_a_resume_may_send_again(kind: str, resendable: boo
         targets(1)[0], OutcomeStatus.UNKNOWN, error=OutcomeError(kind=kind, message="x")
     )
     assert not is_resendable(unknown)  # may have been created: never by this flag
+
+
+async def test_stop_wakes_chunks_waiting_on_the_rate_limit_and_sends_nothing() -> None:
+    """A Ctrl-C with nothing in flight, every chunk waiting out a long pause (or a Redis
+    that is away): stop() returns them at once, unsent and unmarked, for a resume."""
+    h = make()
+    assert h.limit is not None
+    h.limit.closed = asyncio.Event()  # the pause never ends by itself
+    sending = asyncio.create_task(h.sender.send(chunk(1, 2)))
+    await h.limit.paused.wait()
+    h.sender.stop()
+    await asyncio.wait_for(sending, 1)
+    assert h.outcomes == [] and h.named("mark", "send") == []
+    assert h.sender.summary.pending == 0  # never marked: nothing to release either
