@@ -25,7 +25,15 @@ class FakeClock:
 
 def test_all_lists_the_public_api_once_each() -> None:
     assert sorted(simulator.__all__) == sorted(
-        ["Audit", "ENDPOINT_PATH", "Faults", "Simulator", "SimulatorConfig", "main"]
+        [
+            "Audit",
+            "ENDPOINT_PATH",
+            "Faults",
+            "Simulator",
+            "SimulatorConfig",
+            "ThreadedSimulator",
+            "main",
+        ]
     )
     assert all(hasattr(simulator, name) for name in simulator.__all__)
 
