@@ -52,7 +52,7 @@ from .settings import (
     DEFAULT_WORKER_CONCURRENCY,
     Settings,
     build_client,
-    build_rate_limit,
+    build_send_rate_limit,
     display_url,
 )
 
@@ -153,15 +153,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     def rate_limit_for(
         template: ProactiveConversationRequest, send: SendSettings
     ) -> RateLimitBackend:
-        channel = template.channel_id if isinstance(template.channel_id, int) else None
-        return build_rate_limit(
-            settings,
-            rate=send.rate,
-            burst=send.burst,
-            adaptive=send.adaptive,
-            channel_id=channel,
-            redis_url=settings.redis_url or DEFAULT_REDIS_URL,
-        )
+        redis_url = settings.redis_url or DEFAULT_REDIS_URL
+        return build_send_rate_limit(settings, template, send, redis_url=redis_url)
 
     runner = SliceRunner(
         settings.journal,

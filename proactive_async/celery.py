@@ -48,7 +48,7 @@ from .settings import (
     DEFAULT_REDIS_URL,
     DEFAULT_WORKER_CONCURRENCY,
     Settings,
-    build_rate_limit,
+    build_send_rate_limit,
     build_sync_client,
     display_url,
 )
@@ -193,16 +193,8 @@ def _rate_limit_for(settings: Settings) -> Any:
     processes = settings.worker_concurrency or DEFAULT_CELERY_PROCESSES
 
     def build(template: ProactiveConversationRequest, send: SendSettings) -> RateLimitBackend:
-        channel = template.channel_id if isinstance(template.channel_id, int) else None
-        return build_rate_limit(
-            settings,
-            rate=send.rate,
-            burst=send.burst,
-            adaptive=send.adaptive,
-            channel_id=channel,
-            redis_url=redis_url,
-            processes=None if redis_url else processes,
-        )
+        share = None if redis_url else processes
+        return build_send_rate_limit(settings, template, send, redis_url=redis_url, processes=share)
 
     return build
 

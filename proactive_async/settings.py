@@ -42,7 +42,9 @@ from .ratelimit import AdaptiveTuning, RateLimit, SharedRateLimit, default_limit
 from .ratelimit._adaptive import DEFAULT_TUNING
 
 if TYPE_CHECKING:
+    from ._models import ProactiveConversationRequest
     from ._sync import Client
+    from .distributed import SendSettings
     from .ratelimit import RateLimitBackend
 
 __all__ = [
@@ -57,6 +59,7 @@ __all__ = [
     "SettingsError",
     "build_client",
     "build_rate_limit",
+    "build_send_rate_limit",
     "build_sync_client",
     "display_url",
     "environment_value",
@@ -357,6 +360,28 @@ def build_rate_limit(
         tuning=tuning,
         on_redis_error="wait" if processes is None else "local",
         processes=share,
+    )
+
+
+def build_send_rate_limit(
+    settings: Settings,
+    template: ProactiveConversationRequest,
+    send: SendSettings,
+    *,
+    redis_url: str | None,
+    processes: int | None = None,
+) -> RateLimitBackend:
+    """The rate limit a worker sends a distributed campaign's slices with: the campaign's
+    stored rate, shared by its channel (``build_rate_limit``)."""
+    channel = template.channel_id if isinstance(template.channel_id, int) else None
+    return build_rate_limit(
+        settings,
+        rate=send.rate,
+        burst=send.burst,
+        adaptive=send.adaptive,
+        channel_id=channel,
+        redis_url=redis_url,
+        processes=processes,
     )
 
 
