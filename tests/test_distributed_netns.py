@@ -7,13 +7,11 @@ comes back the cut worker sends nothing more: no target processed twice.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,7 +21,7 @@ from typing import Any
 import pytest
 from _distributed_checks import assert_exactly_once, cli, status
 
-from proactive_async.simulator import Simulator, SimulatorConfig
+from proactive_async.simulator import SimulatorConfig, ThreadedSimulator
 
 TOKEN = "netns-token-" + uuid.uuid4().hex
 TEMPLATE = ("--channel-id", "1", "--bot-id", "2", "--template-id", "3")
@@ -88,34 +86,9 @@ class Namespace:
         return ["ip", "netns", "exec", self.name, *argv]
 
 
-class ServedSimulator:
-    """The simulator on every address of this host (loopback and the veth), in a thread."""
-
-    def __init__(self) -> None:
-        self.simulator = Simulator(SimulatorConfig(token=TOKEN), host="0.0.0.0")
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(),), daemon=True)
-
-    async def _serve(self) -> None:
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        async with self.simulator:
-            self._ready.set()
-            await self._stop.wait()
-
-    def __enter__(self) -> ServedSimulator:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._loop is not None and self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    def url(self, host: str) -> str:
-        return f"http://{host}:{self.simulator.url.rsplit(':', 1)[1]}"
+def url_at(sim: ThreadedSimulator, host: str) -> str:
+    """The simulator's URL at one of this machine's addresses."""
+    return f"http://{host}:{sim.url.rsplit(':', 1)[1]}"
 
 
 @pytest.fixture
@@ -150,18 +123,18 @@ def test_a_worker_host_cut_off_silently_is_taken_over_and_sends_nothing_after(
         database.start()
         queue.start()
         dsn = database.create_database("netns")
-        with ServedSimulator() as sim:
+        with ThreadedSimulator(SimulatorConfig(token=TOKEN), host="0.0.0.0") as sim:
             base = {k: v for k, v in os.environ.items() if not k.startswith("PROACTIVE_")}
             here = base | {
                 "PROACTIVE_JOURNAL": dsn,
                 "PROACTIVE_REDIS_URL": queue.url,
                 "PROACTIVE_TOKEN": TOKEN,
-                "PROACTIVE_BASE_URL": sim.url("127.0.0.1"),
+                "PROACTIVE_BASE_URL": url_at(sim, "127.0.0.1"),
             }
             there = here | {
                 "PROACTIVE_JOURNAL": dsn.replace("127.0.0.1", HOST_SIDE),
                 "PROACTIVE_REDIS_URL": queue.url.replace("127.0.0.1", HOST_SIDE),
-                "PROACTIVE_BASE_URL": sim.url(HOST_SIDE),
+                "PROACTIVE_BASE_URL": url_at(sim, HOST_SIDE),
             }
             enqueued = cli(
                 "enqueue", str(targets), *TEMPLATE, "--campaign", "cut", "--job-size", "100",
@@ -192,10 +165,10 @@ def test_a_worker_host_cut_off_silently_is_taken_over_and_sends_nothing_after(
                     assert time.monotonic() < deadline, f"not finished 90 s after the cut: {final}"
                     time.sleep(0.5)
                 finished_in = time.monotonic() - cut_at
-                before = sum(sim.simulator.audit.snapshot().values())
+                before = sum(sim.audit.snapshot().values())
                 namespace.mend()
                 time.sleep(4)  # the far worker hears again: its leases are gone
-                after = sum(sim.simulator.audit.snapshot().values())
+                after = sum(sim.audit.snapshot().values())
             finally:
                 for worker in workers:
                     if worker.poll() is None:
@@ -206,7 +179,7 @@ def test_a_worker_host_cut_off_silently_is_taken_over_and_sends_nothing_after(
                     except subprocess.TimeoutExpired:
                         worker.kill()
                         worker.wait()
-            processed = sim.simulator.audit.snapshot()
+            processed = sim.audit.snapshot()
     assert after == before, (
         f"the cut-off worker sent {after - before} more after the link came back"
     )

@@ -387,7 +387,9 @@ class PostgresJournal:
         batch = coalesce(ops)
         conn = self._writer_conn
         campaign = self.campaign
-        async with conn.transaction():
+        # One round trip for the whole commit (BEGIN, the statements, COMMIT), not one
+        # per statement: the pipeline sends them together and reads the answers after.
+        async with conn.pipeline(), conn.transaction():
             # One statement per kind, in the order coalesce applies them.
             if batch.records:
                 scrub = self._scrubber.scrub

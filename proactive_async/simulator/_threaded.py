@@ -31,12 +31,17 @@ class ThreadedSimulator:
     Parameters:
         config: as ``Simulator``'s (token, rate limit, faults); change it with ``configure``.
         ssl_context: serve HTTPS with this server context.
+        host: the address to listen on (``0.0.0.0``: every address of the machine).
     """
 
     def __init__(
-        self, config: SimulatorConfig | None = None, ssl_context: ssl.SSLContext | None = None
+        self,
+        config: SimulatorConfig | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        *,
+        host: str = "127.0.0.1",
     ) -> None:
-        self.simulator = Simulator(config, ssl_context=ssl_context)
+        self.simulator = Simulator(config, host=host, ssl_context=ssl_context)
         self._ready = threading.Event()
         self._failure: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
