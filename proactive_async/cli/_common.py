@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable, Mapping
 from typing import IO, TYPE_CHECKING, Any, Final
@@ -33,6 +34,7 @@ __all__ = [
     "exit_code_of",
     "os_error_text",
     "settings_from",
+    "settings_from_flags",
     "stderr_console",
 ]
 
@@ -86,6 +88,30 @@ class UsageError(Exception):
 
 # The flag of each setting whose flag is not its name with dashes.
 _FLAGS: Final[Mapping[str, str]] = {"total_timeout": "--timeout", "token": "--token-file"}
+
+
+# The setting of each flag of the connection, API and shared-limit groups: a command has
+# some of them (argparse's ``dest`` names), and reads what it has.
+_SETTING_FLAGS: Final[Mapping[str, str]] = {
+    "base_url": "base_url",
+    "ca_file": "ca_file",
+    "proxy": "proxy",
+    "connect_timeout": "connect_timeout",
+    "read_timeout": "read_timeout",
+    "total_timeout": "timeout",
+    "redis_url": "redis_url",
+    "concurrency": "concurrency",
+}
+
+
+def settings_from_flags(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None, /, **more: Any
+) -> Settings:
+    """``settings_from`` with the values of whichever setting flags the command has, and
+    ``more`` (settings a command gives its own way: a token file, a journal, a broker)."""
+    given = vars(args)
+    flags = {name: given.get(dest) for name, dest in _SETTING_FLAGS.items()}
+    return settings_from(environ, **flags, **more)
 
 
 def settings_from(environ: Mapping[str, str] | None = None, /, **flags: Any) -> Settings:

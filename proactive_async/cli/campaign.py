@@ -56,7 +56,7 @@ from ._common import (
     console,
     exit_code_of,
     os_error_text,
-    settings_from,
+    settings_from_flags,
     stderr_console,
 )
 from ._logs import logging_to
@@ -110,19 +110,10 @@ class CampaignSettings:
 def settings_from_args(
     args: argparse.Namespace, environ: Mapping[str, str] | None = None
 ) -> CampaignSettings:
-    """The flags over the environment (default ``os.environ``, read by ``settings.py``)."""
-    settings = settings_from(
-        environ,
-        base_url=args.base_url,
-        token=_read_token_file(args.token_file) if args.token_file is not None else None,
-        ca_file=args.ca_file,
-        proxy=args.proxy,
-        connect_timeout=args.connect_timeout,
-        read_timeout=args.read_timeout,
-        total_timeout=args.timeout,
-        redis_url=args.redis_url,
-        concurrency=args.concurrency,
-    )
+    """The flags over the environment (the process's, read by ``settings.py``, unless
+    ``environ`` is given)."""
+    token = _read_token_file(args.token_file) if args.token_file is not None else None
+    settings = settings_from_flags(args, environ, token=token)
     if not settings.base_url:
         raise UsageError("no API base URL: pass --base-url URL or set PROACTIVE_BASE_URL")
     if not settings.token:

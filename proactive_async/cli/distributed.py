@@ -25,7 +25,7 @@ from ._common import (
     JOURNAL_PASSWORD_HELP,
     REDIS_PASSWORD_HELP,
     UsageError,
-    settings_from,
+    settings_from_flags,
     stderr_console,
 )
 
@@ -153,19 +153,9 @@ def _add_journal(p: argparse.ArgumentParser, *, campaign: bool = False) -> None:
 def _settings(args: argparse.Namespace) -> Settings:
     """The flags this command has, over the environment; the journal must be PostgreSQL."""
     given = vars(args)
-    flags = {
-        "journal": given.get("journal"),
-        "redis_url": given.get("redis_url"),
-        "broker_url": given.get("broker"),
-        "base_url": given.get("base_url"),
-        "ca_file": given.get("ca_file"),
-        "proxy": given.get("proxy"),
-        "connect_timeout": given.get("connect_timeout"),
-        "read_timeout": given.get("read_timeout"),
-        "total_timeout": given.get("timeout"),
-        "concurrency": given.get("concurrency"),
-    }
-    settings = settings_from(None, **flags)
+    settings = settings_from_flags(
+        args, None, journal=given.get("journal"), broker_url=given.get("broker")
+    )
     if not settings.journal or not settings.journal.startswith(("postgresql://", "postgres://")):
         raise UsageError("give the journal: --journal postgresql://... or PROACTIVE_JOURNAL")
     return settings
