@@ -37,6 +37,7 @@ from ._constants import (
     DEFAULT_WORKER_CONCURRENCY,
 )
 from ._errors import ProactiveError
+from ._loop import LoopName
 from ._secrets import display_url
 from .ratelimit import AdaptiveTuning, RateLimit, SharedRateLimit, default_limit_key
 from .ratelimit._adaptive import DEFAULT_TUNING
@@ -88,6 +89,7 @@ VARIABLES: Final[Mapping[str, str]] = {
     "worker_concurrency": "PROACTIVE_WORKER_CONCURRENCY",
     "job_timeout": "PROACTIVE_JOB_TIMEOUT",
     "visibility_timeout": "PROACTIVE_VISIBILITY_TIMEOUT",
+    "loop": "PROACTIVE_LOOP",
 }
 """Each setting's environment variable."""
 
@@ -99,6 +101,7 @@ _REASONS: Final[Mapping[str, str]] = {
     "concurrency": "must be a whole number of at least 1",
     "worker_concurrency": "must be a whole number of at least 1",
     "visibility_timeout": "must be a whole number of seconds of at least 1",
+    "loop": "must be auto, asyncio or uvloop",
 }
 _SECONDS_REASON: Final = "must be a positive number of seconds"
 _TEXT_REASON: Final = "must be text"
@@ -113,6 +116,7 @@ _SHOWN: Final = frozenset(
         "worker_concurrency",
         "job_timeout",
         "visibility_timeout",
+        "loop",
     }
 )
 # Never shown whole: a token, and URLs that may carry a password.
@@ -160,6 +164,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             processes of one Celery worker (``DEFAULT_CELERY_PROCESSES``).
         job_timeout: seconds one arq job may run.
         visibility_timeout: seconds before Celery redelivers an unacknowledged chunk.
+        loop: the event loop of the CLI and the workers: auto (uvloop if installed),
+            asyncio or uvloop (``proactive-async[fast]``).
     """
 
     base_url: _HttpUrl | None = None
@@ -176,6 +182,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_concurrency: _Count | None = None
     job_timeout: _Seconds = DEFAULT_JOB_TIMEOUT
     visibility_timeout: _Count = DEFAULT_VISIBILITY_TIMEOUT
+    loop: LoopName | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, /, **overrides: Any) -> Settings:

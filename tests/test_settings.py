@@ -40,6 +40,7 @@ _GOOD: dict[str, tuple[str, object]] = {
     "worker_concurrency": ("8", 8),
     "job_timeout": ("600", 600.0),
     "visibility_timeout": ("120", 120),
+    "loop": ("uvloop", "uvloop"),
 }
 
 
