@@ -37,6 +37,7 @@ from arq.worker import func
 
 from ._client import AsyncClient
 from ._errors import JournalError
+from ._loop import running_loop_name
 from ._models import ProactiveConversationRequest
 from .distributed import (
     DEFAULT_LEASE,
@@ -141,7 +142,8 @@ def worker_options(
 
 
 async def startup(ctx: dict[str, Any]) -> None:
-    """One client and one slice worker per worker process, from the settings."""
+    """One client and one slice worker per worker process, from the settings; the first
+    log line names the event loop (``proactive-async worker`` runs arq on ``--loop``'s)."""
     settings: Settings = ctx.get(SETTINGS_KEY) or Settings.from_env()
     slices, lease = ctx.get(_SHAPE, (DEFAULT_SLICES, DEFAULT_LEASE))
     if not settings.journal:
@@ -169,12 +171,13 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx[_WORKER] = worker
     _log.info(
         "proactive-async worker: engine arq, queue %s, journal %s, API %s, "
-        "%d calls in flight, %d slices at once",
+        "%d calls in flight, %d slices at once, event loop %s",
         display_url(settings.redis_url or DEFAULT_REDIS_URL),
         runner.where,
         display_url(client.base_url),
         concurrency,
         slices,
+        running_loop_name(),
     )
 
 

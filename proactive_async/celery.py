@@ -39,6 +39,7 @@ from celery import Celery, signals
 
 from ._client import AsyncClient
 from ._errors import JournalError
+from ._loop import running_loop_name
 from ._models import ProactiveConversationRequest
 from ._sync import Client
 from .distributed import DEFAULT_SLICES, SendSettings, SliceRunner, SliceWorker
@@ -174,11 +175,12 @@ async def _worker(client: AsyncClient) -> SliceWorker:
         await _PROCESS.worker.start()
         _log.info(
             "proactive-async worker process: engine celery, broker %s, journal %s, API %s, "
-            "%d calls in flight",
+            "%d calls in flight, event loop %s",
             display_url(settings.broker_url or DEFAULT_REDIS_URL),
             runner.where,
             display_url(client.base_url),
             runner.concurrency,
+            running_loop_name(),
         )
     return _PROCESS.worker
 

@@ -53,7 +53,7 @@ GROUPS: dict[Callable[[argparse.ArgumentParser], None], set[str]] = {
         "--retry-ambiguous",
         "--resend-unknown",
     },
-    _flags.add_pace_flags: {"--concurrency", "--calls-per-second", "--grace-period"},
+    _flags.add_pace_flags: {"--concurrency", "--calls-per-second", "--grace-period", "--loop"},
     _flags.add_shared_limit_flags: {"--redis-url", "--limit-key", "--processes"},
     _flags.add_record_flags: {"--journal", "--report", "--report-format"},
     _flags.add_api_flags: {"--base-url", "--token-file"},

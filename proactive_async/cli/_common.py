@@ -101,6 +101,7 @@ _SETTING_FLAGS: Final[Mapping[str, str]] = {
     "total_timeout": "timeout",
     "redis_url": "redis_url",
     "concurrency": "concurrency",
+    "loop": "loop",
 }
 
 

@@ -13,19 +13,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .._config import DEFAULT_TIMEOUT
 from .._input import COLUMN_ALIASES
+from .._loop import FAST_EXTRA, LOOP_NAMES, EventLoop, LoopUnavailableError, choose_loop
 from .._models import INT32_MAX, INT32_MIN, INTEGRATION_TYPES, ProactiveConversationRequest
 from .._options import CampaignOptions
 from .._report import REPORT_FORMATS, report_format
 from ._common import JOURNAL_PASSWORD_HELP, REDIS_PASSWORD_HELP, STDIN, UsageError
 
+if TYPE_CHECKING:
+    from ..settings import Settings
+
 __all__ = [
     "add_api_flags",
     "add_campaign_options",
     "add_connection_flags",
+    "add_loop_flag",
     "add_pace_flags",
     "add_planning_flags",
     "add_recipients_file",
@@ -35,6 +40,7 @@ __all__ = [
     "add_stop_flags",
     "add_template_flags",
     "campaign_inputs",
+    "event_loop",
     "int32_arg",
     "int_arg",
     "integration_type_arg",
@@ -238,6 +244,17 @@ def add_pace_flags(p: argparse.ArgumentParser) -> None:
         help="on Ctrl-C, how long calls in flight may take to finish "
         f"(default {_DEFAULTS.grace_period:g})",
     )
+    add_loop_flag(pace)
+
+
+def add_loop_flag(p: Any) -> None:
+    """``--loop``: the event loop this process runs on (a parser or one of its groups)."""
+    p.add_argument(
+        "--loop",
+        choices=LOOP_NAMES,
+        help="the event loop: auto (uvloop when installed, else asyncio), asyncio, "
+        f"or uvloop ({FAST_EXTRA}) (default: $PROACTIVE_LOOP, else auto)",
+    )
 
 
 def add_stop_flags(p: argparse.ArgumentParser) -> None:
@@ -436,6 +453,15 @@ _SWITCHES: Final = {
     "resend_unknown": ("resend_unknown", True),
     "resend_failed": ("resend_failed", True),
 }
+
+
+def event_loop(settings: Settings) -> EventLoop:
+    """The loop of ``--loop`` or ``PROACTIVE_LOOP`` (the settings' ``loop``); a missing
+    uvloop is a UsageError naming the extra to install."""
+    try:
+        return choose_loop(settings.loop)
+    except LoopUnavailableError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def campaign_inputs(

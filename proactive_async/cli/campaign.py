@@ -168,6 +168,7 @@ class CampaignResult:
     interrupted: bool
     fatal: str | None = None
     """One line on why a fatal answer (401, 403, TLS) stopped the run."""
+    loop: str | None = None  # the event loop it ran on (uvloop or asyncio), for the summary
 
     @property
     def exit_code(self) -> int:
@@ -387,8 +388,10 @@ def _exit_now(campaign: Campaign, display: ProgressDisplay) -> NoReturn:
 # -- the summary -------------------------------------------------------------------
 
 
-def summary_table(summary: CampaignSummary, *, report: str | None, journal: str | None) -> Table:
-    """The end-of-campaign table: counts per status, rates, calls, latency, files."""
+def summary_table(
+    summary: CampaignSummary, *, report: str | None, journal: str | None, loop: str | None = None
+) -> Table:
+    """The end-of-campaign table: counts per status, rates, calls, latency, files, loop."""
     from rich.table import Table
 
     table = Table(title="campaign summary", show_header=False, title_justify="left")
@@ -412,6 +415,8 @@ def summary_table(summary: CampaignSummary, *, report: str | None, journal: str 
         table.add_row(label, "-" if value is None else f"{value * 1e3:.1f} ms")
     table.add_row("report", report or "-")
     table.add_row("journal", journal or "-")
+    if loop is not None:
+        table.add_row("event loop", loop)
     for index, error in enumerate(summary.top_errors()):
         table.add_row("top errors" if index == 0 else "", error.text())
     return table
@@ -475,10 +480,12 @@ def _resendable_failures(summary: CampaignSummary, *, but: str = ABORTED) -> int
 def print_summary(
     result: CampaignResult, settings: CampaignSettings, *, json_summary: bool, stderr: Console
 ) -> None:
-    table = summary_table(result.summary, report=settings.report, journal=settings.journal)
+    summary, loop = result.summary, result.loop
+    table = summary_table(summary, report=settings.report, journal=settings.journal, loop=loop)
     if json_summary:
         stderr.print(table)
-        sys.stdout.write(msgspec.json.encode(result.summary.as_dict()).decode() + "\n")
+        as_json = msgspec.json.encode({**summary.as_dict(), "event_loop": loop})
+        sys.stdout.write(as_json.decode() + "\n")
         sys.stdout.flush()
     else:
         console(sys.stdout).print(table)
@@ -526,10 +533,12 @@ def _run_or_plan(args: argparse.Namespace) -> int:
         return dry_run_command(args)
     settings = settings_from_args(args)
     check_targets_file(settings.targets, settings.options.recipient_column)
+    loop = _flags.event_loop(settings.settings)
     stderr = stderr_console()
     token = settings.settings.token
     with logging_to(args.verbose, args.log_file, [token] if token else []):
-        result = asyncio.run(run_campaign(settings, stderr=stderr))
+        result = loop.run(run_campaign(settings, stderr=stderr))
+    result.loop = loop.name
     print_summary(result, settings, json_summary=args.json_summary, stderr=stderr)
     return result.exit_code
 

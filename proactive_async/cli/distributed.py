@@ -69,6 +69,7 @@ def add_parsers(commands: Any) -> None:
     _flags.add_template_flags(p)
     _flags.add_planning_flags(p)
     _flags.add_sending_flags(p)
+    _flags.add_loop_flag(p)
     p.set_defaults(handler=_enqueue)
 
     w = commands.add_parser(
@@ -96,6 +97,7 @@ def add_parsers(commands: Any) -> None:
         "worker processes (default: $PROACTIVE_WORKER_CONCURRENCY, else 4)",
     )
     w.add_argument("--burst", action="store_true", help="arq: exit when the queue is empty")
+    _flags.add_loop_flag(w)  # arq's; a Celery worker runs on the blocking client's asyncio loop
     w.add_argument("--base-url", metavar="URL", help="default: $PROACTIVE_BASE_URL")
     _flags.add_connection_flags(w)
     w.set_defaults(handler=_worker)
@@ -203,6 +205,7 @@ def _enqueue(args: argparse.Namespace) -> int:
         _need(args.engine, args.engine)
         settings = _settings(args)
         assert settings.journal is not None
+        loop = _flags.event_loop(settings)
         queue_url = _engine_url(args, settings)
         template, options = _flags.campaign_inputs(args)
         from ..distributed import DEFAULT_JOB_SIZE, new_campaign_id, plan_campaign
@@ -231,7 +234,7 @@ def _enqueue(args: argparse.Namespace) -> int:
                 "already_planned": plan.already_planned,
             }
 
-        result = asyncio.run(main())
+        result = loop.run(main())
         sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
         return EXIT_OK
 
@@ -280,9 +283,14 @@ def _worker(args: argparse.Namespace) -> int:
             raise UsageError("no API base URL: pass --base-url URL or set PROACTIVE_BASE_URL")
         if not settings.token:
             raise UsageError("the worker takes the API token from PROACTIVE_TOKEN: set it")
-        _log_to_stderr()
         if args.engine == "celery":
+            if settings.loop == "uvloop":
+                raise UsageError("a Celery worker runs on asyncio's loop: uvloop is for arq's")
+            _log_to_stderr()
             return _celery_worker(args, settings)
+        loop = _flags.event_loop(settings)
+        _log_to_stderr()
+        asyncio.set_event_loop(loop.new_loop())  # arq's Worker runs the current loop
         return _arq_worker(args, settings)
 
     return _run(go)
