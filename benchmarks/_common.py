@@ -7,6 +7,7 @@ whose tool is missing, is ``skipped`` with the reason instead of crashing the ru
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import platform
@@ -18,9 +19,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -30,6 +31,7 @@ TOKEN = "bench-token"
 CLIENT_CORE = 0
 SERVER_CORE = 1
 _LISTENING = re.compile(rb"listening on (http://[^\s]+)")
+T = TypeVar("T")
 
 if str(ROOT) not in sys.path:
     # Run as `python benchmarks/run.py`: make the repo's package importable without install.
@@ -192,6 +194,31 @@ def sdk_missing(*names: str) -> str | None:
         except Exception as exc:  # an SDK piece being written may fail in any way
             return f"not available: {type(exc).__name__}: {exc}"
     return None
+
+
+# --- event loops ----------------------------------------------------------------------
+
+LOOPS = ("asyncio", "uvloop")
+"""The event loops rows 1 and 8 run on: asyncio's own, and uvloop (``proactive-async[fast]``)."""
+
+
+def uvloop_missing() -> str | None:
+    """None if uvloop imports; else why its rows are skipped."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError as exc:
+        return f"uvloop not installed (pip install 'proactive-async[fast]'): {exc}"
+    return None
+
+
+def run_on(loop: str, main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)`` on asyncio's own loop or on uvloop's."""
+    if loop == "asyncio":
+        return asyncio.run(main)
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 # --- measuring --------------------------------------------------------------------------
