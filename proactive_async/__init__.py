@@ -74,6 +74,7 @@ from .ratelimit import (
     default_limit_key,
 )
 from .settings import SettingsError
+from .settings import setup_logging as _setup_logging
 
 __all__ = [
     "AdaptiveTuning",
@@ -152,5 +153,7 @@ __all__ = [
     "parse_timespan",
 ]
 
-# A library never prints on its own: with no logging configured, retry warnings go nowhere.
+# A library never prints on its own: with no logging configured, retry warnings go nowhere,
+# unless PROACTIVE_LOG asks for them (as OPENAI_LOG does).
 _logging.getLogger("proactive_async").addHandler(_logging.NullHandler())
+_setup_logging()

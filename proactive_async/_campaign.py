@@ -271,6 +271,13 @@ class Campaign:
     # -- the run -------------------------------------------------------------------
 
     async def _run(self) -> None:
+        observed = self._sender.telemetry.recording()
+        running = self._run_untraced()
+        await (
+            running if observed is None else observed.campaign(running, self.template, self.summary)
+        )
+
+    async def _run_untraced(self) -> None:
         import anyio
 
         self._started = self._clock()
@@ -415,6 +422,7 @@ class Campaign:
                 return
         if self._journal is not None:
             await self._journal.record([outcome])
+        self._sender.telemetry.settled([outcome])
         await self._tally(outcome)
 
     async def _unfinished(self, targets: Sequence[PlannedTarget]) -> list[PlannedTarget]:
@@ -437,6 +445,7 @@ class Campaign:
                 elif entry.outcome is None:
                     outcome = make_outcome(target, OutcomeStatus.UNKNOWN, error=INTERRUPTED)
                     await self._journal.record([outcome])
+                    self._sender.telemetry.settled([outcome])
                     await self._tally(outcome)
                 else:
                     await self._tally(entry.outcome, resumed=True)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
 import logging
+import math
 import os
 import ssl
 import sys
@@ -12,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, Unpack
 
 import msgspec
 from msgspec import UNSET
@@ -25,6 +28,7 @@ from ._errors import (
     ProactiveError,
     ProblemDetails,
     RateLimitError,
+    ReadTimeout,
     ResponseTooLargeError,
     ServiceUnavailableError,
     status_error_class,
@@ -40,10 +44,15 @@ from ._models import (
 )
 from ._retry import RetryPolicy, Sleep, parse_retry_after, retry_call
 from ._secrets import Redactor, check_header_value, check_token, mask_phones_in
+from ._telemetry import Telemetry
 from ._transport import MAX_ERROR_BODY, RawResponse, Transport, TransportConfig, user_agent
 from ._transport_api import AsyncTransport, TransportRequest, TransportResponse
 from ._version import __version__
 from .ratelimit import RateLimitBackend, report_failure
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
 
 __all__ = ["ApiResponse", "AsyncClient"]
 
@@ -106,6 +115,12 @@ class AsyncClient:
             ``proactive_async.testing.MockTransport`` answers from a function, without
             sockets; retries, rate limits, decoding and errors work unchanged over it.
             ``timeout``, ``limits``, ``verify`` and ``proxy`` are the default transport's.
+        tracer_provider, meter_provider: OpenTelemetry providers for this client's spans
+            and metrics; default the global ones, if the application set any (nothing is
+            recorded otherwise). Needs the ``otel`` extra.
+
+    ``with_options(timeout=..., max_attempts=...)`` gives a client sharing this one's pool
+    with other defaults; a call takes ``timeout=`` too.
     """
 
     def __init__(
@@ -126,6 +141,8 @@ class AsyncClient:
         sleep: Sleep | None = None,
         clock: Callable[[], float] | None = None,
         transport: AsyncTransport | None = None,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         base_url = base_url or os.environ.get("PROACTIVE_BASE_URL")
         token = token or os.environ.get("PROACTIVE_TOKEN")
@@ -150,6 +167,13 @@ class AsyncClient:
         self._clock = clock if clock is not None else time.monotonic
         self._closed = False
         self._origin = _origin(self.base_url)
+        self._telemetry = Telemetry(
+            self.base_url, tracer_provider=tracer_provider, meter_provider=meter_provider
+        )
+        # A call's own timeout can only shorten what the pool allows (``_check_timeout``).
+        self._pool_total = timeout.total if timeout is not None and transport is None else None
+        self._attempt_timeout: float | None = None
+        self._parent: AsyncClient | None = None  # set on a client made by with_options
         default_headers = {
             "User-Agent": user_agent(__version__),
             "Accept": "application/json",
@@ -179,6 +203,55 @@ class AsyncClient:
     def __repr__(self) -> str:
         return f"AsyncClient(base_url={self.base_url!r})"
 
+    def with_options(
+        self,
+        *,
+        timeout: float | None = None,
+        max_attempts: int | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> AsyncClient:
+        """A client sharing this one's connection pool, rate limit and token, with other
+        defaults (openai-python's ``with_options``); options not given are this one's.
+
+        Usage::
+
+            quick = client.with_options(timeout=5.0, max_attempts=1)
+            await quick.create_proactive_conversation(...)
+
+        Parameters:
+            timeout: seconds one attempt may take in all, at most (a call's ``timeout=``
+                still wins); within the client's ``Timeout``, never beyond its ``total``.
+            max_attempts: the retry policy's attempts; retry: another ``RetryPolicy``.
+
+        Closing it (``aclose``, ``async with``) only stops its own calls: the pool is this
+        client's, closed with it.
+        """
+        if self.closed:
+            raise ClientStateError("the client is closed; create a new AsyncClient")
+        policy = retry if retry is not None else self.retry
+        if max_attempts is not None:
+            policy = dataclasses.replace(policy, max_attempts=max_attempts)
+        derived = copy.copy(self)
+        derived.retry = policy
+        if timeout is not None:
+            derived._attempt_timeout = self._check_timeout(timeout)
+        derived._parent = self._parent or self
+        derived._closed = False
+        return derived
+
+    def _check_timeout(self, timeout: float) -> float:
+        """A call's timeout as given, or why it cannot be one (before anything is sent)."""
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise TypeError(f"timeout must be a number of seconds, not {timeout!r}")
+        if not (timeout > 0 and math.isfinite(timeout)):
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        if self._pool_total is not None and timeout > self._pool_total:
+            raise ValueError(
+                f"timeout={timeout:g} passes the client's Timeout(total={self._pool_total:g}):"
+                " a call's timeout only shortens it; build the client with a longer Timeout"
+            )
+        return float(timeout)
+
     @property
     def secrets(self) -> tuple[str, ...]:
         """What must never be stored or shown (the token): for journals and reports."""
@@ -198,15 +271,21 @@ class AsyncClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pool (or the transport). Idempotent; safe under cancellation."""
+        """Close the connection pool (or the transport). Idempotent; safe under cancellation.
+
+        A client made by ``with_options`` closes only itself: the pool stays open.
+        """
         already, self._closed = self._closed, True
+        if self._parent is not None:
+            self._post = _closed_post
+            return
         if already and not isinstance(self._transport, Transport):
             return  # a user's transport is closed once; aiohttp's own is idempotent
         await self._transport.aclose()
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._closed or (self._parent is not None and self._parent._closed)
 
     async def create_proactive_conversation(
         self,
@@ -214,6 +293,8 @@ class AsyncClient:
         /,
         *,
         retry: RetryPolicy | None = None,
+        # Per attempt, as openai-python's and httpx's: not asyncio.timeout around the call.
+        timeout: float | None = None,  # noqa: ASYNC109
         **fields: Unpack[ProactiveConversationFields],
     ) -> list[Conversation]:
         """Start proactive conversations: one per recipient and per contact id.
@@ -222,8 +303,12 @@ class AsyncClient:
         (the keywords override). Raises a ProactiveError; its ``may_have_been_processed``
         tells whether conversations may exist even so. A list field given as something
         else (``recipient="+55..."``) is a TypeError, raised before anything is sent.
+
+        ``retry=`` replaces the client's policy for this call; ``timeout=`` bounds each of
+        its attempts (seconds in all, within the client's ``Timeout``): one cut short is a
+        ``ReadTimeout``, as it may have been sent.
         """
-        response = await self._create(request, retry, fields)
+        response = await self._create(request, retry, timeout, fields)
         return response.value
 
     async def create_proactive_conversation_with_response(
@@ -232,27 +317,31 @@ class AsyncClient:
         /,
         *,
         retry: RetryPolicy | None = None,
+        # Per attempt, as openai-python's and httpx's: not asyncio.timeout around the call.
+        timeout: float | None = None,  # noqa: ASYNC109
         **fields: Unpack[ProactiveConversationFields],
     ) -> ApiResponse[list[Conversation]]:
         """As ``create_proactive_conversation``, with status, headers, elapsed and attempts."""
-        return await self._create(request, retry, fields)
+        return await self._create(request, retry, timeout, fields)
 
     async def _create(
         self,
         request: ProactiveConversationRequest | None,
         retry: RetryPolicy | None,
+        per_attempt: float | None,
         fields: Mapping[str, Any],
     ) -> ApiResponse[list[Conversation]]:
         # Both public methods come here with their keywords as one dict, not unpacked again.
         built = build_request(request, fields)
         body = encode_request(built)
         policy = retry if retry is not None else self.retry
+        within = self._attempt_timeout if per_attempt is None else self._check_timeout(per_attempt)
         limit = self.rate_limit
         attempt: Callable[[int], Awaitable[ApiResponse[list[Conversation]]]]
         if limit is None:
             # Not a coroutine of its own: the attempt is send_once's coroutine, one frame less.
             def unpaced(number: int) -> Awaitable[ApiResponse[list[Conversation]]]:
-                return self.send_once(body, attempt=number)
+                return self._attempt(body, number, within)
 
             attempt = unpaced
         else:
@@ -261,7 +350,7 @@ class AsyncClient:
             async def paced(number: int) -> ApiResponse[list[Conversation]]:
                 await limit.acquire(weight)
                 try:
-                    response = await self.send_once(body, attempt=number)
+                    response = await self._attempt(body, number, within)
                 except ProactiveError as exc:
                     await report_failure(limit, exc, weight, policy, number)
                     raise
@@ -271,10 +360,32 @@ class AsyncClient:
             attempt = paced
         return await retry_call(attempt, policy, sleep=self._sleep, clock=self._clock)
 
-    async def send_once(self, body: bytes, *, attempt: int = 1) -> ApiResponse[list[Conversation]]:
-        """One attempt with an encoded body, no retry; for runners that retry on their own."""
+    def send_once(
+        self, body: bytes, *, attempt: int = 1, timeout: float | None = None
+    ) -> Awaitable[ApiResponse[list[Conversation]]]:
+        """One attempt with an encoded body, no retry; for runners that retry on their own.
+
+        ``timeout``: seconds it may take in all, as a call's ``timeout=``.
+        """
+        within = self._attempt_timeout if timeout is None else self._check_timeout(timeout)
+        return self._attempt(body, attempt, within)
+
+    def _attempt(
+        self, body: bytes, attempt: int, within: float | None
+    ) -> Awaitable[ApiResponse[list[Conversation]]]:
+        """One attempt, in its span when telemetry records (not a coroutine: one frame less)."""
+        observed = self._telemetry.recording()
+        if observed is None:
+            return self._send(body, attempt, within)
+        return observed.attempt(self._send(body, attempt, within), attempt)
+
+    async def _send(
+        self, body: bytes, attempt: int, within: float | None
+    ) -> ApiResponse[list[Conversation]]:
         registry = sys.modules.get(_SIMULATOR_REGISTRY)
-        if registry is not None and registry.SERVING:  # an in-process simulator (tests only)
+        if within is not None:
+            raw = await self._post_within(body, registry, within)
+        elif registry is not None and registry.SERVING:  # an in-process simulator (tests only)
             raw = await self._post_watched(body, registry)
         else:
             raw = await self._post(self._url, body)
@@ -298,6 +409,20 @@ class AsyncClient:
                 raise
             return ApiResponse(value, raw.status, raw.headers, raw.elapsed, attempt)
         raise self._status_error(raw, attempt)
+
+    async def _post_within(self, body: bytes, registry: Any, within: float) -> RawResponse:
+        """The POST, cut after ``within`` seconds: then it may have been sent (ReadTimeout)."""
+        try:
+            async with asyncio.timeout(within):
+                if registry is not None and registry.SERVING:
+                    return await self._post_watched(body, registry)
+                return await self._post(self._url, body)
+        except TimeoutError:
+            pass
+        raise ReadTimeout(
+            f"no complete answer from {self._origin} in {within:g} s (the call's timeout);"
+            " the request may have been processed"
+        )
 
     async def _post_watched(self, body: bytes, registry: Any) -> RawResponse:
         """The POST, to an in-process simulator served by another event loop: if that loop
@@ -402,6 +527,11 @@ class _Handoff:
                 status=answer.status,
             )
         return RawResponse(answer.status, answer.headers, payload, time.perf_counter() - started)
+
+
+async def _closed_post(url: str, body: bytes) -> RawResponse:
+    """What a closed client made by ``with_options`` sends with: nothing."""
+    raise ClientStateError("the client is closed; create a new AsyncClient")
 
 
 def _origin(url: str) -> str:

@@ -235,8 +235,10 @@ _MESSAGE_KEYS = ("message", "errorMessage", "detail", "reason")
 class HTTPStatusError(ProactiveError):
     """The server answered with a status that is not 2xx.
 
-    Carries ``status``, ``headers``, the raw ``body`` (bytes, possibly truncated to the
-    size cap) and ``problem``, the parsed ProblemDetails when the body is one.
+    Carries ``status_code`` (``status`` is the same number, its earlier name), ``headers``,
+    the raw ``body`` (bytes, possibly truncated to the size cap) and ``problem``, the parsed
+    ProblemDetails when the body is one. ``str(exc)`` ends with the server's
+    ``traceId=...`` when the ProblemDetails had one (``exc.message`` stays without it).
     """
 
     def __init__(
@@ -250,10 +252,22 @@ class HTTPStatusError(ProactiveError):
         attempts: int = 0,
     ) -> None:
         super().__init__(message, attempts=attempts)
-        self.status = status
+        self.status_code = status
         self.headers: Mapping[str, str] = headers if headers is not None else {}
         self.body = body
         self.problem = problem
+
+    @property
+    def status(self) -> int:
+        """The HTTP status: ``status_code``'s earlier name, kept."""
+        return self.status_code
+
+    @status.setter
+    def status(self, value: int) -> None:
+        self.status_code = value
+
+    def __str__(self) -> str:
+        return _with_trace_id(super().__str__(), self.trace_id)
 
 
 class RedirectError(HTTPStatusError):
@@ -329,8 +343,17 @@ class DecodingError(ProactiveError):
         self, message: str, *, status: int = 200, body: bytes = b"", attempts: int = 0
     ) -> None:
         super().__init__(message, attempts=attempts)
-        self.status = status
+        self.status_code = status
         self.body = body
+
+    @property
+    def status(self) -> int:
+        """The HTTP status (2xx): ``status_code``'s other name, as on ``HTTPStatusError``."""
+        return self.status_code
+
+    @status.setter
+    def status(self, value: int) -> None:
+        self.status_code = value
 
 
 class ResponseTooLargeError(DecodingError):
@@ -383,6 +406,11 @@ _STATUS_CLASSES: dict[int, type[HTTPStatusError]] = {
     429: RateLimitError,
     503: ServiceUnavailableError,
 }
+
+
+def _with_trace_id(text: str, trace_id: str | None) -> str:
+    """``text`` naming the server's trace id, so that a log line or a support ticket has it."""
+    return f"{text} (traceId={trace_id})" if trace_id else text
 
 
 def status_error_class(status: int) -> type[HTTPStatusError]:

@@ -45,6 +45,7 @@ from ._planner import Chunk, PlannedTarget
 from ._records import Outcome, OutcomeError, OutcomeStatus
 from ._report import CampaignSummary, LatencySample
 from ._retry import RetryPolicy, Sleep
+from ._telemetry import telemetry_of
 from .journal import INTERRUPTED, Journal
 from .ratelimit import RateLimitBackend, report_failure, unnamed_throttle_wait
 
@@ -137,6 +138,8 @@ class ChunkSender:
         # Tasks waiting out a backoff or the rate limit -> whether an abort woke them.
         self._waiting: dict[asyncio.Task[Any], bool] = {}
         self._guard = guard
+        self.telemetry = telemetry_of(client)
+        """The client's spans and metrics: a span per chunk, targets counted by outcome."""
 
     @property
     def aborted(self) -> ProactiveError | None:
@@ -159,7 +162,9 @@ class ChunkSender:
         if self._abort is not None:
             await self._settle_aborted(chunk.targets)
             return
-        await self._dispatch(chunk.targets, chunk.variables)
+        observed = self.telemetry.recording()
+        sending = self._dispatch(chunk.targets, chunk.variables)
+        await (sending if observed is None else observed.chunk(sending, len(chunk.targets)))
 
     # -- one chunk -------------------------------------------------------------------
 
@@ -507,6 +512,7 @@ class ChunkSender:
     async def _emit(self, outcomes: list[Outcome], *, durable: bool = True) -> None:
         if self.journal is not None and durable:
             await self.journal.record(outcomes)
+        self.telemetry.settled(outcomes)
         if self._on_outcome is not None:
             for outcome in outcomes:
                 await self._on_outcome(outcome)

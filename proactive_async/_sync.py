@@ -6,15 +6,8 @@ clients still open are closed, so that a script that never calls ``close()`` sti
 cleanly. Calls from any number of threads are handed to that loop, where each Client's
 ``AsyncClient`` (and so its one connection pool) lives.
 
-A call goes over by a call queue of our own (``_Calls``) rather than ``portal.call`` (two
-cross-thread hand-offs: one to spawn the task, one for its result) or
-``asyncio.run_coroutine_threadsafe`` (a ``concurrent.futures.Future`` with its condition and
-callbacks, and a second loop iteration to pass the result on): the caller appends the call
-and wakes the loop only if no drain is pending, so busy threads share one wake-up; the loop
-starts one task per call, which hands back the outcome and releases a lock the caller
-blocks on (``benchmarks/bench_sync.py`` measures the three). The portal still owns the
-loop's life: its start, its stop, and the cancellation of whatever is left when it stops. A
-caller interrupted while it waits (Ctrl-C) cancels its call rather than leaving it running.
+A call goes over by a call queue of our own (``_calls.py``), not ``portal.call``; the portal
+owns the loop's life: its start, its stop, and the cancellation of whatever is left then.
 
 After ``os.fork()`` the child has no loop thread, but it holds copies of the parent's loop,
 sessions and sockets. The child forgets them (a new loop and a new pool are made at its
@@ -29,19 +22,22 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import collections
 import concurrent.futures
 import contextlib
+import copy
 import os
 import select
 import selectors
 import ssl
 import threading
 import weakref
-from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Generic, Self, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Final, Self, TypedDict, TypeVar, Unpack
 
+from ._calls import EXITING as _EXITING
+from ._calls import Calls as _Calls
+from ._calls import wait
 from ._campaign import Campaign
 from ._client import ApiResponse, AsyncClient
 from ._config import Limits, Timeout
@@ -54,6 +50,8 @@ from .ratelimit import RateLimitBackend
 
 if TYPE_CHECKING:
     from anyio.from_thread import BlockingPortal
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
 
 __all__ = ["Client", "ClientOptions"]
 
@@ -64,8 +62,6 @@ _IN_EVENT_LOOP: Final = (
     "Client blocks, so it cannot be called from a running event loop (it would stall that "
     "loop, or deadlock); in async code use AsyncClient and await its methods"
 )
-_EXITING: Final = "the interpreter is exiting: the event loop of Client is stopped"
-_STOPPED: Final = "the call was cancelled: the event loop of Client stopped (interpreter exit)"
 _EXIT_CLOSE_TIMEOUT: Final = 5.0
 """Seconds the clients left open get to close at interpreter exit: exit must not hang."""
 _EXIT_JOIN_TIMEOUT: Final = 10.0
@@ -87,6 +83,8 @@ class ClientOptions(TypedDict, total=False):
     sleep: Sleep | None
     clock: Callable[[], float] | None
     transport: AsyncTransport | None
+    tracer_provider: TracerProvider | None
+    meter_provider: MeterProvider | None
 
 
 class _Runtime:
@@ -265,135 +263,6 @@ def refuse_inside_event_loop() -> None:
         raise ClientStateError(_IN_EVENT_LOOP)
 
 
-class _Call(Generic[T]):
-    """One call handed to the loop: its coroutine, then its outcome.
-
-    ``done`` is a lock taken when the call is made and released when its task has ended:
-    the caller blocks on it (a bare lock, interruptible by Ctrl-C in the main thread).
-    """
-
-    __slots__ = ("cancelled", "coro", "done", "ended", "error", "result", "task")
-
-    def __init__(self, coro: Coroutine[Any, Any, T]) -> None:
-        self.coro = coro
-        self.done = threading.Lock()
-        self.done.acquire()
-        self.result: T | None = None
-        self.error: BaseException | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.cancelled = False  # its task was cancelled, or the caller gave it up first
-        self.ended = False  # set just before ``done`` is released
-
-    def end(self) -> None:
-        self.ended = True
-        self.done.release()
-
-    def fail(self, error: BaseException) -> None:
-        """End a call that never started (its coroutine is closed unrun)."""
-        self.coro.close()
-        self.error = error
-        self.end()
-
-    def cancel(self) -> None:
-        """On the loop: the caller gave up (Ctrl-C); cancel the task, or never start it."""
-        if self.task is not None:
-            self.task.cancel()
-        elif not self.cancelled:
-            self.cancelled = True
-            self.coro.close()
-            self.end()
-
-
-async def _run_call(call: _Call[Any]) -> None:
-    """A call's task: the outcome goes back without a second trip through the loop."""
-    try:
-        call.result = await call.coro
-    except asyncio.CancelledError:
-        call.cancelled = True
-        raise
-    except BaseException as exc:
-        call.error = exc
-        if not isinstance(exc, Exception):
-            raise  # KeyboardInterrupt or SystemExit on the loop: the loop's to handle
-    finally:
-        call.end()
-
-
-class _Calls:
-    """The hand-off from calling threads to one loop: a queue drained on the loop.
-
-    A caller wakes the loop (``call_soon_threadsafe``: a write to its self-pipe) only when no
-    drain is pending yet, so threads calling while the loop is busy share one wake-up.
-    """
-
-    __slots__ = ("_drain_pending", "_lock", "_loop", "_pending")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._lock = threading.Lock()
-        self._pending: collections.deque[_Call[Any]] = collections.deque()
-        self._drain_pending = False
-
-    def submit(self, coro: Coroutine[Any, Any, T]) -> _Call[T]:
-        """Hand ``coro`` to the loop; a loop stopped meanwhile (interpreter exit) is our error."""
-        call = _Call(coro)
-        with self._lock:
-            self._pending.append(call)
-            if self._drain_pending:
-                return call
-            self._drain_pending = True
-        try:
-            self._loop.call_soon_threadsafe(self._drain)
-        except RuntimeError:  # the loop is closed: fail every call waiting for a drain
-            with self._lock:
-                stranded = list(self._pending)
-                self._pending.clear()
-                self._drain_pending = False
-            for waiting in stranded:
-                waiting.fail(ClientStateError(_EXITING))
-        return call
-
-    def cancel(self, call: _Call[Any]) -> None:
-        """From the caller: stop ``call`` (after the drain that starts it, if one is pending)."""
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing runs any more
-            self._loop.call_soon_threadsafe(call.cancel)
-
-    def _drain(self) -> None:
-        with self._lock:
-            calls = list(self._pending)
-            self._pending.clear()
-            self._drain_pending = False
-        create_task = self._loop.create_task
-        for call in calls:
-            if not call.cancelled:
-                call.task = create_task(_run_call(call))
-
-
-def wait(call: _Call[T], calls: _Calls, *, wait_out: bool = False) -> T:
-    """The result of ``call``; interrupted (Ctrl-C), it is cancelled, not left running.
-
-    With ``wait_out``, the interrupted caller waits for the call's task to end, so that its
-    own wind-down (a campaign's grace period) completes first.
-    """
-    try:
-        call.done.acquire()
-    except BaseException:
-        calls.cancel(call)
-        if wait_out and not call.ended:  # (ended: the interrupt came just after the answer)
-            call.done.acquire()
-        raise
-    error = call.error
-    if error is not None:
-        call.error = None  # no cycle through the traceback
-        try:
-            raise error
-        finally:
-            del error
-    if call.cancelled:
-        raise ClientStateError(_STOPPED)
-    return call.result  # type: ignore[return-value]  # set: the call ended without error
-
-
 class Client:
     """A blocking client for the Proactive Conversation API, safe to share between threads.
 
@@ -429,6 +298,7 @@ class Client:
         self._async = AsyncClient(base_url, token, **options)
         self._generation = _RUNTIME.generation
         self._closed = False
+        self._parent: Client | None = None
         self._finalizer = self._watch()
         _RUNTIME.register(self)
 
@@ -441,6 +311,31 @@ class Client:
     def __repr__(self) -> str:
         return f"Client(base_url={self._async.base_url!r})"
 
+    def with_options(
+        self,
+        *,
+        timeout: float | None = None,
+        max_attempts: int | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Client:
+        """A Client sharing this one's connection pool, rate limit and token, with other
+        defaults: as ``AsyncClient.with_options``. Closing it leaves the pool open.
+
+        Usage::
+
+            quick = client.with_options(timeout=5.0, max_attempts=1)
+        """
+        if self.closed:
+            raise ClientStateError(_CLOSED)
+        derived = copy.copy(self)
+        derived._parent = self._parent or self
+        derived._async = self._async.with_options(
+            timeout=timeout, max_attempts=max_attempts, retry=retry
+        )
+        derived._closed = False
+        derived._finalizer = derived._watch()  # its own: closing it closes no pool
+        return derived
+
     @property
     def base_url(self) -> str:
         return self._async.base_url
@@ -452,7 +347,7 @@ class Client:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._closed or (self._parent is not None and self._parent._closed)
 
     def __enter__(self) -> Self:
         if self._closed:
@@ -496,15 +391,17 @@ class Client:
         /,
         *,
         retry: RetryPolicy | None = None,
+        timeout: float | None = None,
         **fields: Unpack[ProactiveConversationFields],
     ) -> list[Conversation]:
         """Start proactive conversations: one per recipient and per contact id.
 
         As ``AsyncClient.create_proactive_conversation``, blocking: a request, keyword
-        fields, or both (the keywords override); raises the same ProactiveErrors.
+        fields, or both (the keywords override); ``retry=`` and ``timeout=`` for this call;
+        raises the same ProactiveErrors.
         """
         client, calls = self._ready()
-        coro = client.create_proactive_conversation(request, retry=retry, **fields)
+        coro = client.create_proactive_conversation(request, retry=retry, timeout=timeout, **fields)
         return wait(calls.submit(coro), calls)
 
     def create_proactive_conversation_with_response(
@@ -513,11 +410,14 @@ class Client:
         /,
         *,
         retry: RetryPolicy | None = None,
+        timeout: float | None = None,
         **fields: Unpack[ProactiveConversationFields],
     ) -> ApiResponse[list[Conversation]]:
         """As ``create_proactive_conversation``, with status, headers, elapsed and attempts."""
         client, calls = self._ready()
-        coro = client.create_proactive_conversation_with_response(request, retry=retry, **fields)
+        coro = client.create_proactive_conversation_with_response(
+            request, retry=retry, timeout=timeout, **fields
+        )
         return wait(calls.submit(coro), calls)
 
     def run_campaign(
@@ -560,28 +460,37 @@ class Client:
 
     def _ready(self) -> tuple[AsyncClient, _Calls]:
         """This process's AsyncClient and the hand-off to its loop, or why a call cannot be made."""
-        if self._closed:
+        if self.closed:
             raise ClientStateError(_CLOSED)
         refuse_inside_event_loop()
         if self._generation != _RUNTIME.generation:
             self._renew()
         calls = _RUNTIME.calls()
         # Closed while the loop was starting: close() saw no loop and so no pool to close.
-        if self._closed:
+        if self.closed:
             raise ClientStateError(_CLOSED)
         return self._async, calls
 
     def _renew(self) -> None:
         """In a fork child: a new AsyncClient (a new pool); the parent's is kept, untouched."""
+        parent = self._parent
+        if parent is not None and parent._generation != _RUNTIME.generation:
+            parent._renew()  # made by with_options: the parent's new pool is shared
         with _RUNTIME.lock:
             if self._generation == _RUNTIME.generation:
                 return
             inherited = self._async
             self._finalizer.detach()
-            self._async = AsyncClient(self._base_url_arg, self._token_arg, **self._options)
+            self._async = self._new_async_client()
             self._generation = _RUNTIME.generation
             self._finalizer = self._watch()
         _RUNTIME.keep(inherited)
+
+    def _new_async_client(self) -> AsyncClient:
+        if self._parent is None:
+            return AsyncClient(self._base_url_arg, self._token_arg, **self._options)
+        mine = self._async
+        return self._parent._async.with_options(timeout=mine._attempt_timeout, retry=mine.retry)
 
 
 async def _call(

@@ -19,8 +19,11 @@ default a setting falls back to is written here once.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
+import sys
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
@@ -64,6 +67,7 @@ __all__ = [
     "build_sync_client",
     "display_url",
     "environment_value",
+    "setup_logging",
 ]
 
 
@@ -73,6 +77,7 @@ _Count = Annotated[int, msgspec.Meta(ge=1)]
 _Seconds = Annotated[float, msgspec.Meta(gt=0)]
 _HttpUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://")]
 _RedisUrl = Annotated[str, msgspec.Meta(pattern=r"^(redis|rediss|unix)://")]
+_LogLevel = Annotated[str, msgspec.Meta(pattern=r"(?i)^(debug|info|warning)$")]
 
 VARIABLES: Final[Mapping[str, str]] = {
     "base_url": "PROACTIVE_BASE_URL",
@@ -90,6 +95,7 @@ VARIABLES: Final[Mapping[str, str]] = {
     "job_timeout": "PROACTIVE_JOB_TIMEOUT",
     "visibility_timeout": "PROACTIVE_VISIBILITY_TIMEOUT",
     "loop": "PROACTIVE_LOOP",
+    "log": "PROACTIVE_LOG",
 }
 """Each setting's environment variable."""
 
@@ -102,6 +108,7 @@ _REASONS: Final[Mapping[str, str]] = {
     "worker_concurrency": "must be a whole number of at least 1",
     "visibility_timeout": "must be a whole number of seconds of at least 1",
     "loop": "must be auto, asyncio or uvloop",
+    "log": "must be debug, info or warning",
 }
 _SECONDS_REASON: Final = "must be a positive number of seconds"
 _TEXT_REASON: Final = "must be text"
@@ -117,6 +124,7 @@ _SHOWN: Final = frozenset(
         "job_timeout",
         "visibility_timeout",
         "loop",
+        "log",
     }
 )
 # Never shown whole: a token, and URLs that may carry a password.
@@ -166,6 +174,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         visibility_timeout: seconds before Celery redelivers an unacknowledged chunk.
         loop: the event loop of the CLI and the workers: auto (uvloop if installed),
             asyncio or uvloop (``proactive-async[fast]``).
+        log: ``debug``, ``info`` or ``warning`` (``PROACTIVE_LOG``, as ``OPENAI_LOG``): the
+            package's log lines on stderr from that level (``setup_logging``).
     """
 
     base_url: _HttpUrl | None = None
@@ -183,6 +193,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     job_timeout: _Seconds = DEFAULT_JOB_TIMEOUT
     visibility_timeout: _Count = DEFAULT_VISIBILITY_TIMEOUT
     loop: LoopName | None = None
+    log: _LogLevel | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, /, **overrides: Any) -> Settings:
@@ -283,6 +294,33 @@ def environment_value(field: str, environ: Mapping[str, str] | None = None) -> s
     return text or None
 
 
+def setup_logging(environ: Mapping[str, str] | None = None) -> None:
+    """``PROACTIVE_LOG=debug|info|warning``: the ``proactive_async`` logger at that level,
+    on stderr unless the application configured logging (a handler of its own, on that
+    logger or the root). Run when the package is imported, as ``OPENAI_LOG`` is; a value
+    it cannot use is a warning, never an error at import. No line holds the token."""
+    text = environment_value("log", environ)
+    if text is None:
+        return
+    try:
+        level = _convert("log", text, variable=VARIABLES["log"])
+    except SettingsError as exc:
+        warnings.warn(f"{exc}: ignored", RuntimeWarning, stacklevel=2)
+        return
+    _log_at(str(level))
+
+
+def _log_at(level: str) -> None:
+    logger = logging.getLogger("proactive_async")
+    logger.setLevel(level.upper())
+    configured = [h for h in logger.handlers if not isinstance(h, logging.NullHandler)]
+    if configured or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+
+
 def _client_options(settings: Settings) -> dict[str, Any]:
     return {
         "timeout": settings.timeout,
@@ -298,7 +336,10 @@ def build_client(settings: Settings, **options: Any) -> AsyncClient:
 
     A base URL or token the settings lack is looked for by ``AsyncClient`` itself
     (``PROACTIVE_BASE_URL``, ``PROACTIVE_TOKEN``); ClientStateError if it is not found.
+    The settings' ``log`` level, if any, is applied as ``setup_logging`` applies it.
     """
+    if settings.log is not None:
+        _log_at(settings.log)
     return AsyncClient(
         settings.base_url, settings.token, **{**_client_options(settings), **options}
     )
@@ -308,6 +349,8 @@ def build_sync_client(settings: Settings, **options: Any) -> Client:
     """The blocking ``Client`` of the same settings (see ``build_client``)."""
     from ._sync import Client  # anyio's portal only for those who block
 
+    if settings.log is not None:
+        _log_at(settings.log)
     return Client(settings.base_url, settings.token, **{**_client_options(settings), **options})
 
 

@@ -41,6 +41,7 @@ _GOOD: dict[str, tuple[str, object]] = {
     "job_timeout": ("600", 600.0),
     "visibility_timeout": ("120", 120),
     "loop": ("uvloop", "uvloop"),
+    "log": ("DEBUG", "DEBUG"),
 }
 
 
