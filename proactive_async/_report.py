@@ -18,7 +18,7 @@ import secrets
 import stat
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Final, NamedTuple
@@ -37,6 +37,7 @@ __all__ = [
     "FailedAttempt",
     "LatencySample",
     "ReportWriter",
+    "outcome_lines",
     "report_format",
 ]
 
@@ -164,7 +165,7 @@ class ReportWriter:
     def json_lines(self) -> IO[bytes]:
         """A binary file taking outcomes as JSON lines (as a journal stores them): each is
         written in this report's format. Flush it before ``close()``."""
-        return io.BufferedWriter(_JsonLines(self))
+        return outcome_lines(self.write)
 
     def close(self) -> None:
         """Write what is held, close, and put the report in place (renamed over ``path``)."""
@@ -268,11 +269,17 @@ class ReportWriter:
         return heapq.merge(held, self._drain_runs(), key=lambda item: item[0])
 
 
-class _JsonLines(io.RawIOBase):
-    """What ``ReportWriter.json_lines`` buffers into: cuts lines, decodes each outcome."""
+def outcome_lines(write: Callable[[Outcome], None]) -> IO[bytes]:
+    """A binary file taking outcomes as JSON lines (as a journal stores them): each is
+    decoded and passed to ``write``. Close it (or flush it) to pass the last one."""
+    return io.BufferedWriter(_JsonLines(write))
 
-    def __init__(self, report: ReportWriter) -> None:
-        self._report = report
+
+class _JsonLines(io.RawIOBase):
+    """What ``outcome_lines`` buffers into: cuts lines, decodes each outcome."""
+
+    def __init__(self, write: Callable[[Outcome], None]) -> None:
+        self._write = write
         self._partial = b""
 
     def writable(self) -> bool:
@@ -284,12 +291,12 @@ class _JsonLines(io.RawIOBase):
         self._partial = lines.pop()
         for line in lines:
             if line.strip():
-                self._report.write(_OUTCOME_DECODER.decode(line))
+                self._write(_OUTCOME_DECODER.decode(line))
         return len(chunk)
 
     def close(self) -> None:
         if not self.closed and self._partial.strip():
-            self._report.write(_OUTCOME_DECODER.decode(self._partial))
+            self._write(_OUTCOME_DECODER.decode(self._partial))
             self._partial = b""
         super().close()
 

@@ -454,7 +454,7 @@ border-bottom:1px solid var(--line);padding-bottom:4px}h3{font-size:14px;margin:
 .unavailable{color:var(--muted);font-style:italic}
 .cards{display:flex;flex-wrap:wrap;gap:10px}
 .card{border:1px solid var(--line);border-left:5px solid var(--rejected);border-radius:6px;
-padding:8px 12px;min-width:130px;display:flex;flex-direction:column}
+padding:8px 12px;flex:1 1 120px;display:flex;flex-direction:column}
 .card .n{font-size:22px;font-weight:700}.card .what{font-weight:600}
 .card .share{color:var(--muted)}.card .hint{font-size:12px;max-width:160px}
 .card.total{border-left-color:var(--fg)}.card.sent{border-left-color:var(--sent)}
@@ -463,7 +463,7 @@ padding:8px 12px;min-width:130px;display:flex;flex-direction:column}
 table{border-collapse:collapse}th,td{text-align:left;padding:4px 8px;vertical-align:top}
 .facts th{font-weight:600;color:var(--muted)}
 .list{width:100%}.list thead th{border-bottom:2px solid var(--line);position:sticky;top:0;
-background:var(--bg)}.list td{border-bottom:1px solid var(--line);word-break:break-word}
+background:var(--bg)}.list td{border-bottom:1px solid var(--line);overflow-wrap:break-word}
 .list td.num{text-align:right}
 tr.failed td:nth-child(2){color:var(--failed);font-weight:600}
 tr.unknown td:nth-child(2){color:var(--unknown);font-weight:600}

@@ -11,9 +11,11 @@ Usage::
 The token is read from ``PROACTIVE_TOKEN`` or ``--token-file`` only, never from a flag:
 a flag would show in process lists and shell history.
 
-What lives where: ``campaign`` (a run, its progress, interrupts and summary), ``dry_run``
+What lives where: ``campaign`` (a run, its settings and summary), ``dry_run``
 (``campaign --dry-run``), ``demo`` (a run against the simulator, audited), ``simulate``;
-``distributed`` (enqueue, worker, status, report, cancel); ``_flags`` (the flag groups,
+``distributed`` (enqueue, worker, status, cancel); ``report`` (from a SQLite or
+PostgreSQL journal: JSONL/CSV, HTML); ``_html`` (the HTML report's path, page and timeline);
+``_interrupts`` (a run under progress and Ctrl-C); ``_flags`` (the flag groups,
 and the template and options they make), ``_common`` (exit codes, consoles,
 ``UsageError``), ``_logs`` (``-v``, ``--log-file``).
 Settings and the client and rate limit built from them come from ``proactive_async.settings``.
@@ -27,7 +29,7 @@ from collections.abc import Callable, Sequence
 
 from .._version import __version__
 from ..settings import SettingsError
-from . import campaign, demo, distributed, simulate
+from . import campaign, demo, distributed, report, simulate
 from ._common import (
     EXIT_CODES_HELP,
     EXIT_INTERRUPTED,
@@ -65,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_parser(commands)
     demo.add_parser(commands)
     distributed.add_parsers(commands)  # arq, psycopg and Celery are imported when run
+    report.add_parser(commands)
     return parser
 
 

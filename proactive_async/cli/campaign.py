@@ -9,16 +9,14 @@ summary and the exit code say what happened. ``--dry-run`` is ``dry_run``'s.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import dataclasses
 import os
-import signal
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
@@ -40,11 +38,12 @@ from .._options import CampaignOptions
 from .._progress import choose_display
 from .._records import OutcomeStatus
 from .._report import CampaignSummary
+from .._report_html import RunRecorder
 from .._sender import _UNMATCHED as UNMATCHED
 from .._sender import ABORTED, resendable_kind
-from ..ratelimit import RateLimit, RateLimitBackend
+from ..ratelimit import RateLimitBackend
 from ..settings import Settings, build_client, build_rate_limit
-from . import _flags
+from . import _flags, _html
 from ._common import (
     EXIT_CODES_HELP,
     EXIT_INTERRUPTED,
@@ -59,13 +58,13 @@ from ._common import (
     settings_from_flags,
     stderr_console,
 )
+from ._interrupts import drive
 from ._logs import logging_to
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
-    from .._progress import ProgressDisplay
 
 __all__ = [
     "CampaignResult",
@@ -105,6 +104,8 @@ class CampaignSettings:
     """The shared limit's name (``--limit-key``); None: from the API host and channel."""
     processes: int | None = None
     """Processes sharing the limit, for pacing while Redis is down; None: wait for it."""
+    report_html: str | None = None
+    """The HTML report to write when the run ends (``--report-html``)."""
 
 
 def settings_from_args(
@@ -136,6 +137,7 @@ def settings_from_args(
         progress=not args.no_progress,
         limit_key=args.limit_key,
         processes=args.processes,
+        report_html=args.report_html,
     )
 
 
@@ -169,6 +171,7 @@ class CampaignResult:
     fatal: str | None = None
     """One line on why a fatal answer (401, 403, TLS) stopped the run."""
     loop: str | None = None  # the event loop it ran on (uvloop or asyncio), for the summary
+    recorder: RunRecorder | None = None  # the timeline and the records for the HTML report
 
     @property
     def exit_code(self) -> int:
@@ -186,12 +189,13 @@ async def run_campaign(settings: CampaignSettings, *, stderr: Console) -> Campai
         limit = _make_rate_limit(settings)
         if limit is not None:
             stack.push_async_callback(limit.aclose)
-        campaign = _make_campaign(client, settings, limit)
+        recorder = RunRecorder()
+        campaign = _make_campaign(client, settings, limit, recorder)
         if settings.journal is None:
             stderr.print(NO_JOURNAL_WARNING, highlight=False)
         try:
             display = choose_display(settings.progress, campaign.total, stderr)
-            interrupted = await _drive(campaign, display, settings.options.grace_period)
+            interrupted = await drive(campaign, display, settings.options.grace_period)
         except (InputError, JournalError) as exc:
             raise UsageError(str(exc)) from exc
         except OSError as exc:
@@ -200,8 +204,8 @@ async def run_campaign(settings: CampaignSettings, *, stderr: Console) -> Campai
             if not exc.fatal or campaign.aborted is not exc:
                 raise
             fatal = _fatal_text(exc, settings, campaign.summary)
-            return CampaignResult(campaign.summary, False, fatal=fatal)
-    return CampaignResult(campaign.summary, interrupted)
+            return CampaignResult(campaign.summary, False, fatal=fatal, recorder=recorder)
+    return CampaignResult(campaign.summary, interrupted, recorder=recorder)
 
 
 def _fatal_text(exc: ProactiveError, settings: CampaignSettings, summary: CampaignSummary) -> str:
@@ -267,7 +271,10 @@ def _channel(template: ProactiveConversationRequest) -> int | None:
 
 
 def _make_campaign(
-    client: AsyncClient, settings: CampaignSettings, limit: RateLimitBackend | None
+    client: AsyncClient,
+    settings: CampaignSettings,
+    limit: RateLimitBackend | None,
+    recorder: RunRecorder,
 ) -> Campaign:
     options = settings.options
     if limit is not None:
@@ -277,7 +284,7 @@ def _make_campaign(
         )
 
     try:
-        return Campaign(
+        campaign = Campaign(
             client,
             template=settings.template,
             targets=settings.targets,
@@ -285,104 +292,13 @@ def _make_campaign(
             rate_limit=limit,
             journal=settings.journal,
             report=settings.report,
+            on_outcome=recorder.on_outcome,
+            on_throttle=recorder.on_throttle,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-
-
-async def _drive(campaign: Campaign, display: ProgressDisplay, grace_period: float) -> bool:
-    """Run the campaign under progress and signal handlers; True when it was interrupted."""
-    from .._progress import ProgressWatcher
-
-    loop = asyncio.get_running_loop()
-    runner = asyncio.create_task(campaign.run())
-    limit = campaign.rate_limit
-    paused = (lambda: limit.paused) if isinstance(limit, RateLimit) else None
-    watcher = ProgressWatcher(campaign.summary, campaign.total, display, paused, limit=limit)
-    watcher.start()
-
-    def stop() -> None:
-        display.note(_interrupt_note(campaign, grace_period))
-        campaign.stop()
-        # stop() alone only ends the run once the feeder drains; cancelling runs the
-        # campaign's own wind-down: feeder stopped, in-flight calls awaited, all recorded.
-        runner.cancel()
-
-    interrupts = _Interrupts(stop, lambda: _exit_now(campaign, display))
-    interrupts.install(loop)
-    try:
-        await asyncio.wait([runner])
-    finally:
-        interrupts.remove(loop)
-        failed = runner.done() and not runner.cancelled() and runner.exception() is not None
-        await watcher.finish(show=not failed)  # an error message, not "0/N records", last
-    if runner.cancelled():
-        return True
-    runner.result()  # raises what the run raised
-    return False  # a signal that came after the end changes nothing
-
-
-def _interrupt_note(campaign: Campaign, grace_period: float) -> str:
-    """The first interrupt's line: what was already sent, and what a re-run would do."""
-    sent = campaign.summary.counts[OutcomeStatus.SENT]
-    if campaign.journal_path is None:
-        already = f"{sent:,} already sent (no --journal: a re-run sends them again)"
-    else:
-        already = f"{sent:,} already sent (a resume with the same --journal does not resend them)"
-    return (
-        f"interrupted: {already}; no new calls; calls in flight get up to {grace_period:g}s "
-        "to finish (interrupt again to exit at once)"
-    )
-
-
-class _Interrupts:
-    """SIGINT / SIGTERM: the first calls ``first``; any later one calls ``again``."""
-
-    signals = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, first: Callable[[], None], again: Callable[[], None]) -> None:
-        self._first = first
-        self._again = again
-        self.fired = 0
-        self._installed: list[signal.Signals] = []
-
-    def install(self, loop: asyncio.AbstractEventLoop) -> None:
-        for sig in self.signals:
-            try:
-                loop.add_signal_handler(sig, self._fire)
-            except (NotImplementedError, RuntimeError, ValueError):
-                continue  # not the main thread, or no signal support: Ctrl-C stays default
-            self._installed.append(sig)
-
-    def remove(self, loop: asyncio.AbstractEventLoop) -> None:
-        for sig in self._installed:
-            loop.remove_signal_handler(sig)
-        self._installed.clear()
-
-    def _fire(self) -> None:
-        self.fired += 1
-        (self._first if self.fired == 1 else self._again)()
-
-
-def _exit_now(campaign: Campaign, display: ProgressDisplay) -> NoReturn:
-    """The second interrupt: flush what is cheap to flush, then leave at once."""
-    # The report writer is the campaign's own; flushing its buffer here keeps the lines of
-    # outcomes already decided. The journal needs nothing: each SQLite commit is atomic,
-    # and a line left in flight is reported unknown on resume, never resent.
-    with contextlib.suppress(OSError, ValueError):
-        campaign.flush_report()
-    display.close()
-    sent = campaign.summary.counts[OutcomeStatus.SENT]
-    if campaign.journal_path is None:
-        then = "no --journal: a re-run sends them again, and those in flight may have been sent"
-    else:
-        then = (
-            "resume with the same --journal; records that were in flight are reported "
-            "unknown, not resent"
-        )
-    sys.stderr.write(f"interrupted again: exiting now; {sent:,} already sent; {then}.\n")
-    sys.stderr.flush()
-    os._exit(EXIT_INTERRUPTED)
+    recorder.watch(campaign.summary)
+    return campaign
 
 
 # -- the summary -------------------------------------------------------------------
@@ -530,9 +446,14 @@ def _run_or_plan(args: argparse.Namespace) -> int:
     if args.dry_run:
         from .dry_run import dry_run_command
 
+        if args.report_html is not None:
+            raise UsageError("--report-html is written by a run, not by a --dry-run")
+
         return dry_run_command(args)
     settings = settings_from_args(args)
     check_targets_file(settings.targets, settings.options.recipient_column)
+    if settings.report_html is not None:  # refused before anything is sent, not after
+        _html.check_html(settings.report_html, _html_guards(settings))
     loop = _flags.event_loop(settings.settings)
     stderr = stderr_console()
     token = settings.settings.token
@@ -540,7 +461,39 @@ def _run_or_plan(args: argparse.Namespace) -> int:
         result = loop.run(run_campaign(settings, stderr=stderr))
     result.loop = loop.name
     print_summary(result, settings, json_summary=args.json_summary, stderr=stderr)
+    _write_html(result, settings, stderr)
     return result.exit_code
+
+
+def _html_guards(settings: CampaignSettings) -> list[tuple[str, str]]:
+    return _html.file_guards(
+        input=settings.targets, journal=settings.journal, report=settings.report
+    )
+
+
+def _write_html(result: CampaignResult, settings: CampaignSettings, stderr: Console) -> None:
+    """Keep the run's timeline in a SQLite journal; write ``--report-html``."""
+    recorder = result.recorder
+    if recorder is None:
+        return
+    kept = _html.keep_timeline(settings.journal, recorder, stderr=stderr)
+    if settings.report_html is None:
+        return
+    notes = [f"stopped: {result.fatal}"] if result.fatal else []
+    if result.exit_code == EXIT_INTERRUPTED:
+        notes.append("interrupted: this covers the records handled before the stop")
+    page = _html.run_page(
+        result.summary,
+        recorder,
+        kept=kept,
+        source=f"campaign of {settings.targets}",
+        report=settings.report,
+        journal=settings.journal,
+        notes=notes,
+    )
+    token = settings.settings.token
+    _html.write_html(settings.report_html, page, secrets=[token] if token else [])
+    stderr.print(f"HTML report: {settings.report_html}", highlight=False)
 
 
 def add_parser(commands: Any) -> None:
@@ -592,6 +545,7 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
         "report lists the rejected and duplicate records. Exits as a run would: rejected "
         "and duplicate records are counted, never an exit code of their own",
     )
+    out.add_argument("--report-html", metavar="PATH", help=_html.HTML_HELP)
     out.add_argument(
         "--json-summary",
         action="store_true",

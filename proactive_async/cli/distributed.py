@@ -1,4 +1,5 @@
-"""The distributed campaign commands: enqueue, worker, status, report, cancel.
+"""The distributed campaign commands: enqueue, worker, status, cancel (``report``, which
+reads a SQLite journal too, is ``cli.report``).
 
 Kept apart from ``campaign`` so that ``campaign`` and ``--help`` never import arq or
 psycopg. Each command takes exactly the flags it honours: ``enqueue`` the template,
@@ -113,17 +114,6 @@ def add_parsers(commands: Any) -> None:
     s.add_argument("--no-progress", action="store_true", help="--wait without the bar: plain lines")
     s.add_argument("--json", action="store_true", help="print the status as JSON")
     s.set_defaults(handler=_status)
-
-    r = commands.add_parser("report", help="a distributed campaign's report", allow_abbrev=False)
-    _add_journal(r, campaign=True)
-    r.add_argument(
-        "--out",
-        metavar="PATH",
-        required=True,
-        help="the report to write: JSONL, or CSV for a path ending .csv; - for standard "
-        "output. Written whole or not at all (an earlier file stays until the report is ready)",
-    )
-    r.set_defaults(handler=_report)
 
     c = commands.add_parser("cancel", help="cancel a distributed campaign", allow_abbrev=False)
     _add_journal(c, campaign=True)
@@ -371,7 +361,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
-# -- status, report, cancel ------------------------------------------------------------
+# -- status, cancel ------------------------------------------------------------------
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -494,37 +484,6 @@ class _StatusWatch:
             f"stalled: no record settled in {_STALLED_AFTER:.0f} s or more "
             f"(slices {status.slices_done:,}/{status.slices:,} done); {who}"
         )
-
-
-def _report(args: argparse.Namespace) -> int:
-    """The report goes to a temporary file, renamed over --out once it is whole: a campaign
-    that is not there (a misspelt name) or a database that is down leaves --out as it was."""
-    from .._report import ReportWriter
-    from ._common import STDIN, os_error_text
-
-    async def write(location: str) -> int:
-        from ..distributed import campaign_status, write_report
-
-        await campaign_status(location)  # JournalError for a campaign it does not hold
-        out = sys.stdout.buffer if args.out == STDIN else args.out
-        with ReportWriter(out) as report:
-            lines = report.json_lines()
-            written = await write_report(location, lines)
-            lines.close()
-        return written
-
-    def go() -> int:
-        _need("postgres", "psycopg")
-        location = _location(_settings(args).journal or "", args.campaign)
-        try:
-            written = asyncio.run(write(location))
-        except OSError as exc:
-            raise UsageError(os_error_text(exc)) from exc
-        where = "standard output" if args.out == STDIN else args.out
-        sys.stderr.write(f"{written:,} records written to {where}\n")
-        return EXIT_OK
-
-    return _run(go)
 
 
 def _cancel(args: argparse.Namespace) -> int:
