@@ -729,3 +729,132 @@ async def test_masking_can_be_turned_off(mock_api: aioresponses) -> None:
 )
 def test_mask_phone_keeps_only_the_ends(number: str, masked: str) -> None:
     assert mask_phone(number) == masked
+
+
+# --- with_options, a call's timeout, status_code, traceId (issue 20 §3) -------------------
+
+
+async def test_with_options_shares_the_pool_rate_limit_and_token_with_other_defaults(
+    fake_time: FakeTime,
+) -> None:
+    answers: list[TransportResponse] = []
+    transport = MockTransport(lambda request: answers.pop(0))
+    limit = proactive_async.RateLimit(1000)
+    client = AsyncClient(
+        BASE, TOKEN, transport=transport, rate_limit=limit, sleep=fake_time.sleep,
+        clock=fake_time.clock,
+    )  # fmt: skip
+    async with client:
+        once = client.with_options(max_attempts=1)
+        assert (once.retry.max_attempts, client.retry.max_attempts) == (1, 5)
+        assert once.rate_limit is limit and once.secrets == client.secrets == (TOKEN,)
+        answers[:] = [TransportResponse(503)]
+        with pytest.raises(ServiceUnavailableError) as info:
+            await once.create_proactive_conversation(channel_id=1, recipient=[PHONE])
+        assert info.value.attempts == 1
+        answers[:] = [TransportResponse(503), TransportResponse.json([])]
+        response = await client.create_proactive_conversation_with_response(channel_id=1)
+        assert response.attempts == 2  # the parent keeps its own policy
+        assert len(transport.requests) == 3  # every call through the one transport
+        assert repr(once) == repr(client) and TOKEN not in repr(once)
+
+
+async def test_closing_a_client_made_by_with_options_closes_no_pool(
+    mock_api: aioresponses,
+) -> None:
+    mock_api.post(URL, status=200, body=OK_BODY, repeat=True)
+    client = AsyncClient(BASE, TOKEN)
+    async with client.with_options(timeout=5.0) as derived:
+        await derived.create_proactive_conversation(channel_id=1, recipient=[PHONE])
+    assert derived.closed and not client.closed
+    with pytest.raises(ClientStateError, match="closed"):
+        await derived.create_proactive_conversation(channel_id=1, recipient=[PHONE])
+    await client.create_proactive_conversation(channel_id=1, recipient=[PHONE])  # pool open
+    sibling = client.with_options(max_attempts=2)
+    await client.aclose()
+    assert sibling.closed  # the pool it shares is gone
+    with pytest.raises(ClientStateError):
+        await sibling.create_proactive_conversation(channel_id=1, recipient=[PHONE])
+    with pytest.raises(ClientStateError):
+        client.with_options(timeout=1.0)
+
+
+async def test_with_options_validates_as_the_policy_does_and_keeps_the_rest() -> None:
+    client = AsyncClient(BASE, TOKEN, retry=RetryPolicy(max_attempts=3, retry_ambiguous=True))
+    with pytest.raises(ValueError, match="max_attempts"):
+        client.with_options(max_attempts=0)
+    derived = client.with_options(max_attempts=7).with_options(timeout=2.0)
+    assert derived.retry == RetryPolicy(max_attempts=7, retry_ambiguous=True)
+    policy = RetryPolicy.never()
+    assert client.with_options(retry=policy).retry is policy
+    await client.aclose()
+
+
+async def test_a_calls_timeout_cuts_each_attempt_as_may_have_been_processed() -> None:
+    async def slow(request: Any) -> TransportResponse:
+        await asyncio.sleep(30)
+        raise AssertionError("not reached")
+
+    transport = MockTransport(slow)
+    async with AsyncClient(BASE, TOKEN, transport=transport) as client:
+        with pytest.raises(ReadTimeout, match=r"in 0\.05 s \(the call's timeout\)") as info:
+            await client.create_proactive_conversation(channel_id=1, timeout=0.05)
+        assert info.value.may_have_been_processed and info.value.attempts == 1  # not retried
+        quick = client.with_options(timeout=0.05)
+        with pytest.raises(ReadTimeout):
+            await quick.create_proactive_conversation_with_response(channel_id=1)
+        with pytest.raises(ReadTimeout):
+            await quick.send_once(b"{}")  # a campaign's attempts are bounded too
+        transport.handler = lambda request: TransportResponse.json([])
+        assert await quick.create_proactive_conversation(channel_id=1, timeout=0.5) == []
+    assert len(transport.requests) == 4
+
+
+@pytest.mark.parametrize(
+    ("seconds", "error", "match"),
+    [
+        (0, ValueError, "positive"),
+        (-1.0, ValueError, "positive"),
+        (float("nan"), ValueError, "positive"),
+        (float("inf"), ValueError, "positive"),
+        ("5", TypeError, "number of seconds"),
+        (True, TypeError, "number of seconds"),
+        (61.0, ValueError, r"Timeout\(total=60\)"),
+    ],
+)
+async def test_a_timeout_that_cannot_be_kept_is_refused_before_anything_is_sent(
+    mock_api: aioresponses, seconds: Any, error: type[Exception], match: str
+) -> None:
+    """Per call and in with_options; a call's timeout never lengthens the pool's total."""
+    async with AsyncClient(BASE, TOKEN) as client:
+        with pytest.raises(error, match=match):
+            await client.create_proactive_conversation(channel_id=1, timeout=seconds)
+        with pytest.raises(error, match=match):
+            client.with_options(timeout=seconds)
+    assert not mock_api.requests
+
+
+async def test_status_code_is_the_status_and_status_its_alias(
+    client: AsyncClient, mock_api: aioresponses
+) -> None:
+    mock_api.post(URL, status=404, body=b"")
+    with pytest.raises(NotFoundError) as info:
+        await client.create_proactive_conversation(channel_id=1)
+    assert info.value.status_code == info.value.status == 404
+    exc = ServerError("HTTP 500", status=500)
+    exc.status = 502
+    assert exc.status_code == 502
+    decoding = DecodingError("not JSON", status=201)
+    assert decoding.status_code == decoding.status == 201
+
+
+async def test_str_of_an_error_names_the_servers_trace_id_and_the_message_stays_as_it_was(
+    client: AsyncClient, mock_api: aioresponses
+) -> None:
+    problem = {"title": "Bad Request", "status": 400, "traceId": "00-4bf92f3577b3-01"}
+    mock_api.post(URL, status=400, body=json.dumps(problem).encode())
+    with pytest.raises(BadRequestError) as info:
+        await client.create_proactive_conversation(channel_id=1)
+    assert str(info.value) == info.value.message + " (traceId=00-4bf92f3577b3-01)"
+    assert "traceId" not in info.value.message  # the report keeps it apart (trace_id)
+    assert str(ServerError("HTTP 500", status=500)) == "HTTP 500"

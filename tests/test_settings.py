@@ -310,3 +310,91 @@ def test_a_shared_limit_needs_a_key_or_a_base_url_to_name_it() -> None:
 def test_processes_below_one_are_refused() -> None:
     with pytest.raises(ValueError, match="processes"):
         build_rate_limit(Settings(), rate=10.0, processes=0)
+
+
+# -- PROACTIVE_LOG (issue 20 §3) ----------------------------------------------------------
+
+_LOGGING_SCRIPT = """
+import asyncio, logging, sys
+if sys.argv[1] == "configured":
+    logging.basicConfig(level=logging.INFO, format="app: %(message)s")
+from proactive_async import AsyncClient, RetryPolicy
+from proactive_async.testing import MockTransport, TransportResponse, problem_response
+TOKEN = "tok-S3CRET-logging-0123456789"
+answers = [
+    problem_response(503, "Busy: Bearer " + TOKEN, headers={"Retry-After": "0"}),
+    TransportResponse.json([{"id": 1}]),
+]
+
+async def main():
+    transport = MockTransport(lambda request: answers.pop(0))
+    async with AsyncClient("https://api.test", TOKEN, transport=transport) as client:
+        await client.create_proactive_conversation(channel_id=1, recipient=["+5511999990000"])
+
+asyncio.run(main())
+print(TOKEN)  # the script knows it: the test checks stderr only
+"""
+
+
+def _run_logged(level: str | None, mode: str = "plain") -> tuple[str, str]:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROACTIVE_")}
+    if level is not None:
+        env["PROACTIVE_LOG"] = level
+    done = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", _LOGGING_SCRIPT, mode],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout, done.stderr
+
+
+def test_proactive_log_debug_puts_the_packages_lines_on_stderr_without_the_token() -> None:
+    out, err = _run_logged("debug")
+    assert "DEBUG proactive_async: POST /api/Conversation/proactive-conversation -> 503" in err
+    assert "-> 200 in" in err and "WARNING proactive_async: attempt 1 failed" in err
+    assert "tok-S3CRET" in out and "tok-S3CRET" not in err
+
+
+def test_proactive_log_info_or_warning_leaves_debug_lines_out_and_unset_prints_nothing() -> None:
+    _, warning = _run_logged("WARNING")
+    assert "attempt 1 failed" in warning and "DEBUG" not in warning
+    assert _run_logged(None)[1] == ""
+
+
+def test_an_application_that_configured_logging_gets_each_line_once_through_its_handler() -> None:
+    _, err = _run_logged("debug", "configured")
+    lines = [line for line in err.splitlines() if "-> 200" in line]
+    assert len(lines) == 1 and lines[0].startswith("app: POST")
+
+
+def test_a_proactive_log_it_cannot_use_is_a_warning_never_an_import_error() -> None:
+    _, err = _run_logged("loud")
+    assert "RuntimeWarning: PROACTIVE_LOG must be debug, info or warning" in err
+    assert "proactive_async:" not in err  # nothing else was turned on
+
+
+def test_settings_refuse_a_bad_log_level_naming_its_variable() -> None:
+    with pytest.raises(SettingsError, match="PROACTIVE_LOG must be debug, info or warning"):
+        Settings.from_env({"PROACTIVE_LOG": "loud"})
+
+
+def test_a_client_built_from_settings_applies_their_log_level(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import logging
+
+    logger = logging.getLogger("proactive_async")
+    monkeypatch.setattr(logger, "level", logging.NOTSET)
+    monkeypatch.setattr(logger, "handlers", list(logger.handlers))
+    settings = Settings.from_env(
+        {"PROACTIVE_LOG": "info", "PROACTIVE_TOKEN": TOKEN, "PROACTIVE_BASE_URL": "https://a.test"}
+    )
+    build_client(settings)
+    assert logger.level == logging.INFO

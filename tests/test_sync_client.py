@@ -35,6 +35,7 @@ from proactive_async import (
     Limits,
     OutcomeStatus,
     ProactiveConversationRequest,
+    ReadTimeout,
     RetryPolicy,
     Timeout,
 )
@@ -654,3 +655,72 @@ def test_calls_from_many_threads_each_get_their_own_answer() -> None:
 
 async def _divide_by_zero() -> int:
     return 1 // 0
+
+
+# -- with_options and a call's timeout (issue 20 §3) -------------------------------------
+
+
+def test_with_options_shares_the_pool_and_closing_it_closes_no_pool(sim: ServedSimulator) -> None:
+    client = Client(base_url=sim.url, token=TOKEN, retry=RetryPolicy(max_attempts=4))
+    try:
+        send(client, 1)
+        quick = client.with_options(timeout=5.0, max_attempts=1)
+        assert quick._async.retry.max_attempts == 1 and client._async.retry.max_attempts == 4
+        send(quick, 2)
+        assert sim.connections == 1  # the parent's pooled connection, reused
+        quick.close()
+        assert quick.closed and not client.closed
+        with pytest.raises(ClientStateError, match="closed"):
+            send(quick, 3)
+        send(client, 4)
+        sibling = client.with_options(max_attempts=2)
+    finally:
+        client.close()
+    assert sibling.closed
+    with pytest.raises(ClientStateError, match="closed"):
+        send(sibling, 5)
+    assert sim.simulator.audit.total_processed == 3
+
+
+def test_a_calls_timeout_is_a_read_timeout_and_the_call_may_have_been_processed(
+    sim: ServedSimulator,
+) -> None:
+    sim.configure(SimulatorConfig(token=TOKEN, faults=Faults(latency=1.0)))
+    with Client(base_url=sim.url, token=TOKEN) as client:
+        with pytest.raises(ReadTimeout) as info:
+            client.create_proactive_conversation(
+                channel_id=1, bot_id=2, recipient=[phone(1)], timeout=0.2
+            )
+        assert info.value.may_have_been_processed and info.value.attempts == 1
+        with pytest.raises(ReadTimeout):
+            client.create_proactive_conversation_with_response(
+                channel_id=1, bot_id=2, recipient=[phone(2)], timeout=0.2
+            )
+    time.sleep(1.0)  # the server answers late: it did process both
+    assert sim.simulator.audit.total_processed == 2
+
+
+@pytest.mark.filterwarnings(FORK_WARNING)
+def test_a_fork_child_shares_one_new_pool_between_a_client_and_its_derived_one(
+    sim: ServedSimulator,
+) -> None:
+    client = Client(base_url=sim.url, token=TOKEN)
+    quick = client.with_options(max_attempts=1)
+    try:
+        send(quick, 1)
+        parent_connections = sim.connections
+
+        def child() -> int:
+            send(quick, 100)  # renews the parent's pool first, then shares it
+            send(client, 101)
+            if quick._async._parent is not client._async or quick._async.retry.max_attempts != 1:
+                return 3
+            client.close()
+            return 0 if quick.closed else 4
+
+        assert run_child(child) == 0
+        assert sim.connections == parent_connections + 1
+        send(quick, 2)
+        assert sim.connections == parent_connections + 1
+    finally:
+        client.close()
