@@ -39,7 +39,8 @@ typecheck: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
-# The servers the tests start on their own free ports (redis-server), installed if missing.
+# What the tests start (redis-server and PostgreSQL on their own free ports, headless
+# Chromium), installed if missing.
 servers:
 	bash scripts/ensure-servers.sh
 

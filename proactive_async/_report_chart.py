@@ -130,13 +130,16 @@ def _grid(top: float) -> list[str]:
 
 
 def _time_labels(axis: Axis) -> list[str]:
+    """Up to five times along the axis (fewer for a run of a few seconds: none repeated)."""
+    span = axis.span
+    seconds = sorted({round(span * step / 4) for step in range(5)})
     parts = []
-    for fraction in (0.0, 0.25, 0.5, 0.75, 1.0):
+    for second in seconds:
+        fraction = second / span
         anchor = {0.0: "start", 1.0: "end"}.get(fraction, "middle")
-        seconds = round(axis.span * fraction)
         parts.append(
             f'<text x="{_x(fraction):.1f}" y="{_HEIGHT - 8}" text-anchor="{anchor}" '
-            f'class="tick">{escape(duration_text(seconds))}</text>'
+            f'class="tick">{escape(duration_text(second))}</text>'
         )
     return parts
 

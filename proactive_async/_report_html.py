@@ -385,7 +385,7 @@ def _attention_row(outcome: Outcome) -> str:
         error.trace_id or "" if error else "",
     )
     tds = "".join(f"<td>{escape(cell)}</td>" for cell in cells)
-    return f'<tr class="{outcome.status.value}">{tds}</tr>'
+    return f'<tr class="{outcome.status.value}" data-line="{outcome.line}">{tds}</tr>'
 
 
 def _text(value: object) -> str:

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Installs the servers the tests start (redis-server, PostgreSQL) from Debian's packages, only if missing.
-# Idempotent. Run by `make test` before pytest; the tests start each server themselves on a
-# free loopback port (tests/conftest.py), never as a system service.
+# Installs what the tests start (redis-server, PostgreSQL, and Chromium for the HTML report's
+# headless browser test) from Debian's packages, only if missing.
+# Idempotent. Run by `make test` before pytest (and by tests/test_report_html.py when Chromium
+# is missing); the tests start each server themselves on a free loopback port
+# (tests/conftest.py), never as a system service.
 set -u
 missing=()
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/bin/$1" ] || [ -x "/usr/sbin/$1" ]; }
 have redis-server || missing+=(redis-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || have initdb || missing+=(postgresql)
+have chromium || missing+=(chromium)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
