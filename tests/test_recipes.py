@@ -1,8 +1,8 @@
 """The recipes of docs/recipes, each run the way its framework runs it, against the simulator.
 
-FastAPI through its TestClient with the lifespan entered, Flask through its test client,
-and the arq worker settings by arq's own command in burst mode on a real Redis, with a campaign
-planned into a real PostgreSQL. (The Celery recipe: ``test_celery_recipes.py``.)
+FastAPI through its TestClient with the lifespan entered, Flask and Django through their test
+clients, and the arq worker settings by arq's own command in burst mode on a real Redis, with a
+campaign planned into a real PostgreSQL. (The Celery recipe: ``test_celery_recipes.py``.)
 """
 
 from __future__ import annotations
@@ -266,6 +266,67 @@ def test_flask_view_refuses_a_bad_body_and_maps_an_ambiguous_failure_to_502(
     body = answer.get_json()
     assert answer.status_code == 502 and body["may_have_been_processed"] is True
     assert "note" in body and TOKEN not in answer.get_data(as_text=True)
+    assert sim.audit.snapshot() == {phone(1): 1}
+
+
+# -- Django -------------------------------------------------------------------------------
+
+JSON = "application/json"
+
+
+@pytest.fixture
+def django_recipe(load_recipe: Load) -> Iterator[ModuleType]:
+    from django.urls import clear_url_caches
+
+    recipe = load_recipe("django_app")
+    clear_url_caches()  # the URLconf is the module just imported, not an earlier copy
+    yield recipe
+    recipe.client.close()
+    clear_url_caches()
+
+
+def test_django_view_sends_with_the_client_built_once_from_the_settings(
+    django_recipe: ModuleType, sim: ThreadedSimulator
+) -> None:
+    from django.test import Client as DjangoClient
+
+    client = django_recipe.client
+    assert client.base_url == sim.url and client.secrets == (TOKEN,)  # from PROACTIVE_*
+
+    def post(n: int) -> tuple[int, Any]:
+        answer = DjangoClient().post(
+            "/notifications",
+            {"recipient": phone(n), "variables": {"name": "Ana"}},
+            content_type=JSON,
+        )
+        return answer.status_code, answer.json()
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(post, range(8)))
+    assert [status for status, _ in answers] == [201] * 8
+    assert all(len(body["conversation_ids"]) == 1 for _, body in answers)
+    assert django_recipe.client is client and not client.closed
+    assert sim.audit.snapshot() == {phone(n): 1 for n in range(8)}
+
+
+def test_django_view_refuses_a_bad_body_and_maps_sdk_errors_to_answers(
+    django_recipe: ModuleType, sim: ThreadedSimulator
+) -> None:
+    from django.test import Client as DjangoClient
+
+    http = DjangoClient()
+    refused = http.post("/notifications", ["+5511999990000"], content_type=JSON)
+    assert refused.status_code == 400
+    assert http.get("/notifications").status_code == 405
+    sim.configure(SimulatorConfig(token=TOKEN, faults=Faults(rate_500=1.0)))
+    answer = http.post("/notifications", {"recipient": phone(1)}, content_type=JSON)
+    body = answer.json()
+    assert answer.status_code == 502 and body["may_have_been_processed"] is True
+    assert "note" in body and "traceId=" in body["detail"] and TOKEN not in answer.text
+    faults = Faults(rate_429=1.0, retry_after=0.05)
+    sim.configure(SimulatorConfig(token=TOKEN, retry_after_style="fractional", faults=faults))
+    throttled = http.post("/notifications", {"recipient": phone(2)}, content_type=JSON)
+    assert throttled.status_code == 429 and throttled.headers["Retry-After"] == "1"
     assert sim.audit.snapshot() == {phone(1): 1}
 
 

@@ -1,4 +1,4 @@
-"""Flask (or a Django view, alike): one blocking ``Client`` per process, used by a view.
+"""Flask: one blocking ``Client`` per process, used by a view (Django: ``django_app.py``).
 
 Run (from this folder, with ``web_common.py`` beside it)::
 
@@ -13,9 +13,7 @@ Run (from this folder, with ``web_common.py`` beside it)::
 The module-level ``Client`` is built once per process (PROACTIVE_BASE_URL and
 PROACTIVE_TOKEN are its defaults) and shared by every thread of it: one connection pool on
 one background event loop. A gunicorn worker forked from a parent that imported this module
-makes its own pool at its first call; the client is closed at interpreter exit. In Django,
-put the same line in a module of your app (``notifications/proactive.py``) and call it from
-a view exactly as here.
+makes its own pool at its first call; the client is closed at interpreter exit.
 """
 
 from __future__ import annotations
