@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import heapq
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -53,7 +54,7 @@ class AttentionList:
         self.cap = cap
         self.total = 0
         self._kept: dict[int, Outcome] = {}
-        self._last = 0  # the highest line kept, once full
+        self._lines: list[int] = []  # the kept lines, negated: a heap with the highest on top
 
     def add(self, outcome: Outcome) -> None:
         if outcome.status not in _ATTENTION:
@@ -64,14 +65,12 @@ class AttentionList:
             return
         self.total += 1
         if len(self._kept) < self.cap:
-            self._kept[line] = outcome
+            heapq.heappush(self._lines, -line)
+        elif line < -self._lines[0]:
+            del self._kept[-heapq.heapreplace(self._lines, -line)]
+        else:
             return
-        if not self._last:
-            self._last = max(self._kept)
-        if line < self._last:
-            del self._kept[self._last]
-            self._kept[line] = outcome
-            self._last = max(self._kept)
+        self._kept[line] = outcome
 
     def records(self) -> list[Outcome]:
         return [self._kept[line] for line in sorted(self._kept)]
