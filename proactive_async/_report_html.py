@@ -407,6 +407,9 @@ def check_html_path(path: str, guarded: Iterable[tuple[str, str]] = ()) -> None:
     for what, other in guarded:
         if _same_file(path, other):
             raise ValueError(f"the HTML report path {path!r} is {what} ({other!r})")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise ValueError(f"{path}: its folder does not exist or cannot be written to")
     if not _replaceable(path) or not os.path.exists(path):
         return
     try:

@@ -265,6 +265,8 @@ def test_an_earlier_report_is_replaced_and_any_other_file_refused(tmp_path: Path
     check_html_path(str(path))  # our own report: replaced
     with pytest.raises(ValueError, match="is the journal"):
         check_html_path(str(path), [("the journal", str(path))])
+    with pytest.raises(ValueError, match="folder does not exist"):
+        check_html_path(str(tmp_path / "missing" / "out.html"))
     assert [p.name for p in tmp_path.iterdir()] == ["out.html"]  # no temporary file left
 
 
