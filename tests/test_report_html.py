@@ -602,3 +602,32 @@ def test_a_run_of_two_seconds_has_no_time_label_twice() -> None:
     )
     times = re.findall(r'y="202" text-anchor="\w+" class="tick">([^<]+)<', svg)
     assert times == ["0 s", "1 s"]
+
+
+def test_a_resume_adds_its_own_seconds_and_not_the_outcomes_it_replays(
+    tmp_path: Path, no_proactive_env: None, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    from proactive_async.journal._sqlite_report import JournalReader
+
+    monkeypatch.setenv("PROACTIVE_TOKEN", TOKEN)
+    targets = tmp_path / "t.csv"
+    targets.write_text("phone\n" + "".join(f"{p}\n" for p in _phones(20)))
+    config = SimulatorConfig(token=TOKEN, faults=Faults(rate_500=0.4, seed=5))
+    with ThreadedSimulator(config) as sim:
+        for name in ("first.html", "second.html"):  # the second run replays every record
+            main(
+                ["campaign", str(targets), "--channel-id", "1", "--bot-id", "2",
+                 "--template-id", "3", "--base-url", sim.url, "--no-progress",
+                 "--chunk-size", "2", "--journal", str(tmp_path / "j.db"),
+                 "--report-html", str(tmp_path / name)]
+            )  # fmt: skip
+        assert sim.audit.duplicates() == {}
+    capsys.readouterr()
+    with JournalReader(str(tmp_path / "j.db")) as reader:
+        rows = reader.timeline()
+    assert rows is not None and sum(r.sent + r.failed + r.unknown for r in rows) == 20
+    second = _Page((tmp_path / "second.html").read_text())
+    assert count_of(second, "sent") + count_of(second, "unknown") == 20
+    assert count_of(second, "unknown") == len(second.rows()) > 0
+    assert "chart-coverage" not in second.texts  # the first run's seconds chart them all
