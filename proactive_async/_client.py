@@ -368,7 +368,11 @@ class AsyncClient:
         ``timeout``: seconds it may take in all, as a call's ``timeout=``.
         """
         within = self._attempt_timeout if timeout is None else self._check_timeout(timeout)
-        return self._attempt(body, attempt, within)
+        # _attempt's lines, not a call to it: a campaign's every attempt comes this way.
+        observed = self._telemetry.recording()
+        if observed is None:
+            return self._send(body, attempt, within)
+        return observed.attempt(self._send(body, attempt, within), attempt)
 
     def _attempt(
         self, body: bytes, attempt: int, within: float | None

@@ -106,7 +106,7 @@ class _Global:
         self.recheck_at = 0.0
 
     def resolve(self) -> _Instruments | None:
-        now = time.monotonic()
+        now = _now()
         if now < self.recheck_at:
             return None
         self.recheck_at = now + _RECHECK
@@ -125,6 +125,7 @@ def _is_set(provider: object) -> bool:
 
 
 _GLOBAL: Final = _Global()
+_now: Final = time.monotonic
 
 
 class Telemetry:
@@ -159,8 +160,11 @@ class Telemetry:
     def recording(self) -> Observed | None:
         """What records this client's telemetry, or None (the hot path's one check)."""
         observed = self._observed
-        if observed is not None:
-            return observed
+        if observed is None and (_GLOBAL.instruments is not None or _now() >= _GLOBAL.recheck_at):
+            observed = self._resolve()
+        return observed
+
+    def _resolve(self) -> Observed | None:
         instruments = _GLOBAL.instruments or _GLOBAL.resolve()
         if instruments is None:
             return None

@@ -1,8 +1,8 @@
 """What the web recipes share: the message they send, and how an SDK error becomes an answer.
 
-Copy it beside ``fastapi_app.py``, ``flask_app.py`` or ``django_app.py``. The message's channel, bot and
-template come from the environment (``PROACTIVE_CHANNEL_ID``, ``PROACTIVE_BOT_ID``,
-``PROACTIVE_TEMPLATE_ID``: read by these recipes, not by the SDK).
+Copy it beside ``fastapi_app.py``, ``flask_app.py`` or ``django_app.py``. The message's
+channel, bot and template come from the environment (``PROACTIVE_CHANNEL_ID``,
+``PROACTIVE_BOT_ID``, ``PROACTIVE_TEMPLATE_ID``: read by these recipes, not by the SDK).
 """
 
 from __future__ import annotations
