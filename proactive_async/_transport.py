@@ -154,35 +154,19 @@ class Transport:
         )
 
     async def post(self, url: str, body: bytes) -> RawResponse:
-        """POST ``body`` once; redirects are never followed. Raises our TransportErrors."""
+        """POST ``body`` once; redirects are never followed. Raises our TransportErrors.
+
+        One coroutine for the whole attempt (its connection slot, its clocks, the request
+        and the mapping of aiohttp's errors): each resumption of a call goes down its chain
+        of coroutines, so a layer more is paid several times per call.
+        """
         session = self._session
         if session is None or self._loop is not asyncio.get_running_loop():
             session = self._session_for_this_loop()
-        async with self._slots:
-            deadlines = self._deadlines
-            watch = deadlines.watch() if deadlines is not None else None
-            try:
-                return await self._post(session, url, body, watch)
-            except asyncio.CancelledError:
-                if watch is not None and watch.settle():
-                    raise self._timed_out(url, watch) from None
-                raise
-            finally:
-                if deadlines is not None and watch is not None:
-                    deadlines.forget(watch)
-                    watch.settle()  # a cancel that aiohttp turned into something else
-
-    def _timed_out(self, url: str, watch: Watch) -> ReadTimeout:
-        timeout = self._config.timeout
-        if watch.expired == "total":
-            what = f"no complete answer from {_origin(url)} in {timeout.total:g} s"
-        else:
-            what = f"nothing from {_origin(url)} for {timeout.read:g} s"
-        return ReadTimeout(f"{what} (timeout); the request may have been processed")
-
-    async def _post(
-        self, session: aiohttp.ClientSession, url: str, body: bytes, watch: Watch | None
-    ) -> RawResponse:
+        slots = self._slots
+        await slots.acquire()  # not ``async with``: two coroutines fewer per call
+        deadlines = self._deadlines
+        watch = deadlines.watch() if deadlines is not None else None
         started = time.perf_counter()
         try:
             async with session.post(url, data=body, **self._post_options) as response:
@@ -190,11 +174,12 @@ class Transport:
                     watch.stream = response.content
                 payload = await self._read_capped(response)
                 return RawResponse(
-                    status=response.status,
-                    headers=response.headers,
-                    body=payload,
-                    elapsed=time.perf_counter() - started,
+                    response.status, response.headers, payload, time.perf_counter() - started
                 )
+        except asyncio.CancelledError:
+            if watch is not None and watch.settle():
+                raise self._timed_out(url, watch) from None
+            raise
         except ProactiveError:
             raise
         except (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch) as exc:
@@ -233,7 +218,20 @@ class Transport:
                 f"connection to {_origin(url)} lost ({type(exc).__name__}: {exc}); the request"
                 " may have been processed"
             ) from exc
+        finally:
+            slots.release()
+            if deadlines is not None and watch is not None:
+                deadlines.forget(watch)
+                watch.settle()  # a cancel that aiohttp turned into something else
         raise lost
+
+    def _timed_out(self, url: str, watch: Watch) -> ReadTimeout:
+        timeout = self._config.timeout
+        if watch.expired == "total":
+            what = f"no complete answer from {_origin(url)} in {timeout.total:g} s"
+        else:
+            what = f"nothing from {_origin(url)} for {timeout.read:g} s"
+        return ReadTimeout(f"{what} (timeout); the request may have been processed")
 
     def _read_capped(self, response: aiohttp.ClientResponse) -> Awaitable[bytes]:
         """The body, capped at ``max_response_bytes``. Not a coroutine: the common case hands
