@@ -141,7 +141,10 @@ class Telemetry:
         meter_provider: MeterProvider | None = None,
     ) -> None:
         parts = urlsplit(base_url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:  # a port that is no number: the first call says so (ClientStateError)
+            port = 0
         self._attributes: dict[str, Any] = {
             "http.request.method": "POST",
             "server.address": parts.hostname or "",

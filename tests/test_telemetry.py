@@ -276,6 +276,7 @@ def test_the_blocking_client_takes_the_providers_too(recorded: Recorded) -> None
 
 def test_without_a_provider_nothing_records_and_the_check_is_cached() -> None:
     assert Telemetry(BASE).recording() is None
+    assert Telemetry("http://api.test:no-port").recording() is None  # refused at the first call
     found = _Global()
     assert found.resolve() is None
     assert found.recheck_at > 0  # looked again only a second later
