@@ -1,7 +1,7 @@
-"""The shared adaptive law (``ratelimit/_redis_script.py``) against a real redis-server, on
-a fake clock: every ``AdaptiveTuning`` field changes what ``SharedRateLimit`` does, or is
-refused; and the law is the local one (slow-start ceiling, plateau, convex probing,
-confirming estimates)."""
+"""The shared adaptive limit (``ratelimit/_redis.py`` and ``_redis_script.py``) against a
+real redis-server, on a fake clock: every ``AdaptiveTuning`` field changes what
+``SharedRateLimit`` does, or is refused; and the law it runs is the local one (slow-start
+ceiling, plateau, convex probing, confirming estimates), its state kept in Redis."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+import msgspec
 import pytest
 
 from proactive_async.ratelimit import AdaptiveTuning, SharedRateLimit
@@ -69,9 +70,9 @@ async def simulate(url: str, tuning: AdaptiveTuning, seconds: float = 60.0) -> l
                 if refused == 0 and index % NOISE_EVERY == 0:
                     refused = 1
                 if calls - refused > 0:
-                    await limit._call("report", float(calls - refused))
+                    await limit._tell("report", float(calls - refused), calls - refused)
                 for _ in range(min(refused, 3)):
-                    await limit._call("throttle", RETRY_AFTER)
+                    await limit._tell("throttle", RETRY_AFTER)
             steps.append(Step(clock.now - start, rate, granted, wait, refused))
     finally:
         await limit.aclose()
@@ -147,16 +148,18 @@ class Group:
             self.clock.now += step
             weight = (self.limit.rate or 0.0) * step
             await self.limit._call("acquire", weight)
-            await self.limit._call("report", weight)
+            await self.limit._tell("report", weight, max(1, round(weight)))
             rates.append((self.clock.now, self.limit.rate or 0.0))
         return rates
 
     async def refuse(self, retry_after: float = 0.05) -> None:
         self.clock.now += 0.01
-        assert (await self.limit._call("throttle", retry_after))[0]
+        assert await self.limit._tell("throttle", retry_after)
 
     async def state(self, name: str) -> float:
-        return float(await self.limit._redis.hget(self.key, name))
+        """A field of the law's state in Redis (None read as 0: not measured yet)."""
+        law = msgspec.json.decode(await self.limit._redis.hget(self.key, "law"))
+        return float(law.get(name) or 0.0)
 
     async def aclose(self) -> None:
         await self.limit.aclose()
@@ -169,7 +172,7 @@ async def test_after_a_cut_the_rate_closes_the_gap_holds_a_plateau_then_probes_c
     try:
         await group.send(1.2)
         await group.refuse()
-        estimate = await group.state("est")
+        estimate = await group.state("estimate")
         target = estimate * (1 - group.tuning.margin)
         rates = await group.send(8.0)
     finally:
@@ -202,16 +205,16 @@ async def test_a_cut_that_confirms_the_limit_doubles_the_plateau_and_another_lim
     try:
         await group.send(1.2)
         await group.refuse()
-        first = await group.state("est")
-        assert await group.state("plat") == tuning.plateau
+        first = await group.state("estimate")
+        assert await group.state("plateau") == tuning.plateau
         await group.send(3.0)  # back up to just under it, holding there
         await group.refuse()  # the same limit again: it is real
-        assert await group.state("est") == pytest.approx(first, rel=tuning.confirm)
-        assert await group.state("plat") == 2 * tuning.plateau
+        assert await group.state("estimate") == pytest.approx(first, rel=tuning.confirm)
+        assert await group.state("plateau") == 2 * tuning.plateau
         await group.send(12.0)  # long past the plateau: probing far above the limit
         await group.refuse()
-        assert await group.state("est") > first * (1 + tuning.confirm)
-        assert await group.state("plat") == tuning.plateau
+        assert await group.state("estimate") > first * (1 + tuning.confirm)
+        assert await group.state("plateau") == tuning.plateau
     finally:
         await group.aclose()
 
@@ -225,8 +228,8 @@ async def test_refused_before_anything_was_measured_slow_start_stops_just_under_
         group.clock.now += 0.1
         await group.limit._call("acquire", 20.0)  # 20 targets in the first 0.1 s
         await group.refuse()  # before any call was accepted
-        refused_at = await group.state("prov")
-        assert await group.state("est") == 0  # nothing measured: a ceiling, not a limit
+        refused_at = await group.state("provisional")
+        assert await group.state("estimate") == 0  # nothing measured: a ceiling, not a limit
         # Cut from the rate really sent, by max_cut as well as decrease (the start).
         assert group.limit.rate == pytest.approx(refused_at * tuning.max_cut * tuning.decrease)
         rates = [rate for _, rate in await group.send(3.0)]

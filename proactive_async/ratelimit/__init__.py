@@ -6,12 +6,15 @@ A sender (the campaign's chunk sender, or ``AsyncClient`` for one call) talks to
 * here: the ``RateLimitBackend`` protocol and ``report_failure``, the one rule for telling
   a limit about a 429 or 503;
 * ``_bucket``: the weighted ``TokenBucket`` and the shared ``Cooldown`` pause;
-* ``_adaptive``: ``AdaptiveTuning`` and ``AdaptiveRate``, the control that finds a
-  server's untold limit;
+* ``_tuning``: ``AdaptiveTuning``, the knobs of the adaptive control;
+* ``_law``: the adaptive control law that finds a server's untold limit, one state
+  machine with two homes (it decides; the home measures and keeps its state);
+* ``_adaptive``: ``AdaptiveRate``, the law at home in one process;
 * ``_local``: ``RateLimit``, one process (a bucket, a cooldown, the adaptive control);
-* ``_redis`` and ``_redis_script``: ``SharedRateLimit``, many processes through Redis,
-  and ``SharedLimitError``, the fatal error of a Redis that answers with an error.
-  redis-py is imported only when a ``SharedRateLimit`` is built (the ``redis`` extra).
+* ``_redis``, ``_redis_script`` and ``_redis_errors``: ``SharedRateLimit``, many
+  processes through Redis (the law's state kept there, changed by compare-and-set), and
+  ``SharedLimitError``, the fatal error of a Redis that answers with an error. redis-py is
+  imported only when a ``SharedRateLimit`` is built (the ``redis`` extra).
 
 A live display reads ``paused`` (seconds left in a shared pause) and ``problem`` (why the
 limit holds calls back, in one line: Redis away) of a limit that has them.

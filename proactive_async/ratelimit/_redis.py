@@ -17,18 +17,19 @@ that is then cancelled is lost: the group sends less, never more.
 A 429 pauses every process on the key for its ``Retry-After`` and empties the bucket until
 the pause ends (so the first calls after it are paced, not a burst); a 503 pauses them all.
 
-Adaptive mode (``rate=None``): the rate lives in the hash beside the GCRA state, moved by
-the law of the local ``AdaptiveRate`` for the whole group (``_redis_script.py``). A new
-group starts at ``SHARED_START`` (100 targets/s) and doubles every quarter second until its
-first 429 (slow start); a 429 before anything was measured is a ceiling that slow start
-stops just under. One congestion event cuts the rate once for the group, whichever process
-saw it: later 429s are not a new signal until the pause plus a reaction window has passed.
-After a cut, increases close ``approach`` of the gap to just under the limit, hold there for
-a plateau (doubling, up to ``max_plateau``, each time a cut ``confirm``s the same limit),
-then probe above it, each step ``probe_growth`` times the last. A rare 429 is noise, not a
-limit (``noise_share``, ``noise_run``). Every ``AdaptiveTuning`` field is honoured but
-``unknown_pause``, refused unless left at its default (a 429 without Retry-After pauses the
-group for ``unnamed_throttle_wait``, as ``RateLimit`` does).
+Adaptive mode (``rate=None``): the group's rate is moved by the one control law of the
+local ``AdaptiveRate`` (``_law.py``), decided in Python, with only the shared state in Redis:
+the bucket, the counters (weight granted and accepted, the accepted weight of the last
+window in tenths, the noise filter's call counts) and the law's state with a generation
+number. Each process reports what it saw (accepted calls every ``_REPORT_INTERVAL``, every
+429); the script answers with the group's reading and the law's state; the process runs the
+law and commits the new state only if the generation is still the one it read (else it
+reads again and decides again). So one congestion event cuts the rate once for the group,
+whichever process saw it first: later 429s find the cut made and only extend the pause. A
+new group starts at ``SHARED_START`` (100 targets/s) and doubles every quarter second until
+its first 429. Every ``AdaptiveTuning`` field is honoured but ``unknown_pause``, refused
+unless left at its default (a 429 without Retry-After pauses the group for
+``unnamed_throttle_wait``, as ``RateLimit`` does).
 
 Redis away (unreachable, restarted, loading, timing out): by default
 (``on_redis_error="wait"``) acquire waits and retries Redis with backoff, so nothing is
@@ -52,16 +53,27 @@ import asyncio
 import logging
 import random
 import time
-from dataclasses import fields
-from typing import TYPE_CHECKING, Any, Final, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 from urllib.parse import urlsplit
 
-from .._errors import ProactiveError
+import msgspec
+
 from .._secrets import display_url
-from ._adaptive import DEFAULT_TUNING, NOISE_MIN_CALLS, PAUSES_PER_PLATEAU, AdaptiveTuning
 from ._bucket import Clock
+from ._law import CallCounts, Law, LawState, Reading
 from ._local import ADAPTIVE_START, RateLimit, unnamed_throttle_wait
+from ._redis_errors import (
+    DETAIL_MAX,
+    SharedLimitError,
+    UnexpectedReply,
+    describe_client,
+    is_outage,
+    outage_reason,
+    reason,
+)
 from ._redis_script import ARGUMENTS, SCRIPT
+from ._tuning import DEFAULT_TUNING, AdaptiveTuning
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -80,33 +92,38 @@ _BACKOFF_MIN: Final = 0.05
 _BACKOFF_MAX: Final = 2.0
 _PROBE_MAX: Final = 2.0
 """Seconds at most between two tries of an unreachable Redis while pacing locally."""
-_TRANSIENT_ANSWERS: Final = ("LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
-"""Error answers that pass by themselves (a restart, a failover): waited out like an outage."""
-_DETAIL_MAX: Final = 160
-_REPORT_INTERVAL: Final = 0.1
-"""Seconds between two reports of accepted calls to Redis, per process (adaptive only)."""
-_UNHONOURED: Final = tuple(f.name for f in fields(AdaptiveTuning) if f.name not in ARGUMENTS)
-"""``AdaptiveTuning`` fields the script does not read (``unknown_pause``: a 429 without
-Retry-After pauses the group for ``unnamed_throttle_wait``, as in ``RateLimit``); a value
-other than the default is refused, never ignored."""
-_OP, _VALUE, _NOW = (ARGUMENTS.index(name) for name in ("op", "value", "now"))
+_REPORT_INTERVAL: Final = 0.025
+"""Seconds between two reports of accepted calls to Redis, per process (adaptive only): the
+group's goodput reads at most this much late (at 0.1 s, a tenth of the law's window, every
+estimate read 5-10% low)."""
+_HORIZON: Final = 0.1
+"""Seconds ahead at most an adaptive group's slot is reserved (see ``_redis_script``)."""
+_COMMIT_TRIES: Final = 4
+"""Decisions made again on a fresh reading when another process committed first."""
+_UNHONOURED: Final = ("unknown_pause",)
+"""``AdaptiveTuning`` fields the shared limit does not read (a 429 without Retry-After pauses
+the group for ``unnamed_throttle_wait``, as in ``RateLimit``); a value other than the
+default is refused, never ignored."""
+_OP, _VALUE, _CALLS, _NOW, _GEN, _STATE, _RATE, _UNTIL = (
+    ARGUMENTS.index(name)
+    for name in ("op", "value", "calls", "now", "gen", "state", "rate", "until")
+)
+_NO_CALLS: Final = CallCounts(0, 0, 0)
+_encode_state = msgspec.json.Encoder().encode
+_decode_state = msgspec.json.Decoder(LawState).decode
 
 
-class SharedLimitError(ProactiveError):
-    """The shared rate limit's Redis answered with an error that waiting will not mend (a
-    wrong or missing password, out of memory, a read-only replica, not Redis at all).
+class _Reply(NamedTuple):
+    """The script's answer to report, throttle, read and commit."""
 
-    Raised by ``SharedRateLimit.acquire`` before a call is made: nothing was sent, and a
-    campaign stops at once, as for a 401. ``reason`` is the short why (``"refused the
-    password"``); the message names Redis by its URL without the password.
-    """
-
-    fatal = True
-    may_have_been_processed = False
-
-    def __init__(self, message: str, *, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+    ok: bool
+    wait: float
+    rate: float
+    reading: Reading
+    gen: int
+    state: bytes
+    born: float
+    """When the group made its first call: a new law's clocks start there."""
 
 
 def default_limit_key(base_url: str, channel_id: int | None) -> str:
@@ -139,7 +156,8 @@ class SharedRateLimit:
             ``rate / processes`` until Redis answers again). An error answer is never
             waited for: ``acquire`` raises ``SharedLimitError``.
         processes: how many processes share the key (for the local fallback only).
-        clock: the script's clock, for tests; None: the Redis server's ``TIME``, so the
+        clock: the clock of the script and of the reports, for tests; None: the Redis
+            server's ``TIME`` (and ``time.monotonic`` between two reports), so the
             processes' clocks never matter.
 
     Raises ValueError for a ``tuning`` field it cannot honour (see the module docstring).
@@ -183,7 +201,7 @@ class SharedRateLimit:
         else:
             self._redis = redis
             self._owns_redis = False
-            self._where = _describe_client(redis)
+            self._where = describe_client(redis)
         self._redis_errors = redis_errors
         self.key = key
         self._fixed = rate
@@ -193,6 +211,7 @@ class SharedRateLimit:
         self._processes = processes
         self._script = self._redis.register_script(SCRIPT)
         self._args = _script_args(rate, burst, tuning)
+        self._law = Law(tuning, ceiling=ADAPTIVE_START)
         self._clock = clock
         self._rate = rate if rate is not None else SHARED_START
         self._fallback: RateLimit | None = None
@@ -202,6 +221,7 @@ class SharedRateLimit:
         self._probe_at = 0.0  # while pacing locally: when to ask Redis again
         self._failure: SharedLimitError | None = None
         self._accepted = 0.0
+        self._accepted_calls = 0
         self._reported_at = 0.0
 
     def __repr__(self) -> str:
@@ -280,13 +300,15 @@ class SharedRateLimit:
     async def on_success(self, weight: float) -> None:
         if self._fixed is not None:
             return
-        self._accepted += 1  # calls: the noise filter counts 429s against calls
-        now = time.monotonic()
+        self._accepted += weight
+        self._accepted_calls += 1  # the noise filter counts 429s against calls
+        now = self._clock() if self._clock is not None else time.monotonic()
         if now - self._reported_at < _REPORT_INTERVAL:
             return
         self._reported_at = now
         accepted, self._accepted = self._accepted, 0.0
-        await self._tell("report", accepted)
+        calls, self._accepted_calls = self._accepted_calls, 0
+        await self._tell("report", accepted, calls)
 
     async def on_throttle(self, weight: float, retry_after: float | None) -> bool:
         wait = retry_after if retry_after is not None else unnamed_throttle_wait(weight, self._rate)
@@ -297,28 +319,112 @@ class SharedRateLimit:
 
     # -- Redis ---------------------------------------------------------------------------
 
-    async def _call(self, op: str, value: float) -> tuple[bool, float]:
+    async def _run(self, op: str, value: float, **extra: str) -> list[Any]:
         args = self._args.copy()
         args[_OP], args[_VALUE] = op, repr(float(value))
+        for name, text in extra.items():
+            args[ARGUMENTS.index(name)] = text
         if self._clock is not None:
             args[_NOW] = repr(self._clock())
-        reply = await self._script(keys=[self.key], args=args)
+        reply: list[Any] = await self._script(keys=[self.key], args=args)
+        return reply
+
+    async def _call(self, op: str, value: float) -> tuple[bool, float]:
+        """acquire, busy, and a fixed limit's throttle: (granted or paused, seconds)."""
+        reply = await self._run(op, value)
         try:
             granted, wait, rate = reply[0] in (b"1", "1"), float(reply[1]), float(reply[2])
         except (TypeError, ValueError, IndexError, KeyError) as exc:
-            raise _UnexpectedReply(
-                f"an unexpected answer to the limit's script: {reply!r}"
-            ) from exc
+            raise UnexpectedReply(f"an unexpected answer to the limit's script: {reply!r}") from exc
         self._recovered()
         self._rate = rate
         return granted, wait
 
-    async def _tell(self, op: str, value: float) -> bool:
+    async def _exchange(self, op: str, value: float = 0.0, **extra: str) -> _Reply:
+        """report, throttle, read or commit of an adaptive limit: the group's reading."""
+        reply = await self._run(op, value, **extra)
+        try:
+            numbers = [float(item) for item in reply[1:10]]
+            wait, rate, now, granted, accepted, recent, calls_ok, calls_429, run = numbers
+            parsed = _Reply(
+                ok=reply[0] in (b"1", "1"),
+                wait=wait,
+                rate=rate,
+                reading=Reading(
+                    now,
+                    granted,
+                    accepted,
+                    recent,
+                    CallCounts(int(calls_ok), int(calls_429), int(run)),
+                ),
+                gen=int(float(reply[10])),
+                state=reply[11] if isinstance(reply[11], bytes) else str(reply[11]).encode(),
+                born=float(reply[12]),
+            )
+        except (TypeError, ValueError, IndexError, KeyError) as exc:
+            raise UnexpectedReply(f"an unexpected answer to the limit's script: {reply!r}") from exc
+        self._recovered()
+        self._rate = rate
+        return parsed
+
+    async def _adapt(self, op: str, value: float, calls: float) -> bool:
+        """Run the law on what this process saw; True when the group now waits a pause."""
+        reply = await self._exchange(op, value, calls=repr(float(calls)))
+        if op == "report":
+            decide: Callable[[LawState, Reading], bool] = self._law_success
+        else:
+
+            def decide(state: LawState, reading: Reading) -> bool:
+                return self._law.on_throttle(state, reading, value) != "noise"
+
+        for _ in range(_COMMIT_TRIES):
+            fresh = not reply.state  # a new group (or one Redis forgot): the law starts
+            state = (
+                self._law.start(SHARED_START, Reading(reply.born, 0.0, 0.0, 0.0, _NO_CALLS))
+                if fresh
+                else _decode_state(reply.state)
+            )
+            before = state.last_step, state.rate, state.paused_until, state.started
+            paused = decide(state, reply.reading)
+            after = state.last_step, state.rate, state.paused_until, state.started
+            if not fresh and before == after:
+                return paused  # nothing decided: nothing to write
+            if before[1] != after[1] or before[2] != after[2]:
+                _log.debug(
+                    "shared rate limit %r: %s: rate %.1f -> %.1f, estimate %s, pause %.3f s",
+                    self.key,
+                    op,
+                    before[1],
+                    state.rate,
+                    state.estimate,
+                    (state.paused_until or 0.0) - reply.reading.now,
+                )
+            until = state.paused_until if paused and state.paused_until is not None else 0.0
+            reply = await self._exchange(
+                "commit",
+                gen=str(reply.gen),
+                state=_encode_state(state).decode(),
+                rate=repr(state.rate),
+                until=repr(until),
+            )
+            if reply.ok:
+                return paused
+        _log.debug("shared rate limit %r: the law's state changed under us each time", self.key)
+        return op == "throttle"
+
+    def _law_success(self, state: LawState, reading: Reading) -> bool:
+        if self._law.due(state, reading.now):
+            self._law.on_success(state, reading)
+        return False
+
+    async def _tell(self, op: str, value: float, calls: float = 0.0) -> bool:
         """Report to the group; True when every process now waits a shared pause. If Redis
         is away, the local fallback (if any) hears it instead."""
         if self._failure is not None:
             return False
         try:
+            if self._fixed is None and op in ("report", "throttle"):
+                return await self._adapt(op, value, calls)
             paused, _ = await self._call(op, value)
             return paused
         except Exception as exc:
@@ -337,21 +443,15 @@ class SharedRateLimit:
             return False
 
     def _is_outage(self, exc: BaseException) -> bool:
-        """The one rule: Redis away (waited for, or paced locally) or an error answer (fatal)."""
-        errors = self._redis_errors
-        if isinstance(exc, errors.AuthenticationError | errors.AuthorizationError):
-            return False  # a ConnectionError in redis-py, but no wait brings a password
-        if isinstance(exc, errors.ConnectionError | errors.TimeoutError | OSError):
-            return True
-        return isinstance(exc, errors.ResponseError) and str(exc).startswith(_TRANSIENT_ANSWERS)
+        return is_outage(exc, self._redis_errors)
 
     def _fail(self, exc: BaseException) -> SharedLimitError:
         """Latch an error answer: every later acquire raises it (and nothing is sent)."""
         if self._failure is None:
-            reason = _reason(exc, self._redis_errors)
-            detail = " ".join(str(exc).split())[:_DETAIL_MAX] or type(exc).__name__
+            why = reason(exc, self._redis_errors)
+            detail = " ".join(str(exc).split())[:DETAIL_MAX] or type(exc).__name__
             self._failure = SharedLimitError(
-                f"shared rate limit: Redis at {self._where} {reason} ({detail})", reason=reason
+                f"shared rate limit: Redis at {self._where} {why} ({detail})", reason=why
             )
             _log.error("%s", self._failure.message)
         return self._failure
@@ -368,7 +468,7 @@ class SharedRateLimit:
         return self._fallback
 
     def _note_outage(self, exc: BaseException) -> None:
-        self._outage_reason = _outage_reason(exc)  # the latest: what the display says
+        self._outage_reason = outage_reason(exc)  # the latest: what the display says
         if self._outage_since is not None:
             return
         self._outage_since = time.monotonic()
@@ -409,81 +509,26 @@ def _refuse_unhonoured(tuning: AdaptiveTuning) -> None:
 
 
 def _script_args(rate: float | None, burst: float | None, tuning: AdaptiveTuning) -> list[str]:
-    """The script's ARGV, built once; ``op``, ``value`` and ``now`` are set per call."""
+    """The script's ARGV, built once; the operation and its values are set per call."""
     values: dict[str, float] = {
-        name: getattr(tuning, name) for name in ARGUMENTS if hasattr(tuning, name)
+        "value": 0.0,
+        "calls": 0.0,
+        "fixed": rate or 0.0,
+        "burst": burst or 0.0,
+        "ttl": _KEY_TTL_MS,
+        "now": 0.0,  # 0: the Redis server's clock
+        "start": SHARED_START,
+        "window": tuning.window,
+        "horizon": _HORIZON,
+        "drain": float(tuning.drain),
+        "gen": 0.0,
+        "rate": 0.0,
+        "until": 0.0,
     }
-    values.update(
-        value=0.0,
-        fixed=rate or 0.0,
-        burst=burst or 0.0,
-        ttl=_KEY_TTL_MS,
-        now=0.0,  # 0: the Redis server's clock
-        start=SHARED_START,
-        min_calls=NOISE_MIN_CALLS,
-        ceiling=rate or ADAPTIVE_START,
-        pauses_per_plateau=PAUSES_PER_PLATEAU,
-    )
-    # bool is an int: drain goes as 1 or 0. repr keeps every digit of a float.
-    return ["" if name == "op" else repr(float(values[name])) for name in ARGUMENTS]
+    # repr keeps every digit of a float.
+    return [repr(values[name]) if name in values else "" for name in ARGUMENTS]
 
 
 def _backoff(attempt: int) -> float:
     wait: float = min(_BACKOFF_MAX, _BACKOFF_MIN * 2.0 ** min(attempt - 1, 10))
     return wait + random.uniform(0, wait / 2)
-
-
-class _UnexpectedReply(Exception):
-    """The script's answer is not what it returns: whatever answered is not our Redis."""
-
-
-def _reason(exc: BaseException, errors: Any) -> str:
-    """Why an error answer stops the limit, in words an operator acts on."""
-    text = str(exc)
-    # Unauthenticated, Redis refuses a command of many arguments as a protocol error.
-    if "unauthenticated" in text or "NOAUTH" in text:
-        return "asks for a password (give it in the URL: redis://:PASSWORD@host)"
-    if isinstance(exc, errors.AuthenticationError) or text.startswith("WRONGPASS"):
-        if "required" in text.lower():
-            return "asks for a password (give it in the URL: redis://:PASSWORD@host)"
-        return "refused the password (or the user)"
-    if isinstance(exc, errors.AuthorizationError | errors.NoPermissionError):
-        return "does not let this user run the limit's script (NOPERM)"
-    if isinstance(exc, errors.OutOfMemoryError):
-        return "is out of memory and refuses writes (maxmemory)"
-    if isinstance(exc, errors.ReadOnlyError):
-        return "is a read-only replica (point the URL at the primary)"
-    if isinstance(exc, errors.InvalidResponse | _UnexpectedReply):
-        return "does not answer as Redis does (is the URL's host and port a Redis?)"
-    return "answered with an error"
-
-
-def _outage_reason(exc: BaseException) -> str:
-    """``connection refused``, ``timed out``: what the display says of an outage."""
-    text = str(exc).lower()
-    for words, reason in _OUTAGE_REASONS:
-        if words in text:
-            return reason
-    return type(exc).__name__
-
-
-_OUTAGE_REASONS: Final = (
-    ("refused", "connection refused"),
-    ("error 111 ", "connection refused"),  # redis-py: "Error 111 connecting to ..."
-    ("connect call failed", "connection refused"),
-    ("timed out", "timed out"),
-    ("timeout", "timed out"),
-    ("loading", "loading its data"),
-    ("reset", "connection reset"),
-    ("closed", "connection closed"),
-    ("name or service", "host name not found"),
-)
-
-
-def _describe_client(client: aioredis.Redis) -> str:
-    """Host, port and database of a given client: never its password."""
-    kwargs = client.connection_pool.connection_kwargs
-    if "path" in kwargs:
-        return f"unix://{kwargs['path']}"
-    host, port, db = kwargs.get("host", "localhost"), kwargs.get("port", 6379), kwargs.get("db", 0)
-    return f"redis://{host}:{port}/{db}"

@@ -1,50 +1,57 @@
 """The Lua script behind ``SharedRateLimit``: every change of a shared limit, atomically.
 
-One script, four operations (``acquire``, ``report``, ``throttle``, ``busy``), so that each
-change of the group's state is one atomic step timed by one clock (the server's ``TIME``).
-The adaptive part is the law of ``AdaptiveRate`` (``_adaptive.py``), step for step; only
-the measurement differs: the group's rate sent (grants over the last one or two windows)
-stands for the goodput, since accepted calls reach Redis in batches.
+One script, six operations, each one atomic step timed by one clock (the server's ``TIME``):
+
+* ``acquire``: the weighted GCRA (a slot for ``value`` targets at the group's rate); an
+  adaptive limit reserves no further ahead than ``horizon`` seconds (a caller further back
+  comes back later, in a line), so a slot is paced at the rate in force when it is near: 192 calls
+  queued at a new group's 100/s once held three processes at 100/s for two seconds while
+  the law had doubled the rate twice;
+* ``report``: ``value`` targets accepted in ``calls`` calls (the group's counters);
+* ``throttle``: a 429 asking for ``value`` seconds: a fixed limit pauses the group here; an
+  adaptive one only counts it and answers the reading and the law's state, for the
+  process that saw it to decide (``_law.py``) and ``commit``;
+* ``busy``: a 503: the group pauses ``value`` seconds;
+* ``read``: the reading and the law's state, nothing changed;
+* ``commit``: the law's new state and rate, only if its generation number is still the
+  one the decision was made on (else nothing changes: the caller reads again and decides
+  again), and the pause it asks for (the bucket emptied until it ends, with ``drain``).
+
+The script holds no control law: it counts and it paces. The counters: the weight granted
+and accepted so far, the weight accepted in each of the last ten tenths of a ``window``
+(a ring, answered per window: scaled from the time it covers), and the calls accepted and
+refused in this window and the one before with the 429s in a row (the noise filter's
+counts).
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["ARGUMENTS", "SCRIPT"]
+__all__ = ["ARGUMENTS", "SCRIPT", "SLOTS"]
 
 ARGUMENTS: Final = (
     "op",
     "value",
+    "calls",
     "fixed",
     "burst",
     "ttl",
     "now",
     "start",
-    "min_calls",
-    "ceiling",
-    "floor",
-    "interval",
     "window",
-    "reaction_window",
-    "decrease",
-    "slow_start",
-    "approach",
-    "probe",
-    "probe_growth",
-    "max_cut",
-    "busy",
+    "horizon",
     "drain",
-    "margin",
-    "plateau",
-    "max_plateau",
-    "confirm",
-    "noise_share",
-    "noise_run",
-    "pauses_per_plateau",
+    "gen",
+    "state",
+    "rate",
+    "until",
 )
-"""ARGV in order: the operation, its value, the limit's shape, the clock (0: the server's),
-then the ``AdaptiveTuning`` fields the script honours."""
+"""ARGV in order: the operation and its value (and the calls of a report), the limit's
+shape, the clock (0: the server's), then what a ``commit`` writes."""
+
+SLOTS: Final = 10
+"""The accepted weight of the last window is kept in this many slots of window / SLOTS."""
 
 # Numbers go back to Python as strings: Redis truncates Lua numbers to integers.
 SCRIPT: Final = """
@@ -53,139 +60,78 @@ local a = {}
 local names = {__NAMES__}
 for i, name in ipairs(names) do a[name] = ARGV[i] end
 local op = a.op
-local arg = tonumber(a.value)
-local fixed = tonumber(a.fixed)
-local burst = tonumber(a.burst)
 for _, name in ipairs(names) do
-  if name ~= 'op' then a[name] = tonumber(a[name]) end
+  if name ~= 'op' and name ~= 'state' then a[name] = tonumber(a[name]) end
 end
+local SLOTS = __SLOTS__
 
 local now = a.now
 if now == 0 then
   local t = redis.call('TIME')
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
-local FIELDS = {'tat', 'pause', 'rate', 'hold', 'grow', 'granted', 'wt', 'wg', 'pt', 'pg',
-  'ok', 'th', 'pok', 'pth', 'run', 'est', 'prov', 'plat', 'holdfor', 'reached', 'probes',
-  'started'}
+local FIELDS = {'tat', 'pause', 'rate', 'granted', 'acc', 'wt', 'ok', 'th', 'pok', 'pth',
+  'run', 'sid', 'gen', 'born', 'qat'}
+for i = 0, SLOTS - 1 do FIELDS[#FIELDS + 1] = 's' .. i end
 local values = redis.call('HMGET', key, unpack(FIELDS))
 local s = {}
 for i, name in ipairs(FIELDS) do s[name] = tonumber(values[i]) end
 
-local adaptive = fixed == 0
-local rate = fixed
+local adaptive = a.fixed == 0
+local rate = a.fixed
 if adaptive then rate = s.rate or a.start end
-local spacing = 1 / rate
-local size = burst
-if size == 0 then size = math.max(1, rate) end
-local tolerance = size * spacing
+-- The bucket: a burst's worth of time at the rate (a second's worth without a burst).
+local function tolerance_at(r)
+  if a.burst == 0 then return math.max(1, r) / r end
+  return a.burst / r
+end
+local tolerance = tolerance_at(rate)
 -- A new key starts empty (paced from the first call), unless adaptive without drain.
 local fresh = now + tolerance
 if adaptive and a.drain == 0 then fresh = now end
 local tat = s.tat or fresh
 local pause = s.pause or 0
-local hold = s.hold or 0
-local grow = s.grow or 0
 local granted = s.granted or 0
+local acc = s.acc or 0
+local gen = s.gen or 0
+local born = s.born or now  -- the group's first call: where the law's clocks start
+
+-- The noise filter's counts: this window and the one before, and the 429s in a row.
 local wt = s.wt or now
-local wg = s.wg or granted
-local pt = s.pt or wt
-local pg = s.pg or wg
-local ok = s.ok or 0
-local th = s.th or 0
-local pok = s.pok or 0
-local pth = s.pth or 0
-local run = s.run or 0
-local est = s.est or 0          -- the limit measured at a cut; 0: none yet
-local prov = s.prov or 0        -- the rate refused before anything was measured; 0: none
-local plat = s.plat or a.plateau
-local holdfor = s.holdfor or a.plateau
-local reached = s.reached or -1 -- when the rate came up to just under est; -1: not yet
-local probes = s.probes or 0
-local started = s.started or -1 -- the group's first answer; -1: none yet
-
--- Two windows of history: what the group was granted, accepted and refused lately.
+local ok, th, pok, pth, run = s.ok or 0, s.th or 0, s.pok or 0, s.pth or 0, s.run or 0
 if now - wt >= a.window then
-  pt, pg, pok, pth = wt, wg, ok, th
-  wt, wg, ok, th = now, granted, 0, 0
-  if now - pt >= 2 * a.window then pt, pg, pok, pth = wt, wg, 0, 0 end
+  if now - wt < 2 * a.window then pok, pth = ok, th else pok, pth = 0, 0 end
+  wt, ok, th = now, 0, 0
 end
-if (op == 'report' or op == 'throttle') and started < 0 then started = now end
+-- The weight accepted in each tenth of the last window: a ring of SLOTS slots.
+local width = a.window / SLOTS
+local index = math.floor(now / width)
+local sid = s.sid or index
+local ring = {}
+for i = 0, SLOTS - 1 do ring[i] = s['s' .. i] or 0 end
+if index - sid >= SLOTS then
+  for i = 0, SLOTS - 1 do ring[i] = 0 end
+elseif index > sid then
+  for i = sid + 1, index do ring[i % SLOTS] = 0 end
+end
+sid = math.max(sid, index)
 
--- Is a 429 the server's limit? More than noise_share of recent calls, or a run of them.
-if op == 'throttle' then
-  th = th + 1
-  run = run + 1
-end
-local function limit_speaks()
-  if ok + pok == 0 then return true end  -- nothing accepted lately: the limit speaks
-  local calls = math.max(ok + th + pok + pth, a.min_calls)
-  return (th + pth) / calls > a.noise_share or run >= a.noise_run
-end
-local function bound(r) return math.min(a.ceiling, math.max(a.floor, r)) end
--- The rate the group really sent at lately (grants over the last one or two windows).
-local function sent_rate()
-  return (granted - pg) / math.max(now - pt, a.window / 4)
-end
-
-local function cut(wait)
-  local sent = sent_rate()
-  local accepted = ok + pok > 0
-  local basis = rate
-  if sent > 0 and sent < rate then basis = sent end
-  if not accepted then
-    if est > 0 then
-      basis = math.min(rate, est)  -- no answer lately: keep to the limit, not to zero
-    else
-      basis = basis * a.max_cut    -- the start: refused before anything was accepted
-    end
-  end
-  if est == 0 and sent > 0 then prov = math.min(rate, sent) end
-  if accepted and now - started >= a.window then
-    local previous = est
-    est = basis
-    if previous == 0 or math.abs(basis - previous) > a.confirm * previous then
-      plat = a.plateau               -- another limit: start again from the first plateau
-    elseif reached >= 0 then
-      plat = math.min(a.max_plateau, plat * 2)  -- the same limit, met on the way back
-    end
-  elseif est > 0 then
-    est = math.min(est, rate)
-  end
-  reached = -1
-  holdfor = math.max(plat, wait * a.pauses_per_plateau)
-  rate = bound(basis * a.decrease)
-  hold = now + wait + a.reaction_window
-  grow = now
-  probes = 0
-  run = 0
+local function reading(status, wait)
+  local recent = 0
+  for i = 0, SLOTS - 1 do recent = recent + ring[i] end
+  -- The ring holds the last SLOTS - 1 slots and the current one, partly gone by: per
+  -- window, what it holds reads up to a slot's worth low.
+  local covered = (SLOTS - 1) * width + (now - index * width)
+  recent = recent * a.window / covered
+  return {status, tostring(wait), tostring(rate), tostring(now), tostring(granted),
+    tostring(acc), tostring(recent), tostring(ok + pok), tostring(th + pth), tostring(run),
+    tostring(gen), redis.call('HGET', key, 'law') or '', tostring(born)}
 end
 
-local function increase()
-  local e = est
-  local provisional = e == 0 and prov > 0
-  if provisional then e = prov end
-  if e == 0 then
-    rate = bound(rate * a.slow_start)
-    return
-  end
-  local target = e * (1 - a.margin)
-  if rate < target * (1 - a.probe) then
-    if provisional then
-      rate = bound(math.min(rate * a.slow_start, target))
-    else
-      rate = bound(rate + (target - rate) * a.approach)  -- concave: close the gap
-    end
-    return
-  end
-  if reached < 0 then reached = now end
-  if not provisional and now - reached < holdfor then
-    rate = bound(math.max(rate, target))  -- just under the limit: hold there
-  else
-    local step = a.probe * a.probe_growth ^ probes  -- convex: creep above it
-    rate = bound(rate * math.min(a.slow_start, 1 + step))
-    probes = probes + 1
-  end
+local function pause_until(t)
+  if t > pause then pause = t end
+  -- The server's bucket is empty: paced after the pause, not a burst.
+  if not adaptive or a.drain == 1 then tat = math.max(tat, pause + tolerance) end
 end
 
 local result
@@ -193,43 +139,74 @@ if op == 'acquire' then
   if pause > now then
     result = {'0', tostring(pause - now), tostring(rate)}
   else
-    local cost = arg * spacing
+    local cost = a.value / rate
     local later = math.max(tat, now) + cost
     local go = later - math.max(tolerance, cost)
-    tat = later
-    granted = granted + arg
-    result = {'1', tostring(math.max(0, go - now)), tostring(rate)}
+    -- The slots of others ahead of this one, at most horizon seconds' worth (its own
+    -- cost never counts: a call heavier than the horizon is not refused for ever).
+    local ahead = a.horizon + cost
+    if adaptive and go - now > ahead then
+      -- Not reserved: a slot far ahead would keep the rate of now after the rate moved.
+      -- Callers sent back are told to come back in a line half a slot apart (qat), not
+      -- all at once: about two asks per call, not one per caller ahead.
+      local qat = math.max(s.qat or 0, go) + cost / 2
+      redis.call('HSET', key, 'qat', tostring(qat))
+      result = {'0', tostring(qat - ahead - now), tostring(rate)}
+    else
+      tat = later
+      granted = granted + a.value
+      result = {'1', tostring(math.max(0, go - now)), tostring(rate)}
+    end
   end
-elseif op == 'throttle' and adaptive and now >= hold and not limit_speaks() then
-  -- Noise (a rare 429): the rate stays and nobody else waits.
-  result = {'0', tostring(math.max(0, pause - now)), tostring(rate)}
-elseif op == 'throttle' or op == 'busy' then
-  if now + arg > pause then pause = now + arg end
-  if op == 'throttle' then
-    -- The server's bucket is empty: paced after the pause, not a burst.
-    if not adaptive or a.drain == 1 then tat = math.max(tat, pause + tolerance) end
-    if adaptive and now >= hold then cut(arg) end
-  end
-  result = {'1', tostring(pause - now), tostring(rate)}
 elseif op == 'report' then
-  ok = ok + arg
-  if arg > 0 then run = 0 end
-  local step = a.interval
-  if est == 0 then step = a.interval / 2 end  -- nothing measured yet: twice as often
-  if adaptive and now >= hold and now - grow >= step then
-    if sent_rate() >= a.busy * rate then increase() end
-    grow = now
+  ok = ok + a.calls
+  if a.calls > 0 then run = 0 end
+  acc = acc + a.value
+  ring[index % SLOTS] = ring[index % SLOTS] + a.value
+  result = reading('1', 0)
+elseif op == 'throttle' and not adaptive then
+  pause_until(now + a.value)
+  result = {'1', tostring(pause - now), tostring(rate)}
+elseif op == 'throttle' then
+  th = th + 1
+  run = run + 1
+  result = reading('1', math.max(0, pause - now))
+elseif op == 'busy' then
+  pause_until(now + a.value)
+  result = {'1', tostring(pause - now), tostring(rate)}
+elseif op == 'read' then
+  result = reading('1', math.max(0, pause - now))
+elseif op == 'commit' then
+  if a.gen == gen then
+    gen = gen + 1
+    rate = a.rate
+    tolerance = tolerance_at(rate)
+    redis.call('HSET', key, 'law', a.state, 'rate', tostring(rate))
+    if a['until'] > 0 then pause_until(a['until']) end
+    result = reading('1', math.max(0, pause - now))
+  else
+    result = reading('0', math.max(0, pause - now))
   end
-  result = {'1', '0', tostring(rate)}
 end
 
-redis.call('HSET', key, 'tat', tostring(tat), 'pause', tostring(pause), 'hold', tostring(hold),
-  'grow', tostring(grow), 'granted', tostring(granted), 'wt', tostring(wt), 'wg', tostring(wg),
-  'pt', tostring(pt), 'pg', tostring(pg), 'ok', tostring(ok), 'th', tostring(th),
-  'pok', tostring(pok), 'pth', tostring(pth), 'run', tostring(run), 'est', tostring(est),
-  'prov', tostring(prov), 'plat', tostring(plat), 'holdfor', tostring(holdfor),
-  'reached', tostring(reached), 'probes', tostring(probes), 'started', tostring(started))
-if adaptive then redis.call('HSET', key, 'rate', tostring(rate)) end
+if op == 'acquire' then
+  -- The hot path writes only what it changed.
+  redis.call('HSET', key, 'tat', tostring(tat), 'granted', tostring(granted),
+    'born', tostring(born))
+  redis.call('PEXPIRE', key, a.ttl)
+  return result
+end
+local out = {'tat', tostring(tat), 'pause', tostring(pause), 'granted', tostring(granted),
+  'acc', tostring(acc), 'wt', tostring(wt), 'ok', tostring(ok), 'th', tostring(th),
+  'pok', tostring(pok), 'pth', tostring(pth), 'run', tostring(run), 'sid', tostring(sid),
+  'gen', tostring(gen), 'born', tostring(born)}
+for i = 0, SLOTS - 1 do
+  out[#out + 1] = 's' .. i
+  out[#out + 1] = tostring(ring[i])
+end
+redis.call('HSET', key, unpack(out))
 redis.call('PEXPIRE', key, a.ttl)
 return result
-""".replace("__NAMES__", ", ".join(f"'{name}'" for name in ARGUMENTS))
+""".replace("__NAMES__", ", ".join(f"'{name}'" for name in ARGUMENTS)).replace(
+    "__SLOTS__", str(SLOTS)
+)
