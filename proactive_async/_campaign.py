@@ -43,7 +43,7 @@ from ._hooks import OutcomeHook, RetryHook, ThrottleHook, safe_hook
 from ._input import aiter_records, fingerprint_file, read_records, starts_with_header
 from ._models import ProactiveConversationRequest
 from ._options import CampaignOptions
-from ._planner import Chunk, PlannedTarget, Planner
+from ._planner import Chunk, PlannedTarget, Planner, PlannerConfig
 from ._records import Outcome, OutcomeStatus, Record
 from ._report import CampaignSummary, LatencySample, ReportWriter
 from ._retry import Sleep
@@ -127,17 +127,17 @@ class Campaign:
         if overrides:
             options = _with_overrides(options, overrides)
         self.options = options
-        self.planner_config = options.planner
+        self.planner_config: PlannerConfig = options.planner
         self.client = client
         self.template = template
         self.targets = targets
         self.journal_path = journal
         self.report_path = report
-        self.summary = CampaignSummary()
+        self.summary: CampaignSummary = CampaignSummary()
         self.total: int | None = _count_records(targets, options.recipient_column)
         self._clock = clock
         self._own_limit = False
-        self.rate_limit = self._choose_rate_limit(rate_limit, clock, sleep)
+        self.rate_limit: RateLimitBackend = self._choose_rate_limit(rate_limit, clock, sleep)
         self._latency = LatencySample()
         self._journal: Journal | None = None
         self._resuming = False

@@ -153,8 +153,8 @@ class AsyncClient:
         if not base_url.startswith(("http://", "https://")):
             raise ClientStateError(f"base_url must start with http:// or https://: {base_url!r}")
         token = _check_headers(token, headers or {})
-        self.base_url = base_url.rstrip("/")
-        self.retry = retry if retry is not None else RetryPolicy()
+        self.base_url: str = base_url.rstrip("/")
+        self.retry: RetryPolicy = retry if retry is not None else RetryPolicy()
         self.mask_phone_numbers = mask_phone_numbers
         self.rate_limit = rate_limit
         self.assume_utc = assume_utc

@@ -166,18 +166,21 @@ class ProblemDetails:
     )
 
     def __init__(self, raw: Mapping[str, Any]) -> None:
-        self.type = _str_or_none(raw.get("type"))
-        self.title = _str_or_none(raw.get("title"))
-        self.detail = _str_or_none(raw.get("detail"))
-        self.instance = _str_or_none(raw.get("instance"))
+        self.type: str | None = _str_or_none(raw.get("type"))
+        self.title: str | None = _str_or_none(raw.get("title"))
+        self.detail: str | None = _str_or_none(raw.get("detail"))
+        self.instance: str | None = _str_or_none(raw.get("instance"))
         status = raw.get("status")
-        self.status = status if isinstance(status, int) and not isinstance(status, bool) else None
-        self.trace_id = _str_or_none(raw.get("traceId"))
+        self.status: int | None = (
+            status if isinstance(status, int) and not isinstance(status, bool) else None
+        )
+        self.trace_id: str | None = _str_or_none(raw.get("traceId"))
         # Field-level reasons: ASP.NET Core's ``errors`` map, or a list of them (a schema
         # mock such as Prism sends ``validation``).
-        self.errors = _errors_map(raw.get("errors")) or _errors_map(raw.get("validation"))
+        errors = _errors_map(raw.get("errors")) or _errors_map(raw.get("validation"))
+        self.errors: dict[str, list[str]] = errors
         known = {"type", "title", "detail", "instance", "status", "traceId", "errors"}
-        self.extensions = {k: v for k, v in raw.items() if k not in known}
+        self.extensions: dict[str, Any] = {k: v for k, v in raw.items() if k not in known}
 
     def summary(self) -> str:
         """One line: title, detail and each field error."""
@@ -252,7 +255,7 @@ class HTTPStatusError(ProactiveError):
         attempts: int = 0,
     ) -> None:
         super().__init__(message, attempts=attempts)
-        self.status_code = status
+        self.status_code: int = status
         self.headers: Mapping[str, str] = headers if headers is not None else {}
         self.body = body
         self.problem = problem
@@ -343,7 +346,7 @@ class DecodingError(ProactiveError):
         self, message: str, *, status: int = 200, body: bytes = b"", attempts: int = 0
     ) -> None:
         super().__init__(message, attempts=attempts)
-        self.status_code = status
+        self.status_code: int = status
         self.body = body
 
     @property

@@ -110,8 +110,8 @@ class ReportWriter:
         self._replace: tuple[str, str] | None = None  # (temporary, final) until published
         self._owns_file = True
         if isinstance(path, str | os.PathLike):
-            self.path = os.fspath(path)
-            self.format = format or report_format(self.path)
+            self.path: str = os.fspath(path)
+            self.format: str = format or report_format(self.path)
         else:
             self.path = getattr(path, "name", "-")
             self.format = format or "jsonl"
@@ -135,6 +135,7 @@ class ReportWriter:
         self._spills = 0
 
     def write(self, outcome: Outcome) -> None:
+        """Write one outcome's line, or hold it until every earlier line is written."""
         line = outcome.line
         data = self._encode(outcome)
         if line == self._next:
@@ -432,6 +433,7 @@ class CampaignSummary:
 
     @property
     def targets_per_second(self) -> float:
+        """Targets sent per second of ``elapsed`` (0 before any time passed)."""
         return self.targets_sent / self.elapsed if self.elapsed > 0 else 0.0
 
     @property
@@ -476,6 +478,7 @@ class CampaignSummary:
         self.last_failure = FailedAttempt(kind, status, message, count, at, wait)
 
     def note_success(self) -> None:
+        """A call succeeded: ``last_failure`` is over."""
         self.last_failure = None
 
     def top_errors(
@@ -488,6 +491,7 @@ class CampaignSummary:
         return [ErrorCount(n, *key) for n, key in ranked[:limit]]
 
     def as_dict(self) -> dict[str, object]:
+        """The summary as plain JSON values (latencies in milliseconds), for a JSON summary."""
         return {
             "records": self.records,
             "counts": {str(k): v for k, v in self.counts.items()},
@@ -533,6 +537,7 @@ class ErrorCount(NamedTuple):
         return f"{self.records:,} x {self.message} ({self.kind}, {self.status})"
 
     def as_dict(self) -> dict[str, object]:
+        """The count and its key as plain JSON values."""
         return {
             "records": self.records,
             "status": self.status,

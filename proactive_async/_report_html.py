@@ -52,11 +52,12 @@ class AttentionList:
 
     def __init__(self, cap: int = ATTENTION_CAP) -> None:
         self.cap = cap
-        self.total = 0
+        self.total: int = 0
         self._kept: dict[int, Outcome] = {}
         self._lines: list[int] = []  # the kept lines, negated: a heap with the highest on top
 
     def add(self, outcome: Outcome) -> None:
+        """Count the outcome if it needs attention; keep it if its line is among the first."""
         if outcome.status not in _ATTENTION:
             return
         line = outcome.line
@@ -73,10 +74,12 @@ class AttentionList:
         self._kept[line] = outcome
 
     def records(self) -> list[Outcome]:
+        """The kept outcomes, by line."""
         return [self._kept[line] for line in sorted(self._kept)]
 
     @property
     def omitted(self) -> int:
+        """How many needed attention but were not kept (past ``cap``)."""
         return self.total - len(self._kept)
 
 
@@ -84,10 +87,11 @@ class OutcomeTally:
     """Final outcomes read back (from a journal, a report): the summary and attention list."""
 
     def __init__(self, cap: int = ATTENTION_CAP) -> None:
-        self.summary = CampaignSummary()
-        self.attention = AttentionList(cap)
+        self.summary: CampaignSummary = CampaignSummary()
+        self.attention: AttentionList = AttentionList(cap)
 
     def add(self, outcome: Outcome) -> None:
+        """Count one final outcome."""
         self.summary.note_outcome(outcome)
         self.attention.add(outcome)
 
@@ -106,8 +110,8 @@ class RunRecorder:
     """
 
     def __init__(self, timeline: Timeline | None = None, cap: int = ATTENTION_CAP) -> None:
-        self.timeline = timeline if timeline is not None else Timeline()
-        self.attention = AttentionList(cap)
+        self.timeline: Timeline = timeline if timeline is not None else Timeline()
+        self.attention: AttentionList = AttentionList(cap)
         self._summary: CampaignSummary | None = None
         self._resumed = 0
 
@@ -117,6 +121,7 @@ class RunRecorder:
         self._resumed = summary.resumed
 
     def on_outcome(self, outcome: Outcome) -> None:
+        """The ``on_outcome`` hook: into the attention list, and the timeline unless replayed."""
         self.attention.add(outcome)
         summary = self._summary
         # The hook runs right after the summary counted the outcome.
@@ -126,6 +131,7 @@ class RunRecorder:
         self.timeline.note_outcome(outcome)
 
     def on_throttle(self, details: object) -> None:
+        """The ``on_throttle`` hook: a 429 on the timeline."""
         self.timeline.note_throttle()
 
 
