@@ -42,11 +42,13 @@ class Timeline:
         self._seconds: dict[int, list[int]] = {}
 
     def note_outcome(self, outcome: Outcome) -> None:
+        """Count a record that ended sent, failed or unknown, in this second."""
         index = _INDEX.get(outcome.status)
         if index is not None:
             self._count(index)
 
     def note_throttle(self) -> None:
+        """Count a 429, in this second."""
         self._count(_THROTTLED)
 
     def _count(self, index: int) -> None:
@@ -57,6 +59,7 @@ class Timeline:
         counts[index] += 1
 
     def rows(self) -> list[TimelineRow]:
+        """The seconds with activity, in order."""
         return [TimelineRow(second, *counts) for second, counts in sorted(self._seconds.items())]
 
     def __len__(self) -> int:

@@ -72,7 +72,7 @@ class MockTransport:
         self.handler: MockHandler = handler if handler is not None else answer_like_the_api
         self.requests: list[TransportRequest] = []
         """Every request handed to the handler, in order."""
-        self.closed = False
+        self.closed: bool = False
 
     async def handle_request(self, request: TransportRequest, /) -> TransportResponse:
         """Record ``request`` and return the handler's answer."""

@@ -147,10 +147,12 @@ def os_error_text(exc: OSError) -> str:
 
 
 def stderr_console() -> Console:
+    """A console on standard error: progress, warnings, errors."""
     return console(sys.stderr)
 
 
 def console(file: IO[str]) -> Console:
+    """A rich console writing to ``file``, long lines unbroken."""
     from rich.console import Console
 
     # soft_wrap: a long message stays one line in a log instead of breaking at 80 columns.

@@ -175,6 +175,7 @@ class CampaignResult:
 
     @property
     def exit_code(self) -> int:
+        """The command's exit code: a fatal answer, an interruption, or the summary's."""
         if self.fatal is not None:
             return EXIT_USAGE
         if self.interrupted or self.summary.interrupted:
@@ -396,6 +397,8 @@ def _resendable_failures(summary: CampaignSummary, *, but: str = ABORTED) -> int
 def print_summary(
     result: CampaignResult, settings: CampaignSettings, *, json_summary: bool, stderr: Console
 ) -> None:
+    """The summary table on stdout (on stderr, the JSON on stdout, for ``--json-summary``),
+    then the fatal error or what to do next, on stderr."""
     summary, loop = result.summary, result.loop
     table = summary_table(summary, report=settings.report, journal=settings.journal, loop=loop)
     if json_summary:

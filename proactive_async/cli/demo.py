@@ -138,9 +138,11 @@ class AuditResult:
 
     @property
     def ok(self) -> bool:
+        """Nothing lost or sent twice, and one report line per record."""
         return not (self.lost or self.duplicated or self.missing_lines or self.repeated_lines)
 
     def text(self) -> str:
+        """The verdict line, then up to 20 examples of each discrepancy."""
         head = (
             f"audit: {self.records:,} records, {len(self.lost)} lost, "
             f"{len(self.duplicated)} duplicated, {len(self.missing_lines)} without a report "
@@ -266,6 +268,7 @@ def demo_command(args: argparse.Namespace) -> int:
 
 
 def add_parser(commands: Any) -> None:
+    """``demo``: how many records, the seed of its recipients and faults, its directory."""
     p = commands.add_parser(
         "demo",
         help="a 20,000-recipient campaign against the embedded simulator, then an audit",

@@ -54,12 +54,14 @@ class DryRun:
     """Those records by variable name (a record with two empty names counts under both)."""
 
     def add_call(self, size: int) -> None:
+        """Count one planned call of ``size`` targets."""
         self.calls += 1
         self.targets += size
         self.smallest = size if self.calls == 1 else min(self.smallest, size)
         self.largest = max(self.largest, size)
 
     def as_dict(self) -> dict[str, object]:
+        """The plan as plain JSON values (``--dry-run --json-summary``)."""
         counts = self.summary.counts
         return {
             "dry_run": True,

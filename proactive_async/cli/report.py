@@ -34,6 +34,7 @@ _POSTGRES: Final = ("postgresql://", "postgres://")
 
 
 def add_parser(commands: Any) -> None:
+    """``report``: the journal, and the files to write (``--out``, ``--html``)."""
     r = commands.add_parser(
         "report",
         help="a campaign's report from its journal: JSONL/CSV (--out) or HTML (--html)",

@@ -64,9 +64,11 @@ class CampaignStatus:
 
     @property
     def unfinished(self) -> int:
+        """Records still ``planned`` or ``in_flight``."""
         return sum(self.counts.get(state, 0) for state in _UNFINISHED)
 
     def as_dict(self) -> dict[str, object]:
+        """The status as plain JSON values (``status --json``)."""
         return dataclasses.asdict(self)
 
 

@@ -61,6 +61,7 @@ class SendSettings(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def from_options(cls, options: CampaignOptions) -> SendSettings:
+        """The settings a campaign's options give its workers."""
         return cls(
             rate=options.rate,
             burst=options.burst,
@@ -72,6 +73,7 @@ class SendSettings(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def retry(self) -> RetryPolicy:
+        """The campaign's retry policy with these attempts and ``retry_ambiguous``."""
         return dataclasses.replace(
             CAMPAIGN_RETRY, max_attempts=self.max_attempts, retry_ambiguous=self.retry_ambiguous
         )
@@ -98,6 +100,7 @@ class PlanResult:
 
 
 def new_campaign_id() -> str:
+    """A new campaign's id: ``c-``, the UTC time to the second, six random hex digits."""
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
     return f"c-{stamp}-{_secrets.token_hex(3)}"
 

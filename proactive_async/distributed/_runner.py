@@ -90,6 +90,7 @@ class SliceResult:
     aborted: str | None = None
 
     def describe(self) -> str:
+        """One line for the worker's log: the state, the counts, the time, the rate."""
         counts = ", ".join(f"{name} {count:,}" for name, count in sorted(self.counts.items()))
         settled = sum(self.counts.values())
         rate = settled / self.seconds if self.seconds > 0 else 0.0
@@ -137,7 +138,7 @@ class SliceRunner:
             raise ValueError("concurrency must be at least 1")
         if lease < 2:
             raise ValueError("a lease of under 2 s cannot be renewed in time")
-        self.dsn = split_location(dsn)[0]
+        self.dsn: str = split_location(dsn)[0]
         self.client = client
         self.concurrency = concurrency
         self.lease = lease
@@ -155,6 +156,7 @@ class SliceRunner:
 
     @property
     def where(self) -> str:
+        """The journal's database, its password hidden: for logs."""
         return display_dsn(self.dsn)
 
     def stop(self) -> None:
@@ -164,6 +166,7 @@ class SliceRunner:
             sender.stop()
 
     async def aclose(self) -> None:
+        """Stop, and close the campaigns' rate limits and the database connections."""
         self.stop()
         for view in self._views.values():
             if view.rate_limit is not None:

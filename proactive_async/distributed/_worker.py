@@ -88,11 +88,13 @@ class SliceWorker:
         self._closing = False
 
     async def start(self) -> None:
+        """Start looking in the journal every ``sweep_every`` seconds for slices nobody runs."""
         if self._sweep_every is not None and self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep_loop())
 
     @property
     def busy(self) -> bool:
+        """A slice is running in this process."""
         return bool(self._running)
 
     async def run(self, campaign: str, slice_: int) -> SliceResult | None:

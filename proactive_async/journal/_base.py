@@ -112,6 +112,7 @@ class SecretScrubber:
         self._forms = tuple(msgspec.json.encode(secret)[1:-1] for secret in secrets)
 
     def scrub(self, encoded: bytes) -> bytes:
+        """``encoded`` with each secret replaced by ``[redacted]``."""
         for form in self._forms:
             encoded = encoded.replace(form, b"[redacted]")
         return encoded

@@ -92,6 +92,7 @@ class RateLimit:
             self._targets.drain()
 
     async def acquire(self, weight: float = 1.0) -> None:
+        """Wait out any pause, then take ``weight`` targets and one call from the buckets."""
         # Called before every attempt: what needs no wait is done without awaiting.
         if self._cooldown.remaining() > 0:
             await self._cooldown.wait()
@@ -102,10 +103,13 @@ class RateLimit:
             await self._calls.acquire(1.0)
 
     async def on_success(self, weight: float) -> None:
+        """An accepted call of ``weight`` targets: the adaptive rate counts it."""
         if self._adaptive is not None:
             self._adaptive.on_success(weight)
 
     async def on_throttle(self, weight: float, retry_after: float | None) -> bool:
+        """A 429: every caller pauses for ``retry_after`` (or a wait from the rate). False:
+        the adaptive rate took it for noise; nobody else waits."""
         wait = retry_after if retry_after is not None else unnamed_throttle_wait(weight, self.rate)
         if self._adaptive is not None and not self._adaptive.on_throttle(wait):
             return False  # noise: the rate stays and nobody else waits
@@ -113,6 +117,7 @@ class RateLimit:
         return True
 
     async def on_busy(self, seconds: float) -> None:
+        """A 503: every caller pauses for ``seconds``."""
         self._cooldown.pause(seconds)
 
     async def aclose(self) -> None:

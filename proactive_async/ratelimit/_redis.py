@@ -267,6 +267,8 @@ class SharedRateLimit:
     # -- the protocol --------------------------------------------------------------------
 
     async def acquire(self, weight: float = 1.0) -> None:
+        """Wait until the group's bucket in Redis grants ``weight`` targets (after any
+        shared pause); while Redis is away, as ``on_redis_error`` says."""
         attempt = 0
         while True:
             if self._failure is not None:
@@ -298,6 +300,8 @@ class SharedRateLimit:
             await asyncio.sleep(wait + random.uniform(0, 0.01))
 
     async def on_success(self, weight: float) -> None:
+        """An accepted call of ``weight`` targets, for an adaptive group: counted, and
+        reported to the group's law at most every 25 ms."""
         if self._fixed is not None:
             return
         self._accepted += weight
@@ -311,10 +315,12 @@ class SharedRateLimit:
         await self._tell("report", accepted, calls)
 
     async def on_throttle(self, weight: float, retry_after: float | None) -> bool:
+        """A 429, told to the group: True when every process now waits a shared pause."""
         wait = retry_after if retry_after is not None else unnamed_throttle_wait(weight, self._rate)
         return await self._tell("throttle", wait)
 
     async def on_busy(self, seconds: float) -> None:
+        """A 503: every process of the group pauses for ``seconds``."""
         await self._tell("busy", seconds)
 
     # -- Redis ---------------------------------------------------------------------------

@@ -29,8 +29,8 @@ class Audit:
 
     def __init__(self) -> None:
         self._counts: dict[str, int] = {}
-        self.total_processed = 0
-        self.calls = 0
+        self.total_processed: int = 0
+        self.calls: int = 0
         self.faults: collections.Counter[str] = collections.Counter()
         self.statuses: collections.Counter[int] = collections.Counter()
 

@@ -77,7 +77,7 @@ class Simulator:
         port: int = 0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.audit = Audit()
+        self.audit: Audit = Audit()
         self._host = host
         self._port = port
         self._ssl = ssl_context

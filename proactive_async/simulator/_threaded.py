@@ -41,7 +41,7 @@ class ThreadedSimulator:
         *,
         host: str = "127.0.0.1",
     ) -> None:
-        self.simulator = Simulator(config, host=host, ssl_context=ssl_context)
+        self.simulator: Simulator = Simulator(config, host=host, ssl_context=ssl_context)
         self._ready = threading.Event()
         self._failure: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
