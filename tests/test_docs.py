@@ -29,3 +29,27 @@ def test_every_page_and_recipe_is_reachable_from_the_site() -> None:
     recipes_page = (DOCS / "guides" / "recipes.md").read_text(encoding="utf-8")
     included = set(re.findall(r'^--8<-- "docs/recipes/(\w+\.py)"$', recipes_page, re.MULTILINE))
     assert included == {path.name for path in (DOCS / "recipes").glob("*.py")}
+
+
+README = ROOT / "README.md"
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def test_the_readme_links_only_files_that_exist() -> None:
+    """Relative links go to the repository's files, which GitHub shows (the site's pages)."""
+    links = [link.split("#")[0] for link in LINK.findall(README.read_text(encoding="utf-8"))]
+    relative = [link for link in links if link and "://" not in link]
+    assert relative
+    assert [link for link in relative if not (ROOT / link).is_file()] == []
+
+
+def test_the_readme_links_every_guide_and_the_benchmarks_page() -> None:
+    linked = set(LINK.findall(README.read_text(encoding="utf-8")))
+    guides = {f"docs/{path.relative_to(DOCS).as_posix()}" for path in DOCS.glob("guides/*.md")}
+    assert guides | {"docs/benchmark-results.md", "docs/installing.md"} <= linked
+
+
+def test_the_readme_keeps_the_markers_make_bench_writes_its_table_between() -> None:
+    text = README.read_text(encoding="utf-8")
+    start, end = text.index("<!-- bench-table -->"), text.index("<!-- /bench-table -->")
+    assert "| benchmark | SDK | baseline |" in text[start:end]
