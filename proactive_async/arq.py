@@ -87,6 +87,7 @@ def job_id(campaign: str, slice_: int) -> str:
 
 
 def redis_settings(url: str | None) -> RedisSettings:
+    """arq's connection settings for a Redis URL (None: ``DEFAULT_REDIS_URL``)."""
     return RedisSettings.from_dsn(url or DEFAULT_REDIS_URL)
 
 
@@ -240,7 +241,7 @@ class WorkerSettings:
     """
 
     functions: Final = [JOB]
-    redis_settings = redis_settings(Settings.from_env().redis_url)
+    redis_settings: RedisSettings = redis_settings(Settings.from_env().redis_url)
     on_startup = startup
     on_shutdown = shutdown
     max_jobs = DEFAULT_SLICES
