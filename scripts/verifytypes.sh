@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Every public name typed for users' checkers: `pyright --verifytypes` on the installed wheel,
+# failing below 100% or with a public function or class without a docstring. Run by
+# `make lint`.
+#
+# The wheel, not the source tree: it is built (offline, with the hatchling of the project's
+# virtualenv) and installed alone into a throwaway virtualenv whose dependencies come from
+# the project's through a .pth line (which runs none of its .pth files, so the editable
+# install stays out), and pyright runs from outside the source tree with that virtualenv
+# first on PATH (--verifytypes finds packages through the `python` on PATH; --pythonpath
+# does not reach it). --ignoreexternal: an untyped corner of aiohttp or rich is theirs.
+#
+# pyright is pinned and installed with npm into $VENV/pyright when missing; npm comes from
+# Debian's packages when missing (as scripts/ensure-servers.sh installs the servers).
+set -euo pipefail
+
+PYRIGHT_VERSION=1.1.414
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VENV=${VENV:-$ROOT/.venv}
+PYTHON=$VENV/bin/python
+TOOLS=$VENV/pyright
+PYRIGHT=$TOOLS/node_modules/.bin/pyright
+
+install_npm() {
+    echo "verifytypes.sh: installing npm (Debian's nodejs and npm)" >&2
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+            sudo="sudo -n"
+        else
+            echo "verifytypes.sh: not root and no sudo; install npm by hand" >&2
+            exit 1
+        fi
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "verifytypes.sh: no apt-get; install npm by hand" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq >/dev/null 2>&1 || echo "verifytypes.sh: apt-get update failed" >&2
+    $sudo apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+}
+
+if [ ! -x "$PYRIGHT" ] || [ "$("$PYRIGHT" --version 2>/dev/null)" != "pyright $PYRIGHT_VERSION" ]; then
+    command -v npm >/dev/null 2>&1 || install_npm
+    echo "verifytypes.sh: installing pyright $PYRIGHT_VERSION into $TOOLS" >&2
+    npm install --silent --prefix "$TOOLS" --no-audit --no-fund --save-exact \
+        "pyright@$PYRIGHT_VERSION" >&2
+fi
+
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+if ! "$PYTHON" -m build --wheel --no-isolation --outdir "$WORK/dist" "$ROOT" >"$WORK/build.log" 2>&1
+then
+    cat "$WORK/build.log" >&2
+    exit 1
+fi
+"$PYTHON" -m venv --without-pip "$WORK/venv"
+"$PYTHON" -m pip --python "$WORK/venv/bin/python" install --quiet --no-index --no-deps \
+    "$WORK"/dist/*.whl
+PURELIB=$("$WORK/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+"$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("purelib"))' >"$PURELIB/_deps.pth"
+
+mkdir "$WORK/run"
+cd "$WORK/run"
+# pyright exits 1 when the score is under 100%: the verdict below is ours.
+PATH="$WORK/venv/bin:$PATH" "$PYRIGHT" --verifytypes proactive_async --ignoreexternal \
+    --outputjson >"$WORK/report.json" || true
+"$PYTHON" - "$WORK/report.json" "$PURELIB" <<'EOF'
+import json
+import sys
+from pathlib import Path
+
+report, purelib = json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2])
+found = report["typeCompleteness"]
+root = found.get("packageRootDirectory") or ""
+if not Path(root).is_relative_to(purelib):
+    sys.exit(f"verifytypes.sh: pyright did not find the installed wheel (found {root!r})")
+
+def where(diagnostic: dict) -> str:
+    if "file" not in diagnostic:
+        return ""
+    line = diagnostic["range"]["start"]["line"] + 1
+    return f" ({Path(diagnostic['file']).relative_to(purelib)}:{line})"
+
+
+problems = [
+    f"{symbol['name']}: {diagnostic['message']}{where(diagnostic)}"
+    for symbol in found["symbols"]
+    for diagnostic in symbol["diagnostics"]
+]
+problems += [diagnostic["message"] for diagnostic in report["generalDiagnostics"]]
+counts = found["exportedSymbolCounts"]
+public = sum(counts.values())
+score = found["completenessScore"]
+undocumented = found["missingFunctionDocStringCount"] + found["missingClassDocStringCount"]
+print(
+    f"verifytypes: {score:.1%} of {public} public symbols typed "
+    f"({counts['withAmbiguousType']} ambiguous, {counts['withUnknownType']} unknown), "
+    f"{undocumented} without a docstring (pyright {report['version']})"
+)
+if score < 1 or undocumented or problems:
+    print("\n".join(problems), file=sys.stderr)
+    sys.exit(1)
+EOF
