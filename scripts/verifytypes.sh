@@ -71,17 +71,23 @@ import json
 import sys
 from pathlib import Path
 
-report, purelib = json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2])
+try:
+    report = json.loads(Path(sys.argv[1]).read_text())
+except ValueError:
+    sys.exit("verifytypes.sh: pyright gave no report (run it by hand to see why)")
+purelib = Path(sys.argv[2])
 found = report["typeCompleteness"]
 root = found.get("packageRootDirectory") or ""
 if not Path(root).is_relative_to(purelib):
     sys.exit(f"verifytypes.sh: pyright did not find the installed wheel (found {root!r})")
 
+
 def where(diagnostic: dict) -> str:
     if "file" not in diagnostic:
         return ""
+    path = Path(diagnostic["file"])
     line = diagnostic["range"]["start"]["line"] + 1
-    return f" ({Path(diagnostic['file']).relative_to(purelib)}:{line})"
+    return f" ({path.relative_to(purelib) if path.is_relative_to(purelib) else path}:{line})"
 
 
 problems = [
