@@ -51,6 +51,8 @@ class Server:
         wait = (weight - self._tokens) / self._rate
         if self._style == "none":  # nginx limit_req: no Retry-After at all
             return False, None
+        if self._style == "one":  # nginx limit_req with a fixed Retry-After: 1
+            return False, 1.0
         if self._style == "seconds":
             return False, float(math.ceil(wait))
         return False, math.ceil(wait * 1000) / 1000
@@ -204,6 +206,10 @@ SCENARIOS = [
     # goodput reads low, and the climb back to the limit costs a few seconds.
     ("300-none", 300.0, "none", 1.0, (0.85, 0.05, 2.0)),
     ("1000-fractional-10", 1000.0, "fractional", 10.0, (0.9, 0.06, 2.5)),
+    # nginx's limit_req answering every 429 with Retry-After: 1: the group pauses a whole
+    # second at the first refusal and at the first overshoot (10% of a 20 s run), then
+    # holds 5% under the limit and probes every 10 s or more (0.90x over 60 s).
+    ("300-one-second", 300.0, "one", 1.0, (0.78, 0.05, 3.0)),
 ]
 DURATION = 20.0
 IN_FLIGHT = 96
@@ -213,7 +219,8 @@ def simulate(home_kind: str, limit: float, style: str, weight: float, url: str) 
     async def main(clock: VirtualClock) -> Run:
         tuning = AdaptiveTuning()
         # nginx's burst: a tenth of a second's worth; a bucket of one second otherwise.
-        server = Server(clock, limit, limit / 10 if style == "none" else limit, style)
+        nginx = style in ("none", "one")
+        server = Server(clock, limit, limit / 10 if nginx else limit, style)
         shared = SharedHome(url, clock, tuning, 3) if home_kind == "shared" else None
         home: Home = shared if shared is not None else LocalHome(clock, tuning)
         try:
