@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 
@@ -308,3 +309,21 @@ class _Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+async def test_an_adaptive_state_this_version_cannot_read_starts_the_law_again(
+    redis_server: Any, key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = _Clock()
+    limit = SharedRateLimit(redis_server.url, key=key, clock=clock)
+    try:
+        await limit._call("acquire", 1.0)
+        await limit._redis.hset(key, "law", '{"rate": "not a number"}')
+        clock.now += 0.1
+        with caplog.at_level("WARNING", logger="proactive_async"):
+            await limit._tell("report", 1.0, 1)
+        assert "starting again" in caplog.text
+        law = msgspec.json.decode(await limit._redis.hget(key, "law"))
+        assert law["rate"] == SHARED_START  # a fresh state, committed
+    finally:
+        await limit.aclose()

@@ -384,12 +384,10 @@ class SharedRateLimit:
                 return self._law.on_throttle(state, reading, value) != "noise"
 
         for _ in range(_COMMIT_TRIES):
-            fresh = not reply.state  # a new group (or one Redis forgot): the law starts
-            state = (
-                self._law.start(SHARED_START, Reading(reply.born, 0.0, 0.0, 0.0, _NO_CALLS))
-                if fresh
-                else _decode_state(reply.state)
-            )
+            state = self._law_state(reply)
+            fresh = state is None  # a new group (or one Redis forgot): the law starts
+            if state is None:
+                state = self._law.start(SHARED_START, Reading(reply.born, 0.0, 0.0, 0.0, _NO_CALLS))
             before = state.last_step, state.rate, state.paused_until, state.started
             paused = decide(state, reply.reading)
             after = state.last_step, state.rate, state.paused_until, state.started
@@ -417,6 +415,21 @@ class SharedRateLimit:
                 return paused
         _log.debug("shared rate limit %r: the law's state changed under us each time", self.key)
         return op == "throttle"
+
+    def _law_state(self, reply: _Reply) -> LawState | None:
+        """The law's state in Redis; None for none, or for one this version cannot read
+        (written by another version of the SDK on the same key): the law starts again."""
+        if not reply.state:
+            return None
+        try:
+            return _decode_state(reply.state)
+        except msgspec.DecodeError:  # ValidationError is one
+            _log.warning(
+                "shared rate limit %r: the adaptive state in Redis is not one this version "
+                "reads (another version of proactive-async on the same key?); starting again",
+                self.key,
+            )
+            return None
 
     def _law_success(self, state: LawState, reading: Reading) -> bool:
         if self._law.due(state, reading.now):
