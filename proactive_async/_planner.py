@@ -522,14 +522,25 @@ class Planner:
 
         Every record is accounted exactly once. A group waiting ``flush_after`` seconds is
         yielded even while the source is stalled; at the end every open group is yielded.
-        The source is read ahead by at most a few hundred records (backpressure). An error
+        The source is read ahead by at most a few hundred records (backpressure; none at a
+        chunk size of 1, where it is read as records are planned). An error
         raised by the source is raised here, without flushing the open groups.
         """
         self.stats = PlannerStats()
         state = _PlanState(self.config, self.stats, self._clock)
+        out: list[Outcome | Chunk] = []
+        if self.config.chunk_size == 1:
+            # No group ever opens (a chunk of one is yielded at once), so nothing falls due
+            # while the source stalls: it is read here, without a feeder task and a queue
+            # to hand each record through.
+            async for record in records:
+                state.take(record, out)
+                for result in out:
+                    yield result
+                out.clear()
+            return
         queue: asyncio.Queue[Record | _End] = asyncio.Queue(maxsize=_QUEUE_SIZE)
         feeder = asyncio.get_running_loop().create_task(_feed(records, queue))
-        out: list[Outcome | Chunk] = []
         try:
             while True:
                 try:
