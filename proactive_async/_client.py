@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, Unpack
 
-import msgspec
 from msgspec import UNSET
 
 from ._config import DEFAULT_LIMITS, DEFAULT_TIMEOUT, NO_TIMEOUT, Limits, Timeout
@@ -26,11 +25,12 @@ from ._errors import (
     DecodingError,
     HTTPStatusError,
     ProactiveError,
-    ProblemDetails,
     RateLimitError,
     ReadTimeout,
     ResponseTooLargeError,
     ServiceUnavailableError,
+    body_snippet,
+    problem_details,
     status_error_class,
 )
 from ._models import (
@@ -358,7 +358,14 @@ class AsyncClient:
                 return response
 
             attempt = paced
-        return await retry_call(attempt, policy, sleep=self._sleep, clock=self._clock)
+        started = self._clock()
+        try:
+            return await attempt(1)  # most calls: no retry loop at all
+        except ProactiveError as exc:
+            first = exc
+        return await retry_call(
+            attempt, policy, sleep=self._sleep, clock=self._clock, first=first, started=started
+        )
 
     def send_once(
         self, body: bytes, *, attempt: int = 1, timeout: float | None = None
@@ -478,8 +485,8 @@ class AsyncClient:
     def _status_error(self, raw: RawResponse, attempt: int) -> HTTPStatusError:
         # An echoing gateway may send our own headers back: the token stays out of the error.
         body = self._redactor.bytes(raw.body)
-        problem = _problem_details(body)
-        detail = problem.summary() if problem is not None else _snippet(body)
+        problem = problem_details(body)
+        detail = problem.summary() if problem is not None else body_snippet(body)
         if self.mask_phone_numbers:
             detail = mask_phones_in(detail)
         message = f"HTTP {raw.status} from POST {PATH}" + (f": {detail}" if detail else "")
@@ -575,20 +582,3 @@ def _ssl_verify(verify: bool | str | os.PathLike[str] | ssl.SSLContext) -> bool 
         reason = getattr(exc, "strerror", None) or exc
         path = os.fspath(verify)
         raise ClientStateError(f"cannot use {path!r} as a CA bundle: {reason}") from None
-
-
-def _problem_details(body: bytes) -> ProblemDetails | None:
-    if not body:
-        return None
-    try:
-        data = msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        return None
-    if isinstance(data, dict) and ({"title", "errors", "detail", "type"} & data.keys()):
-        return ProblemDetails(data)
-    return None
-
-
-def _snippet(body: bytes, limit: int = 300) -> str:
-    text = body[:limit].decode("utf-8", "replace").strip()
-    return " ".join(text.split())

@@ -46,6 +46,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
+
 __all__ = [
     "AuthenticationError",
     "BadRequestError",
@@ -74,6 +76,8 @@ __all__ = [
     "TLSError",
     "TransportError",
     "UnprocessableEntityError",
+    "body_snippet",
+    "problem_details",
     "status_error_class",
 ]
 
@@ -426,3 +430,22 @@ def status_error_class(status: int) -> type[HTTPStatusError]:
     if status >= 500:
         return ServerError
     return HTTPStatusError
+
+
+def problem_details(body: bytes) -> ProblemDetails | None:
+    """The ProblemDetails (RFC 7807 JSON) of an error answer's body; None when it is not one."""
+    if not body:
+        return None
+    try:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None
+    if isinstance(data, dict) and ({"title", "errors", "detail", "type"} & data.keys()):
+        return ProblemDetails(data)
+    return None
+
+
+def body_snippet(body: bytes, limit: int = 300) -> str:
+    """The start of an answer's body as one line of text, for an error message."""
+    text = body[:limit].decode("utf-8", "replace").strip()
+    return " ".join(text.split())

@@ -192,21 +192,30 @@ async def retry_call(
     *,
     sleep: Sleep,
     clock: Callable[[], float] = time.monotonic,
+    first: ProactiveError | None = None,
+    started: float | None = None,
 ) -> T:
     """Run ``attempt_fn(attempt_number)`` until it succeeds or the policy stops retrying.
 
-    The error raised at the end is the last attempt's, with ``attempts`` set.
+    The error raised at the end is the last attempt's, with ``attempts`` set. ``first``:
+    the first attempt was made by the caller (at ``started``) and failed with it; the
+    retries go on from there (a call that succeeds at once never comes here: one frame
+    and one coroutine less on every call).
     """
-    started = clock()
+    started = clock() if started is None else started
     attempt = 1
+    error = first
     while True:
-        try:
-            return await attempt_fn(attempt)
-        except ProactiveError as exc:
-            exc.attempts = attempt
-            wait = policy.next_wait(exc, attempt, clock() - started)
-            if wait is None:
-                raise
-            _log.warning("attempt %d failed (%s); retrying in %.2fs", attempt, exc.kind, wait)
+        if error is None:
+            try:
+                return await attempt_fn(attempt)
+            except ProactiveError as exc:
+                error = exc
+        error.attempts = attempt
+        wait = policy.next_wait(error, attempt, clock() - started)
+        if wait is None:
+            raise error
+        _log.warning("attempt %d failed (%s); retrying in %.2fs", attempt, error.kind, wait)
+        error = None
         await sleep(wait)
         attempt += 1
