@@ -36,6 +36,9 @@ class RedisServer:
         # Addresses besides loopback (a veth of a test's network namespace): protected
         # mode, which refuses them without a password, is then off.
         self.also_bind = also_bind
+        # Arguments of the next start (e.g. ``--requirepass``: a server restarted with its
+        # password, where CONFIG SET after the start races a client asking meanwhile).
+        self.extra: tuple[str, ...] = ()
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._process: subprocess.Popen[bytes] | None = None
@@ -49,6 +52,7 @@ class RedisServer:
             "--appendonly", "no",
             "--dir", str(self.workdir),
             "--protected-mode", "no" if self.also_bind else "yes",
+            *self.extra,
         ]  # fmt: skip
         self._process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -78,7 +82,8 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                     sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
+                    # -NOAUTH: up, and asking for its password.
+                    if sock.recv(64).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
                 pass
