@@ -239,7 +239,22 @@ _FIELD_KEYS = ("field", "propertyName", "name", "path", "location", "pointer")
 _MESSAGE_KEYS = ("message", "errorMessage", "detail", "reason")
 
 
-class HTTPStatusError(ProactiveError):
+class _StatusAlias:
+    """``status``: ``status_code``'s earlier name, kept (one alias for every error with one)."""
+
+    status_code: int
+
+    @property
+    def status(self) -> int:
+        """The HTTP status: ``status_code``'s earlier name, kept."""
+        return self.status_code
+
+    @status.setter
+    def status(self, value: int) -> None:
+        self.status_code = value
+
+
+class HTTPStatusError(_StatusAlias, ProactiveError):
     """The server answered with a status that is not 2xx.
 
     Carries ``status_code`` (``status`` is the same number, its earlier name), ``headers``,
@@ -263,15 +278,6 @@ class HTTPStatusError(ProactiveError):
         self.headers: Mapping[str, str] = headers if headers is not None else {}
         self.body = body
         self.problem = problem
-
-    @property
-    def status(self) -> int:
-        """The HTTP status: ``status_code``'s earlier name, kept."""
-        return self.status_code
-
-    @status.setter
-    def status(self, value: int) -> None:
-        self.status_code = value
 
     def __str__(self) -> str:
         return _with_trace_id(super().__str__(), self.trace_id)
@@ -341,7 +347,7 @@ class ServiceUnavailableError(ServerError):
         self.retry_after = retry_after
 
 
-class DecodingError(ProactiveError):
+class DecodingError(_StatusAlias, ProactiveError):
     """A 2xx whose body is not the documented JSON: the server may have processed it."""
 
     may_have_been_processed = True
@@ -352,15 +358,6 @@ class DecodingError(ProactiveError):
         super().__init__(message, attempts=attempts)
         self.status_code: int = status
         self.body = body
-
-    @property
-    def status(self) -> int:
-        """The HTTP status (2xx): ``status_code``'s other name, as on ``HTTPStatusError``."""
-        return self.status_code
-
-    @status.setter
-    def status(self, value: int) -> None:
-        self.status_code = value
 
 
 class ResponseTooLargeError(DecodingError):

@@ -21,8 +21,10 @@ from urllib.parse import urlsplit
 import msgspec
 
 from .._errors import JournalError
+from ..journal import is_postgres
 from . import _flags
 from ._common import (
+    EXIT_OK,
     JOURNAL_PASSWORD_HELP,
     REDIS_PASSWORD_HELP,
     UsageError,
@@ -37,7 +39,6 @@ if TYPE_CHECKING:
 
 __all__ = ["add_parsers", "describe"]
 
-EXIT_OK: Final = 0
 EXIT_ABORTED: Final = 2
 EXIT_RUNNING: Final = 4
 _REDIS_RESTART_WAIT: Final = (1.0, 10.0)
@@ -148,7 +149,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     settings = settings_from_flags(
         args, None, journal=given.get("journal"), broker_url=given.get("broker")
     )
-    if not settings.journal or not settings.journal.startswith(("postgresql://", "postgres://")):
+    if not settings.journal or not is_postgres(settings.journal):
         raise UsageError("give the journal: --journal postgresql://... or PROACTIVE_JOURNAL")
     return settings
 

@@ -14,13 +14,21 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from .._errors import JournalError
 from .._records import Outcome
 from .._report import ReportWriter, outcome_lines
 from .._report_html import OutcomeTally, ReportPage
-from ._common import JOURNAL_PASSWORD_HELP, STDIN, UsageError, os_error_text, settings_from_flags
+from ..journal import is_postgres
+from ._common import (
+    EXIT_OK,
+    JOURNAL_PASSWORD_HELP,
+    STDIN,
+    UsageError,
+    os_error_text,
+    settings_from_flags,
+)
 from ._html import HTML_HELP, NO_SQLITE_TIMELINE, check_html, file_guards, write_html
 
 if TYPE_CHECKING:
@@ -28,9 +36,6 @@ if TYPE_CHECKING:
     from ..distributed import CampaignStatus
 
 __all__ = ["add_parser"]
-
-EXIT_OK: Final = 0
-_POSTGRES: Final = ("postgresql://", "postgres://")
 
 
 def add_parser(commands: Any) -> None:
@@ -71,7 +76,7 @@ def _report(args: argparse.Namespace) -> int:
             "give the journal: --journal PATH (a campaign's SQLite file), or --journal "
             "postgresql://... --campaign ID (or PROACTIVE_JOURNAL)"
         )
-    if journal.startswith(_POSTGRES):
+    if is_postgres(journal):
         if not args.campaign:
             raise UsageError("a PostgreSQL journal holds many campaigns: give --campaign ID")
         return _distributed(args, journal)

@@ -50,6 +50,7 @@ __all__ = [
     "SecretScrubber",
     "check_identity",
     "interrupted_outcome",
+    "is_postgres",
     "journal_files",
     "kept_secrets",
     "open_journal",
@@ -121,12 +122,17 @@ async def open_journal(
         from ._sqlite import SQLiteJournal  # a backend is imported when used
 
         return await SQLiteJournal.open(path, identity, secrets=secrets)
-    scheme = text.partition("://")[0]
-    if scheme in ("postgres", "postgresql"):
+    if is_postgres(text):
         from ._postgres import PostgresJournal
 
         return await PostgresJournal.open(text, identity, secrets=secrets)
+    scheme = text.partition("://")[0]
     raise JournalError(f"no journal backend for {scheme}:// (a path or sqlite:/// is)")
+
+
+def is_postgres(location: str | os.PathLike[str]) -> bool:
+    """Does ``location`` name a PostgreSQL journal (``postgresql://`` or ``postgres://``)?"""
+    return os.fspath(location).partition("://")[0] in ("postgres", "postgresql")
 
 
 def journal_files(location: str | os.PathLike[str]) -> tuple[str, ...]:
