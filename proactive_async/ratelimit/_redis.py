@@ -385,20 +385,19 @@ class SharedRateLimit:
 
         for _ in range(_COMMIT_TRIES):
             state = self._law_state(reply)
-            fresh = state is None  # a new group (or one Redis forgot): the law starts
-            if state is None:
+            if state is None:  # a new group (or one Redis forgot): the law starts
                 state = self._law.start(SHARED_START, Reading(reply.born, 0.0, 0.0, 0.0, _NO_CALLS))
-            before = state.last_step, state.rate, state.paused_until, state.started
+            rate = state.rate
             paused = decide(state, reply.reading)
-            after = state.last_step, state.rate, state.paused_until, state.started
-            if not fresh and before == after:
+            encoded = _encode_state(state)
+            if encoded == reply.state:
                 return paused  # nothing decided: nothing to write
-            if before[1] != after[1] or before[2] != after[2]:
+            if state.rate != rate or paused:
                 _log.debug(
                     "shared rate limit %r: %s: rate %.1f -> %.1f, estimate %s, pause %.3f s",
                     self.key,
                     op,
-                    before[1],
+                    rate,
                     state.rate,
                     state.estimate,
                     (state.paused_until or 0.0) - reply.reading.now,
@@ -407,7 +406,7 @@ class SharedRateLimit:
             reply = await self._exchange(
                 "commit",
                 gen=str(reply.gen),
-                state=_encode_state(state).decode(),
+                state=encoded.decode(),
                 rate=repr(state.rate),
                 until=repr(until),
             )
