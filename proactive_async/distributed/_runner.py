@@ -366,9 +366,9 @@ async def _take(conn: psycopg.AsyncConnection[Any], lease: Lease, resend: bool) 
     fence = int(row[0])
     params["fence"] = fence
     if resend:
-        await conn.execute(REPLAN_IN_FLIGHT, params)
-    else:
-        await _settle_dead(conn, params)
+        await conn.execute(REPLAN_IN_FLIGHT, params)  # a live campaign's only
+    # What is still in flight (all of it, unless resent above) may have been processed.
+    await _settle_dead(conn, params)
     await conn.execute(CANCEL_REST, params)
     return fence
 

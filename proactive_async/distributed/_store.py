@@ -155,11 +155,13 @@ SETTLE_DEAD: Final = """
 """A new owner's verdict on its predecessor's records in flight (``unknown``), in the
 transaction of its claim."""
 
-REPLAN_IN_FLIGHT: Final = """
+REPLAN_IN_FLIGHT: Final = f"""
     UPDATE proactive_record SET state = 'planned', fence = NULL
     WHERE campaign_id = %(campaign)s AND slice = %(slice)s AND state = 'in_flight'
+    AND {_LIVE_CAMPAIGN}
 """
-"""With ``resend_unknown``: a predecessor's records in flight are sent again."""
+"""With ``resend_unknown``: a predecessor's records in flight are sent again, while the
+campaign runs (in a cancelled one they end ``unknown``: never "not sent")."""
 
 LOAD_CHUNKS: Final = """
     SELECT chunk, variables FROM proactive_chunk
@@ -213,6 +215,7 @@ CANCEL_REST: Final = f"""
     FROM proactive_campaign c
     WHERE c.id = %(campaign)s AND c.cancelled_at IS NOT NULL
     AND r.campaign_id = %(campaign)s AND r.slice = %(slice)s AND r.state = 'planned'
+    AND {_HOLDS}
 """
 """A cancelled campaign's records of the slice still ``planned`` (released back after the
 cancel ran) end cancelled too: run by an owner when it claims and gives back a slice."""
