@@ -45,7 +45,14 @@ from ._models import (
 from ._retry import RetryPolicy, Sleep, parse_retry_after, retry_call
 from ._secrets import Redactor, check_header_value, check_token, mask_phones_in
 from ._telemetry import Telemetry
-from ._transport import MAX_ERROR_BODY, RawResponse, Transport, TransportConfig, user_agent
+from ._transport import (
+    MAX_ERROR_BODY,
+    RawResponse,
+    Transport,
+    TransportConfig,
+    origin,
+    user_agent,
+)
 from ._transport_api import AsyncTransport, TransportRequest, TransportResponse
 from ._version import __version__
 from .ratelimit import RateLimitBackend, report_failure
@@ -166,7 +173,7 @@ class AsyncClient:
         self._sleep: Sleep = sleep if sleep is not None else asyncio.sleep
         self._clock = clock if clock is not None else time.monotonic
         self._closed = False
-        self._origin = _origin(self.base_url)
+        self._origin = origin(self.base_url)
         self._telemetry = Telemetry(
             self.base_url, tracer_provider=tracer_provider, meter_provider=meter_provider
         )
@@ -543,11 +550,6 @@ class _Handoff:
 async def _closed_post(url: str, body: bytes) -> RawResponse:
     """What a closed client made by ``with_options`` sends with: nothing."""
     raise ClientStateError("the client is closed; create a new AsyncClient")
-
-
-def _origin(url: str) -> str:
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://{rest.split('/', 1)[0]}"
 
 
 def _targets_in(request: ProactiveConversationRequest) -> int:

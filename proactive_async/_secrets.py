@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from typing import Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 __all__ = [
     "MIN_SECRET_LENGTH",
@@ -104,10 +104,20 @@ def display_url(url: str) -> str:
         password = parts.password
     except ValueError:  # not a URL that can be taken apart: show none of it
         return "***"
-    if password is None:
-        return url
-    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    if password is not None:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{password}@", ":***@", 1))
+    if parts.query:
+        # redis-py and libpq also take it as a parameter: ?password=...
+        query = [
+            (name, "***" if _SECRET_PARAMETER.search(name) else value)
+            for name, value in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+        parts = parts._replace(query=urlencode(query, safe="*"))
+    return urlunsplit(parts)
+
+
+_SECRET_PARAMETER: Final = re.compile(r"pass|secret|token", re.IGNORECASE)
+"""URL parameters whose value is hidden (``password``, ``sslpassword``, ``passwd``)."""
 
 
 def mask_phone(number: str) -> str:

@@ -39,7 +39,7 @@ from ._errors import (
     TLSError,
 )
 
-__all__ = ["MAX_ERROR_BODY", "RawResponse", "Transport", "TransportConfig", "user_agent"]
+__all__ = ["MAX_ERROR_BODY", "RawResponse", "Transport", "TransportConfig", "origin", "user_agent"]
 
 MAX_ERROR_BODY = 64 * 1024
 """Bytes of an error answer's body kept (``exc.body``): the status is what matters."""
@@ -183,26 +183,26 @@ class Transport:
         except ProactiveError:
             raise
         except (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch) as exc:
-            raise TLSError(f"TLS with {_origin(url)} failed: {_tls_reason(exc)}") from None
+            raise TLSError(f"TLS with {origin(url)} failed: {_tls_reason(exc)}") from None
         except aiohttp.ClientHttpProxyError as exc:
             # The proxy refused the tunnel: the API never saw the request.
             raise ConnectError(
-                f"the proxy refused the connection to {_origin(url)}: HTTP {exc.status}"
+                f"the proxy refused the connection to {origin(url)}: HTTP {exc.status}"
             ) from None
         except aiohttp.ConnectionTimeoutError as exc:
-            raise ConnectTimeout(f"connecting to {_origin(url)} timed out") from exc
+            raise ConnectTimeout(f"connecting to {origin(url)} timed out") from exc
         except aiohttp.ClientConnectorError as exc:
             if _name_does_not_resolve(exc):
                 reason = exc.os_error.strerror or "no address"
                 raise NameResolutionError(
                     f"the host name {exc.host!r} does not resolve ({reason}); check the base URL"
                 ) from exc
-            raise ConnectError(f"could not connect to {_origin(url)}: {exc.os_error}") from exc
+            raise ConnectError(f"could not connect to {origin(url)}: {exc.os_error}") from exc
         except aiohttp.InvalidURL as exc:
             raise ClientStateError(f"invalid URL: {exc}") from None
         except (TimeoutError, aiohttp.SocketTimeoutError) as exc:
             raise ReadTimeout(
-                f"no complete answer from {_origin(url)} in time; the request may have been"
+                f"no complete answer from {origin(url)} in time; the request may have been"
                 " processed"
             ) from exc
         except aiohttp.ClientResponseError as exc:
@@ -210,12 +210,12 @@ class Transport:
             # Raised after the except block: ``from None`` only hides the original from
             # tracebacks, and ``__context__`` would still hold it.
             lost = ConnectionLostError(
-                f"bad answer from {_origin(url)} ({exc.message}); the request may have been"
+                f"bad answer from {origin(url)} ({exc.message}); the request may have been"
                 " processed"
             )
         except (aiohttp.ClientError, OSError) as exc:
             raise ConnectionLostError(
-                f"connection to {_origin(url)} lost ({type(exc).__name__}: {exc}); the request"
+                f"connection to {origin(url)} lost ({type(exc).__name__}: {exc}); the request"
                 " may have been processed"
             ) from exc
         finally:
@@ -228,9 +228,9 @@ class Transport:
     def _timed_out(self, url: str, watch: Watch) -> ReadTimeout:
         timeout = self._config.timeout
         if watch.expired == "total":
-            what = f"no complete answer from {_origin(url)} in {timeout.total:g} s"
+            what = f"no complete answer from {origin(url)} in {timeout.total:g} s"
         else:
-            what = f"nothing from {_origin(url)} for {timeout.read:g} s"
+            what = f"nothing from {origin(url)} for {timeout.read:g} s"
         return ReadTimeout(f"{what} (timeout); the request may have been processed")
 
     def _read_capped(self, response: aiohttp.ClientResponse) -> Awaitable[bytes]:
@@ -309,6 +309,7 @@ def _tls_reason(exc: Exception) -> str:
     return str(getattr(cause, "verify_message", None) or cause)
 
 
-def _origin(url: str) -> str:
+def origin(url: str) -> str:
+    """``scheme://host[:port]`` of ``url`` for messages: never a user or password in it."""
     scheme, _, rest = url.partition("://")
-    return f"{scheme}://{rest.split('/', 1)[0]}"
+    return f"{scheme}://{rest.split('/', 1)[0].rpartition('@')[2]}"

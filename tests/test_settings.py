@@ -138,6 +138,11 @@ def test_no_proactive_env_clears_every_variable_the_settings_read(
         ("redis://:redis-pw@redis:6379/0", "redis://:***@redis:6379/0"),
         ("postgresql://app:s3cret@db:5432/x", "postgresql://app:***@db:5432/x"),
         ("amqp://guest@rabbit//", "amqp://guest@rabbit//"),
+        ("redis://h:6379/0?password=redis-pw&db=1", "redis://h:6379/0?password=***&db=1"),
+        (
+            "postgresql://db/x?sslmode=require&password=pw",
+            "postgresql://db/x?sslmode=require&password=***",
+        ),
         ("http://[::1", "***"),  # not a URL that can be taken apart: none of it is shown
     ],
 )

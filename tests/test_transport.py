@@ -640,3 +640,10 @@ async def test_an_oversized_error_body_is_cut_to_the_cap_and_keeps_its_status() 
             await client.create_proactive_conversation(channel_id=1)
     assert info.value.may_have_been_processed is False
     assert len(info.value.body) == 1000
+
+
+def test_an_origin_in_a_message_never_carries_a_user_or_password() -> None:
+    from proactive_async._transport import origin
+
+    assert origin("https://user:pw@api.example:8443/base") == "https://api.example:8443"
+    assert origin("http://127.0.0.1:8080") == "http://127.0.0.1:8080"

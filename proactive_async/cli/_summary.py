@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from .._records import OutcomeStatus
 from .._report import CampaignSummary
+from .._secrets import display_url
 from .._sender import _UNMATCHED as UNMATCHED
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def summary_table(
     ):
         table.add_row(label, "-" if value is None else f"{value * 1e3:.1f} ms")
     table.add_row("report", report or "-")
-    table.add_row("journal", journal or "-")
+    table.add_row("journal", display_url(journal) if journal else "-")
     if loop is not None:
         table.add_row("event loop", loop)
     for index, error in enumerate(summary.top_errors()):
