@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ import msgspec
 
 from .._errors import InputError
 from .._options import CampaignOptions
-from .._records import Outcome, OutcomeStatus, Record
+from .._records import Outcome, OutcomeStatus
 from .._report import CampaignSummary, ReportWriter
 from . import _flags
 from ._common import (
@@ -92,19 +92,21 @@ async def plan_dry_run(
     report: ReportWriter | None,
     *,
     defaults: Mapping[str, Any] | None = None,
-    recipient_column: str | None = None,
 ) -> DryRun:
     """Read and plan the whole file as a campaign would, sending nothing.
 
     ``defaults``: the template's content variables (``--var``), which fill an empty cell
     of the same name, so that only the cells still empty when sent are counted.
     """
+    from .._campaign import file_records
     from .._planner import Planner
 
     result = DryRun()
     summary = result.summary
     planner = Planner(options.planner)
-    records = _file_records(targets, options.multiline_values, recipient_column)
+    records = file_records(
+        targets, multiline=options.multiline_values, recipient_column=options.recipient_column
+    )
     filled = {name for name, value in (defaults or {}).items() if value != ""}
     async with contextlib.aclosing(planner.plan(records)) as plan:
         async for item in plan:
@@ -123,19 +125,6 @@ async def plan_dry_run(
     return result
 
 
-async def _file_records(
-    path: str, multiline: bool, recipient_column: str | None
-) -> AsyncIterator[Record]:
-    from .._input import read_records
-
-    for index, record in enumerate(
-        read_records(path, multiline=multiline, recipient_column=recipient_column)
-    ):
-        yield record
-        if index & 255 == 255:
-            await asyncio.sleep(0)
-
-
 def dry_run_command(args: argparse.Namespace) -> int:
     """``campaign --dry-run``: no token, no network; the report holds the records not sent."""
     from .._campaign import _check_report_path
@@ -144,7 +133,7 @@ def dry_run_command(args: argparse.Namespace) -> int:
     defaults = _flags.template_from_args(args).content_variables
     targets: str = args.recipients_file
     report_path = _flags.report_path(args, targets)
-    _check_targets_file(targets, getattr(args, "recipient_column", None))
+    check_targets_file(targets, options.recipient_column)
     try:
         _check_report_path(report_path, targets, args.journal)
         report = ReportWriter(report_path)
@@ -153,19 +142,17 @@ def dry_run_command(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(os_error_text(exc)) from exc
     try:
-        result = asyncio.run(
-            plan_dry_run(
-                targets,
-                options,
-                report,
-                defaults=defaults if isinstance(defaults, dict) else None,
-                recipient_column=getattr(args, "recipient_column", None),
+        with report:  # published whole when planning ends; discarded if it fails
+            result = asyncio.run(
+                plan_dry_run(
+                    targets,
+                    options,
+                    report,
+                    defaults=defaults if isinstance(defaults, dict) else None,
+                )
             )
-        )
     except InputError as exc:
         raise UsageError(str(exc)) from exc
-    finally:
-        report.close()
     table = dry_run_table(result, report_path)
     if args.json_summary:
         stderr_console().print(table)
@@ -174,25 +161,6 @@ def dry_run_command(args: argparse.Namespace) -> int:
     else:
         console(sys.stdout).print(table)
     return exit_code_of(result.summary)
-
-
-def _check_targets_file(path: str, recipient_column: str | None) -> None:
-    """``check_targets_file``, reading the header with the chosen recipient column."""
-    if recipient_column is None:
-        check_targets_file(path)
-        return
-    from .._input import read_records
-
-    try:
-        records = read_records(path, recipient_column=recipient_column)
-        try:
-            next(records, None)
-        finally:
-            close = getattr(records, "close", None)
-            if close is not None:
-                close()
-    except InputError as exc:
-        raise UsageError(str(exc)) from exc
 
 
 def dry_run_table(result: DryRun, report: str) -> Table:

@@ -125,7 +125,12 @@ def _local(args: argparse.Namespace, journal: str) -> int:
     from ..journal import journal_files
     from ..journal._sqlite_report import JournalReader
 
-    path = journal_files(journal)[0]
+    files = journal_files(journal)
+    if not files:  # neither PostgreSQL nor a file: redis://, mysql://, ...
+        raise UsageError(
+            f"no journal backend for {journal.partition('://')[0]}:// (a path or sqlite:/// is)"
+        )
+    path = files[0]
     _check_paths(args, path)
     try:
         with ExitStack() as stack:
