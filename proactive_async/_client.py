@@ -265,7 +265,7 @@ class AsyncClient:
         return (self._token,)
 
     async def __aenter__(self) -> Self:
-        if self._closed:
+        if self.closed:  # a derived client's parent closed counts
             raise ClientStateError("the client is closed; create a new AsyncClient")
         return self
 

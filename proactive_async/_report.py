@@ -163,11 +163,6 @@ class ReportWriter:
         self._write_buffer()
         self._publish()
 
-    def json_lines(self) -> IO[bytes]:
-        """A binary file taking outcomes as JSON lines (as a journal stores them): each is
-        written in this report's format. Flush it before ``close()``."""
-        return outcome_lines(self.write)
-
     def close(self) -> None:
         """Write what is held, close, and put the report in place (renamed over ``path``)."""
         if self._file.closed:

@@ -350,7 +350,7 @@ class Client:
         return self._closed or (self._parent is not None and self._parent._closed)
 
     def __enter__(self) -> Self:
-        if self._closed:
+        if self.closed:  # a derived client's parent closed counts
             raise ClientStateError(_CLOSED)
         return self
 

@@ -5,12 +5,12 @@ added to a SQLite journal when the run ends (``journal._sqlite_report.add_timeli
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Final, NamedTuple
 
 from ._records import Outcome, OutcomeStatus
 
-__all__ = ["SERIES", "Timeline", "TimelineRow", "merge_rows"]
+__all__ = ["SERIES", "Timeline", "TimelineRow"]
 
 SERIES: Final = ("sent", "failed", "unknown", "throttled")
 """The counts of a second, in the order of ``TimelineRow``'s fields after ``second``."""
@@ -64,14 +64,3 @@ class Timeline:
 
     def __len__(self) -> int:
         return len(self._seconds)
-
-
-def merge_rows(*parts: Iterable[TimelineRow]) -> list[TimelineRow]:
-    """Rows of several timelines added up second by second, in time order."""
-    merged: dict[int, list[int]] = {}
-    for rows in parts:
-        for row in rows:
-            counts = merged.setdefault(row.second, [0, 0, 0, 0])
-            for index, value in enumerate(row[1:]):
-                counts[index] += value
-    return [TimelineRow(second, *counts) for second, counts in sorted(merged.items())]

@@ -92,11 +92,6 @@ class SliceWorker:
         if self._sweep_every is not None and self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep_loop())
 
-    @property
-    def busy(self) -> bool:
-        """A slice is running in this process."""
-        return bool(self._running)
-
     async def run(self, campaign: str, slice_: int) -> SliceResult | None:
         """A job's slice; None when a live owner elsewhere holds it (it is running, and if
         that owner dies the lease expires and a worker's sweep takes it over)."""

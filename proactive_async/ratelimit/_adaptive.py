@@ -14,12 +14,10 @@ from collections import deque
 
 from ._bucket import Clock, TokenBucket, check_positive
 from ._law import CallCounts, Law, Reading
-from ._tuning import DEFAULT_TUNING, NOISE_MIN_CALLS, PAUSES_PER_PLATEAU, AdaptiveTuning
+from ._tuning import DEFAULT_TUNING, AdaptiveTuning
 
 __all__ = [
     "DEFAULT_TUNING",
-    "NOISE_MIN_CALLS",
-    "PAUSES_PER_PLATEAU",
     "AdaptiveRate",
     "AdaptiveTuning",
     "CallCounter",
@@ -63,22 +61,10 @@ class AdaptiveRate:
         ...                                   # after each call:
         adaptive.on_success(len(targets))     # or adaptive.on_throttle(exc.retry_after)
 
-    Before the first 429 the rate doubles every half ``interval`` (slow start). A 429
-    drops the rate to ``decrease`` times the goodput actually achieved over the last
-    ``window`` of sending (paused time left out), never times the configured rate, which
-    may be far above what the server took; before any success it is cut from the rate
-    calls were really sent at. After the first second, that goodput is also the estimate
-    of the server's limit; before it, the rate calls were really sent at when refused is a
-    ceiling for slow start, which stops just under it and then probes above it instead of
-    doubling into the same refusal. Increases then close half the gap to just under the estimate
-    each ``interval`` (concave), hold there for a ``plateau`` that doubles each time a
-    429 confirms the same limit, and only then probe above it, slowly at first (convex).
-    So the rate spends its time just under the limit instead of saw-toothing down to
-    half of it. 429s from calls already in flight are one signal: after a decrease,
-    further 429s only extend the pause until the Retry-After plus ``reaction_window`` has
-    passed. Each 429 also empties the limiter's bucket until the pause ends, so the first
-    calls after a pause are paced, not a burst; the bucket starts empty for the same
-    reason.
+    How it moves is the law's (``_law.py``: slow start, a cut on 429 to a share of the
+    goodput, a plateau just under the estimate, convex probing, noise); this class
+    measures (the accepted calls of the last window, the noise filter's counts) and
+    applies the law's rate to the limiter, emptying it for the pause a 429 asks for.
 
     Parameters:
         limiter: the limiter whose rate is steered.

@@ -108,6 +108,7 @@ _OP, _VALUE, _CALLS, _NOW, _GEN, _STATE, _RATE, _UNTIL = (
     ARGUMENTS.index(name)
     for name in ("op", "value", "calls", "now", "gen", "state", "rate", "until")
 )
+_INDEX: Final = {name: index for index, name in enumerate(ARGUMENTS)}
 _NO_CALLS: Final = CallCounts(0, 0, 0)
 _encode_state = msgspec.json.Encoder().encode
 _decode_state = msgspec.json.Decoder(LawState).decode
@@ -329,7 +330,7 @@ class SharedRateLimit:
         args = self._args.copy()
         args[_OP], args[_VALUE] = op, repr(float(value))
         for name, text in extra.items():
-            args[ARGUMENTS.index(name)] = text
+            args[_INDEX[name]] = text
         if self._clock is not None:
             args[_NOW] = repr(self._clock())
         reply: list[Any] = await self._script(keys=[self.key], args=args)
@@ -431,8 +432,7 @@ class SharedRateLimit:
             return None
 
     def _law_success(self, state: LawState, reading: Reading) -> bool:
-        if self._law.due(state, reading.now):
-            self._law.on_success(state, reading)
+        self._law.on_success(state, reading)
         return False
 
     async def _tell(self, op: str, value: float, calls: float = 0.0) -> bool:

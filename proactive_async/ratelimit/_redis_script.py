@@ -1,6 +1,6 @@
 """The Lua script behind ``SharedRateLimit``: every change of a shared limit, atomically.
 
-One script, six operations, each one atomic step timed by one clock (the server's ``TIME``):
+One script, five operations, each one atomic step timed by one clock (the server's ``TIME``):
 
 * ``acquire``: the weighted GCRA (a slot for ``value`` targets at the group's rate); an
   adaptive limit reserves no further ahead than ``horizon`` seconds (a caller further back
@@ -12,7 +12,6 @@ One script, six operations, each one atomic step timed by one clock (the server'
   adaptive one only counts it and answers the reading and the law's state, for the
   process that saw it to decide (``_law.py``) and ``commit``;
 * ``busy``: a 503: the group pauses ``value`` seconds;
-* ``read``: the reading and the law's state, nothing changed;
 * ``commit``: the law's new state and rate, only if its generation number is still the
   one the decision was made on (else nothing changes: the caller reads again and decides
   again), and the pause it asks for (the bucket emptied until it ends, with ``drain``).
@@ -174,8 +173,6 @@ elseif op == 'throttle' then
 elseif op == 'busy' then
   pause_until(now + a.value)
   result = {'1', tostring(pause - now), tostring(rate)}
-elseif op == 'read' then
-  result = reading('1', math.max(0, pause - now))
 elseif op == 'commit' then
   if a.gen == gen then
     gen = gen + 1
