@@ -10,6 +10,7 @@ have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/bin/$1" ] || [ -x "/usr/s
 have redis-server || missing+=(redis-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || have initdb || missing+=(postgresql)
 have chromium || missing+=(chromium)
+have ip || missing+=(iproute2)  # ip netns: the network-namespace tests
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi

@@ -44,7 +44,7 @@ install_npm() {
 if [ ! -x "$PYRIGHT" ] || [ "$("$PYRIGHT" --version 2>/dev/null)" != "pyright $PYRIGHT_VERSION" ]; then
     command -v npm >/dev/null 2>&1 || install_npm
     echo "verifytypes.sh: installing pyright $PYRIGHT_VERSION into $TOOLS" >&2
-    npm install --silent --prefix "$TOOLS" --no-audit --no-fund --save-exact \
+    npm install --loglevel=error --prefix "$TOOLS" --no-audit --no-fund --save-exact \
         "pyright@$PYRIGHT_VERSION" >&2
 fi
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -99,6 +100,25 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             pytest.fail("redis-server is missing: scripts/ensure-servers.sh installs it")
         pytest.skip("redis-server is missing: run scripts/ensure-servers.sh (make test does)")
     server = RedisServer(executable, tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[Any]:
+    """A redis-server of the test's own, for a test that changes it (its password, its
+    memory) or stops it."""
+    import os
+
+    from _redis import RedisServer, find_redis_server
+
+    executable = find_redis_server()
+    if executable is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing: scripts/ensure-servers.sh installs it")
+        pytest.skip("redis-server is missing: run scripts/ensure-servers.sh (make test does)")
+    server = RedisServer(executable, tmp_path)
     server.start()
     yield server
     server.stop()

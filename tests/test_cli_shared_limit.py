@@ -7,11 +7,9 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 from test_cli import TOKEN, ThreadedSimulator, phones, write_csv
 from test_cli_hardening import TEMPLATE_FLAGS
@@ -74,20 +72,6 @@ def campaign_command(targets: Path, url: str, *extra: str) -> list[str]:
         sys.executable, "-m", "proactive_async.cli", "campaign", str(targets), *TEMPLATE_FLAGS,
         "--base-url", url, "--no-progress", "--chunk-size", "1", *extra,
     ]  # fmt: skip
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[Any]:
-    """A redis-server of this test's own (its password is set, or it is stopped)."""
-    from _redis import RedisServer, find_redis_server
-
-    executable = find_redis_server()
-    if executable is None:
-        pytest.skip("redis-server is missing: run scripts/ensure-servers.sh (make test does)")
-    server = RedisServer(executable, tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_a_redis_refusing_the_password_ends_the_campaign_with_exit_2_one_line_and_the_report(

@@ -8,7 +8,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,20 +17,6 @@ from proactive_async import ProactiveError
 from proactive_async.ratelimit import SharedLimitError, SharedRateLimit
 
 PASSWORD = "s3cret-pass"
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[Any]:
-    """A redis-server of this test's own: its configuration is changed (password, memory)."""
-    from _redis import RedisServer, find_redis_server
-
-    executable = find_redis_server()
-    if executable is None:
-        pytest.skip("redis-server is missing: run scripts/ensure-servers.sh (make test does)")
-    server = RedisServer(executable, tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def configure(url: str, *command: str) -> None:
