@@ -69,9 +69,14 @@ if now == 0 then
   local t = redis.call('TIME')
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
-local FIELDS = {'tat', 'pause', 'rate', 'granted', 'acc', 'wt', 'ok', 'th', 'pok', 'pth',
-  'run', 'sid', 'gen', 'born', 'qat'}
-for i = 0, SLOTS - 1 do FIELDS[#FIELDS + 1] = 's' .. i end
+-- acquire (every call) reads only the bucket; the counters are read by the other ops.
+local FIELDS = {'tat', 'pause', 'rate', 'granted', 'born', 'qat'}
+if op ~= 'acquire' then
+  for _, name in ipairs({'acc', 'wt', 'ok', 'th', 'pok', 'pth', 'run', 'sid', 'gen'}) do
+    FIELDS[#FIELDS + 1] = name
+  end
+  for i = 0, SLOTS - 1 do FIELDS[#FIELDS + 1] = 's' .. i end
+end
 local values = redis.call('HMGET', key, unpack(FIELDS))
 local s = {}
 for i, name in ipairs(FIELDS) do s[name] = tonumber(values[i]) end
@@ -188,8 +193,8 @@ end
 
 if op == 'acquire' then
   -- The hot path writes only what it changed.
-  redis.call('HSET', key, 'tat', tostring(tat), 'granted', tostring(granted),
-    'born', tostring(born))
+  redis.call('HSET', key, 'tat', tostring(tat), 'granted', tostring(granted))
+  if s.born == nil then redis.call('HSET', key, 'born', tostring(born)) end
   redis.call('PEXPIRE', key, a.ttl)
   return result
 end
