@@ -97,11 +97,11 @@ def run_page(
 
 
 def keep_timeline(
-    journal: str | None, recorder: RunRecorder, *, stderr: Console
+    journal: str | None, recorder: RunRecorder, *, stderr: Console, read_back: bool = True
 ) -> list[TimelineRow] | None:
-    """Add the run's timeline to its SQLite journal, if it has one; the journal's whole
-    timeline after it (None without one, or when it cannot be kept: one line on stderr,
-    the run stands)."""
+    """Add the run's timeline to its SQLite journal, if it has one; with ``read_back``, the
+    journal's whole timeline after it (None without one, without ``read_back``, or when it
+    cannot be kept: one line on stderr, the run stands)."""
     from ..journal._sqlite_report import JournalReader, add_timeline
 
     path = _sqlite_file(journal)
@@ -109,6 +109,8 @@ def keep_timeline(
         return None
     try:
         add_timeline(path, recorder.timeline.rows())
+        if not read_back:
+            return None
         with JournalReader(path) as reader:
             return reader.timeline()
     except JournalError as exc:

@@ -40,6 +40,7 @@ from .._records import OutcomeStatus
 from .._report import CampaignSummary
 from .._report_html import RunRecorder
 from .._sender import ABORTED, resendable_kind
+from ..journal import is_postgres
 from ..ratelimit import RateLimitBackend
 from ..settings import Settings, build_client, build_rate_limit
 from . import _flags, _html
@@ -189,7 +190,13 @@ async def run_campaign(settings: CampaignSettings, *, stderr: Console) -> Campai
         limit = _make_rate_limit(settings)
         if limit is not None:
             stack.push_async_callback(limit.aclose)
-        recorder = RunRecorder()
+        # The timeline and the records for the HTML report: kept for --report-html, or in a
+        # SQLite journal for a later ``report --html``; no hook per record otherwise.
+        journal = settings.journal
+        keeps = settings.report_html is not None or (
+            journal is not None and not is_postgres(journal)
+        )
+        recorder = RunRecorder() if keeps else None
         campaign = _make_campaign(client, settings, limit, recorder)
         if settings.journal is None:
             stderr.print(NO_JOURNAL_WARNING, highlight=False)
@@ -274,7 +281,7 @@ def _make_campaign(
     client: AsyncClient,
     settings: CampaignSettings,
     limit: RateLimitBackend | None,
-    recorder: RunRecorder,
+    recorder: RunRecorder | None,
 ) -> Campaign:
     options = settings.options
     if limit is not None:
@@ -292,12 +299,13 @@ def _make_campaign(
             rate_limit=limit,
             journal=settings.journal,
             report=settings.report,
-            on_outcome=recorder.on_outcome,
-            on_throttle=recorder.on_throttle,
+            on_outcome=recorder.on_outcome if recorder is not None else None,
+            on_throttle=recorder.on_throttle if recorder is not None else None,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    recorder.watch(campaign.summary)
+    if recorder is not None:
+        recorder.watch(campaign.summary)
     return campaign
 
 
@@ -427,7 +435,9 @@ def _write_html(result: CampaignResult, settings: CampaignSettings, stderr: Cons
     recorder = result.recorder
     if recorder is None:
         return
-    kept = _html.keep_timeline(settings.journal, recorder, stderr=stderr)
+    kept = _html.keep_timeline(
+        settings.journal, recorder, stderr=stderr, read_back=settings.report_html is not None
+    )
     if settings.report_html is None:
         return
     notes = [f"stopped: {result.fatal}"] if result.fatal else []
