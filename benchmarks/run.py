@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -115,11 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"-- benchmark {number}: {BENCHMARKS[number]}", file=sys.stderr, flush=True)
         results.append(run_one(number, args.quick))
     output = {"machine": machine, "quick": args.quick, "results": results}
-    Path(args.output).write_text(json.dumps(output, indent=2, default=str) + "\n")
+    write_whole(Path(args.output), json.dumps(output, indent=2, default=str) + "\n")
     markdown = f"Machine: {machine_line(machine)}\n\n{table(results)}\n"
     if not args.quick and not args.only:
-        (HERE / "RESULTS.md").write_text(
-            "# Latest `make bench` results\n\nWritten by `benchmarks/run.py`.\n\n" + markdown
+        write_whole(
+            HERE / "RESULTS.md",
+            "# Latest `make bench` results\n\nWritten by `benchmarks/run.py`.\n\n" + markdown,
         )
         update_readme(markdown)
     print(markdown)
@@ -138,7 +140,18 @@ def update_readme(markdown: str) -> None:
     if start < 0 or end < start:
         return
     body = f"{README_START}\n{markdown}{README_END}"
-    readme.write_text(text[:start] + body + text[end + len(README_END) :])
+    write_whole(readme, text[:start] + body + text[end + len(README_END) :])
+
+
+def write_whole(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all: a temporary file beside it, renamed over it (a
+    run stopped mid-write leaves the committed results as they were)."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
