@@ -232,9 +232,9 @@ class ChunkSender:
                     if len(kept) < len(targets):
                         targets, body = kept, self._encode(kept, variables)
                         weight = float(len(kept))
-            elif fenced and len((await self._mark(targets))[0]) < len(targets):
-                # Before a retry, the fence again: a campaign cancelled (or a lease lost)
-                # since the first attempt makes no new call.
+            elif fenced and not await self._still_held(targets):
+                # Before a retry, the fence again (read, not written): a campaign cancelled
+                # (or a lease lost) since the first attempt makes no new call.
                 await self._interrupt(targets, attempt, sent_once)
                 return
             if self._guard is not None and not self._guard():
@@ -316,6 +316,12 @@ class ChunkSender:
         if len(marked) == len(targets):
             return targets, True
         return [t for t in targets if t.line in marked], True
+
+    async def _still_held(self, targets: Sequence[PlannedTarget]) -> bool:
+        """Are the targets, marked before the first attempt, all still this sender's?"""
+        assert self.journal is not None
+        held = await self.journal.still_in_flight([t.line for t in targets])
+        return held is None or len(held) >= len(targets)
 
     def _note_failure(self, exc: ProactiveError, attempt: int, wait: float | None) -> None:
         """Log a failed attempt and keep it in the summary, where a live display says why

@@ -134,6 +134,9 @@ class FakeJournal:
     async def mark_in_flight(self, lines: Sequence[int]) -> None:
         self.log.append(("mark", tuple(lines)))
 
+    async def still_in_flight(self, lines: Sequence[int]) -> None:
+        self.log.append(("check", tuple(lines)))
+
     async def release(self, lines: Sequence[int]) -> None:
         self.log.append(("release", tuple(lines)))
 
@@ -991,3 +994,87 @@ async def test_stop_wakes_chunks_waiting_on_the_rate_limit_and_sends_nothing() -
     await asyncio.wait_for(sending, 1)
     assert h.outcomes == [] and h.named("mark", "send") == []
     assert h.sender.summary.pending == 0  # never marked: nothing to release either
+
+
+# -- a fenced journal: the fence before each retry is a read ---------------------------
+
+
+class FencedJournal(FakeJournal):
+    """A fenced journal (a distributed slice's): it marks what it holds; ``held`` says
+    whether its marks are still its own (False: the lease lost, the campaign cancelled)."""
+
+    def __init__(self, log: list[Event]) -> None:
+        super().__init__(log)
+        self.held = True
+
+    async def mark_in_flight(self, lines: Sequence[int]) -> set[int]:  # type: ignore[override]
+        self.log.append(("mark", tuple(lines)))
+        return set(lines) if self.held else set()
+
+    async def still_in_flight(self, lines: Sequence[int]) -> set[int]:  # type: ignore[override]
+        self.log.append(("check", tuple(lines)))
+        return set(lines) if self.held else set()
+
+
+def fenced(
+    *script: Reply | Handler | Hang, retry: RetryPolicy = POLICY
+) -> tuple[Harness, FencedJournal]:
+    h = make(*script, retry=retry)
+    journal = FencedJournal(h.log)
+    h.sender.journal = journal
+    return h, journal
+
+
+async def test_a_fenced_chunk_checks_its_fence_before_each_retry_by_a_read_not_a_mark() -> None:
+    """429s, then an answer: one mark (a write) before the first attempt, and before each
+    retry only the read-only check; the chunk ends sent."""
+    throttled = RateLimitError("slow down", status=429, retry_after=0.1)
+    h, _ = fenced(throttled, throttled, answer_each)
+    await h.sender.send(chunk(1, 2))
+    assert h.named("mark", "check", "send") == [
+        ("mark", (1, 2)),
+        ("send", 1, (phone(1), phone(2))),
+        ("check", (1, 2)),
+        ("send", 2, (phone(1), phone(2))),
+        ("check", (1, 2)),
+        ("send", 3, (phone(1), phone(2))),
+    ]
+    assert [o.status for o in h.outcomes] == [OutcomeStatus.SENT] * 2
+
+
+async def test_a_fence_lost_between_attempts_makes_no_new_call() -> None:
+    """Cancelled (or its lease lost) while it waits to retry a 429: the check finds the
+    lines no longer its own, no call is made, and the never-processed lines are released."""
+    throttled = RateLimitError("slow down", status=429, retry_after=0.1)
+    h, journal = fenced(throttled, answer_each)
+    assert h.limit is not None
+
+    def lose() -> None:
+        journal.held = False
+
+    h.clock.on_sleep = lose
+    h.limit.shared_pause = False  # the chunk sleeps out the 429 itself
+    await h.sender.send(chunk(1, 2))
+    assert h.client.calls == 1
+    assert h.named("mark", "check", "release") == [
+        ("mark", (1, 2)),
+        ("check", (1, 2)),
+        ("release", (1, 2)),
+    ]
+    assert h.outcomes == [] and h.sender.summary.pending == 2
+
+
+async def test_a_fence_lost_after_a_call_that_may_have_been_processed_ends_unknown() -> None:
+    """A timeout (it may have been processed), then the fence is gone: no new call, and
+    the records end unknown, never failed."""
+    ambiguous = RetryPolicy(backoff_initial=0.5, jitter=0.0, retry_ambiguous=True)
+    h, journal = fenced(ReadTimeout("timed out"), answer_each, retry=ambiguous)
+
+    def lose() -> None:
+        journal.held = False
+
+    h.clock.on_sleep = lose
+    await h.sender.send(chunk(1, 2))
+    assert h.client.calls == 1 and h.named("mark") == [("mark", (1, 2))]
+    assert [o.status for o in h.outcomes] == [OutcomeStatus.UNKNOWN] * 2
+    assert all(o.error == INTERRUPTED for o in h.outcomes)

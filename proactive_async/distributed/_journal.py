@@ -20,7 +20,7 @@ from .._records import Outcome
 from ..journal import JournalEntry, SecretScrubber
 from ..journal._group_commit import GroupCommit
 from ._connect import Database
-from ._store import MARK, RECORD, RELEASE, WRITE
+from ._store import HELD, MARK, RECORD, RELEASE, WRITE
 
 if TYPE_CHECKING:
     import psycopg
@@ -118,6 +118,19 @@ class SliceJournal:
         op = _Mark(list(lines))
         await self._group.commit(op)
         return op.moved
+
+    async def still_in_flight(self, lines: Sequence[int]) -> set[int]:
+        """The lines among ``lines`` still in flight under this owner's mark, while the
+        lease holds and the campaign runs: the fence before a retry, read, not written."""
+        if not lines or not self._lease.held():
+            return set()
+        params = self._lease.params | {"marked": _int_array(sorted(lines))}
+
+        async def held(conn: psycopg.AsyncConnection[Any]) -> set[int]:
+            cursor = await conn.execute(HELD, params)
+            return {line for (line,) in await cursor.fetchall()}
+
+        return await self.db.run(held, transaction=False)
 
     async def release(self, lines: Sequence[int]) -> None:
         if lines:

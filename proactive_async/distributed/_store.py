@@ -34,6 +34,7 @@ __all__ = [
     "CLOSE_SETTLED_SLICES",
     "FINISH_CAMPAIGN",
     "FINISH_SLICE",
+    "HELD",
     "IN_FLIGHT_COUNT",
     "IN_FLIGHT_OF_SLICE",
     "LOAD_CHUNKS",
@@ -186,6 +187,16 @@ runs. Lines are looked up one by one in the primary key (a join with the array),
 mark costs the same in a campaign of a thousand records as in one of millions. A line
 this owner already marked is returned again (a retried commit whose first answer was
 lost, or a bisected chunk's half), never a line another owner holds."""
+
+HELD: Final = f"""
+    SELECT r.line FROM unnest(%(marked)s::bigint[]) AS m (line)
+    JOIN proactive_record r ON r.campaign_id = %(campaign)s AND r.line = m.line
+    WHERE r.slice = %(slice)s AND r.state = 'in_flight' AND r.fence = %(fence)s
+    AND {_HOLDS} AND {_LIVE_CAMPAIGN}
+"""
+"""``MARK``'s fence read again before a retry, without a write (an UPDATE per retry left
+a dead row version per record under 429 pressure): the lines still in flight under this
+owner's fence, while its lease holds and the campaign runs."""
 
 RECORD: Final = """
     UPDATE proactive_record r SET state = u.state, outcome = u.outcome::text

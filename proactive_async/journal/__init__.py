@@ -91,6 +91,16 @@ class Journal(Protocol):
         was cancelled, and must not be sent.
         """
 
+    async def still_in_flight(self, lines: Sequence[int]) -> Collection[int] | None:
+        """Which of ``lines``, marked in flight by this journal, are still its to send:
+        the fence checked again before a retry, as a read (nothing is written).
+
+        None: every line (a journal whose marks nothing else can take back). A fenced
+        journal returns the lines still in flight under its mark; a line it does not
+        return was taken back (its owner's lease lost, or its campaign cancelled) and
+        must not be sent again.
+        """
+
     async def release(self, lines: Sequence[int]) -> None:
         """Withdraw in-flight marks of lines whose call was certainly never processed."""
 

@@ -357,6 +357,10 @@ class PostgresJournal:
         if lines:
             await self._group.commit(Mark(list(lines)))
 
+    async def still_in_flight(self, lines: Sequence[int]) -> None:
+        """None (every line), as ``mark_in_flight`` marks every line: no fence to lose."""
+        self._check_usable()
+
     async def release(self, lines: Sequence[int]) -> None:
         self._check_usable()
         if lines:

@@ -242,6 +242,10 @@ class SQLiteJournal:
         if lines:
             await self._group.commit(Mark(list(lines)))
 
+    async def still_in_flight(self, lines: Sequence[int]) -> None:
+        """None (every line), as ``mark_in_flight`` marks every line: no fence to lose."""
+        self._check_usable()
+
     async def release(self, lines: Sequence[int]) -> None:
         """Withdraw in-flight marks of lines whose call was certainly never processed.
 
