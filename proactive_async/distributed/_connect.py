@@ -12,6 +12,7 @@ they expect).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -24,13 +25,16 @@ from ._store import SCHEMA
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["DEFAULT_PATIENCE", "Database", "ensure_distributed_schema"]
+__all__ = ["CLOSE_WAIT", "DEFAULT_PATIENCE", "Database", "ensure_distributed_schema"]
 
 T = TypeVar("T")
 DEFAULT_PATIENCE: Final = 60.0
 """Seconds a unit of work keeps reconnecting before it fails (a restart takes a few)."""
 _FIRST_WAIT: Final = 0.1
 _MAX_WAIT: Final = 2.0
+CLOSE_WAIT: Final = 5.0
+"""Seconds ``aclose`` lets a running unit finish (a statement takes milliseconds; one
+still running after this is stuck on a cut network, which shutdown does not wait out)."""
 _log = logging.getLogger("proactive_async")
 
 
@@ -47,6 +51,8 @@ class Database:
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._lock = asyncio.Lock()
         self._closing = False
+        # Set by aclose: ends at once a unit's wait before it reconnects.
+        self._closed = asyncio.Event()
 
     async def run(
         self,
@@ -86,7 +92,9 @@ class Database:
                     if (started and not retry) or out_of_time or self._closing:
                         raise self._error(exc) from None
                     _log.warning("journal %s unreachable (%s); retrying", self.where, _brief(exc))
-                    await asyncio.sleep(wait)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait):
+                            await self._closed.wait()
                     wait = min(_MAX_WAIT, wait * 2)
                 except psycopg.Error as exc:  # e.g. tables missing: the wrong database
                     raise JournalError(f"the journal {self.where}: {_brief(exc)}") from None
@@ -96,13 +104,22 @@ class Database:
         return display_dsn(self.dsn)
 
     async def aclose(self) -> None:
-        """Close now: a unit still waiting for the database (a shutdown while it is down)
-        gives up at its next try instead of holding the close for its whole patience."""
+        """Close once the running unit is done: one at work (a statement on its way, an
+        outcome being recorded at shutdown) may finish, for up to ``CLOSE_WAIT`` seconds;
+        one waiting to reconnect (the database is down) gives up at once instead of
+        holding the close for its whole patience. Units not yet started never start."""
         self._closing = True
-        if self._lock.locked():
-            await self._drop()  # the unit's statement fails, and it does not try again
-        async with self._lock:
+        self._closed.set()
+        try:
+            await asyncio.wait_for(self._lock.acquire(), CLOSE_WAIT)
+        except TimeoutError:
+            # Stuck (a cut network): its statement fails, and it does not try again.
             await self._drop()
+            await self._lock.acquire()
+        try:
+            await self._drop()
+        finally:
+            self._lock.release()
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
