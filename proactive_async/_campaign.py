@@ -48,7 +48,7 @@ from ._records import Outcome, OutcomeStatus, Record
 from ._report import CampaignSummary, LatencySample, ReportWriter
 from ._retry import Sleep
 from ._sender import ABORTED, MAX_THROTTLES, ChunkSender, is_resendable, make_outcome
-from .journal import INTERRUPTED, CampaignIdentity, Journal, open_journal
+from .journal import INTERRUPTED, CampaignIdentity, Journal, journal_files, open_journal
 from .ratelimit import RateLimit, RateLimitBackend
 
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 __all__ = ["ABORTED", "MAX_THROTTLES", "Campaign", "campaign_identity", "file_records"]
 
 _DONE: Final = object()
+_SINK_SIZE: Final = 4096  # outcomes ``async for`` has not taken yet before senders wait
 
 
 class Campaign:
@@ -91,7 +92,11 @@ class Campaign:
             it makes the campaign resumable after a crash.
         report: a JSONL path, one line per input record.
         on_outcome: called with each record's final outcome (an ``OutcomeHook``), as
-            ``async for`` yields them: outcomes replayed from the journal on a resume too.
+            ``async for`` yields them: outcomes replayed from the journal on a resume too,
+            unless ``on_replayed`` is given.
+        on_replayed: called, instead of ``on_outcome``, with each outcome a resume replays
+            from the journal (an earlier run's; ``summary.resumed`` counts them), so that
+            ``on_outcome`` sees only this run's.
         on_retry: called when a failed attempt will be retried, with a ``RetryDetails``
             (the error, the attempt's number, the wait, the time since the first attempt;
             a ``RetryHook``); a retried 429 too.
@@ -115,6 +120,7 @@ class Campaign:
         journal: str | os.PathLike[str] | None = None,
         report: str | os.PathLike[str] | None = None,
         on_outcome: OutcomeHook | None = None,
+        on_replayed: OutcomeHook | None = None,
         on_retry: RetryHook | None = None,
         on_throttle: ThrottleHook | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -146,6 +152,7 @@ class Campaign:
         self._feed_scope: anyio.CancelScope | None = None
         self._started: float | None = None
         self._outcome_hook = safe_hook(on_outcome, "on_outcome")
+        self._replay_hook = safe_hook(on_replayed, "on_replayed") or self._outcome_hook
         self._sender = ChunkSender(
             client,
             template,
@@ -242,7 +249,7 @@ class Campaign:
         return self.rate_limit.rate
 
     async def _iterate(self) -> AsyncIterator[Outcome]:
-        sink: asyncio.Queue[object] = asyncio.Queue(maxsize=4096)
+        sink: asyncio.Queue[object] = asyncio.Queue(maxsize=_SINK_SIZE)
         self._sink = sink
         runner = asyncio.create_task(self._run())
         runner.add_done_callback(lambda _: sink.put_nowait(_DONE) if not sink.full() else None)
@@ -476,14 +483,16 @@ class Campaign:
                 await self._sender.send(chunk)
 
     async def _tally(self, outcome: Outcome, *, resumed: bool = False) -> None:
-        """Count, report and forward one final outcome (the journal already has it)."""
+        """Count, report and forward one final outcome (the journal already has it);
+        ``resumed``: replayed from the journal, an earlier run's."""
         self.summary.note_outcome(outcome, resumed=resumed)
         if self._report is not None:
             self._report.write(outcome)
         if self._sink is not None:
             await self._sink.put(outcome)
-        if self._outcome_hook is not None:
-            self._outcome_hook(outcome)
+        hook = self._replay_hook if resumed else self._outcome_hook
+        if hook is not None:
+            hook(outcome)
 
 
 _DEFAULT_OPTIONS: Final = CampaignOptions()
@@ -538,15 +547,11 @@ def _check_report_path(
     if isinstance(targets, str | os.PathLike):
         guarded.append(("the targets file", os.fspath(targets)))
     if journal is not None:
-        base = os.fspath(journal)
-        guarded += [("the journal", base)]
-        guarded += [("a journal side file", base + side) for side in _JOURNAL_SIDE_FILES]
+        files = journal_files(journal)  # none for a database
+        guarded += [("the journal" if f == files[0] else "a journal side file", f) for f in files]
     for what, path in guarded:
         if _same_file(os.fspath(report), path):
             raise ValueError(f"the report path {os.fspath(report)!r} is {what} ({path!r})")
-
-
-_JOURNAL_SIDE_FILES: Final = ("-wal", "-shm", "-journal")
 
 
 def _same_file(a: str, b: str) -> bool:

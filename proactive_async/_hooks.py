@@ -10,7 +10,9 @@ Each callback receives one object (as stamina's ``RetryDetails``): a field added
 later breaks no callback. ``on_retry`` gets a ``RetryDetails``, ``on_throttle`` a
 ``ThrottleDetails``, and ``on_outcome`` the ``Outcome`` itself, which already is such an
 object (every field after ``status`` has a default) and is what ``async for`` yields: a
-wrapper around it would cost an allocation per record and say nothing more.
+wrapper around it would cost an allocation per record. Whether an outcome is this run's
+or replayed from the journal by a resume is told by the hook called: ``on_replayed``,
+when given, receives the replayed ones instead of ``on_outcome``.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ class ThrottleDetails:
 
 
 class OutcomeHook(Protocol):
-    """Called with each record's final outcome (``Campaign(on_outcome=...)``).
+    """Called with each record's final outcome (``Campaign(on_outcome=...)``), or with
+    each outcome a resume replays from the journal (``Campaign(on_replayed=...)``).
 
     Usage::
 

@@ -97,38 +97,31 @@ class OutcomeTally:
 
 
 class RunRecorder:
-    """What a run keeps for its HTML report, through the campaign's ``on_outcome`` and
-    ``on_throttle`` hooks: the timeline of this run's own outcomes and 429s (not of the
-    outcomes a resume replays from the journal), and the records that need attention.
+    """What a run keeps for its HTML report, through the campaign's hooks: the timeline of
+    this run's own outcomes and 429s (not of the outcomes a resume replays from the
+    journal, which the campaign hands to ``on_replayed``), and the records that need
+    attention, replayed ones included.
 
     Usage::
 
         recorder = RunRecorder()
         campaign = Campaign(..., on_outcome=recorder.on_outcome,
+                            on_replayed=recorder.on_replayed,
                             on_throttle=recorder.on_throttle)
-        recorder.watch(campaign.summary)
     """
 
     def __init__(self, timeline: Timeline | None = None, cap: int = ATTENTION_CAP) -> None:
         self.timeline: Timeline = timeline if timeline is not None else Timeline()
         self.attention: AttentionList = AttentionList(cap)
-        self._summary: CampaignSummary | None = None
-        self._resumed = 0
-
-    def watch(self, summary: CampaignSummary) -> None:
-        """The campaign's summary: its ``resumed`` count tells a replayed outcome."""
-        self._summary = summary
-        self._resumed = summary.resumed
 
     def on_outcome(self, outcome: Outcome) -> None:
-        """The ``on_outcome`` hook: into the attention list, and the timeline unless replayed."""
+        """The ``on_outcome`` hook (this run's outcomes): the timeline and the attention list."""
         self.attention.add(outcome)
-        summary = self._summary
-        # The hook runs right after the summary counted the outcome.
-        if summary is not None and summary.resumed != self._resumed:
-            self._resumed = summary.resumed
-            return
         self.timeline.note_outcome(outcome)
+
+    def on_replayed(self, outcome: Outcome) -> None:
+        """The ``on_replayed`` hook (an earlier run's outcomes): the attention list only."""
+        self.attention.add(outcome)
 
     def on_throttle(self, details: object) -> None:
         """The ``on_throttle`` hook: a 429 on the timeline."""

@@ -234,17 +234,10 @@ def test_the_axis_cuts_long_gaps_and_sums_long_runs_into_buckets() -> None:
 
 
 def test_the_recorder_leaves_a_resumes_replayed_outcomes_out_of_the_timeline() -> None:
-    from proactive_async._report import CampaignSummary
-
     clock = iter([10.2, 10.7, 11.1, 11.5])
     recorder = RunRecorder(Timeline(clock=lambda: next(clock)))
-    summary = CampaignSummary()
-    recorder.watch(summary)
-    replayed = outcome(1, OutcomeStatus.UNKNOWN)
-    summary.note_outcome(replayed, resumed=True)
-    recorder.on_outcome(replayed)
+    recorder.on_replayed(outcome(1, OutcomeStatus.UNKNOWN))
     for line, status in ((2, OutcomeStatus.SENT), (3, OutcomeStatus.FAILED)):
-        summary.note_outcome(outcome(line, status))
         recorder.on_outcome(outcome(line, status))
     recorder.on_throttle(object())
     recorder.on_throttle(object())

@@ -300,12 +300,11 @@ def _make_campaign(
             journal=settings.journal,
             report=settings.report,
             on_outcome=recorder.on_outcome if recorder is not None else None,
+            on_replayed=recorder.on_replayed if recorder is not None else None,
             on_throttle=recorder.on_throttle if recorder is not None else None,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    if recorder is not None:
-        recorder.watch(campaign.summary)
     return campaign
 
 
