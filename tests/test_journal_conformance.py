@@ -168,6 +168,18 @@ async def test_marked_lines_are_in_flight_after_a_close_and_reopen(location: str
     assert entries == {line: JournalEntry(line=line, state=IN_FLIGHT) for line in (5, 6, 7)}
 
 
+async def test_the_check_before_a_retry_finds_every_line_still_marked_and_changes_nothing(
+    location: str,
+) -> None:
+    """``still_in_flight``, asked before a retry: a journal that marks every line answers
+    None (every line still its own, as its mark did), and the lines stay in flight."""
+    async with opened(location) as journal:
+        assert await journal.mark_in_flight([1, 2]) is None
+        assert await journal.still_in_flight([1, 2]) is None
+        entries = await journal.lookup([1, 2])
+    assert entries == {line: JournalEntry(line=line, state=IN_FLIGHT) for line in (1, 2)}
+
+
 _KILLED_RUN = textwrap.dedent(
     """
     import asyncio, os, signal, sys
