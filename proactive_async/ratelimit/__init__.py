@@ -62,8 +62,9 @@ class RateLimitBackend(Protocol):
     async def on_throttle(self, weight: float, retry_after: float | None) -> bool:
         """A 429 for a call of ``weight`` targets; ``retry_after`` as the server named it.
 
-        True: every sender now waits a shared pause (the caller needs no wait of its own).
-        False: a rare 429 taken for noise; only the caller waits its ``retry_after``.
+        True: every sender now waits a shared pause that covers ``retry_after`` (the caller
+        needs no wait of its own). False: the caller waits its ``retry_after`` itself (a
+        rare 429 taken for noise, or a pause of the group shorter than it).
         """
 
     async def on_busy(self, seconds: float) -> None:

@@ -110,6 +110,11 @@ class AdaptiveRate:
         return self._state.rate
 
     @property
+    def paused_until(self) -> float | None:
+        """When the group's pause for the last 429 ends (the law's clock); None before any."""
+        return self._state.paused_until
+
+    @property
     def estimate(self) -> float | None:
         """The estimated server limit (goodput measured at a 429); None before any."""
         return self._state.estimate
@@ -139,6 +144,7 @@ class AdaptiveRate:
         state = self._state
         if self._law.on_throttle(state, self._reading(now), wait) == "noise":
             return False
+        # The group's pause (``Law.group_pause``), which may be shorter than ``wait``.
         if self._drain and state.paused_until is not None:
             self._limiter.drain(until=state.paused_until)
         self._apply()

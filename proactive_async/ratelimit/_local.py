@@ -9,6 +9,7 @@ from typing import Final
 
 from ._adaptive import DEFAULT_TUNING, AdaptiveRate, AdaptiveTuning
 from ._bucket import Clock, Cooldown, Sleep, TokenBucket
+from ._law import covers
 
 __all__ = ["ADAPTIVE_START", "RateLimit", "unnamed_throttle_wait"]
 
@@ -65,6 +66,7 @@ class RateLimit:
                 self._targets = TokenBucket(ADAPTIVE_START, burst, clock=clock, sleep=sleep)
             self._adaptive = AdaptiveRate(self._targets, ceiling=rate, clock=clock, tuning=tuning)
         self._cooldown = Cooldown(clock=clock, sleep=sleep)
+        self._clock = clock
 
     def __repr__(self) -> str:
         mode = "adaptive" if self._adaptive is not None else "fixed"
@@ -109,12 +111,21 @@ class RateLimit:
 
     async def on_throttle(self, weight: float, retry_after: float | None) -> bool:
         """A 429: every caller pauses for ``retry_after`` (or a wait from the rate). False:
-        the adaptive rate took it for noise; nobody else waits."""
+        the caller waits on its own: the adaptive rate took the 429 for noise (nobody else
+        waits), or paused the group for less (``Law.group_pause``)."""
         wait = retry_after if retry_after is not None else unnamed_throttle_wait(weight, self.rate)
-        if self._adaptive is not None and not self._adaptive.on_throttle(wait):
+        adaptive = self._adaptive
+        if adaptive is None:
+            self._cooldown.pause(wait)
+            return True
+        if not adaptive.on_throttle(wait):
             return False  # noise: the rate stays and nobody else waits
-        self._cooldown.pause(wait)
-        return True
+        # The law may pause the group for less than this call waits (``Law.group_pause``):
+        # then the caller waits the rest on its own.
+        until = adaptive.paused_until
+        group = until - self._clock() if until is not None else wait
+        self._cooldown.pause(group)
+        return covers(group, wait)
 
     async def on_busy(self, seconds: float) -> None:
         """A 503: every caller pauses for ``seconds``."""

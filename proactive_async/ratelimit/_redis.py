@@ -14,8 +14,9 @@ once the bucket is full, as the local bucket does (the published GCRA scripts re
 ever). A new key starts empty, as a campaign's local bucket does. A slot given to a caller
 that is then cancelled is lost: the group sends less, never more.
 
-A 429 pauses every process on the key for its ``Retry-After`` and empties the bucket until
-the pause ends (so the first calls after it are paced, not a burst); a 503 pauses them all.
+A 429 pauses every process on the key for its ``Retry-After`` (in adaptive mode, for as
+long as the law's ``group_pause`` says) and empties the bucket until the pause ends (so the
+first calls after it are paced, not a burst); a 503 pauses them all.
 
 Adaptive mode (``rate=None``): the group's rate is moved by the one control law of the
 local ``AdaptiveRate`` (``_law.py``), decided in Python, with only the shared state in Redis:
@@ -61,7 +62,7 @@ import msgspec
 
 from .._secrets import display_url
 from ._bucket import Clock
-from ._law import CallCounts, Law, LawState, Reading
+from ._law import CallCounts, Law, LawState, Reading, covers
 from ._local import ADAPTIVE_START, RateLimit, unnamed_throttle_wait
 from ._redis_errors import (
     DETAIL_MAX,
@@ -375,7 +376,8 @@ class SharedRateLimit:
         return parsed
 
     async def _adapt(self, op: str, value: float, calls: float) -> bool:
-        """Run the law on what this process saw; True when the group now waits a pause."""
+        """Run the law on what this process saw; True when the group now waits a pause that
+        covers the caller's own wait (``value``)."""
         reply = await self._exchange(op, value, calls=repr(float(calls)))
         if op == "report":
             decide: Callable[[LawState, Reading], bool] = self._law_success
@@ -392,7 +394,7 @@ class SharedRateLimit:
             paused = decide(state, reply.reading)
             encoded = _encode_state(state)
             if encoded == reply.state:
-                return paused  # nothing decided: nothing to write
+                return False  # nothing decided, nothing to write: the caller waits its own
             if state.rate != rate or paused:
                 _log.debug(
                     "shared rate limit %r: %s: rate %.1f -> %.1f, estimate %s, pause %.3f s",
@@ -404,6 +406,7 @@ class SharedRateLimit:
                     (state.paused_until or 0.0) - reply.reading.now,
                 )
             until = state.paused_until if paused and state.paused_until is not None else 0.0
+            spared = paused and covers(until - reply.reading.now, value)
             reply = await self._exchange(
                 "commit",
                 gen=str(reply.gen),
@@ -412,9 +415,9 @@ class SharedRateLimit:
                 until=repr(until),
             )
             if reply.ok:
-                return paused
+                return spared
         _log.debug("shared rate limit %r: the law's state changed under us each time", self.key)
-        return op == "throttle"
+        return False  # the caller waits its own: never too short
 
     def _law_state(self, reply: _Reply) -> LawState | None:
         """The law's state in Redis; None for none, or for one this version cannot read

@@ -39,8 +39,8 @@ class AdaptiveTuning:
         drain: empty the limiter's bucket on each 429 until its pause ends.
         margin: the rate settles this share below the estimate.
         plateau, max_plateau: seconds spent just under the estimate before probing, at
-            first and at most; and at least 10 times the pause the last 429 asked for
-            (``Retry-After: 1`` stops every sender for a second per probe past the limit).
+            first and at most; and at least 10 times the pause the last 429 imposed on
+            every sender (a long ``Retry-After`` stops them all at each probe).
         confirm: a new estimate within this share of the last one confirms it (doubling
             the plateau) when the rate had come back up to just under the last one; one
             further off starts again from ``plateau``.
@@ -96,7 +96,8 @@ class AdaptiveTuning:
 DEFAULT_TUNING: Final = AdaptiveTuning()
 PAUSES_PER_PLATEAU: Final = 10.0
 """Seconds held just under a found limit per second of the pause a 429 imposed, at least:
-with ``Retry-After: 1`` each probe past the limit stops every sender for a second, so
-probing at most every 10 s keeps its cost near a tenth of the time; with the short
-pauses of most servers the plateau itself is the longer."""
+with a ``Retry-After`` of 2 s each probe past the limit stops every sender for 2 s, so
+probing at most every 20 s keeps its cost near a tenth of the time; with the short
+pauses of most servers (and ``Retry-After: 1``, which pauses the group only briefly once
+the limit is known: ``Law.group_pause``) the plateau itself is the longer."""
 NOISE_MIN_CALLS: Final = 20
