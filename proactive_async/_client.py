@@ -46,6 +46,7 @@ from ._retry import RetryPolicy, Sleep, parse_retry_after, retry_call
 from ._secrets import Redactor, check_header_value, check_token, mask_phones_in
 from ._telemetry import Telemetry
 from ._transport import (
+    DEADLINE_GRACE,
     MAX_ERROR_BODY,
     RawResponse,
     Transport,
@@ -429,11 +430,20 @@ class AsyncClient:
         raise self._status_error(raw, attempt)
 
     async def _post_within(self, body: bytes, registry: Any, within: float) -> RawResponse:
-        """The POST, cut after ``within`` seconds: then it may have been sent (ReadTimeout)."""
+        """The POST, cut after ``within`` seconds. Our own transport tells the time spent
+        before sending (a connection slot, a new connection: ConnectTimeout, nothing sent)
+        from the rest (ReadTimeout: it may have been sent); another transport cannot, so
+        its cut is always a ReadTimeout."""
+        transport = self._transport
         try:
-            async with asyncio.timeout(within):
-                if registry is not None and registry.SERVING:
+            if registry is not None and registry.SERVING:
+                async with asyncio.timeout(within):
                     return await self._post_watched(body, registry)
+            if isinstance(transport, Transport) and self._post is not _closed_post:
+                deadline = asyncio.get_running_loop().time() + within
+                async with asyncio.timeout_at(deadline + DEADLINE_GRACE):
+                    return await transport.post(self._url, body, deadline=deadline)
+            async with asyncio.timeout(within):
                 return await self._post(self._url, body)
         except TimeoutError:
             pass

@@ -120,7 +120,8 @@ class ConnectError(TransportError):
 
 
 class ConnectTimeout(ConnectError):
-    """The connection was not made within the connect timeout; nothing was sent."""
+    """No connection in time, so nothing was sent: the connect timeout passed, or a call's
+    ``timeout=`` ran out while it waited for a connection of the pool or made one."""
 
 
 class NameResolutionError(ConnectError):

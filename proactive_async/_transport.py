@@ -15,6 +15,7 @@ for aiohttp to merge per request instead of two.
 from __future__ import annotations
 
 import asyncio
+import math
 import platform
 import socket
 import ssl
@@ -39,10 +40,23 @@ from ._errors import (
     TLSError,
 )
 
-__all__ = ["MAX_ERROR_BODY", "RawResponse", "Transport", "TransportConfig", "origin", "user_agent"]
+__all__ = [
+    "DEADLINE_GRACE",
+    "MAX_ERROR_BODY",
+    "RawResponse",
+    "Transport",
+    "TransportConfig",
+    "origin",
+    "user_agent",
+]
 
 MAX_ERROR_BODY = 64 * 1024
 """Bytes of an error answer's body kept (``exc.body``): the status is what matters."""
+
+DEADLINE_GRACE = 0.05
+"""Seconds after a call's deadline at which its caller cuts the whole POST: the slot's and
+the connection's own cut at the deadline itself come first (a ConnectTimeout: nothing was
+sent), whichever timer the loop runs first when both are due."""
 
 
 def user_agent(version: str) -> str:
@@ -153,23 +167,33 @@ class Transport:
             trust_env=False,
         )
 
-    async def post(self, url: str, body: bytes) -> RawResponse:
+    async def post(self, url: str, body: bytes, *, deadline: float | None = None) -> RawResponse:
         """POST ``body`` once; redirects are never followed. Raises our TransportErrors.
 
         One coroutine for the whole attempt (its connection slot, its clocks, the request
         and the mapping of aiohttp's errors): each resumption of a call goes down its chain
         of coroutines, so a layer more is paid several times per call.
+
+        ``deadline`` (the loop's clock), a call's own timeout: passed while waiting for a
+        connection slot or making the connection, it is a ConnectTimeout (nothing was sent).
+        What comes after is the caller's to cut (``asyncio.timeout_at`` a little later, see
+        ``DEADLINE_GRACE``): then the request may have been sent.
         """
         session = self._session
         if session is None or self._loop is not asyncio.get_running_loop():
             session = self._session_for_this_loop()
         slots = self._slots
-        await slots.acquire()  # not ``async with``: two coroutines fewer per call
+        options = self._post_options
+        if deadline is None:
+            await slots.acquire()  # not ``async with``: two coroutines fewer per call
+        else:
+            await self._slot_by(slots, deadline, url)
+            options = self._options_by(deadline)
         deadlines = self._deadlines
         watch = deadlines.watch() if deadlines is not None else None
         started = time.perf_counter()
         try:
-            async with session.post(url, data=body, **self._post_options) as response:
+            async with session.post(url, data=body, **options) as response:
                 if watch is not None:
                     watch.stream = response.content
                 payload = await self._read_capped(response)
@@ -224,6 +248,33 @@ class Transport:
                 deadlines.forget(watch)
                 watch.settle()  # a cancel that aiohttp turned into something else
         raise lost
+
+    async def _slot_by(self, slots: asyncio.Semaphore, deadline: float, url: str) -> None:
+        """A connection slot before ``deadline``, or ConnectTimeout: nothing was sent."""
+        if not slots.locked():
+            await slots.acquire()
+            return
+        try:
+            async with asyncio.timeout_at(deadline):
+                await slots.acquire()
+        except TimeoutError:
+            raise ConnectTimeout(
+                f"no connection to {origin(url)} free within the call's timeout; nothing was sent"
+            ) from None
+
+    def _options_by(self, deadline: float) -> dict[str, Any]:
+        """The POST's options with aiohttp's connect timeout cut to ``deadline``: a new
+        connection not made by then is a ConnectTimeout (nothing was sent). Never rounded up
+        (aiohttp rounds timeouts of 5 s or more to the next second by default)."""
+        left = max(0.0, deadline - asyncio.get_running_loop().time())
+        connect = self._config.timeout.connect
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=left,
+            sock_connect=left if connect is None else min(connect, left),
+            ceil_threshold=math.inf,
+        )
+        return {**self._post_options, "timeout": timeout}
 
     def _timed_out(self, url: str, watch: Watch) -> ReadTimeout:
         timeout = self._config.timeout
