@@ -330,6 +330,33 @@ async def test_a_journal_in_use_by_a_running_campaign_is_refused_as_locked(
     await (await SQLiteJournal.open(path, IDENTITY)).aclose()  # free again once closed
 
 
+async def test_the_report_reader_refuses_what_the_journal_refuses(path: Path) -> None:
+    """Same checks, same words: another database, another format, a running campaign."""
+    from proactive_async._timeline import TimelineRow
+    from proactive_async.journal._sqlite_report import JournalReader, add_timeline
+
+    other = path.with_name("other.db")
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE lines (line INTEGER)")
+    conn.close()
+    with pytest.raises(JournalError, match="not a proactive-async campaign journal"):
+        JournalReader(str(other))
+    not_a_database = path.with_name("targets.csv")
+    not_a_database.write_bytes(b"phone,name\n+5511999990000,Ana\n" * 200)
+    with pytest.raises(JournalError, match="cannot read"):
+        JournalReader(str(not_a_database))
+    async with await SQLiteJournal.open(path, IDENTITY):
+        with pytest.raises(JournalError, match="locked: a running campaign"):
+            JournalReader(str(path))
+        with pytest.raises(JournalError, match="locked: a running campaign"):
+            add_timeline(str(path), [TimelineRow(1, 1, 0, 0, 0)])
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(JournalError, match="format 99"):
+        JournalReader(str(path))
+
+
 async def test_a_missing_directory_is_a_journal_error(tmp_path: Path) -> None:
     with pytest.raises(JournalError, match="cannot open"):
         await SQLiteJournal.open(tmp_path / "missing" / "j.db", IDENTITY)

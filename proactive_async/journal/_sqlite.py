@@ -51,7 +51,7 @@ from ._base import (
 )
 from ._group_commit import GroupCommit, JournalOp, Mark, Record, Release, check_usable, coalesce
 
-__all__ = ["SIDE_FILES", "SQLiteJournal"]
+__all__ = ["SIDE_FILES", "SQLiteJournal", "check_format", "refusal"]
 
 SIDE_FILES: Final = ("-wal", "-shm", "-journal")
 """Suffixes of the files SQLite may keep next to a journal file (``-wal`` in WAL mode; the
@@ -411,11 +411,7 @@ def _prepare(conn: sqlite3.Connection, path: str, identity: CampaignIdentity) ->
         resumed = _check_or_create(conn, path, identity)
         conn.execute("COMMIT")
     except sqlite3.Error as exc:
-        if getattr(exc, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED"):
-            raise JournalError(
-                f"the journal {path} is locked: another running campaign is using it"
-            ) from exc
-        raise JournalError(f"{path} is not a usable campaign journal: {exc}") from exc
+        raise refusal(path, exc, f"{path} is not a usable campaign journal: {exc}") from exc
     return resumed
 
 
@@ -439,6 +435,17 @@ def _check_or_create(conn: sqlite3.Connection, path: str, identity: CampaignIden
             [(field, getattr(identity, field)) for field in identity.__struct_fields__],
         )
         return False
+    check_format(conn, path)
+    stored = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    check_identity(path, stored, identity)
+    (held,) = conn.execute("SELECT EXISTS (SELECT 1 FROM lines)").fetchone()
+    return bool(held)
+
+
+def check_format(conn: sqlite3.Connection, path: str) -> None:
+    """Refuse a file that is not a journal of this format (its header and tables)."""
+    (app_id,) = conn.execute("PRAGMA application_id").fetchone()
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
     if app_id != _APPLICATION_ID or not {"meta", "lines"} <= tables:
         raise JournalError(f"{path} is not a proactive-async campaign journal")
     (version,) = conn.execute("PRAGMA user_version").fetchone()
@@ -446,10 +453,16 @@ def _check_or_create(conn: sqlite3.Connection, path: str, identity: CampaignIden
         raise JournalError(
             f"the journal {path} has format {version}; this version reads {_SCHEMA_VERSION}"
         )
-    stored = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-    check_identity(path, stored, identity)
-    (held,) = conn.execute("SELECT EXISTS (SELECT 1 FROM lines)").fetchone()
-    return bool(held)
+
+
+def refusal(path: str, exc: sqlite3.Error, message: str) -> JournalError:
+    """What SQLite refused, as a JournalError: a lock (a running campaign holds the file)
+    said as such, anything else as ``message``."""
+    if getattr(exc, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+        return JournalError(
+            f"the journal {path} is locked: a running campaign is using it (try once it ends)"
+        )
+    return JournalError(message)
 
 
 def _entry(row: _Row) -> JournalEntry:

@@ -26,7 +26,7 @@ from .._errors import JournalError
 from .._records import Outcome
 from .._timeline import TimelineRow
 from ._base import interrupted_outcome
-from ._sqlite import _APPLICATION_ID, _SCHEMA_VERSION, _entry
+from ._sqlite import _entry, check_format, refusal
 
 __all__ = ["JournalReader", "add_timeline"]
 
@@ -121,7 +121,8 @@ def add_timeline(path: str, rows: Sequence[TimelineRow]) -> None:
         conn.executemany(_ADD_SQL, rows)
         conn.execute("COMMIT")
     except sqlite3.Error as exc:
-        raise JournalError(f"cannot add the timeline to the journal {path}: {exc}") from exc
+        message = f"cannot add the timeline to the journal {path}: {exc}"
+        raise refusal(path, exc, message) from exc
     finally:
         conn.close()
 
@@ -147,21 +148,10 @@ def _connect(path: str, *, query_only: bool) -> sqlite3.Connection:
 
 def _check_journal(conn: sqlite3.Connection, path: str) -> None:
     try:
-        (app_id,) = conn.execute("PRAGMA application_id").fetchone()
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        check_format(conn, path)
     except sqlite3.Error as exc:
         raise _read_error(path, exc) from exc
-    if app_id != _APPLICATION_ID:
-        raise JournalError(f"{path} is not a proactive-async campaign journal")
-    if version != _SCHEMA_VERSION:
-        raise JournalError(
-            f"the journal {path} has format {version}; this version reads {_SCHEMA_VERSION}"
-        )
 
 
 def _read_error(path: str, exc: sqlite3.Error) -> JournalError:
-    if getattr(exc, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED"):
-        return JournalError(
-            f"the journal {path} is locked: a campaign is running on it (report once it ends)"
-        )
-    return JournalError(f"cannot read the journal {path}: {exc}")
+    return refusal(path, exc, f"cannot read the journal {path}: {exc}")
