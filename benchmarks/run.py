@@ -2,8 +2,10 @@
 
 Installs wrk and nginx first (``setup.sh``, only if missing, never fatal), runs each
 ``bench_<topic>.run(quick)``, writes ``benchmarks/results.json`` with the machine it ran on,
-prints the markdown table and writes it to ``benchmarks/RESULTS.md``. A benchmark that
-crashes becomes a skipped row with its error; the run goes on.
+prints the markdown table and writes it to ``benchmarks/RESULTS.md``. A ``--quick`` run
+leaves the committed results alone: its JSON goes to ``--output`` or a temporary file
+(RESULTS.md and the README's table are written only by a full-size run of every
+benchmark). A benchmark that crashes becomes a skipped row with its error; the run goes on.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -22,6 +25,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import HERE, machine_info, row
+
+from proactive_async._files import write_whole
 
 BENCHMARKS = {
     1: "bench_calls",
@@ -95,6 +100,20 @@ def machine_line(machine: dict[str, Any]) -> str:
     )
 
 
+RESULTS = HERE / "results.json"
+"""The committed results: written only by a full-size run (or an explicit --output)."""
+
+
+def output_default(quick: bool) -> str:
+    """results.json for a full-size run; a new temporary file for a --quick one, so a smoke
+    run never replaces the committed figures."""
+    if not quick:
+        return str(RESULTS)
+    handle, path = tempfile.mkstemp(prefix="bench-quick-", suffix=".json")
+    os.close(handle)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the proactive-async benchmarks.")
     parser.add_argument(
@@ -105,9 +124,13 @@ def main(argv: list[str] | None = None) -> int:
         help="run only benchmark N (repeatable)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny smoke sizes")
-    parser.add_argument("--output", default=str(HERE / "results.json"))
+    parser.add_argument(
+        "--output",
+        help=f"where the results go (default {RESULTS}; with --quick, a temporary file)",
+    )
     parser.add_argument("--no-setup", action="store_true", help="skip setup.sh (wrk, nginx)")
     args = parser.parse_args(argv)
+    output_path = args.output or output_default(args.quick)
     if not args.no_setup:
         subprocess.run(["bash", str(HERE / "setup.sh")], check=False)
     machine = machine_info()
@@ -116,12 +139,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"-- benchmark {number}: {BENCHMARKS[number]}", file=sys.stderr, flush=True)
         results.append(run_one(number, args.quick))
     output = {"machine": machine, "quick": args.quick, "results": results}
-    write_whole(Path(args.output), json.dumps(output, indent=2, default=str) + "\n")
+    write_whole(output_path, (json.dumps(output, indent=2, default=str) + "\n").encode())
+    print(f"results: {output_path}", file=sys.stderr)
     markdown = f"Machine: {machine_line(machine)}\n\n{table(results)}\n"
     if not args.quick and not args.only:
         write_whole(
             HERE / "RESULTS.md",
-            "# Latest `make bench` results\n\nWritten by `benchmarks/run.py`.\n\n" + markdown,
+            (
+                "# Latest `make bench` results\n\nWritten by `benchmarks/run.py`.\n\n" + markdown
+            ).encode(),
         )
         update_readme(markdown)
     print(markdown)
@@ -140,18 +166,7 @@ def update_readme(markdown: str) -> None:
     if start < 0 or end < start:
         return
     body = f"{README_START}\n{markdown}{README_END}"
-    write_whole(readme, text[:start] + body + text[end + len(README_END) :])
-
-
-def write_whole(path: Path, text: str) -> None:
-    """Write ``path`` whole or not at all: a temporary file beside it, renamed over it (a
-    run stopped mid-write leaves the committed results as they were)."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_whole(readme, (text[:start] + body + text[end + len(README_END) :]).encode())
 
 
 if __name__ == "__main__":

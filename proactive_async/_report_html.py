@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Final
 
+from ._files import replaceable, write_whole
 from ._records import Outcome, OutcomeStatus
-from ._report import CampaignSummary, ErrorCount, _open_beside, _replaceable
+from ._report import CampaignSummary, ErrorCount
 from ._report_chart import axis_of, chart_svg, duration_text
 from ._secrets import Redactor, mask_phone, mask_phones_in
 from ._timeline import Timeline, TimelineRow
@@ -409,7 +410,7 @@ def check_html_path(path: str, guarded: Iterable[tuple[str, str]] = ()) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise ValueError(f"{path}: its folder does not exist or cannot be written to")
-    if not _replaceable(path) or not os.path.exists(path):
+    if not replaceable(path) or not os.path.exists(path):
         return
     try:
         with open(path, "rb") as existing:
@@ -424,22 +425,8 @@ def check_html_path(path: str, guarded: Iterable[tuple[str, str]] = ()) -> None:
 
 
 def write_report_html(path: str, document: str) -> None:
-    """Write the page whole: to a temporary file beside ``path``, renamed over it (a device
-    or a pipe is written in place)."""
-    data = document.encode("utf-8")
-    if not _replaceable(path):
-        with open(path, "wb") as out:
-            out.write(data)
-        return
-    handle, (temporary, final) = _open_beside(path)
-    try:
-        with handle:
-            handle.write(data)
-        os.replace(temporary, final)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    """Write the page whole (``_files.write_whole``): a reader never sees half of it."""
+    write_whole(path, document.encode("utf-8"))
 
 
 _STYLE: Final = """

@@ -122,6 +122,22 @@ def test_results_table_has_a_line_per_row_and_marks_skips() -> None:
     assert "skipped" in lines[3] and "not available" in lines[3]
 
 
+def test_a_quick_run_without_output_leaves_the_committed_results_alone(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = importlib.import_module("run")
+    committed = (BENCHMARKS / "results.json").read_bytes()
+    monkeypatch.setattr(run, "run_one", lambda number, quick: {"number": number, "rows": []})
+    assert run.main(["--quick", "--only", "3", "--no-setup"]) == 0
+    assert (BENCHMARKS / "results.json").read_bytes() == committed
+    written = Path(capsys.readouterr().err.split("results: ")[-1].strip())
+    try:
+        assert written.parent != BENCHMARKS and b'"quick": true' in written.read_bytes()
+    finally:
+        written.unlink()
+    assert run.output_default(False) == str(BENCHMARKS / "results.json")
+
+
 def test_max_window_counts_the_busiest_second() -> None:
     bench_rate = importlib.import_module("bench_rate")
     assert bench_rate.max_window([0.0, 0.1, 0.5, 0.99, 1.0, 1.5, 1.6, 1.7]) == 5
