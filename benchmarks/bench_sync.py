@@ -1,15 +1,17 @@
 """Sync client overhead: a call through the blocking ``Client`` against ``AsyncClient``.
 
 Measures the per-call wall time of ``Client.create_proactive_conversation``, one call in
-flight from one thread (the call handed to the process's event-loop thread, the caller woken
-with the answer), against the same call awaited on ``AsyncClient`` in the caller's own
-``asyncio.run``: one process, the fast local server, alternating block by block. Reports the
-medians of the block p50s; their difference is what the hand-off between threads costs.
+flight from one thread (the caller drives the shared event loop itself: ``_calls.SharedLoop``),
+against the same call awaited on ``AsyncClient`` in the caller's own ``asyncio.run``: one
+process, the fast local server, alternating block by block. Reports the medians of the block
+p50s; their difference is what driving the loop call by call costs.
 
-Also: calls/s of 8 threads sharing one ``Client`` against 8 tasks sharing one
-``AsyncClient``, and (in the note) the cost of one bare hand-off to a loop thread, by the
-call queue ``Client`` uses (``_sync._Calls``), by ``asyncio.run_coroutine_threadsafe`` and
-by anyio's ``BlockingPortal.call`` (two hand-offs: one to spawn the task, one for its result).
+Also: calls/s of 8 threads sharing one ``Client`` (one drives, the others hand their calls
+over and the role passes between them) against 8 tasks sharing one ``AsyncClient``, and (in
+the note) the cost of a no-op call through ``SharedLoop`` driven by the caller, through it
+handed to another thread that drives (a follower's hand-off), and, for comparison, handed to
+a loop thread of its own by ``asyncio.run_coroutine_threadsafe`` and by anyio's
+``BlockingPortal.call`` (two hand-offs: one to spawn the task, one for its result).
 
 Targets (issue 19): per call <= 1.15x AsyncClient's; 8 threads >= 0.9x of 8 tasks.
 """
@@ -119,12 +121,14 @@ async def async_rate(url: str, per_task: int) -> float:
 
 
 def hand_off_costs(calls: int) -> dict[str, float]:
-    """Microseconds per bare hand-off of a no-op coroutine to a loop thread, and back."""
+    """Microseconds per no-op call: through ``SharedLoop`` (driven by the caller; handed to
+    another thread that drives), and handed to a loop thread of its own and back."""
     from anyio.from_thread import start_blocking_portal
 
     async def noop() -> None:
         return None
 
+    costs: dict[str, float] = {}
     with start_blocking_portal() as portal:
         loop = portal.call(asyncio.get_running_loop)
         ways: dict[str, Callable[[], object]] = {
@@ -133,19 +137,38 @@ def hand_off_costs(calls: int) -> dict[str, float]:
             ).result(),
             "BlockingPortal.call": lambda: portal.call(noop),
         }
-        with contextlib.suppress(ImportError):
-            from proactive_async._sync import _Calls, wait
+        costs.update(_timed(ways, calls))
+    with contextlib.suppress(ImportError):
+        from proactive_async._calls import SharedLoop
 
-            queue = _Calls(loop)
-            ways["Client"] = lambda: wait(queue.submit(noop()), queue)
-        costs: dict[str, float] = {}
-        for name, hand_off in ways.items():
-            for _ in range(100):
-                hand_off()
-            start = time.perf_counter()
-            for _ in range(calls):
-                hand_off()
-            costs[name] = (time.perf_counter() - start) / calls * 1e6
+        shared = SharedLoop(asyncio.new_event_loop())
+        costs["Client"] = _timed({"": lambda: shared.run(noop())}, calls)[""]
+        release = asyncio.Event()
+
+        async def hold() -> None:  # another thread's long call: it drives meanwhile
+            await release.wait()
+
+        driver = threading.Thread(target=shared.run, args=(hold(),))
+        driver.start()
+        time.sleep(0.05)
+        try:
+            costs["Client follower"] = _timed({"": lambda: shared.run(noop())}, calls)[""]
+        finally:
+            shared.loop.call_soon_threadsafe(release.set)
+            driver.join()
+        shared.close()
+    return costs
+
+
+def _timed(ways: dict[str, Callable[[], object]], calls: int) -> dict[str, float]:
+    costs: dict[str, float] = {}
+    for name, hand_off in ways.items():
+        for _ in range(100):
+            hand_off()
+        start = time.perf_counter()
+        for _ in range(calls):
+            hand_off()
+        costs[name] = (time.perf_counter() - start) / calls * 1e6
     return costs
 
 
@@ -205,8 +228,10 @@ def run(quick: bool = False) -> dict[str, Any]:
             ok=sync / base <= 1.15,
             note=(
                 f"+{sync - base:.0f} us a call; p99 {p99['sync']:.0f} us vs "
-                f"{p99['async']:.0f} us; bare hand-off {hand_off.get('Client', 0):.0f} us "
-                f"(run_coroutine_threadsafe {hand_off['run_coroutine_threadsafe']:.0f} us, "
+                f"{p99['async']:.0f} us; no-op call {hand_off.get('Client', 0):.0f} us "
+                f"driven by its caller, {hand_off.get('Client follower', 0):.0f} us handed "
+                f"to a driving thread (to a loop thread: run_coroutine_threadsafe "
+                f"{hand_off['run_coroutine_threadsafe']:.0f} us, "
                 f"portal.call {hand_off['BlockingPortal.call']:.0f} us)"
             ),
         ),

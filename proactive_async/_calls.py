@@ -1,13 +1,26 @@
-"""The hand-off of a call from a calling thread to the one event loop of ``Client``.
+"""The event loop of ``Client``, driven by the threads that call it (leader/follower).
 
-A call goes over by a call queue of our own (``Calls``) rather than anyio's ``portal.call``
-(two cross-thread hand-offs: one to spawn the task, one for its result) or
-``asyncio.run_coroutine_threadsafe`` (a ``concurrent.futures.Future`` with its condition and
-callbacks, and a second loop iteration to pass the result on): the caller appends the call
-and wakes the loop only if no drain is pending, so busy threads share one wake-up; the loop
-starts one task per call, which hands back the outcome and releases a lock the caller
-blocks on (``benchmarks/bench_sync.py`` measures the three). A caller interrupted while it
-waits (Ctrl-C) cancels its call rather than leaving it running.
+No thread is dedicated to the loop. A thread that calls while nobody drives becomes the
+driver: it runs the loop itself (``run_forever``) until its own call ends, so a program
+calling from one thread pays no hand-off between threads at all. A thread that calls while
+another drives is a follower: it queues its call (``call_soon_threadsafe``, one wake-up
+shared by busy threads) and blocks on a lock of its own. A driver whose call ends while
+followers' calls are unfinished hands the role to one of them ("you drive now") before it
+returns, so that a call never sits in a loop nobody runs; a driver that leaves work of no
+caller's behind (a background task: a client's close, a worker's sweep) hands the loop to a
+keeper thread, which drives it until no task is left. Who drives is decided under one lock.
+
+Why: the loop in a thread of its own cost each call about four OS wake-ups (to the loop
+thread and back, each with the GIL handed over): 1.25x AsyncClient's time a call, one
+thread; driven by the caller the call costs a few loop iterations more than AsyncClient's
+(``benchmarks/bench_sync.py``).
+
+With no thread watching the loop between drives, a server's FIN on an idle pooled
+connection is seen only at the next drive. A drive that starts with I/O pending therefore
+first lets the loop run ``SETTLE`` iterations before its call starts, so that aiohttp never
+hands the call a connection already closed by the server (which fails after the request is
+written: an ambiguous outcome). A Ctrl-C while the main thread drives cancels its call and
+raises once that call has ended, as ``asyncio.Runner`` does; a second one raises at once.
 """
 
 from __future__ import annotations
@@ -15,144 +28,335 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import importlib
+import selectors
+import signal
 import threading
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
+from types import FrameType
 from typing import Any, Final, Generic, TypeVar
 
 from ._errors import ClientStateError
 
-__all__ = ["EXITING", "Call", "Calls", "wait"]
+try:  # signal's own functions without its enum conversions: 0.3 us a call, not 5
+    _signals: Any = importlib.import_module("_signal")
+except ImportError:  # pragma: no cover - an interpreter without it
+    _signals = signal
+
+__all__ = ["EXITING", "SETTLE", "Call", "SharedLoop"]
 
 T = TypeVar("T")
 
 EXITING: Final = "the interpreter is exiting: the event loop of Client is stopped"
 _STOPPED: Final = "the call was cancelled: the event loop of Client stopped (interpreter exit)"
 
+SETTLE: Final = 3
+"""Loop iterations a drive runs before its call when I/O is pending: the iteration whose
+select sees a peer's FIN runs ``_read_ready`` (EOF: the transport closes, so aiohttp no
+longer pools it), the next runs ``connection_lost``, and over TLS one more passes it from
+the SSL protocol to aiohttp's."""
+_SIGINT: Final = int(signal.SIGINT)
+_IDLE_CHECK: Final = 0.1
+"""Seconds between the keeper's looks for tasks left: it stops this long after the last."""
+
 
 class Call(Generic[T]):
-    """One call handed to the loop: its coroutine, then its outcome.
+    """One call: its coroutine, then its outcome.
 
-    ``done`` is a lock taken when the call is made and released when its task has ended:
-    the caller blocks on it (a bare lock, interruptible by Ctrl-C in the main thread).
+    ``wake`` is a lock taken when the call is made; a follower blocks on it (a bare lock,
+    interruptible by Ctrl-C in the main thread). It is released once: when the call has
+    ended, or when the follower is made the driver (``drive``).
     """
 
-    __slots__ = ("cancelled", "coro", "done", "ended", "error", "result", "task")
+    __slots__ = ("cancelled", "coro", "drive", "ended", "error", "result", "task", "wake")
 
     def __init__(self, coro: Coroutine[Any, Any, T]) -> None:
         self.coro = coro
-        self.done = threading.Lock()
-        self.done.acquire()
+        self.wake = threading.Lock()
+        self.wake.acquire()
         self.result: T | None = None
         self.error: BaseException | None = None
         self.task: asyncio.Task[None] | None = None
-        self.cancelled = False  # its task was cancelled, or the caller gave it up first
-        self.ended = False  # set just before ``done`` is released
+        self.cancelled = False  # its task was cancelled, or it was given up before it started
+        self.ended = False
+        self.drive = False  # its follower holds the driver's role now
 
-    def end(self) -> None:
-        self.ended = True
-        self.done.release()
+    def cancel(self, end: Callable[[Call[Any]], None]) -> None:
+        """On the loop: the caller gave up; cancel the task, or never start it."""
+        if self.task is None:
+            self._close_unrun(end)
+        elif self.task.cancel():
+            # A task cancelled before its first step never runs _run_call's body at all.
+            self.task.add_done_callback(lambda _: self._close_unrun(end))
 
-    def fail(self, error: BaseException) -> None:
-        """End a call that never started (its coroutine is closed unrun)."""
-        self.coro.close()
-        self.error = error
-        self.end()
-
-    def cancel(self) -> None:
-        """On the loop: the caller gave up (Ctrl-C); cancel the task, or never start it."""
-        if self.task is not None:
-            self.task.cancel()
-        elif not self.cancelled:
+    def _close_unrun(self, end: Callable[[Call[Any]], None]) -> None:
+        if not self.cancelled and not self.ended:
             self.cancelled = True
             self.coro.close()
-            self.end()
+            end(self)
+
+    def outcome(self) -> T:
+        error = self.error
+        if error is not None:
+            self.error = None  # no cycle through the traceback
+            try:
+                raise error
+            finally:
+                del error
+        if self.cancelled:
+            raise ClientStateError(_STOPPED)
+        return self.result  # type: ignore[return-value]  # set: the call ended without error
 
 
-async def run_call(call: Call[Any]) -> None:
-    """A call's task: the outcome goes back without a second trip through the loop."""
+async def _run_call(call: Call[Any], end: Callable[[Call[Any]], None], settle: int) -> None:
+    """A call's task; ``settle`` zero-timeout iterations first (see SETTLE)."""
     try:
+        try:
+            for _ in range(settle):
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            call.coro.close()  # never started: no "never awaited" warning
+            raise
         call.result = await call.coro
     except asyncio.CancelledError:
         call.cancelled = True
         raise
-    except BaseException as exc:
+    except BaseException as exc:  # KeyboardInterrupt or SystemExit too: its caller's
         call.error = exc
-        if not isinstance(exc, Exception):
-            raise  # KeyboardInterrupt or SystemExit on the loop: the loop's to handle
     finally:
-        call.end()
+        end(call)
 
 
-class Calls:
-    """The hand-off from calling threads to one loop: a queue drained on the loop.
+class _Interrupts:
+    """The SIGINT handler while the main thread drives: the first cancels the call (on the
+    loop, woken), the next raises KeyboardInterrupt at once; none raises while the driver
+    hands its role on (``quiet``)."""
 
-    A caller wakes the loop (``call_soon_threadsafe``: a write to its self-pipe) only when no
-    drain is pending yet, so threads calling while the loop is busy share one wake-up.
+    def __init__(self, shared: SharedLoop, call: Call[Any], count: int) -> None:
+        self.shared = shared
+        self.call = call
+        self.count = count
+        self.quiet = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+        if self.count == 1 or self.quiet:
+            self.shared.cancel(self.call)
+            return
+        raise KeyboardInterrupt
+
+
+class SharedLoop:
+    """An event loop run by the threads that call it: each call drives it or follows.
+
+    Usage::
+
+        shared = SharedLoop(asyncio.new_event_loop())
+        answer = shared.run(coroutine)   # from any thread but one running an event loop
     """
 
-    __slots__ = ("_drain_pending", "_lock", "_loop", "_pending")
+    __slots__ = (
+        "_closed",
+        "_drain_pending",
+        "_driver",
+        "_lock",
+        "_pending",
+        "_waiting",
+        "loop",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self.loop = loop
         self._lock = threading.Lock()
-        self._pending: collections.deque[Call[Any]] = collections.deque()
+        self._driver: Call[Any] | None = None  # the call whose thread drives, if any
+        self._pending: collections.deque[Call[Any]] = collections.deque()  # to start
+        self._waiting: dict[Call[Any], None] = {}  # followers' calls not ended: successors
         self._drain_pending = False
+        self._closed = False
 
-    def submit(self, coro: Coroutine[Any, Any, T]) -> Call[T]:
-        """Hand ``coro`` to the loop; a loop stopped meanwhile (interpreter exit) is our error."""
+    def run(self, coro: Coroutine[Any, Any, T], *, wait_out: bool = False, within: float = -1) -> T:
+        """Run ``coro`` on the loop and return its result, driving the loop if nobody does.
+
+        Interrupted (Ctrl-C), the call is cancelled, not left running; with ``wait_out`` the
+        caller waits for it to end (a campaign's grace period). ``within``: seconds a
+        follower waits at most (interpreter exit), then gives the call up.
+        """
         call = Call(coro)
         with self._lock:
-            self._pending.append(call)
-            if self._drain_pending:
-                return call
-            self._drain_pending = True
+            if self._closed:
+                call.coro.close()
+                raise ClientStateError(EXITING)
+            lead = self._driver is None
+            wake = False
+            if lead:
+                self._driver = call
+            else:
+                self._pending.append(call)
+                self._waiting[call] = None
+                wake = not self._drain_pending
+                self._drain_pending = True
+        if lead:
+            return self._lead(call)
+        if wake:
+            try:
+                self.loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop is closed: nothing will run this call
+                self._give_up(call)
+                call.coro.close()
+                raise ClientStateError(EXITING) from None
+        return self._follow(call, wait_out, within)
+
+    def _lead(self, call: Call[T]) -> T:
         try:
-            self._loop.call_soon_threadsafe(self._drain)
-        except RuntimeError:  # the loop is closed: fail every call waiting for a drain
-            with self._lock:
-                stranded = list(self._pending)
-                self._pending.clear()
-                self._drain_pending = False
-            for waiting in stranded:
-                waiting.fail(ClientStateError(EXITING))
-        return call
+            settle = SETTLE if self._io_pending() else 0
+            call.task = self.loop.create_task(_run_call(call, self._end, settle))
+            interrupted = self._drive(call, 0)
+        except BaseException:
+            self._give_up(call)
+            raise
+        if interrupted:
+            raise KeyboardInterrupt
+        return call.outcome()
+
+    def _follow(self, call: Call[T], wait_out: bool, within: float) -> T:
+        interrupted = 0
+        deadline = time.monotonic() + within if within >= 0 else None
+        try:
+            while True:
+                try:
+                    timeout = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+                    if not call.wake.acquire(timeout=timeout):
+                        self._give_up(call)
+                        raise ClientStateError(_STOPPED)
+                except KeyboardInterrupt:
+                    if interrupted or not wait_out:
+                        raise
+                    interrupted = 1
+                    self.cancel(call)
+                    continue
+                if call.ended:
+                    break
+                # Made the driver: this thread runs the loop until its call ends.
+                interrupted = self._drive(call, interrupted)
+                break
+        except BaseException:
+            self._give_up(call)
+            raise
+        if interrupted:
+            raise KeyboardInterrupt
+        return call.outcome()
+
+    def _drive(self, call: Call[Any], interrupted: int) -> int:
+        """Run the loop until ``call`` ends, then hand the role on; the Ctrl-Cs seen."""
+        handler: _Interrupts | None = None
+        try:
+            if (
+                threading.current_thread() is threading.main_thread()
+                and _signals.getsignal(_SIGINT) is signal.default_int_handler
+            ):
+                handler = _Interrupts(self, call, interrupted)
+                try:
+                    _signals.signal(_SIGINT, handler)
+                except ValueError:  # signals unsupported here (an embedded interpreter)
+                    handler = None
+            while not call.ended:
+                self.loop.run_forever()
+        finally:
+            if handler is not None:
+                handler.quiet = True
+            self._leave(call)
+            if handler is not None:
+                interrupted = handler.count
+                if _signals.getsignal(_SIGINT) is handler:
+                    _signals.signal(_SIGINT, signal.default_int_handler)
+        return interrupted
+
+    def _leave(self, call: Call[Any]) -> None:
+        """The driver's call has ended (or it gives up): the role to a follower whose call is
+        unfinished; else, if tasks are left on the loop, to a keeper thread; else to nobody."""
+        keeper: Call[Any] | None = None
+        with self._lock:
+            if self._driver is not call:
+                return
+            successor = next((c for c in self._waiting if c is not call), None)
+            if successor is not None:
+                successor.drive = True
+            elif _tasks_left(self.loop):
+                successor = keeper = Call(_until_idle())
+            self._driver = successor
+        if keeper is not None:
+            keeper.task = self.loop.create_task(_run_call(keeper, self._end, 0))
+            name = "proactive-async-loop"
+            threading.Thread(target=self._keep, args=(keeper,), name=name, daemon=True).start()
+        elif successor is not None:
+            successor.wake.release()
+
+    def _keep(self, keeper: Call[None]) -> None:
+        """The keeper thread: drives while tasks no caller waits for are left."""
+        self._drive(keeper, 0)
+
+    def _give_up(self, call: Call[Any]) -> None:
+        """The caller leaves before its call ended: never make it the driver again, cancel
+        its call, and hand the role on if it held it."""
+        with self._lock:
+            self._waiting.pop(call, None)
+        if not call.ended:
+            self.cancel(call)
+        self._leave(call)
 
     def cancel(self, call: Call[Any]) -> None:
-        """From the caller: stop ``call`` (after the drain that starts it, if one is pending)."""
+        """From any thread: cancel ``call`` on the loop (after the drain that starts it)."""
         with contextlib.suppress(RuntimeError):  # the loop is closed: nothing runs any more
-            self._loop.call_soon_threadsafe(call.cancel)
+            self.loop.call_soon_threadsafe(call.cancel, self._end)
+
+    def _end(self, call: Call[Any]) -> None:
+        """On the loop: ``call`` has ended; stop the loop if its thread drives, else wake it."""
+        with self._lock:
+            call.ended = True
+            self._waiting.pop(call, None)
+            driving = self._driver is call
+        if driving:
+            self.loop.stop()
+        else:
+            call.wake.release()
 
     def _drain(self) -> None:
         with self._lock:
             calls = list(self._pending)
             self._pending.clear()
             self._drain_pending = False
-        create_task = self._loop.create_task
+        create_task = self.loop.create_task
         for call in calls:
             if not call.cancelled:
-                call.task = create_task(run_call(call))
+                call.task = create_task(_run_call(call, self._end, 0))
+
+    def _io_pending(self) -> bool:
+        """Whether the loop has I/O to see before a call starts (it was not driven since)."""
+        selector = getattr(self.loop, "_selector", None)  # asyncio's selector event loops
+        if not isinstance(selector, selectors.BaseSelector):
+            return True  # cannot tell: settle
+        return bool(selector.select(0))  # level-triggered: the loop still sees them after
+
+    def close(self) -> bool:
+        """Take no more calls (interpreter exit); closes the loop if nobody drives it.
+        Whether it was closed."""
+        with self._lock:
+            self._closed = True
+            idle = self._driver is None
+        if idle:
+            self.loop.close()
+        return idle
 
 
-def wait(call: Call[T], calls: Calls, *, wait_out: bool = False) -> T:
-    """The result of ``call``; interrupted (Ctrl-C), it is cancelled, not left running.
+def _tasks_left(loop: asyncio.AbstractEventLoop) -> bool:
+    return any(not task.done() for task in asyncio.all_tasks(loop))
 
-    With ``wait_out``, the interrupted caller waits for the call's task to end, so that its
-    own wind-down (a campaign's grace period) completes first.
-    """
-    try:
-        call.done.acquire()
-    except BaseException:
-        calls.cancel(call)
-        if wait_out and not call.ended:  # (ended: the interrupt came just after the answer)
-            call.done.acquire()
-        raise
-    error = call.error
-    if error is not None:
-        call.error = None  # no cycle through the traceback
-        try:
-            raise error
-        finally:
-            del error
-    if call.cancelled:
-        raise ClientStateError(_STOPPED)
-    return call.result  # type: ignore[return-value]  # set: the call ended without error
+
+async def _until_idle() -> None:
+    """The keeper's own call: ends once no other task is left on the loop."""
+    me = asyncio.current_task()
+    while True:
+        await asyncio.sleep(_IDLE_CHECK)
+        if not any(task is not me for task in asyncio.all_tasks()):
+            return

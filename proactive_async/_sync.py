@@ -1,28 +1,29 @@
-"""Client: the blocking client, over one event loop per process (an anyio blocking portal).
+"""Client: the blocking client, over one event loop per process, driven by its callers.
 
-Every ``Client`` of a process shares one event loop, run by an anyio blocking portal in a
-daemon thread: started by the first call, stopped at interpreter exit (``atexit``) once the
-clients still open are closed, so that a script that never calls ``close()`` still exits
-cleanly. Calls from any number of threads are handed to that loop, where each Client's
-``AsyncClient`` (and so its one connection pool) lives.
+Every ``Client`` of a process shares one event loop, where each Client's ``AsyncClient``
+(and so its one connection pool) lives. No thread is dedicated to it: the thread that
+calls while nobody drives the loop runs it itself until its call ends, other threads'
+calls meanwhile are run by that driver, and the role passes on to one of them when the
+driver's call ends (``_calls.py``, which says why: a loop thread of its own cost each call
+four OS wake-ups). A keeper thread drives the loop only while tasks no caller waits for are
+left on it (a collected client's close, an integration's background work started by
+``Client.run``). At interpreter exit (``atexit``) the clients still open are closed and
+what is left on the loop is cancelled, so that a script that never calls ``close()`` still
+exits cleanly, and quickly.
 
-A call goes over by a call queue of our own (``_calls.py``), not ``portal.call``; the portal
-owns the loop's life: its start, its stop, and the cancellation of whatever is left then.
-
-After ``os.fork()`` the child has no loop thread, but it holds copies of the parent's loop,
-sessions and sockets. The child forgets them (a new loop and a new pool are made at its
-first call) and never closes or uses them: closing a copied TLS connection would write a
-close_notify into the parent's stream, and unregistering a copied socket from the copied
-epoll instance (the very one the parent's loop waits on) would deafen the parent. So the
-child points each descriptor the old loop watched, and the epoll descriptor itself, at
-harmless stand-ins, and keeps the old objects referenced so that nothing tears them down.
+After ``os.fork()`` the child holds copies of the parent's loop, sessions and sockets. The
+child forgets them (a new loop and a new pool are made at its first call) and never closes
+or uses them: closing a copied TLS connection would write a close_notify into the parent's
+stream, and unregistering a copied socket from the copied epoll instance (the very one the
+parent's loop waits on) would deafen the parent. So the child points each descriptor the
+old loop watched, and the epoll descriptor itself, at harmless stand-ins, and keeps the old
+objects referenced so that nothing tears them down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import concurrent.futures
 import contextlib
 import copy
 import os
@@ -36,8 +37,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self, TypedDict, TypeVar, Unpack
 
 from ._calls import EXITING as _EXITING
-from ._calls import Calls as _Calls
-from ._calls import wait
+from ._calls import SharedLoop as _SharedLoop
 from ._campaign import Campaign
 from ._client import ApiResponse, AsyncClient
 from ._config import Limits, Timeout
@@ -49,7 +49,6 @@ from ._transport_api import AsyncTransport
 from .ratelimit import RateLimitBackend
 
 if TYPE_CHECKING:
-    from anyio.from_thread import BlockingPortal
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
 
@@ -88,46 +87,29 @@ class ClientOptions(TypedDict, total=False):
 
 
 class _Runtime:
-    """The process's one event loop: a blocking portal in a daemon thread, made on first use."""
+    """The process's one event loop, made on first use, and the clients that use it."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.generation = 0
         """Bumped in a fork child: a client built in an earlier generation is the parent's."""
-        self._thread: threading.Thread | None = None
-        self._portal: BlockingPortal | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._calls: _Calls | None = None  # the hand-off to _loop
+        self._shared: _SharedLoop | None = None
         self._exiting = False
         self._clients: weakref.WeakSet[Client] = weakref.WeakSet()
         self._closing: set[asyncio.Task[None]] = set()  # closes of collected clients
         self._inherited: list[object] = []  # a fork child's copies of the parent's objects
 
-    def calls(self) -> _Calls:
-        """The hand-off to the running loop, started if need be."""
-        calls = self._calls
-        if calls is not None:
-            return calls
+    def shared(self) -> _SharedLoop:
+        """The loop the calls run on, made if need be."""
+        shared = self._shared
+        if shared is not None:
+            return shared
         with self.lock:
-            if self._calls is None:
-                self._start()
-            assert self._calls is not None
-            return self._calls
-
-    def _start(self) -> None:
-        if self._exiting:
-            raise ClientStateError(_EXITING)
-        started: concurrent.futures.Future[_Running] = concurrent.futures.Future()
-        # A daemon thread of our own rather than start_blocking_portal()'s context manager:
-        # a fork child may drop its copy of our state, and dropping a suspended context
-        # manager runs its exit, which would wait for the parent's loop for ever.
-        thread = threading.Thread(
-            target=_serve_portal, args=(started,), name="proactive-async-loop", daemon=True
-        )
-        thread.start()
-        self._portal, self._loop = started.result()
-        self._calls = _Calls(self._loop)
-        self._thread = thread
+            if self._exiting:
+                raise ClientStateError(_EXITING)
+            if self._shared is None:
+                self._shared = _SharedLoop(asyncio.new_event_loop())
+            return self._shared
 
     def register(self, client: Client) -> None:
         with self.lock:
@@ -142,21 +124,22 @@ class _Runtime:
         if generation != self.generation:
             self.keep(async_client)
             return
-        calls = self._calls
-        if calls is not None:
-            wait(calls.submit(async_client.aclose()), calls)
+        shared = self._shared
+        if shared is not None:
+            shared.run(async_client.aclose())
 
     def release(self, async_client: AsyncClient, generation: int) -> None:
-        """A client was collected without ``close()``: close its pool soon, from any thread."""
+        """A client was collected without ``close()``: close its pool at the loop's next
+        drive (or at exit), from any thread, never blocking and taking no lock (a
+        collection may happen anywhere, inside our own critical sections too)."""
         if generation != self.generation:
             self.keep(async_client)
             return
-        loop = self._loop
-        if loop is None:
+        shared = self._shared
+        if shared is None:
             return
-        # Any thread may collect a client, the loop's own included: never block here.
         with contextlib.suppress(RuntimeError):  # the loop closed: interpreter exit
-            loop.call_soon_threadsafe(self._close_soon, async_client)
+            shared.loop.call_soon_threadsafe(self._close_soon, async_client)
 
     def _close_soon(self, async_client: AsyncClient) -> None:
         task = asyncio.ensure_future(async_client.aclose())
@@ -164,58 +147,43 @@ class _Runtime:
         task.add_done_callback(self._closing.discard)
 
     def shutdown(self) -> None:
-        """At interpreter exit: close every client still open, then stop the loop."""
+        """At interpreter exit: close every client still open, cancel what is left on the
+        loop (a call from a daemon thread), then take no more calls."""
         with self.lock:
             self._exiting = True
-            thread, portal = self._thread, self._portal
-            self._thread = self._portal = self._loop = self._calls = None
+            shared = self._shared
             clients = [c for c in list(self._clients) if c._generation == self.generation]
-        if thread is None or portal is None:
+        if shared is None:
             return
         try:
-            portal.call(self._close_all, [client._async for client in clients])
+            with contextlib.suppress(ClientStateError):
+                closing = self._close_all([client._async for client in clients])
+                shared.run(closing, within=_EXIT_JOIN_TIMEOUT)
         finally:
-            # Whatever still runs (a call from a daemon thread) is cancelled as the loop ends.
-            with contextlib.suppress(RuntimeError):
-                portal.call(portal.stop, True)
-            thread.join(_EXIT_JOIN_TIMEOUT)
+            shared.close()
 
     async def _close_all(self, pools: list[AsyncClient]) -> None:
         closes = [pool.aclose() for pool in pools]
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_EXIT_CLOSE_TIMEOUT):
                 await asyncio.gather(*closes, *self._closing, return_exceptions=True)
+        # Whatever still runs (a call from a daemon thread) is cancelled as the loop ends.
+        me = asyncio.current_task()
+        rest = [task for task in asyncio.all_tasks() if task is not me]
+        for task in rest:
+            task.cancel()
+        if rest:
+            await asyncio.wait(rest, timeout=_EXIT_CLOSE_TIMEOUT)
 
     def after_fork_in_child(self) -> None:
         """Forget the parent's loop, neutralised and kept (never closed, never freed)."""
         self.lock = threading.Lock()  # another thread may have held it at the fork
         self.generation += 1
-        if self._loop is not None:
-            _neutralize_inherited(self._loop)
-        self.keep((self._thread, self._portal, self._loop, self._calls, self._closing))
-        self._thread = self._portal = self._loop = self._calls = None
+        if self._shared is not None:
+            _neutralize_inherited(self._shared.loop)
+        self.keep((self._shared, self._closing))
+        self._shared = None
         self._closing = set()
-
-
-_Running = tuple["BlockingPortal", asyncio.AbstractEventLoop]
-
-
-def _serve_portal(started: concurrent.futures.Future[_Running]) -> None:
-    """The loop thread: a blocking portal until it is stopped."""
-    import anyio
-    from anyio.from_thread import BlockingPortal
-
-    async def serve() -> None:
-        async with BlockingPortal() as portal:
-            started.set_result((portal, asyncio.get_running_loop()))
-            await portal.sleep_until_stopped()
-
-    try:
-        anyio.run(serve, backend="asyncio")
-    except BaseException as exc:
-        if started.done():
-            raise
-        started.set_exception(exc)  # the loop never ran: the caller of loop() raises it
 
 
 def _neutralize_inherited(loop: asyncio.AbstractEventLoop) -> None:
@@ -275,8 +243,10 @@ class Client:
             )
 
     Its methods are those of ``AsyncClient``, blocking, and raise the same errors. All the
-    Clients of a process share one event loop in a background thread (started by the first
-    call, stopped at exit); each Client has one connection pool, used by every thread. A
+    Clients of a process share one event loop, run by the calling threads themselves (made
+    by the first call, stopped at exit); each Client has one connection pool, used by every
+    thread. Callbacks (``run_campaign``'s ``on_outcome``, ...) run on the thread driving the
+    loop. A
     Client left open is closed at interpreter exit; after ``os.fork()`` the child makes its
     own pool at its first call. From async code use ``AsyncClient``: a Client called from a
     running event loop raises ClientStateError.
@@ -400,9 +370,9 @@ class Client:
         fields, or both (the keywords override); ``retry=`` and ``timeout=`` for this call;
         raises the same ProactiveErrors.
         """
-        client, calls = self._ready()
+        client, shared = self._ready()
         coro = client.create_proactive_conversation(request, retry=retry, timeout=timeout, **fields)
-        return wait(calls.submit(coro), calls)
+        return shared.run(coro)
 
     def create_proactive_conversation_with_response(
         self,
@@ -414,11 +384,11 @@ class Client:
         **fields: Unpack[ProactiveConversationFields],
     ) -> ApiResponse[list[Conversation]]:
         """As ``create_proactive_conversation``, with status, headers, elapsed and attempts."""
-        client, calls = self._ready()
+        client, shared = self._ready()
         coro = client.create_proactive_conversation_with_response(
             request, retry=retry, timeout=timeout, **fields
         )
-        return wait(calls.submit(coro), calls)
+        return shared.run(coro)
 
     def run_campaign(
         self,
@@ -439,15 +409,15 @@ class Client:
 
         The keywords are ``Campaign``'s (``options``, ``journal``, ``report``,
         ``rate_limit``, the callbacks ``on_outcome``/``on_retry``/``on_throttle``, which
-        run on the event loop's thread, or any ``CampaignOptions`` field). Ctrl-C stops it as a
-        cancellation stops a campaign: calls in flight get the grace period, then
+        run on the thread driving the event loop, or any ``CampaignOptions`` field). Ctrl-C
+        stops it as a cancellation stops a campaign: calls in flight get the grace period, then
         KeyboardInterrupt is raised. A fatal error (401, 403, TLS) is raised as from
         ``Campaign.run()``.
         """
-        client, calls = self._ready()
+        client, shared = self._ready()
         # Built here, not on the loop: it may count the lines of a large targets file.
         runner = Campaign(client, template=template, targets=targets, **campaign)
-        return wait(calls.submit(runner.run()), calls, wait_out=True)
+        return shared.run(runner.run(), wait_out=True)
 
     def run(self, function: Callable[..., Awaitable[T]], /, *args: Any) -> T:
         """Run ``await function(async_client, *args)`` on this client's event loop; blocking.
@@ -455,21 +425,21 @@ class Client:
         For integrations that drive async parts of the SDK from sync code (a Celery task
         sending a stored chunk): they share this client's loop and connection pool.
         """
-        client, calls = self._ready()
-        return wait(calls.submit(_call(function, client, args)), calls)
+        client, shared = self._ready()
+        return shared.run(_call(function, client, args))
 
-    def _ready(self) -> tuple[AsyncClient, _Calls]:
-        """This process's AsyncClient and the hand-off to its loop, or why a call cannot be made."""
+    def _ready(self) -> tuple[AsyncClient, _SharedLoop]:
+        """This process's AsyncClient and its loop, or why a call cannot be made."""
         if self.closed:
             raise ClientStateError(_CLOSED)
         refuse_inside_event_loop()
         if self._generation != _RUNTIME.generation:
             self._renew()
-        calls = _RUNTIME.calls()
-        # Closed while the loop was starting: close() saw no loop and so no pool to close.
+        shared = _RUNTIME.shared()
+        # Closed while the loop was being made: close() saw no loop and so no pool to close.
         if self.closed:
             raise ClientStateError(_CLOSED)
-        return self._async, calls
+        return self._async, shared
 
     def _renew(self) -> None:
         """In a fork child: a new AsyncClient (a new pool); the parent's is kept, untouched."""

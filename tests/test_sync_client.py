@@ -39,7 +39,7 @@ from proactive_async import (
     RetryPolicy,
     Timeout,
 )
-from proactive_async._sync import _RUNTIME, Client, ClientOptions, _Calls, wait
+from proactive_async._sync import _RUNTIME, Client, ClientOptions
 from proactive_async.simulator import Faults, SimulatorConfig
 
 TOKEN = "sync-test-token"
@@ -48,11 +48,14 @@ FORK_WARNING = "ignore:This process .* is multi-threaded:DeprecationWarning"  # 
 
 
 class ConnectionCounter(LoopbackServer):
-    """A TCP forwarder to an upstream port that counts the connections it is given."""
+    """A TCP forwarder to an upstream port that counts the connections it is given; with
+    ``idle_close``, it closes a connection that many seconds after the client last sent
+    anything, as a server's keep-alive timeout does (a FIN, no ``Connection: close``)."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, idle_close: float | None = None) -> None:
         super().__init__()
         self.upstream_port = upstream_port
+        self.idle_close = idle_close
         self.accepted = 0
         self.open = 0
         self.peak = 0
@@ -64,7 +67,23 @@ class ConnectionCounter(LoopbackServer):
         up_writer: asyncio.StreamWriter | None = None
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            if self.idle_close is None:
+                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+                return
+            answers = asyncio.create_task(_pipe(up_reader, writer))
+            try:
+                while True:
+                    async with asyncio.timeout(self.idle_close):
+                        data = await reader.read(65536)
+                    if not data:
+                        break
+                    up_writer.write(data)
+                    await up_writer.drain()
+            except TimeoutError:
+                pass  # idle: closed by the server
+            finally:
+                answers.cancel()
+                writer.close()
         finally:
             self.open -= 1
             if up_writer is not None:
@@ -87,15 +106,16 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 class ServedSimulator(ThreadedSimulator):
     """The simulator and a ConnectionCounter in front of it, on a thread and loop of their own."""
 
-    def __init__(self, config: SimulatorConfig) -> None:
+    def __init__(self, config: SimulatorConfig, *, idle_close: float | None = None) -> None:
         super().__init__(config)
         self.counter: ConnectionCounter | None = None
+        self.idle_close = idle_close
 
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         async with self.simulator:
-            self.counter = ConnectionCounter(self.simulator.port)
+            self.counter = ConnectionCounter(self.simulator.port, self.idle_close)
             await self.counter.start()
             try:
                 self._ready.set()
@@ -304,11 +324,14 @@ def test_a_client_closed_before_any_call_stays_closed(sim: ServedSimulator) -> N
 
 
 def test_a_client_collected_unclosed_closes_its_pool(sim: ServedSimulator) -> None:
-    """No 'Unclosed client session' (filterwarnings = error would fail the test)."""
+    """No 'Unclosed client session' (filterwarnings = error would fail the test): the pool
+    is closed at the loop's next drive (here another client's call), never in the collector."""
     client = Client(base_url=sim.url, token=TOKEN)
     send(client)
     del client
     gc.collect()
+    with Client(base_url=sim.url, token=TOKEN) as other:
+        send(other, 1)
     deadline = time.monotonic() + 5
     assert sim.counter is not None
     while sim.counter.open and time.monotonic() < deadline:
@@ -339,6 +362,46 @@ def test_calling_from_inside_asyncio_run_raises(sim: ServedSimulator) -> None:
         with pytest.raises(ClientStateError, match="running event loop"):
             asyncio.run(main())
         assert len(send(client)) == 1  # still usable outside the loop
+
+
+def test_a_keep_alive_connection_the_server_closed_while_idle_is_never_reused() -> None:
+    """No thread runs the loop between calls, so the server's FIN on the idle pooled
+    connection is read only when the next call drives the loop: it settles first (SETTLE
+    iterations), so that call opens a new connection instead of writing its request into
+    the closed one and failing with an ambiguous ConnectionLostError."""
+    config = SimulatorConfig(token=TOKEN)
+    with (
+        ServedSimulator(config, idle_close=0.1) as server,
+        Client(base_url=server.url, token=TOKEN, retry=RetryPolicy(max_attempts=1)) as client,
+    ):
+        for i in range(3):
+            send(client, i)
+            assert server.counter is not None
+            deadline = time.monotonic() + 5
+            while server.counter.open and time.monotonic() < deadline:
+                time.sleep(0.02)  # until the server has closed the idle connection
+            assert server.counter.open == 0
+        assert server.connections == 3
+        assert server.simulator.audit.total_processed == 3
+
+
+def test_a_blocking_call_from_a_callback_on_the_driving_thread_is_refused(
+    sim: ServedSimulator,
+) -> None:
+    """The thread that drives the loop runs its callbacks: a blocking call from one of them
+    is refused (it would wait for the loop it stalls), and the loop goes on."""
+    with Client(base_url=sim.url, token=TOKEN) as client:
+
+        async def nested(_: AsyncClient) -> str:
+            try:
+                send(client, 1)
+            except ClientStateError as exc:
+                return str(exc)
+            return "not refused"
+
+        assert "running event loop" in client.run(nested)
+        assert len(send(client, 2)) == 1
+    assert sim.simulator.audit.total_processed == 1
 
 
 # -- campaigns ------------------------------------------------------------------------
@@ -432,16 +495,14 @@ def test_fork_child_makes_its_own_pool_and_the_parent_keeps_its_own(
         for i in range(3):
             send(client, i)
         parent_connections = sim.connections
-        loop_threads = [t for t in threading.enumerate() if t.name == "proactive-async-loop"]
-        assert len(loop_threads) == 1
-        parent_loop_thread = loop_threads[0].ident
+        assert _RUNTIME._shared is not None
+        parent_loop = _RUNTIME._shared.loop
 
         def child() -> int:
-            # The inherited Client, used as is: a new loop thread and a new connection.
+            # The inherited Client, used as is: a new loop and a new connection.
             if len(send(client, 100)) != 1:
                 return 3
-            threads = [t for t in threading.enumerate() if t.name == "proactive-async-loop"]
-            if len(threads) != 1 or threads[0].ident == parent_loop_thread:
+            if _RUNTIME._shared is None or _RUNTIME._shared.loop is parent_loop:
                 return 4
             client.close()
             return 0
@@ -611,50 +672,6 @@ async def test_a_call_from_async_code_raises_its_own_error_through_the_with_bloc
     with Client(base_url="http://127.0.0.1:1", token="t") as quiet:
         pass  # nothing raised, nothing to replace: closed all the same
     assert quiet.closed
-
-
-# -- the hand-off ------------------------------------------------------------------------
-
-
-def test_calls_from_many_threads_each_get_their_own_answer() -> None:
-    """The call queue shares one wake-up of the loop between busy threads; no call is lost
-    or answered with another's result."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    calls = _Calls(loop)
-
-    async def echo(n: int) -> int:
-        await asyncio.sleep(0)
-        return n
-
-    answers: list[list[int]] = [[] for _ in range(8)]
-
-    def work(k: int) -> None:
-        for i in range(300):
-            answers[k].append(wait(calls.submit(echo(k * 1000 + i)), calls))
-
-    try:
-        threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert answers == [[k * 1000 + i for i in range(300)] for k in range(8)]
-        with pytest.raises(ZeroDivisionError):
-            wait(calls.submit(_divide_by_zero()), calls)
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join()
-        loop.close()
-    stranded = _divide_by_zero()
-    with pytest.raises(ClientStateError, match="exiting"):
-        wait(calls.submit(stranded), calls)  # the loop is closed: refused, never hangs
-    assert stranded.cr_frame is None  # closed unrun: no "never awaited" warning
-
-
-async def _divide_by_zero() -> int:
-    return 1 // 0
 
 
 # -- with_options and a call's timeout (issue 20 §3) -------------------------------------
