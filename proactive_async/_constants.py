@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "API_PATH",
     "DEFAULT_ARQ_JOBS",
     "DEFAULT_CELERY_PROCESSES",
     "DEFAULT_JOB_TIMEOUT",
@@ -17,6 +18,9 @@ __all__ = [
     "DEFAULT_WORKER_CONCURRENCY",
 ]
 
+API_PATH: Final = "/api/Conversation/proactive-conversation"
+"""The one endpoint's path, below the base URL: the client posts to it, telemetry names
+spans after it, the simulator serves it."""
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
 """Redis when none is named: the queue of arq workers and the broker of Celery ones."""
 DEFAULT_ARQ_JOBS: Final = 2

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from ._constants import API_PATH
 from ._errors import HTTPStatusError, ProactiveError
 from ._version import __version__
 
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 __all__ = ["Observed", "Telemetry", "telemetry_of"]
 
 NAME: Final = "proactive_async"
-PATH_TEMPLATE: Final = "/api/Conversation/proactive-conversation"
 _RECHECK: Final = 1.0
 """Seconds between two looks for a provider while none is set (once set, it stays set)."""
 _UNSET_PROVIDERS: Final = frozenset(
@@ -152,8 +152,8 @@ class Telemetry:
         }
         self._span_attributes: dict[str, Any] = {
             **self._attributes,
-            "url.full": _without_credentials(base_url) + PATH_TEMPLATE,
-            "url.template": PATH_TEMPLATE,
+            "url.full": _without_credentials(base_url) + API_PATH,
+            "url.template": API_PATH,
         }
         self._observed: Observed | None = None
         if tracer_provider is not None or meter_provider is not None:
@@ -213,7 +213,7 @@ class Observed:
         if attempt > 1:
             attributes["http.request.resend_count"] = attempt - 1
         span = tools.tracer.start_span(
-            f"POST {PATH_TEMPLATE}", kind=tools.client_kind, attributes=attributes
+            f"POST {API_PATH}", kind=tools.client_kind, attributes=attributes
         )
         token = tools.attach(tools.in_context(span))
         started = time.perf_counter()

@@ -13,11 +13,12 @@ import random
 import ssl
 import time
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 from aiohttp import web
 
+from .._constants import API_PATH
 from ._audit import Audit
 from ._bucket import TokenBucket, format_retry_after
 from ._config import SimulatorConfig
@@ -27,7 +28,8 @@ from ._validation import Call, parse_call
 
 __all__ = ["ENDPOINT_PATH", "Simulator"]
 
-ENDPOINT_PATH = "/api/Conversation/proactive-conversation"
+ENDPOINT_PATH: Final = API_PATH
+"""The path the simulator serves (the API's, ``_constants.API_PATH``)."""
 # Kestrel's default MaxRequestBodySize; a bigger body answers 413.
 _MAX_BODY_BYTES = 30_000_000
 _JSON = "application/json; charset=utf-8"

@@ -12,11 +12,10 @@ from typing import Any
 
 import msgspec
 
+from .._models import INT32_MAX, INT32_MIN, INTEGRATION_TYPES
+
 __all__ = ["Call", "parse_call"]
 
-_INT32_MIN = -(2**31)
-_INT32_MAX = 2**31 - 1
-_INTEGRATION_TYPES = range(19)
 # A WhatsApp id or E.164 number: optional "+", then 8-15 ASCII digits, the first not 0.
 _PHONE = re.compile(r"\+?[1-9][0-9]{7,14}")
 
@@ -128,7 +127,7 @@ def parse_call(body: bytes, max_targets: int | None) -> Call | Errors:
 
 def _is_int32(value: object) -> bool:
     # bool is an int subclass in Python but never an integer in JSON.
-    return type(value) is int and _INT32_MIN <= value <= _INT32_MAX
+    return type(value) is int and INT32_MIN <= value <= INT32_MAX
 
 
 def _add(errors: Errors, path: str, message: str) -> None:
@@ -146,7 +145,7 @@ def _check_field(name: str, value: object, errors: Errors) -> None:
     elif name == "conversationIntegrationType":
         if not _is_int32(value):
             _add(errors, name, _NOT_INT32)
-        elif value not in _INTEGRATION_TYPES:
+        elif value not in INTEGRATION_TYPES:
             _add(errors, name, f"The value '{value}' is not valid for {name} (0 to 18).")
     elif name == "contentVariables":
         if value is not None and type(value) is not dict:
