@@ -20,29 +20,10 @@ VENV=${VENV:-$ROOT/.venv}
 PYTHON=$VENV/bin/python
 TOOLS=$VENV/pyright
 PYRIGHT=$TOOLS/node_modules/.bin/pyright
-
-install_npm() {
-    echo "verifytypes.sh: installing npm (Debian's nodejs and npm)" >&2
-    local sudo=""
-    if [ "$(id -u)" -ne 0 ]; then
-        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-            sudo="sudo -n"
-        else
-            echo "verifytypes.sh: not root and no sudo; install npm by hand" >&2
-            exit 1
-        fi
-    fi
-    if ! command -v apt-get >/dev/null 2>&1; then
-        echo "verifytypes.sh: no apt-get; install npm by hand" >&2
-        exit 1
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get update -qq >/dev/null 2>&1 || echo "verifytypes.sh: apt-get update failed" >&2
-    $sudo apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
-}
+. "$ROOT/scripts/_install.sh"
 
 if [ ! -x "$PYRIGHT" ] || [ "$("$PYRIGHT" --version 2>/dev/null)" != "pyright $PYRIGHT_VERSION" ]; then
-    command -v npm >/dev/null 2>&1 || install_npm
+    command -v npm >/dev/null 2>&1 || apt_install verifytypes.sh nodejs npm || exit 1
     echo "verifytypes.sh: installing pyright $PYRIGHT_VERSION into $TOOLS" >&2
     npm install --loglevel=error --prefix "$TOOLS" --no-audit --no-fund --save-exact \
         "pyright@$PYRIGHT_VERSION" >&2

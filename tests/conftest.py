@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import aioresponses.core as aioresponses_core
 import pytest
+from _requires import unavailable
 from aioresponses import aioresponses
 
 from proactive_async.settings import VARIABLES
@@ -90,15 +91,11 @@ def tls_ca(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A real redis-server for the session (installed by scripts/ensure-servers.sh)."""
-    import os
-
     from _redis import RedisServer, find_redis_server
 
     executable = find_redis_server()
     if executable is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is missing: scripts/ensure-servers.sh installs it")
-        pytest.skip("redis-server is missing: run scripts/ensure-servers.sh (make test does)")
+        unavailable("redis-server is missing: run scripts/ensure-servers.sh (make test does)")
     server = RedisServer(executable, tmp_path_factory.mktemp("redis"))
     server.start()
     yield server
@@ -109,15 +106,11 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def own_redis(tmp_path: Path) -> Iterator[Any]:
     """A redis-server of the test's own, for a test that changes it (its password, its
     memory) or stops it."""
-    import os
-
     from _redis import RedisServer, find_redis_server
 
     executable = find_redis_server()
     if executable is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is missing: scripts/ensure-servers.sh installs it")
-        pytest.skip("redis-server is missing: run scripts/ensure-servers.sh (make test does)")
+        unavailable("redis-server is missing: run scripts/ensure-servers.sh (make test does)")
     server = RedisServer(executable, tmp_path)
     server.start()
     yield server
@@ -127,15 +120,11 @@ def own_redis(tmp_path: Path) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[Any]:
     """A throwaway PostgreSQL for the session (installed by scripts/ensure-servers.sh)."""
-    import os
-
     from _postgres import PostgresServer, find_pg_bin
 
     bin_dir = find_pg_bin()
     if bin_dir is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is missing: scripts/ensure-servers.sh installs it")
-        pytest.skip("PostgreSQL is missing: run scripts/ensure-servers.sh (make test does)")
+        unavailable("PostgreSQL is missing: run scripts/ensure-servers.sh (make test does)")
     server = PostgresServer(bin_dir)
     server.start()
     yield server

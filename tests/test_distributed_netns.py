@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from _distributed_checks import assert_exactly_once, cli, status
+from _requires import unavailable
 
 from proactive_async.simulator import SimulatorConfig, ThreadedSimulator
 
@@ -37,9 +38,11 @@ def _can_make_namespaces() -> bool:
     return made.returncode == 0
 
 
-pytestmark = pytest.mark.skipif(
-    not _can_make_namespaces(), reason="network namespaces need root, iproute2, CAP_NET_ADMIN"
-)
+@pytest.fixture(autouse=True, scope="module")
+def _namespaces() -> None:
+    """Skip without network namespaces on a developer's machine; fail without them under CI."""
+    if not _can_make_namespaces():
+        unavailable("network namespaces need root, iproute2 (ip) and CAP_NET_ADMIN")
 
 
 def ip(*args: str) -> None:
@@ -98,7 +101,7 @@ def servers(tmp_path: Path) -> Iterator[tuple[Any, Any]]:
 
     bin_dir, executable = find_pg_bin(), find_redis_server()
     if bin_dir is None or executable is None:
-        pytest.skip("PostgreSQL and redis-server are needed")
+        unavailable("PostgreSQL and redis-server are missing: run scripts/ensure-servers.sh")
     database = PostgresServer(bin_dir, also_listen=(HOST_SIDE,))
     queue = RedisServer(executable, tmp_path, also_bind=(HOST_SIDE,))
     yield database, queue

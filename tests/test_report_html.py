@@ -442,13 +442,38 @@ _BROWSER_FLAGS = (
 )  # fmt: skip
 
 
+BASH = shutil.which("bash") or "/bin/bash"
+
+
+def find_chromium() -> str | None:
+    """A Chromium under any of its names (chromium, chromium-browser, google-chrome, ...):
+    scripts/_install.sh's find_chromium, the one list of them."""
+    script = '. "$0" && find_chromium'
+    done = subprocess.run(
+        [BASH, "-c", script, str(ROOT / "scripts" / "_install.sh")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return done.stdout.strip() or None
+
+
+@pytest.mark.parametrize("name", ["chromium-browser", "google-chrome-stable", "headless_shell"])
+def test_chromium_is_found_under_each_of_its_names(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    browser = tmp_path / name
+    browser.write_text("#!/bin/sh\n")
+    browser.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert find_chromium() == str(browser)
+
+
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    """Debian's Chromium, installed by scripts/ensure-servers.sh when missing."""
-    found = shutil.which("chromium")
+    """A Chromium on PATH; Debian's, installed by scripts/ensure-servers.sh, when missing."""
+    found = find_chromium()
     if found is None:
         subprocess.run(["bash", str(ROOT / "scripts" / "ensure-servers.sh")], timeout=1200)
-        found = shutil.which("chromium")
+        found = find_chromium()
     if found is None:
         pytest.fail("Chromium is missing and scripts/ensure-servers.sh could not install it")
     return found
