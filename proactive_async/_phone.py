@@ -127,6 +127,8 @@ _E164_SHAPE: Final = re.compile(r"\+([1-9][0-9]{6,16})")
 _NATIONAL_PREFIX: dict[int, re.Pattern[str]] = {}
 _NEVER: Final = re.compile(r"(?!)")
 _ALWAYS: Final = re.compile(r"")
+# Each country calling code by its digits ("55" -> 55).
+_COUNTRY_CODES: Final = {str(code): code for code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE}
 
 
 def _fast_e164(text: str) -> str | None:
@@ -141,8 +143,8 @@ def _fast_e164(text: str) -> str | None:
         return None
     digits = match.group(1)
     for size in (1, 2, 3):
-        country_code = int(digits[:size])
-        if country_code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+        country_code = _COUNTRY_CODES.get(digits[:size])
+        if country_code is not None:
             break
     else:
         return None
@@ -171,10 +173,13 @@ def _national_prefix(country_code: int) -> re.Pattern[str]:
     return _NEVER
 
 
-_Desc = tuple[frozenset[int], re.Pattern[str]]
-# Per single-region country code: its general description and its number-type ones.
-_VALIDATORS: dict[int, tuple[_Desc, tuple[_Desc, ...]] | None] = {}
+# Per single-region country code, per national number length: one pattern matching exactly
+# the valid numbers of that length (a length missing: none is valid). None: a code shared
+# by several regions, left to phonenumbers.
+_VALIDATORS: dict[int, dict[int, re.Pattern[str]] | None] = {}
 _TYPE_DESCS: Final = (
+    "mobile",
+    "fixed_line",
     "premium_rate",
     "toll_free",
     "shared_cost",
@@ -183,37 +188,33 @@ _TYPE_DESCS: Final = (
     "pager",
     "uan",
     "voicemail",
-    "fixed_line",
-    "mobile",
 )
+# The longest national number the fast paths take.
+_MAX_NATIONAL: Final = 17
 
 
 def _is_valid(country_code: int, national: str) -> bool:
     """``phonenumbers.is_valid_number`` for a number with no leading zero, without its overhead.
 
     Valid means: the general description matches and some number type does (what
-    ``_number_type_helper`` != UNKNOWN comes to). The patterns are compiled once per
-    country code. Codes shared by several regions (+1, +7, +44, ...) take phonenumbers' own
-    path, which first works out the region.
+    ``_number_type_helper`` != UNKNOWN comes to), each only at its possible lengths. That
+    is one pattern per country code and length, compiled once. Codes shared by several
+    regions (+1, +7, +44, ...) take phonenumbers' own path, which first works out the region.
     """
     if country_code not in _VALIDATORS:
         _VALIDATORS[country_code] = _validator(country_code)
-    validator = _VALIDATORS[country_code]
-    if validator is None:
+    by_length = _VALIDATORS[country_code]
+    if by_length is None:
         number = phonenumbers.PhoneNumber(country_code=country_code, national_number=int(national))
         return bool(phonenumbers.is_valid_number(number))
-    general, types = validator
-    if not _matches(general, national):
-        return False
-    return any(_matches(desc, national) for desc in types)
+    pattern = by_length.get(len(national))
+    return pattern is not None and pattern.fullmatch(national) is not None
 
 
-def _matches(desc: _Desc, national: str) -> bool:
-    lengths, pattern = desc
-    return (not lengths or len(national) in lengths) and pattern.fullmatch(national) is not None
+_Desc = tuple[frozenset[int], str]
 
 
-def _validator(country_code: int) -> tuple[_Desc, tuple[_Desc, ...]] | None:
+def _validator(country_code: int) -> dict[int, re.Pattern[str]] | None:
     regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(country_code, ())
     if len(regions) != 1 or regions[0] == "001":
         return None
@@ -223,18 +224,25 @@ def _validator(country_code: int) -> tuple[_Desc, tuple[_Desc, ...]] | None:
     general = _desc(metadata.general_desc)
     if general is None:
         return None
-    types = tuple(
-        d for name in _TYPE_DESCS if (d := _desc(getattr(metadata, name, None))) is not None
-    )
-    return general, types
+    types = [d for name in _TYPE_DESCS if (d := _desc(getattr(metadata, name, None))) is not None]
+    by_length: dict[int, re.Pattern[str]] = {}
+    for length in range(1, _MAX_NATIONAL + 1):
+        if general[0] and length not in general[0]:
+            continue
+        fitting = [
+            f"(?:{pattern})" for lengths, pattern in types if not lengths or length in lengths
+        ]
+        if fitting:
+            # The general description as a lookahead over the whole number, then any type.
+            by_length[length] = re.compile(f"(?=(?:{general[1]})\\Z)(?:{'|'.join(fitting)})")
+    return by_length
 
 
 def _desc(desc: object) -> _Desc | None:
     pattern = getattr(desc, "national_number_pattern", None)
     if not pattern:
         return None  # phonenumbers: no pattern never matches
-    lengths = frozenset(getattr(desc, "possible_length", None) or ())
-    return lengths, re.compile(pattern)
+    return frozenset(getattr(desc, "possible_length", None) or ()), pattern
 
 
 # Digits with the usual separators: the only national shape the fast path takes.
