@@ -3,10 +3,14 @@
 These check shape only, never timing: a benchmark is a measurement, not a test. Benchmarks
 4 (CLI over CSV files), 6 (adaptive behind nginx) and 10 (arq workers on a fresh
 PostgreSQL) take longer than this file's budget of ~10 s and are exercised by
-``benchmarks/run.py --quick`` instead; 9 starts its own redis-server (skipped rows without
-one), as the session does. 13 (recovery) waits for leases to expire (20 s each), so its
-smoke test runs one scenario for real (cancel) and builds every other row from figures;
-14 (ceilings) runs at its quick size. Both are marked slow.
+``benchmarks/run.py --quick`` instead; 9 starts its own redis-server, as the session does.
+13 (recovery) waits for leases to expire (20 s each), so its smoke test runs one scenario
+for real (cancel) and builds every other row from figures; 14 (ceilings) runs at its quick
+size. Both are marked slow.
+
+A skipped row fails its smoke test, unless what it lacks is optional: wrk (a benchmark-only
+tool), or a server ``make test`` installs (redis-server, PostgreSQL) on a developer's
+machine; under CI a missing server fails too.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _requires import unavailable
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 ROW_KEYS = {"benchmark", "sdk", "baseline", "ratio", "target", "ok", "note", "skipped"}
@@ -58,22 +63,38 @@ def _quick(module_name: str) -> dict[str, Any]:
 )
 def test_quick_benchmark_reports_rows_with_every_table_column(module_name: str) -> None:
     result = _quick(module_name)
-    assert result["name"]
-    assert result["rows"], "a benchmark must report at least one row"
-    for row in result["rows"]:
-        assert set(row) == ROW_KEYS
-        assert row["benchmark"] and row["target"]
-        # A row is judged, or says why not.
-        assert row["ok"] is not None or row["skipped"] or row["target"] == "(info)"
+    _check_rows(result)
     assert isinstance(result["details"], dict)
 
 
 def _check_rows(result: dict[str, Any]) -> None:
-    assert result["name"] and result["rows"]
+    """Every row has the table's columns and is judged or says why not; a row skipped for
+    any reason but a missing optional tool or server fails (see ``_check_skips``)."""
+    assert result["name"] and result["rows"], "a benchmark must report at least one row"
     for row in result["rows"]:
         assert set(row) == ROW_KEYS
         assert row["benchmark"] and row["target"]
         assert row["ok"] is not None or row["skipped"] or row["target"] == "(info)"
+    _check_skips(result["rows"])
+
+
+OPTIONAL_TOOLS = ("wrk not installed",)
+"""Skip reasons a smoke run takes as they are: wrk is a benchmark-only tool that
+``benchmarks/setup.sh`` installs and ``make test`` does not."""
+SERVERS = ("redis-server not installed", "PostgreSQL not installed")
+"""Servers ``make test`` installs (``scripts/ensure-servers.sh``): a row skipped without
+one skips the test on a developer's machine and fails it under CI, as the server fixtures
+do."""
+
+
+def _check_skips(rows: list[dict[str, Any]]) -> None:
+    skipped = {row["benchmark"]: row["skipped"] for row in rows if row["skipped"]}
+    accepted = OPTIONAL_TOOLS + SERVERS
+    wrong = {name: why for name, why in skipped.items() if not any(a in why for a in accepted)}
+    assert not wrong, f"rows that must run in the smoke were skipped: {wrong}"
+    for why in skipped.values():
+        if any(server in why for server in SERVERS):
+            unavailable(why)
 
 
 @pytest.mark.slow
@@ -83,8 +104,7 @@ def test_recovery_benchmark_runs_a_cancel_and_reports_a_row_per_scenario() -> No
     result = bench.run(True, only=["cancel"])
     _check_rows(result)
     assert len(result["rows"]) == 1 and "cancel" in result["rows"][0]["benchmark"]
-    if not result["rows"][0]["skipped"]:  # PostgreSQL and Redis installed
-        assert result["details"]["results"]["cancel"]["processed_twice"] == 0
+    assert result["details"]["results"]["cancel"]["processed_twice"] == 0
     checked = {"missing": 0, "processed_twice": 0, "sent_not_processed_once": 0}
     figures = {"outcomes": {"sent": 10}, "failed_but_processed": 0, "fault_after": 1.0, **checked}
     figures |= {"ok": True, "seconds": 30.0, "woken_sent": 0, "workers_exited": []}
@@ -100,9 +120,8 @@ def test_recovery_benchmark_runs_a_cancel_and_reports_a_row_per_scenario() -> No
 def test_ceilings_benchmark_reports_postgresql_and_redis_rows() -> None:
     result = importlib.import_module("bench_recovery").run_ceilings(True)
     _check_rows(result)
-    if not result["rows"][0]["skipped"]:
-        names = " ".join(r["benchmark"] for r in result["rows"])
-        assert "PostgreSQL" in names and "Redis" in names and len(result["rows"]) == 4
+    names = " ".join(r["benchmark"] for r in result["rows"])
+    assert "PostgreSQL" in names and "Redis" in names and len(result["rows"]) == 4
 
 
 def test_results_table_has_a_line_per_row_and_marks_skips() -> None:
@@ -136,6 +155,24 @@ def test_a_quick_run_without_output_leaves_the_committed_results_alone(
     finally:
         written.unlink()
     assert run.output_default(False) == str(BENCHMARKS / "results.json")
+
+
+def test_a_skipped_row_fails_the_smoke_unless_what_it_lacks_is_optional(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    row = importlib.import_module("_common").row
+    _check_skips([row("a", target="t", skipped="wrk not installed (benchmarks/setup.sh)")])
+    with pytest.raises(AssertionError, match="must run in the smoke"):
+        _check_skips([row("b", target="t", skipped="uvloop not installed: No module")])
+    with pytest.raises(AssertionError, match="must run in the smoke"):
+        _check_skips([row("c", target="t", skipped="error: RuntimeError: boom")])
+    server = row("d", target="t", skipped="skipped: PostgreSQL not installed (...)")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        _check_skips([server])
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception):
+        _check_skips([server])
 
 
 def test_max_window_counts_the_busiest_second() -> None:
