@@ -6,12 +6,12 @@ import asyncio
 import json
 import time
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _servers import custom_server
 from aiohttp import web
 
 from proactive_async import (
@@ -157,23 +157,6 @@ def check_against_audit(
             expected = {"sent": 1, "failed": 0}.get(first["status"])
             assert processed == expected if expected is not None else processed <= 1
     return counts
-
-
-@asynccontextmanager
-async def custom_server(
-    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-) -> AsyncIterator[str]:
-    """A bare aiohttp server on 127.0.0.1, port 0, answering the endpoint with ``handler``."""
-    app = web.Application()
-    app.router.add_post("/api/Conversation/proactive-conversation", handler)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
 
 
 def conversations_for(body: dict[str, Any], first_id: int) -> list[dict[str, Any]]:

@@ -5,11 +5,10 @@ the whole answer adds up; the rest ``unknown`` with the reason and the unclaimed
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from _servers import custom_server
 from aiohttp import web
 
 from proactive_async import (
@@ -122,22 +121,6 @@ def test_an_empty_answer_proves_nothing_and_says_so() -> None:
 # -- through the public API, against a mock that answers one conversation ---------------------
 
 
-@asynccontextmanager
-async def serve(
-    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-) -> AsyncIterator[str]:
-    app = web.Application()
-    app.router.add_post("/api/Conversation/proactive-conversation", handler)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
-
-
 async def test_a_schema_mock_answering_one_conversation_for_50_contacts_sends_none(
     tmp_path: Path,
 ) -> None:
@@ -150,7 +133,7 @@ async def test_a_schema_mock_answering_one_conversation_for_50_contacts_sends_no
         return web.json_response([{"id": 4242, "messages": [{"to": "+15550000000"}]}])
 
     report = tmp_path / "report.jsonl"
-    async with serve(one_example) as url, AsyncClient(url, "token-123456") as client:
+    async with custom_server(one_example) as url, AsyncClient(url, "token-123456") as client:
         summary = await Campaign(
             client,
             template=TEMPLATE,
@@ -176,7 +159,7 @@ async def test_contacts_answered_one_conversation_each_are_sent_in_order() -> No
         body = await request.json()
         return web.json_response([{"id": 9000 + cid} for cid in body["contactIds"]])
 
-    async with serve(each) as url, AsyncClient(url, "token-123456") as client:
+    async with custom_server(each) as url, AsyncClient(url, "token-123456") as client:
         outcomes = [
             o
             async for o in Campaign(
@@ -212,7 +195,7 @@ async def test_failed_and_unknown_records_carry_the_servers_trace_id_in_both_rep
     rows: dict[str, list[Any]] = {}
     for suffix in ("jsonl", "csv"):
         report = tmp_path / f"report.{suffix}"
-        async with serve(problems) as url, AsyncClient(url, "token-123456") as client:
+        async with custom_server(problems) as url, AsyncClient(url, "token-123456") as client:
             await Campaign(
                 client,
                 template=TEMPLATE,
@@ -238,7 +221,7 @@ async def test_a_record_without_a_trace_id_keeps_its_report_line_unchanged(tmp_p
         return web.Response(status=400, text="no problem details here")
 
     report = tmp_path / "report.jsonl"
-    async with serve(plain) as url, AsyncClient(url, "token-123456") as client:
+    async with custom_server(plain) as url, AsyncClient(url, "token-123456") as client:
         await Campaign(client, template=TEMPLATE, targets=["+5511900000001"], report=report).run()
     [row] = [json.loads(line) for line in report.read_text().splitlines()]
     assert row["status"] == "failed" and "traceId" not in row["error"]
