@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, Unpack
 from msgspec import UNSET
 
 from ._config import DEFAULT_LIMITS, DEFAULT_TIMEOUT, NO_TIMEOUT, Limits, Timeout
+from ._constants import API_PATH
 from ._errors import (
     ClientStateError,
     DecodingError,
@@ -64,7 +65,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ApiResponse", "AsyncClient"]
 
-PATH = "/api/Conversation/proactive-conversation"
+PATH = API_PATH
 _log = logging.getLogger("proactive_async")
 _SIMULATOR_REGISTRY = "proactive_async.simulator._registry"
 _PROBE_AFTER = 1.0
