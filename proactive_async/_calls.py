@@ -5,15 +5,18 @@ driver: it runs the loop itself (``run_forever``) until its own call ends, so a 
 calling from one thread pays no hand-off between threads at all. A thread that calls while
 another drives is a follower: it queues its call (``call_soon_threadsafe``, one wake-up
 shared by busy threads) and blocks on a lock of its own. A driver whose call ends while
-followers' calls are unfinished hands the role to one of them ("you drive now") before it
-returns, so that a call never sits in a loop nobody runs; a driver that leaves work of no
-caller's behind (a background task: a client's close, a worker's sweep) hands the loop to a
-keeper thread, which drives it until no task is left. Who drives is decided under one lock.
+other work is unfinished (followers' calls, or tasks no caller waits for: a collected
+client's close, a worker's sweep started by ``Client.run``) hands the loop to a keeper
+thread, which drives it until no task is left, so that a call never sits in a loop nobody
+runs; only if no thread can be started is the role handed to a waiting follower instead.
+Who drives is decided under one lock.
 
-Why: the loop in a thread of its own cost each call about four OS wake-ups (to the loop
-thread and back, each with the GIL handed over): 1.25x AsyncClient's time a call, one
-thread; driven by the caller the call costs a few loop iterations more than AsyncClient's
-(``benchmarks/bench_sync.py``).
+Why (in-process A/B against the loop thread of its own, fast local server, one core, noisy
+shared machine): one thread, one call in flight, 1.25x AsyncClient's time a call -> 1.15x
+(a no-op call 57 us -> 23 us); 8 threads, 0.80x of 8 tasks either way. Handing the role
+from caller to caller instead of to a keeper cost 8 threads 0.74x (each hand-over leaves
+the loop unrun until the woken thread gets the GIL), so contention falls back to a loop
+thread (``benchmarks/bench_sync.py``).
 
 With no thread watching the loop between drives, a server's FIN on an idle pooled
 connection is seen only at the next drive. A drive that starts with I/O pending therefore
@@ -66,10 +69,10 @@ class Call(Generic[T]):
 
     ``wake`` is a lock taken when the call is made; a follower blocks on it (a bare lock,
     interruptible by Ctrl-C in the main thread). It is released once: when the call has
-    ended, or when the follower is made the driver (``drive``).
+    ended (``ended``), or else when the follower is made the driver.
     """
 
-    __slots__ = ("cancelled", "coro", "drive", "ended", "error", "result", "task", "wake")
+    __slots__ = ("cancelled", "coro", "ended", "error", "result", "task", "wake")
 
     def __init__(self, coro: Coroutine[Any, Any, T]) -> None:
         self.coro = coro
@@ -80,7 +83,6 @@ class Call(Generic[T]):
         self.task: asyncio.Task[None] | None = None
         self.cancelled = False  # its task was cancelled, or it was given up before it started
         self.ended = False
-        self.drive = False  # its follower holds the driver's role now
 
     def cancel(self, end: Callable[[Call[Any]], None]) -> None:
         """On the loop: the caller gave up; cancel the task, or never start it."""
@@ -272,7 +274,7 @@ class SharedLoop:
                     _signals.signal(_SIGINT, signal.default_int_handler)
         return interrupted
 
-    def _leave(self, call: Call[Any]) -> None:
+    def _leave(self, call: Call[Any], *, keep: bool = True) -> None:
         """The driver's call has ended (or it gives up): the role to a follower whose call is
         unfinished; else, if tasks are left on the loop, to a keeper thread; else to nobody."""
         keeper: Call[Any] | None = None
@@ -280,17 +282,24 @@ class SharedLoop:
             if self._driver is not call:
                 return
             successor = next((c for c in self._waiting if c is not call), None)
-            if successor is not None:
-                successor.drive = True
-            elif _tasks_left(self.loop):
+            if keep and (successor is not None or _tasks_left(self.loop)):
+                # Followers waiting: a keeper rather than one of them (handing
+                # the role from caller to caller costs 8 threads 0.74x of 8 tasks, a
+                # keeper 0.83x, as a loop thread of its own did).
                 successor = keeper = Call(_until_idle())
             self._driver = successor
-        if keeper is not None:
-            keeper.task = self.loop.create_task(_run_call(keeper, self._end, 0))
-            name = "proactive-async-loop"
+        if keeper is None:
+            if successor is not None:
+                successor.wake.release()
+            return
+        keeper.task = self.loop.create_task(_run_call(keeper, self._end, 0))
+        name = "proactive-async-loop"
+        try:
             threading.Thread(target=self._keep, args=(keeper,), name=name, daemon=True).start()
-        elif successor is not None:
-            successor.wake.release()
+        except RuntimeError:  # no new thread (interpreter shutdown): the next drive runs them
+            keeper.task.cancel()
+            keeper.coro.close()
+            self._leave(keeper, keep=False)
 
     def _keep(self, keeper: Call[None]) -> None:
         """The keeper thread: drives while tasks no caller waits for are left."""

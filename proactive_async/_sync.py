@@ -2,14 +2,13 @@
 
 Every ``Client`` of a process shares one event loop, where each Client's ``AsyncClient``
 (and so its one connection pool) lives. No thread is dedicated to it: the thread that
-calls while nobody drives the loop runs it itself until its call ends, other threads'
-calls meanwhile are run by that driver, and the role passes on to one of them when the
-driver's call ends (``_calls.py``, which says why: a loop thread of its own cost each call
-four OS wake-ups). A keeper thread drives the loop only while tasks no caller waits for are
-left on it (a collected client's close, an integration's background work started by
-``Client.run``). At interpreter exit (``atexit``) the clients still open are closed and
-what is left on the loop is cancelled, so that a script that never calls ``close()`` still
-exits cleanly, and quickly.
+calls while nobody drives the loop runs it itself until its call ends; other threads'
+calls meanwhile are run by that driver, and a keeper thread takes the loop over when the
+driver's call ends with work left on it (other threads' calls, a collected client's close,
+an integration's background work started by ``Client.run``) and drives it until none is
+left (``_calls.py``, which says why, with figures). At interpreter exit (``atexit``) the
+clients still open are closed and what is left on the loop is cancelled, so that a script
+that never calls ``close()`` still exits cleanly, and quickly.
 
 After ``os.fork()`` the child holds copies of the parent's loop, sessions and sockets. The
 child forgets them (a new loop and a new pool are made at its first call) and never closes
