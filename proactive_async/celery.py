@@ -12,9 +12,10 @@ or add the tasks to your own app::
     register(app)       # the slice task and the single-call task, and the process signals
 
 Celery runs sync functions, so each worker process holds one event loop for its lifetime
-(the blocking ``Client``'s loop thread, started on ``worker_process_init`` and closed on
+(the blocking ``Client``'s, started on ``worker_process_init`` and closed on
 ``worker_process_shutdown``), with one connection pool and one ``SliceWorker``, whose
-sweep of the journal runs on that loop between tasks.
+sweep of the journal runs on that loop between tasks (a task no caller waits for: a
+keeper thread drives the loop while it runs).
 
 Delivery: the slice task is ``acks_late`` with ``reject_on_worker_lost``: a worker process
 killed mid-task gets its message back on the queue. None of that is what recovers a
