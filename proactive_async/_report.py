@@ -81,6 +81,7 @@ def _csv_line(outcome: Outcome) -> bytes:
 # spilled runs may be open before they are merged into one (each holds a file descriptor).
 _MAX_HELD = 20_000
 _MAX_RUNS = 16
+_BUFFER_SIZE: Final = 1 << 16  # bytes buffered before they are written
 
 
 class ReportWriter:
@@ -125,6 +126,7 @@ class ReportWriter:
         else:
             self._file, self._replace = _open_beside(self.path)
         self._encoder = msgspec.json.Encoder()
+        self._json = self.format == "jsonl"
         if self.format == "csv" and self._file.tell() == 0:
             self._file.write(_CSV_HEADER)
         self._buffer = bytearray()
@@ -137,6 +139,17 @@ class ReportWriter:
     def write(self, outcome: Outcome) -> None:
         """Write one outcome's line, or hold it until every earlier line is written."""
         line = outcome.line
+        if line == self._next and self._json:
+            # The usual case (a line in order): encoded straight into the buffer.
+            buffer = self._buffer
+            self._encoder.encode_into(outcome, buffer, -1)
+            buffer += b"\n"
+            self._next = line + 1
+            if self._held or self._runs:
+                self._advance()
+            if len(buffer) >= _BUFFER_SIZE:
+                self._write_buffer()
+            return
         data = self._encode(outcome)
         if line == self._next:
             self._emit(data)
@@ -199,7 +212,7 @@ class ReportWriter:
 
     def _emit(self, data: bytes) -> None:
         self._buffer.extend(data)
-        if len(self._buffer) >= 1 << 16:
+        if len(self._buffer) >= _BUFFER_SIZE:
             self._write_buffer()
 
     def _write_buffer(self) -> None:
