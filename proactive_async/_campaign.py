@@ -393,7 +393,8 @@ class Campaign:
         import anyio
 
         planner = Planner(self.planner_config)
-        async with contextlib.aclosing(planner.plan(self._records())) as plan:
+        records = self._records()
+        async with contextlib.aclosing(planner.plan(records, expected=self.total)) as plan:
             async for item in plan:
                 if isinstance(item, Outcome):
                     await self._settle_planned(item)

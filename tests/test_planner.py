@@ -503,6 +503,31 @@ def test_dedupe_table_holds_at_most_24_bytes_an_entry_once_grown() -> None:
             assert table.nbytes <= 24 * line
 
 
+def test_dedupe_table_sized_for_its_entries_takes_them_without_growing() -> None:
+    table = DedupeTable.sized_for(20_000)
+    capacity = table.capacity
+    for line in range(1, 20_001):
+        assert table.insert(5511910000000 + line, line) is None
+    assert table.capacity == capacity
+    assert table.nbytes <= 17 * 20_000
+    assert table.insert(5511910000001, 99) == 1
+    # A huge count is not held up front: past the limit the table grows as entries come.
+    assert DedupeTable.sized_for(10**9).capacity == DedupeTable.sized_for(1 << 20).capacity
+    assert DedupeTable.sized_for(None).capacity == DedupeTable().capacity
+
+
+async def test_plan_finds_the_same_duplicates_with_the_record_count_known() -> None:
+    """``expected`` sizes the dedupe table only: the same outcomes, right or wrong count."""
+    records = [Record(line=n, recipient=f"+55119100000{n % 37:02d}") for n in range(1, 200)]
+    planned = []
+    for expected in (None, 3, len(records), 10**7):
+        planner = Planner(PlannerConfig(default_region="BR", chunk_size=1))
+        items = [item async for item in planner.plan(records_of(records), expected=expected)]
+        planned.append(items)
+        assert planner.stats.duplicates == len(records) - 37
+    assert all(items == planned[0] for items in planned)
+
+
 def test_dedupe_table_resolves_colliding_slots_and_wraps_around() -> None:
     table = DedupeTable(capacity=16)
     segment, last_slot = 0, table.segment_capacity(0) - 1
