@@ -14,8 +14,6 @@ import io
 import os
 import random
 import re
-import secrets
-import stat
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -25,6 +23,7 @@ from typing import IO, TYPE_CHECKING, Final, NamedTuple
 
 import msgspec
 
+from ._files import open_beside, replaceable
 from ._records import Outcome, OutcomeStatus
 
 if TYPE_CHECKING:
@@ -121,10 +120,10 @@ class ReportWriter:
         if not isinstance(path, str | os.PathLike):
             self._file: IO[bytes] = path
             self._owns_file = False
-        elif append or not _replaceable(self.path):
+        elif append or not replaceable(self.path):
             self._file = open(self.path, "ab" if append else "wb")  # noqa: SIM115
         else:
-            self._file, self._replace = _open_beside(self.path)
+            self._file, self._replace = open_beside(self.path)
         self._encoder = msgspec.json.Encoder()
         self._json = self.format == "jsonl"
         if self.format == "csv" and self._file.tell() == 0:
@@ -308,37 +307,6 @@ class _JsonLines(io.RawIOBase):
             self._write(_OUTCOME_DECODER.decode(self._partial))
             self._partial = b""
         super().close()
-
-
-def _replaceable(path: str) -> bool:
-    """A missing path or a regular file is replaced by renaming; a device or a pipe is
-    written in place (a rename would take its name)."""
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except FileNotFoundError:
-        return True
-
-
-def _open_beside(path: str) -> tuple[IO[bytes], tuple[str, str]]:
-    """A new temporary file in the directory of ``path`` (of the file a symlink names), with
-    the mode the report has (or would get from ``open``); and (temporary, final)."""
-    final = os.path.realpath(path)
-    directory, name = os.path.split(final)
-    try:
-        mode: int | None = stat.S_IMODE(os.stat(final).st_mode)
-    except FileNotFoundError:
-        mode = None
-    while True:
-        temporary = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-        try:
-            fd = os.open(temporary, flags, 0o666)  # the umask applies, as with open()
-        except FileExistsError:
-            continue
-        break
-    if mode is not None:
-        os.chmod(temporary, mode)
-    return os.fdopen(fd, "wb"), (temporary, final)
 
 
 class _Run:
