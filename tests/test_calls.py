@@ -279,3 +279,27 @@ def test_a_closed_loop_refuses_calls_and_closes_their_coroutines() -> None:
 
 async def _divide_by_zero() -> int:
     return 1 // 0
+
+
+def test_a_call_looks_only_at_its_own_loops_tasks(
+    shared: SharedLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # asyncio.all_tasks() walks every task of the process, of every loop: with 20k tasks
+    # of another loop alive, a driven call took 4.8 ms. The loop's own tasks are kept.
+    def everywhere(loop: object = None) -> set[asyncio.Task[object]]:
+        raise AssertionError("asyncio.all_tasks() walks the whole process")
+
+    monkeypatch.setattr(asyncio, "all_tasks", everywhere)
+
+    async def answer() -> int:
+        return 42
+
+    assert shared.run(answer()) == 42
+
+    async def background() -> None:
+        asyncio.get_running_loop().create_task(asyncio.sleep(0.2))
+
+    shared.run(background())  # a task left: a keeper drives it, then leaves
+    assert shared.tasks_left()
+    assert not _keepers()
+    assert not shared.tasks_left()
