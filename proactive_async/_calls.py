@@ -234,9 +234,7 @@ class SharedLoop:
         except BaseException:
             self._give_up(call)
             raise
-        if interrupted:
-            raise KeyboardInterrupt
-        return call.outcome()
+        return _outcome(call, interrupted)
 
     def _follow(self, call: Call[T], wait_out: bool, within: float) -> T:
         interrupted = 0
@@ -262,9 +260,7 @@ class SharedLoop:
         except BaseException:
             self._give_up(call)
             raise
-        if interrupted:
-            raise KeyboardInterrupt
-        return call.outcome()
+        return _outcome(call, interrupted)
 
     def _drive(self, call: Call[Any], interrupted: int) -> int:
         """Run the loop until ``call`` ends, then hand the role on; the Ctrl-Cs seen."""
@@ -373,6 +369,13 @@ class SharedLoop:
         if idle:
             self.loop.close()
         return idle
+
+
+def _outcome(call: Call[T], interrupted: int) -> T:
+    """The call's result (or error); a Ctrl-C seen while it ran is raised once it ended."""
+    if interrupted:
+        raise KeyboardInterrupt
+    return call.outcome()
 
 
 async def _until_idle(shared: SharedLoop) -> None:

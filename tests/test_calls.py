@@ -12,7 +12,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 
 import pytest
 
@@ -212,13 +212,7 @@ def test_ctrl_c_while_the_main_thread_drives_cancels_its_call_and_raises(
     """As asyncio.Runner: the call is cancelled (never cut inside the loop's own code),
     KeyboardInterrupt is raised once it ended, the default handler is back, the loop works."""
     cancelled = threading.Event()
-
-    async def long() -> None:
-        try:
-            await asyncio.sleep(5)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
+    long = _until_cancelled(cancelled)
 
     main = threading.main_thread().ident
     assert main is not None
@@ -241,13 +235,7 @@ def test_ctrl_c_while_the_main_thread_drives_cancels_its_call_and_raises(
 )
 def test_ctrl_c_while_the_main_thread_follows_gives_its_call_up(shared: SharedLoop) -> None:
     cancelled = threading.Event()
-
-    async def long() -> None:
-        try:
-            await asyncio.sleep(5)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
+    long = _until_cancelled(cancelled)
 
     other = threading.Thread(target=shared.run, args=(asyncio.sleep(0.5),))
     other.start()
@@ -303,3 +291,16 @@ def test_a_call_looks_only_at_its_own_loops_tasks(
     assert shared.tasks_left()
     assert not _keepers()
     assert not shared.tasks_left()
+
+
+def _until_cancelled(cancelled: threading.Event) -> Callable[[], Coroutine[None, None, None]]:
+    """A coroutine function sleeping 5 s that sets ``cancelled`` when cancelled."""
+
+    async def long() -> None:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    return long
