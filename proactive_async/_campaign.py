@@ -40,7 +40,12 @@ from msgspec import UNSET
 from ._client import AsyncClient
 from ._errors import ProactiveError
 from ._hooks import OutcomeHook, RetryHook, ThrottleHook, safe_hook
-from ._input import aiter_records, fingerprint_file, read_records, starts_with_header
+from ._input import (
+    aiter_records,
+    count_records,
+    fingerprint_file,
+    read_records,
+)
 from ._models import ProactiveConversationRequest
 from ._options import CampaignOptions
 from ._planner import Chunk, PlannedTarget, Planner, PlannerConfig
@@ -140,7 +145,7 @@ class Campaign:
         self.journal_path = journal
         self.report_path = report
         self.summary: CampaignSummary = CampaignSummary()
-        self.total: int | None = _count_records(targets, options.recipient_column)
+        self.total: int | None = count_records(targets, options.recipient_column)
         self._clock = clock
         self._own_limit = False
         self.rate_limit: RateLimitBackend = self._choose_rate_limit(rate_limit, clock, sleep)
@@ -580,21 +585,3 @@ def _fingerprint(source: object) -> str:
     if isinstance(source, str | os.PathLike):
         return fingerprint_file(source)
     return ""
-
-
-def _count_records(source: object, recipient_column: str | None = None) -> int | None:
-    """Records in a targets file (lines, header and blank lines aside), for progress; else None."""
-    if not isinstance(source, str | os.PathLike):
-        return len(source) if isinstance(source, list | tuple) else None
-    try:
-        with open(source, "rb") as handle:
-            lines = 0
-            last = b"\n"
-            while block := handle.read(1 << 20):
-                lines += block.count(b"\n")
-                last = block[-1:]
-    except OSError:
-        return None
-    if last != b"\n":
-        lines += 1
-    return max(0, lines - 1) if starts_with_header(source, recipient_column) else lines

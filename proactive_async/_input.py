@@ -58,6 +58,7 @@ from ._records import Record, Target
 __all__ = [
     "COLUMN_ALIASES",
     "aiter_records",
+    "count_records",
     "fingerprint_file",
     "read_csv",
     "read_jsonl",
@@ -536,3 +537,22 @@ def _json_type(value: object) -> str:
     if isinstance(value, dict):
         return "object"
     return type(value).__name__
+
+
+def count_records(source: object, recipient_column: str | None = None) -> int | None:
+    """Records in a targets file (lines, header and blank lines aside), for progress and to
+    size the planner's dedupe table; else None."""
+    if not isinstance(source, str | os.PathLike):
+        return len(source) if isinstance(source, list | tuple) else None
+    try:
+        with open(source, "rb") as handle:
+            lines = 0
+            last = b"\n"
+            while block := handle.read(1 << 20):
+                lines += block.count(b"\n")
+                last = block[-1:]
+    except OSError:
+        return None
+    if last != b"\n":
+        lines += 1
+    return max(0, lines - 1) if starts_with_header(source, recipient_column) else lines

@@ -99,6 +99,7 @@ async def plan_dry_run(
     of the same name, so that only the cells still empty when sent are counted.
     """
     from .._campaign import file_records
+    from .._input import count_records
     from .._planner import Planner
 
     result = DryRun()
@@ -108,7 +109,8 @@ async def plan_dry_run(
         targets, multiline=options.multiline_values, recipient_column=options.recipient_column
     )
     filled = {name for name, value in (defaults or {}).items() if value != ""}
-    async with contextlib.aclosing(planner.plan(records)) as plan:
+    expected = count_records(targets, options.recipient_column)  # the dedupe table whole
+    async with contextlib.aclosing(planner.plan(records, expected=expected)) as plan:
         async for item in plan:
             if isinstance(item, Outcome):
                 summary.note_outcome(item)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 
 from .._campaign import campaign_identity, file_records
+from .._input import count_records
 from .._models import ProactiveConversationRequest
 from .._options import CAMPAIGN_RETRY, CampaignOptions
 from .._planner import Chunk, Planner
@@ -254,7 +255,10 @@ class _Storing:
                 multiline=options.multiline_values,
                 recipient_column=options.recipient_column,
             )
-            async with contextlib.aclosing(Planner(options.planner).plan(source)) as plan:
+            # The file's size known up front: the dedupe table is built whole, not regrown.
+            expected = count_records(targets, options.recipient_column)
+            stream = Planner(options.planner).plan(source, expected=expected)
+            async with contextlib.aclosing(stream) as plan:
                 async for item in plan:
                     if isinstance(item, Outcome):
                         self._count_final(item)
