@@ -138,11 +138,14 @@ class ReportWriter:
     def write(self, outcome: Outcome) -> None:
         """Write one outcome's line, or hold it until every earlier line is written."""
         line = outcome.line
-        if line == self._next and self._json:
-            # The usual case (a line in order): encoded straight into the buffer.
+        if line == self._next:
+            # The usual case (a line in order): a JSON line is encoded straight into the buffer.
             buffer = self._buffer
-            self._encoder.encode_into(outcome, buffer, -1)
-            buffer += b"\n"
+            if self._json:
+                self._encoder.encode_into(outcome, buffer, -1)
+                buffer += b"\n"
+            else:
+                buffer += _csv_line(outcome)
             self._next = line + 1
             if self._held or self._runs:
                 self._advance()
@@ -150,11 +153,7 @@ class ReportWriter:
                 self._write_buffer()
             return
         data = self._encode(outcome)
-        if line == self._next:
-            self._emit(data)
-            self._next += 1
-            self._advance()
-        elif line < self._next or line in self._held:
+        if line < self._next or line in self._held:
             self._emit(data)  # a line seen again: nothing to wait for
         else:
             self._held[line] = data
