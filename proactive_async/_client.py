@@ -52,6 +52,7 @@ from ._transport import (
     RawResponse,
     Transport,
     TransportConfig,
+    open_transport,
     origin,
     user_agent,
 )
@@ -191,7 +192,7 @@ class AsyncClient:
         self._transport: Transport | AsyncTransport
         self._post: Callable[[str, bytes], Awaitable[RawResponse]]
         if transport is None:
-            own = Transport(
+            own = open_transport(
                 TransportConfig(
                     limits=limits,
                     timeout=timeout if timeout is not None else NO_TIMEOUT,

@@ -1,7 +1,7 @@
 """The transport seam: what ``AsyncClient(transport=...)`` hands one request to.
 
 The client builds the request, retries, paces, decodes and raises; a transport only makes
-one POST and returns the raw answer. The default one is aiohttp's (``_transport.py``);
+one POST and returns the raw answer. The default ones are the SDK's own (``_transport``);
 ``proactive_async.testing.MockTransport`` answers from a function, without sockets.
 """
 

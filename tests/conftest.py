@@ -63,8 +63,14 @@ def mock_transport() -> MockTransport:
 
 @pytest.fixture
 def mock_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[aioresponses]:
-    """An ``aioresponses`` mock that works with the installed aiohttp (see above)."""
+    """An ``aioresponses`` mock that works with the installed aiohttp (see above). It
+    mocks aiohttp's session, so the clients made under it get the aiohttp transport (the
+    one a proxy gets) in place of the direct one."""
+    from proactive_async import _client
+    from proactive_async._transport import AiohttpTransport
+
     monkeypatch.setattr(aioresponses_core, "ClientResponse", _AiohttpCompatResponse)
+    monkeypatch.setattr(_client, "open_transport", AiohttpTransport)
     with aioresponses() as mocked:
         yield mocked
 

@@ -58,7 +58,8 @@ PHONE = "+5511999990000"
 
 
 @pytest.fixture
-async def client(fake_time: FakeTime) -> AsyncIterator[AsyncClient]:
+async def client(fake_time: FakeTime, mock_api: aioresponses) -> AsyncIterator[AsyncClient]:
+    """A client over aioresponses' mock (``mock_api``): the aiohttp transport."""
     async with AsyncClient(
         BASE, TOKEN, sleep=fake_time.sleep, clock=fake_time.clock, retry=RetryPolicy.never()
     ) as c:
@@ -89,7 +90,7 @@ def sent(mocked: aioresponses) -> list[Any]:
 
 def test_constructing_outside_an_event_loop_creates_no_session(no_proactive_env: None) -> None:
     client = AsyncClient(BASE, TOKEN)
-    assert client._transport._session is None
+    assert client._transport._loop is None
     assert client.closed is False
 
 

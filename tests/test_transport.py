@@ -492,13 +492,14 @@ async def test_aclose_completes_even_when_the_closer_is_cancelled() -> None:
     async with web_server(ok) as (base, _):
         client = client_for(base)
         await client.create_proactive_conversation(channel_id=1)
-        session = client._transport._session
+        connections = set(client._transport._connections)
+        assert connections
         closer = asyncio.create_task(client.aclose())
         await asyncio.sleep(0)
         closer.cancel()
         with suppress(asyncio.CancelledError):
             await closer
-        assert session is not None and session.closed
+        assert not any(connection.open for connection in connections)
         assert client.closed
     gc.collect()
 

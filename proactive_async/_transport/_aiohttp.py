@@ -1,34 +1,31 @@
-"""The only module that imports aiohttp: the session, one POST, and aiohttp's errors mapped to ours.
+"""The transport through a proxy: aiohttp's session, one POST, and its errors mapped to ours.
+
+A client built with ``proxy=`` gets this one (``open_transport``); without a proxy the
+direct transport (``_direct.py``) makes the POSTs.
 
 The mapping decides what "may have been processed" means at the wire: only a connection
 that was never made is certainly unprocessed; once bytes may have left, a lost connection or
 a missing answer is ambiguous.
 
 The token travels only to the API origin. aiohttp merges a session's default headers into
-what it sends to a proxy (``Proxy-Authorization`` on every CONNECT), so through a proxy the
-session's defaults hold nothing secret: ``Authorization`` and the caller's own headers go with
-each request, and proxy credentials come only from the proxy URL
-(``http://user:pass@proxy:3128``). Without a proxy they are session defaults: one header set
-for aiohttp to merge per request instead of two.
+what it sends to a proxy (``Proxy-Authorization`` on every CONNECT), so the session's
+defaults hold nothing secret: ``Authorization`` and the caller's own headers go with each
+request, and proxy credentials come only from the proxy URL (``http://user:pass@proxy:3128``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import platform
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable
 from typing import Any
 
 import aiohttp
 
-from ._config import Limits, Timeout
-from ._deadlines import Deadlines, Watch
-from ._errors import (
+from .._errors import (
     ClientStateError,
     ConnectError,
     ConnectionLostError,
@@ -39,68 +36,17 @@ from ._errors import (
     ResponseTooLargeError,
     TLSError,
 )
+from ._base import MAX_ERROR_BODY, RawResponse, Transport, TransportConfig, origin
 
-__all__ = [
-    "DEADLINE_GRACE",
-    "MAX_ERROR_BODY",
-    "RawResponse",
-    "Transport",
-    "TransportConfig",
-    "origin",
-    "user_agent",
-]
-
-MAX_ERROR_BODY = 64 * 1024
-"""Bytes of an error answer's body kept (``exc.body``): the status is what matters."""
-
-DEADLINE_GRACE = 0.05
-"""Seconds after a call's deadline at which its caller cuts the whole POST: the slot's and
-the connection's own cut at the deadline itself come first (a ConnectTimeout: nothing was
-sent), whichever timer the loop runs first when both are due."""
+__all__ = ["AiohttpTransport"]
 
 
-def user_agent(version: str) -> str:
-    """``proactive-async/<v> aiohttp/<v> Python/<v>``."""
-    python = platform.python_version()
-    return f"proactive-async/{version} aiohttp/{aiohttp.__version__} Python/{python}"
-
-
-@dataclass(frozen=True, slots=True)
-class TransportConfig:
-    """Pool, timeout and TLS settings of one client's connection pool."""
-
-    limits: Limits = field(default_factory=Limits)
-    timeout: Timeout = field(default_factory=Timeout)
-    verify: bool | ssl.SSLContext = True
-    proxy: str | None = field(default=None, repr=False)  # may hold the proxy's credentials
-    max_response_bytes: int = 32 * 1024 * 1024
-    headers: Mapping[str, str] = field(default_factory=dict)
-    """Session defaults: nothing secret (aiohttp also sends these to a proxy)."""
-    request_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
-    """The Bearer token and the caller's headers, for the API only: sent with each request
-    through a proxy; without one, they are session defaults (there is nowhere else to go)."""
-
-
-@dataclass(slots=True)  # not frozen: one is built per call, and frozen __init__ costs more
-class RawResponse:
-    """What came back for one attempt, before decoding."""
-
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-    elapsed: float
-
-
-class Transport:
+class AiohttpTransport(Transport):
     """Owns one aiohttp ClientSession, created lazily inside the running event loop."""
 
     def __init__(self, config: TransportConfig) -> None:
-        self._config = config
+        super().__init__(config)
         self._session: aiohttp.ClientSession | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._closed = False
-        self._deadlines: Deadlines | None = None
-        self._slots = asyncio.Semaphore()  # replaced with the pool's size with the session
         # Without a proxy the session's defaults go to the API only, so the request headers
         # join them there: aiohttp then merges one header set per request, not two.
         self._request_headers: dict[str, str] | None = (
@@ -111,26 +57,7 @@ class Transport:
         if config.proxy is not None:
             self._post_options.update(headers=self._request_headers, proxy=config.proxy)
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def _session_for_this_loop(self) -> aiohttp.ClientSession:
-        loop = asyncio.get_running_loop()
-        if self._closed:
-            raise ClientStateError("the client is closed; create a new AsyncClient")
-        if self._session is not None:
-            if loop is not self._loop:
-                raise ClientStateError(
-                    "this AsyncClient is bound to the event loop it was first used in; "
-                    "create one client per event loop (for example one per asyncio.run())"
-                )
-            return self._session
-        self._loop = loop
-        self._session = self._new_session()
-        return self._session
-
-    def _new_session(self) -> aiohttp.ClientSession:
+    def _open(self, loop: asyncio.AbstractEventLoop) -> None:
         config = self._config
         verify = config.verify
         limits, timeout = config.limits, config.timeout
@@ -140,21 +67,10 @@ class Transport:
             keepalive_timeout=limits.keepalive_timeout,
             ssl=verify if isinstance(verify, ssl.SSLContext) else bool(verify),
         )
-        # Read and total are kept by one timer for all calls (``_deadlines``), not by
-        # aiohttp's timers per request; connecting stays aiohttp's (only new connections).
+        # Read and total are the shared timer's (``_deadlines``), not aiohttp's timers per
+        # request; connecting stays aiohttp's (only new connections).
         client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout.connect)
-        self._deadlines = (
-            None
-            if timeout.read is None and timeout.total is None
-            else Deadlines(asyncio.get_running_loop(), timeout.read, timeout.total)
-        )
-        # A call's clocks start once it has its connection slot: the wait for one (more
-        # calls than connections) is not the server's delay, and nothing was sent in it.
-        per_host = limits.max_connections_per_host
-        self._slots = asyncio.Semaphore(
-            min(limits.max_connections, per_host) if per_host else limits.max_connections
-        )
-        return aiohttp.ClientSession(
+        self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=client_timeout,
             headers=(
@@ -166,6 +82,11 @@ class Transport:
             raise_for_status=False,
             trust_env=False,
         )
+
+    async def _close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            await session.close()
 
     async def post(self, url: str, body: bytes, *, deadline: float | None = None) -> RawResponse:
         """POST ``body`` once; redirects are never followed. Raises our TransportErrors.
@@ -179,9 +100,10 @@ class Transport:
         What comes after is the caller's to cut (``asyncio.timeout_at`` a little later, see
         ``DEADLINE_GRACE``): then the request may have been sent.
         """
+        if self._loop is not asyncio.get_running_loop() or self._session is None:
+            self._bind()
         session = self._session
-        if session is None or self._loop is not asyncio.get_running_loop():
-            session = self._session_for_this_loop()
+        assert session is not None
         slots = self._slots
         options = self._post_options
         if deadline is None:
@@ -249,19 +171,6 @@ class Transport:
                 watch.settle()  # a cancel that aiohttp turned into something else
         raise lost
 
-    async def _slot_by(self, slots: asyncio.Semaphore, deadline: float, url: str) -> None:
-        """A connection slot before ``deadline``, or ConnectTimeout: nothing was sent."""
-        if not slots.locked():
-            await slots.acquire()
-            return
-        try:
-            async with asyncio.timeout_at(deadline):
-                await slots.acquire()
-        except TimeoutError:
-            raise ConnectTimeout(
-                f"no connection to {origin(url)} free within the call's timeout; nothing was sent"
-            ) from None
-
     def _options_by(self, deadline: float) -> dict[str, Any]:
         """The POST's options with aiohttp's connect timeout cut to ``deadline``: a new
         connection not made by then is a ConnectTimeout (nothing was sent). Never rounded up
@@ -275,14 +184,6 @@ class Transport:
             ceil_threshold=math.inf,
         )
         return {**self._post_options, "timeout": timeout}
-
-    def _timed_out(self, url: str, watch: Watch) -> ReadTimeout:
-        timeout = self._config.timeout
-        if watch.expired == "total":
-            what = f"no complete answer from {origin(url)} in {timeout.total:g} s"
-        else:
-            what = f"nothing from {origin(url)} for {timeout.read:g} s"
-        return ReadTimeout(f"{what} (timeout); the request may have been processed")
 
     def _read_capped(self, response: aiohttp.ClientResponse) -> Awaitable[bytes]:
         """The body, capped at ``max_response_bytes``. Not a coroutine: the common case hands
@@ -301,21 +202,6 @@ class Transport:
         if length is not None and not response.headers.get("Content-Encoding"):
             return response.read()
         return _read_streamed(response, cap)
-
-    async def aclose(self) -> None:
-        """Close the pool; idempotent, and completes even if the caller is cancelled."""
-        self._closed = True
-        if self._deadlines is not None:
-            self._deadlines.close()
-        session, self._session = self._session, None
-        if session is None or session.closed:
-            return
-        close = asyncio.ensure_future(session.close())
-        try:
-            await asyncio.shield(close)
-        except asyncio.CancelledError:
-            await asyncio.wait([close])
-            raise
 
 
 async def _read_streamed(response: aiohttp.ClientResponse, cap: int) -> bytes:
@@ -358,9 +244,3 @@ def _name_does_not_resolve(exc: aiohttp.ClientConnectorError) -> bool:
 def _tls_reason(exc: Exception) -> str:
     cause = getattr(exc, "certificate_error", None) or getattr(exc, "os_error", None) or exc
     return str(getattr(cause, "verify_message", None) or cause)
-
-
-def origin(url: str) -> str:
-    """``scheme://host[:port]`` of ``url`` for messages: never a user or password in it."""
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://{rest.split('/', 1)[0].rpartition('@')[2]}"

@@ -1,0 +1,169 @@
+"""What the client's own transports share: settings, the raw answer, the pool's loop binding,
+connection slots and timeouts (see the package's docstring)."""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from .._config import Limits, Timeout
+from .._deadlines import Deadlines, Watch
+from .._errors import ClientStateError, ConnectTimeout, ReadTimeout
+
+__all__ = [
+    "DEADLINE_GRACE",
+    "MAX_ERROR_BODY",
+    "RawResponse",
+    "Transport",
+    "TransportConfig",
+    "origin",
+    "user_agent",
+]
+
+MAX_ERROR_BODY = 64 * 1024
+"""Bytes of an error answer's body kept (``exc.body``): the status is what matters."""
+
+DEADLINE_GRACE = 0.05
+"""Seconds after a call's deadline at which its caller cuts the whole POST: the slot's and
+the connection's own cut at the deadline itself come first (a ConnectTimeout: nothing was
+sent), whichever timer the loop runs first when both are due."""
+
+
+def user_agent(version: str) -> str:
+    """``proactive-async/<v> aiohttp/<v> Python/<v>``."""
+    python = platform.python_version()
+    return f"proactive-async/{version} aiohttp/{aiohttp.__version__} Python/{python}"
+
+
+@dataclass(frozen=True, slots=True)
+class TransportConfig:
+    """Pool, timeout and TLS settings of one client's connection pool."""
+
+    limits: Limits = field(default_factory=Limits)
+    timeout: Timeout = field(default_factory=Timeout)
+    verify: bool | ssl.SSLContext = True
+    proxy: str | None = field(default=None, repr=False)  # may hold the proxy's credentials
+    max_response_bytes: int = 32 * 1024 * 1024
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """Headers that may go to a proxy too (aiohttp sends a session's defaults there)."""
+    request_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """The Bearer token and the caller's headers, for the API's origin only."""
+
+
+@dataclass(slots=True)  # not frozen: one is built per call, and frozen __init__ costs more
+class RawResponse:
+    """What came back for one attempt, before decoding."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    elapsed: float
+
+
+class Transport:
+    """A client's own connection pool, bound to the event loop it is first used in.
+
+    Subclasses make the POST (``post``) and open and close what they hold (``_open``,
+    ``_close``); the loop's binding, the connection slots, the shared timeouts and the
+    messages of a timeout live here, once.
+    """
+
+    def __init__(self, config: TransportConfig) -> None:
+        self._config = config
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self._deadlines: Deadlines | None = None
+        self._slots = asyncio.Semaphore()  # replaced with the pool's size once bound
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def post(self, url: str, body: bytes, *, deadline: float | None = None) -> RawResponse:
+        """POST ``body`` once; redirects are never followed. Raises our TransportErrors.
+
+        ``deadline`` (the loop's clock), a call's own timeout: passed while waiting for a
+        connection slot or making the connection, it is a ConnectTimeout (nothing was sent).
+        What comes after is the caller's to cut (``asyncio.timeout_at`` a little later, see
+        ``DEADLINE_GRACE``): then the request may have been sent.
+        """
+        raise NotImplementedError
+
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        """The running loop, bound on first use (slots, timeouts, ``_open``); or why not."""
+        loop = asyncio.get_running_loop()
+        if self._closed:
+            raise ClientStateError("the client is closed; create a new AsyncClient")
+        if self._loop is not None:
+            if loop is not self._loop:
+                raise ClientStateError(
+                    "this AsyncClient is bound to the event loop it was first used in; "
+                    "create one client per event loop (for example one per asyncio.run())"
+                )
+            return loop
+        limits, timeout = self._config.limits, self._config.timeout
+        # Read and total are kept by one timer for all calls (``_deadlines``).
+        self._deadlines = (
+            None
+            if timeout.read is None and timeout.total is None
+            else Deadlines(loop, timeout.read, timeout.total)
+        )
+        # A call's clocks start once it has its connection slot: the wait for one (more
+        # calls than connections) is not the server's delay, and nothing was sent in it.
+        per_host = limits.max_connections_per_host
+        self._slots = asyncio.Semaphore(
+            min(limits.max_connections, per_host) if per_host else limits.max_connections
+        )
+        self._open(loop)
+        self._loop = loop
+        return loop
+
+    def _open(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Make what the pool holds, inside its loop."""
+
+    async def _close(self) -> None:
+        """Close what the pool holds."""
+
+    async def _slot_by(self, slots: asyncio.Semaphore, deadline: float, url: str) -> None:
+        """A connection slot before ``deadline``, or ConnectTimeout: nothing was sent."""
+        if not slots.locked():
+            await slots.acquire()
+            return
+        try:
+            async with asyncio.timeout_at(deadline):
+                await slots.acquire()
+        except TimeoutError:
+            raise ConnectTimeout(
+                f"no connection to {origin(url)} free within the call's timeout; nothing was sent"
+            ) from None
+
+    def _timed_out(self, url: str, watch: Watch) -> ReadTimeout:
+        timeout = self._config.timeout
+        if watch.expired == "total":
+            what = f"no complete answer from {origin(url)} in {timeout.total:g} s"
+        else:
+            what = f"nothing from {origin(url)} for {timeout.read:g} s"
+        return ReadTimeout(f"{what} (timeout); the request may have been processed")
+
+    async def aclose(self) -> None:
+        """Close the pool; idempotent, and completes even if the caller is cancelled."""
+        self._closed = True
+        if self._deadlines is not None:
+            self._deadlines.close()
+        close = asyncio.ensure_future(self._close())
+        try:
+            await asyncio.shield(close)
+        except asyncio.CancelledError:
+            await asyncio.wait([close])
+            raise
+
+
+def origin(url: str) -> str:
+    """``scheme://host[:port]`` of ``url`` for messages: never a user or password in it."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0].rpartition('@')[2]}"
