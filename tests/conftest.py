@@ -67,7 +67,7 @@ def mock_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[aioresponses]:
     mocks aiohttp's session, so the clients made under it get the aiohttp transport (the
     one a proxy gets) in place of the direct one."""
     from proactive_async import _client
-    from proactive_async._transport import AiohttpTransport
+    from proactive_async._transport._aiohttp import AiohttpTransport
 
     monkeypatch.setattr(aioresponses_core, "ClientResponse", _AiohttpCompatResponse)
     monkeypatch.setattr(_client, "open_transport", AiohttpTransport)

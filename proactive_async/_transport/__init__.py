@@ -29,9 +29,7 @@ from ._base import (
 from ._direct import DirectTransport
 
 __all__ = [
-    "AiohttpTransport",
     "DEADLINE_GRACE",
-    "DirectTransport",
     "MAX_ERROR_BODY",
     "RawResponse",
     "Transport",

@@ -41,7 +41,7 @@ from .._errors import (
     TLSError,
 )
 from ._base import MAX_ERROR_BODY, RawResponse, Transport, TransportConfig, origin
-from ._http11 import Answer, BadAnswer, Connection, LostConnection
+from ._http11 import Answer, BadAnswer, Connection, LostConnection, NotSent
 
 __all__ = ["DirectTransport"]
 
@@ -109,6 +109,8 @@ class DirectTransport(Transport):
             raise
         except ProactiveError:
             raise
+        except NotSent as exc:
+            raise ConnectError(f"{exc} to {target.name}; nothing was sent") from None
         except BadAnswer as exc:
             raise ConnectionLostError(
                 f"bad answer from {target.name} ({exc}); the request may have been processed"

@@ -34,7 +34,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from .._errors import ResponseTooLargeError
 
-__all__ = ["MAX_HEAD", "Answer", "BadAnswer", "Connection", "LostConnection"]
+__all__ = ["MAX_HEAD", "Answer", "BadAnswer", "Connection", "LostConnection", "NotSent"]
 
 MAX_HEAD: Final = 64 * 1024
 """Bytes an answer's head may take, status line and fields (aiohttp allows 8 KiB a field)."""
@@ -47,6 +47,10 @@ _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _TRAILER, _UNTIL_CLOSE, _DONE = range(
 
 class BadAnswer(Exception):
     """The bytes that came are not an HTTP/1.1 answer; the message says what is wrong."""
+
+
+class NotSent(Exception):
+    """The connection ended before the request was written: it was certainly not sent."""
 
 
 class LostConnection(Exception):
@@ -67,6 +71,28 @@ class Answer:
 class Connection(asyncio.Protocol):
     """One connection's protocol: ``request`` writes a request and returns its answer's
     future. ``total_bytes`` (bytes received) is what a read timeout watches for progress."""
+
+    __slots__ = (
+        "_body",
+        "_buffer",
+        "_cap",
+        "_error_cap",
+        "_gone",
+        "_headers",
+        "_keep_alive",
+        "_left",
+        "_lost",
+        "_since",
+        "_state",
+        "_status",
+        "_truncated",
+        "_waiter",
+        "idle_since",
+        "open",
+        "reusable",
+        "total_bytes",
+        "transport",
+    )
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -89,6 +115,7 @@ class Connection(asyncio.Protocol):
         self._truncated = False
         self._lost: asyncio.Future[None] | None = None
         self._gone = False
+        self._since = 0  # total_bytes when the request went out
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
@@ -122,7 +149,7 @@ class Connection(asyncio.Protocol):
         if self._state == _UNTIL_CLOSE:
             self._finish(bytes(self._body))
             return
-        if self._state == _HEAD and not self._buffer and self.total_bytes == 0:
+        if self._state == _HEAD and self.total_bytes == self._since:
             how = "closed before any answer"
         elif self._state == _HEAD:
             how = "closed in the middle of the answer's head"
@@ -138,12 +165,15 @@ class Connection(asyncio.Protocol):
         ``cap`` bytes is a ResponseTooLargeError for a 2xx answer; another status's body is
         cut to ``error_cap`` bytes (the connection then closes)."""
         transport = self.transport
-        assert transport is not None and self.open
+        if transport is None or not self.open or transport.is_closing():
+            raise NotSent("the connection closed before the request was written")
         waiter: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._waiter = waiter
         self._state = _HEAD
         self._cap, self._error_cap = cap, error_cap
         self.reusable = False
+        self._truncated = False
+        self._since = self.total_bytes
         transport.write(data)
         return waiter
 
@@ -175,6 +205,9 @@ class Connection(asyncio.Protocol):
     def _parse(self) -> None:
         buffer = self._buffer
         while True:
+            if self._truncated:  # an error answer cut at its cap: the rest is not wanted
+                self._finish(bytes(self._body))
+                return
             state = self._state
             if state == _HEAD:
                 if not self._read_head():
