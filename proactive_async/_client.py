@@ -54,6 +54,7 @@ from ._transport import (
     TransportConfig,
     open_transport,
     origin,
+    split_headers,
     user_agent,
 )
 from ._transport_api import AsyncTransport, TransportRequest, TransportResponse
@@ -184,11 +185,14 @@ class AsyncClient:
         self._pool_total = timeout.total if timeout is not None and transport is None else None
         self._attempt_timeout: float | None = None
         self._parent: AsyncClient | None = None  # set on a client made by with_options
-        default_headers = {
-            "User-Agent": user_agent(__version__),
-            "Accept": "application/json",
-            "Content-Type": "application/json",
-        }
+        default_headers, extra_headers = split_headers(
+            {
+                "User-Agent": user_agent(__version__),
+                "Accept": "application/json",
+                "Content-Type": "application/json",
+            },
+            headers or {},
+        )
         self._transport: Transport | AsyncTransport
         self._post: Callable[[str, bytes], Awaitable[RawResponse]]
         if transport is None:
@@ -200,14 +204,14 @@ class AsyncClient:
                     proxy=proxy,
                     max_response_bytes=max_response_bytes,
                     headers=default_headers,
-                    request_headers={**(headers or {}), "Authorization": f"Bearer {token}"},
+                    request_headers={**extra_headers, "Authorization": f"Bearer {token}"},
                 )
             )
             self._transport, self._post = own, own.post
         else:
             self._transport = transport
             self._post = _Handoff(
-                self, transport, {**default_headers, **(headers or {})}, max_response_bytes
+                self, transport, {**default_headers, **extra_headers}, max_response_bytes
             ).post
 
     def __repr__(self) -> str:

@@ -242,15 +242,14 @@ async def test_requests_carry_bearer_token_user_agent_json_and_extra_headers(
     assert headers["Content-Type"] == "application/json"
     assert headers["Accept"] == "application/json"
     assert headers["User-Agent"] == (
-        f"proactive-async/{proactive_async.__version__} aiohttp/{aiohttp.__version__}"
-        f" Python/{platform.python_version()}"
+        f"proactive-async/{proactive_async.__version__} Python/{platform.python_version()}"
     )
     assert call.kwargs["allow_redirects"] is False
 
 
-def test_the_user_agent_names_three_versions() -> None:
+def test_the_user_agent_names_the_sdk_and_python_versions() -> None:
     agent = AsyncClient(BASE, TOKEN)._transport._config.headers["User-Agent"]
-    assert re.fullmatch(r"proactive-async/\S+ aiohttp/\S+ Python/\d+\.\d+\.\d+\S*", agent)
+    assert re.fullmatch(r"proactive-async/\S+ Python/\d+\.\d+\.\d+\S*", agent)
     assert proactive_async.__version__ == importlib.metadata.version("proactive-async")
 
 

@@ -349,19 +349,9 @@ async def test_a_204_has_no_body_and_leaves_the_connection_reusable() -> None:
         b"HTTP/1.1 200 OK\nContent-Type: application/json\nContent-Length: 33\n\n" + OK_BODY,
         pytest.param(
             b"HTTP/1.1 200 OK\r\nContent-Length: 33\r\n\n" + OK_BODY,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="_http11._read_head: a head of CRLF lines ending in a bare LF keeps the"
-                " CR before it (bad answer: 'a bare CR')",
-            ),
         ),
         pytest.param(
             b'HTTP/1.1 200 OK\nContent-Length: 37\n\n[{"id":7,\r\n\r\n"conversationId":"c-7"}]',
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="_http11._read_head looks for CRLFCRLF before LFLF: a bare-LF head's end"
-                " is taken from a CRLFCRLF inside the body",
-            ),
         ),
     ],
     ids=["bare-lf", "crlf-lines-bare-lf-end", "bare-lf-head-crlf-in-body"],
@@ -451,11 +441,6 @@ async def test_a_2xx_body_past_the_cap_is_refused_whatever_its_framing(framing: 
     assert info.value.status == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_http11._parse (_CHUNK_DATA) buffers a whole chunk before _take checks the cap: one"
-    " large chunk is held in memory past max_response_bytes, never refused until it ends",
-)
 async def test_one_chunk_larger_than_the_cap_is_refused_before_it_ends() -> None:
     """The cap bounds memory: 4000 bytes of a 1 MiB chunk are already past a 1000-byte cap."""
     answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n100000\r\n" + b" " * 4000
@@ -545,12 +530,6 @@ async def test_an_answer_that_is_not_http_11_is_a_bad_answer(answer: bytes) -> N
     assert TOKEN not in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_http11._frame checks Content-Length with str.isdigit, true for '\\xb2' (a"
-    " superscript two, latin-1): int() then raises ValueError out of data_received, so the"
-    " call ends as a lost connection ('ValueError: ...'), not a bad answer",
-)
 async def test_a_content_length_of_non_ascii_digits_is_a_bad_answer() -> None:
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n[]"
     async with (
@@ -776,12 +755,6 @@ async def test_caller_headers_cannot_duplicate_the_framing_fields() -> None:
     assert values[b"x-tenant"] == b"9"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_direct.DirectTransport.__init__ merges the SDK's and the caller's headers as a"
-    " plain dict ({**config.headers, **config.request_headers}): the caller's 'user-agent' and"
-    " the SDK's 'User-Agent' are both sent (two User-Agent, two Content-Type fields)",
-)
 async def test_a_caller_header_replaces_a_default_whatever_its_case() -> None:
     headers = {"user-agent": "mine/1.0", "content-type": "application/json; charset=utf-8"}
     async with (

@@ -9,8 +9,6 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import aiohttp
-
 from .._config import Limits, Timeout
 from .._deadlines import Deadlines, Watch
 from .._errors import ClientStateError, ConnectTimeout, ReadTimeout
@@ -22,6 +20,7 @@ __all__ = [
     "Transport",
     "TransportConfig",
     "origin",
+    "split_headers",
     "user_agent",
 ]
 
@@ -35,9 +34,21 @@ sent), whichever timer the loop runs first when both are due."""
 
 
 def user_agent(version: str) -> str:
-    """``proactive-async/<v> aiohttp/<v> Python/<v>``."""
-    python = platform.python_version()
-    return f"proactive-async/{version} aiohttp/{aiohttp.__version__} Python/{python}"
+    """``proactive-async/<v> Python/<v>``: the SDK writes its own requests (aiohttp, which
+    only carries them through a proxy, is not imported before one is used)."""
+    return f"proactive-async/{version} Python/{platform.python_version()}"
+
+
+def split_headers(
+    defaults: Mapping[str, str], given: Mapping[str, str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The SDK's default headers the caller did not give, and the caller's own (never an
+    ``Authorization``: that is the token's). Names are case-insensitive: a caller's
+    ``user-agent`` replaces ``User-Agent``, and no header goes out twice."""
+    names = {name.lower() for name in given}
+    kept = {name: value for name, value in defaults.items() if name.lower() not in names}
+    own = {name: value for name, value in given.items() if name.lower() != "authorization"}
+    return kept, own
 
 
 @dataclass(frozen=True, slots=True)

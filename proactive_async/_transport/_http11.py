@@ -28,6 +28,7 @@ waiting closes it (a server's ``408`` before it closes an idle connection, say).
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Final, cast
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -39,10 +40,11 @@ __all__ = ["MAX_HEAD", "Answer", "BadAnswer", "Connection", "LostConnection", "N
 MAX_HEAD: Final = 64 * 1024
 """Bytes an answer's head may take, status line and fields (aiohttp allows 8 KiB a field)."""
 
-_HEAD_END = b"\r\n\r\n"
+_EMPTY_LINE = re.compile(rb"\r?\n\r?\n")
+"""The end of a head: its first empty line (CRLF, or a bare LF as RFC 9112 allows)."""
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _NO_BODY = (204, 304)
-_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _TRAILER, _UNTIL_CLOSE, _DONE = range(7)
+_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _UNTIL_CLOSE, _DONE = range(8)
 
 
 class BadAnswer(Exception):
@@ -228,12 +230,18 @@ class Connection(asyncio.Protocol):
             elif state == _CHUNK_SIZE:
                 if not self._read_chunk_size():
                     return
-            elif state == _CHUNK_DATA:
-                if len(buffer) < self._left + 2:
+            elif state == _CHUNK_DATA:  # taken as it comes: the cap holds within a chunk
+                take = min(self._left, len(buffer))
+                self._take(take)
+                self._left -= take
+                if self._left:
                     return
-                if buffer[self._left : self._left + 2] != b"\r\n":
+                self._state = _CHUNK_END
+            elif state == _CHUNK_END:
+                if len(buffer) < 2:
+                    return
+                if buffer[:2] != b"\r\n":
                     raise BadAnswer("a chunk does not end with CRLF")
-                self._take(self._left)
                 del buffer[:2]
                 self._state = _CHUNK_SIZE
             elif state == _TRAILER:
@@ -266,19 +274,16 @@ class Connection(asyncio.Protocol):
 
     def _read_head(self) -> bool:
         buffer = self._buffer
-        end = buffer.find(_HEAD_END)
-        skip = 4
-        if end < 0:
-            end = buffer.find(b"\n\n")
-            skip = 2
-            if end < 0:
-                if len(buffer) > MAX_HEAD:
-                    raise BadAnswer(f"the answer's head passes {MAX_HEAD} bytes")
-                return False
+        found = _EMPTY_LINE.search(buffer)
+        if found is None:
+            if len(buffer) > MAX_HEAD:
+                raise BadAnswer(f"the answer's head passes {MAX_HEAD} bytes")
+            return False
+        end = found.start()
         if end > MAX_HEAD:
             raise BadAnswer(f"the answer's head passes {MAX_HEAD} bytes")
         head = bytes(buffer[:end])
-        del buffer[: end + skip]
+        del buffer[: found.end()]
         status, keep_alive, fields = parse_head(head)
         if 100 <= status < 200:
             if status == 101:
@@ -308,9 +313,10 @@ class Connection(asyncio.Protocol):
         lengths = headers.getall("Content-Length", [])
         if lengths:
             values = {value.strip() for length in lengths for value in length.split(",")}
-            if len(values) != 1 or not next(iter(values)).isdigit():
+            value = next(iter(values))
+            if len(values) != 1 or not (value.isascii() and value.isdigit()):
                 raise BadAnswer(f"invalid Content-Length {', '.join(lengths)!r}")
-            length = int(next(iter(values)))
+            length = int(value)
             if length > self._cap and 200 <= status < 300:
                 raise ResponseTooLargeError(
                     f"response of {length} bytes passes max_response_bytes={self._cap}",

@@ -148,7 +148,7 @@ IN_FLIGHT_OF_SLICE: Final = """
 
 SETTLE_DEAD: Final = """
     UPDATE proactive_record r SET state = u.state, outcome = u.outcome, fence = %(fence)s
-    FROM unnest(%(lines)s::bigint[], %(states)s::text[], %(outcomes)s::text[])
+    FROM unnest(%(lines)b::bigint[], %(states)b::text[], %(outcomes)b::text[])
         AS u (line, state, outcome)
     WHERE r.campaign_id = %(campaign)s AND r.slice = %(slice)s AND r.line = u.line
     AND r.state = 'in_flight'
@@ -176,7 +176,7 @@ LOAD_RECORDS: Final = """
 
 MARK: Final = f"""
     UPDATE proactive_record r SET state = 'in_flight', fence = %(fence)s
-    FROM unnest(%(marked)s::bigint[]) AS m (line)
+    FROM unnest(%(marked)b::bigint[]) AS m (line)
     WHERE r.campaign_id = %(campaign)s AND r.line = m.line AND r.slice = %(slice)s
     AND (r.state = 'planned' OR (r.state = 'in_flight' AND r.fence = %(fence)s))
     AND {_HOLDS} AND {_LIVE_CAMPAIGN}
@@ -189,7 +189,7 @@ this owner already marked is returned again (a retried commit whose first answer
 lost, or a bisected chunk's half), never a line another owner holds."""
 
 HELD: Final = f"""
-    SELECT r.line FROM unnest(%(marked)s::bigint[]) AS m (line)
+    SELECT r.line FROM unnest(%(marked)b::bigint[]) AS m (line)
     JOIN proactive_record r ON r.campaign_id = %(campaign)s AND r.line = m.line
     WHERE r.slice = %(slice)s AND r.state = 'in_flight' AND r.fence = %(fence)s
     AND {_HOLDS} AND {_LIVE_CAMPAIGN}
@@ -213,7 +213,7 @@ RELEASE: Final = f"""
     SET state = CASE WHEN c.cancelled_at IS NULL THEN 'planned' ELSE 'failed' END,
         outcome = CASE WHEN c.cancelled_at IS NULL THEN NULL ELSE {_CANCELLED_OUTCOME} END,
         fence = NULL
-    FROM unnest(%(released)s::bigint[]) AS m (line), proactive_campaign c
+    FROM unnest(%(released)b::bigint[]) AS m (line), proactive_campaign c
     WHERE c.id = %(campaign)s AND r.campaign_id = %(campaign)s AND r.line = m.line
     AND r.state = 'in_flight' AND r.fence = %(fence)s
 """

@@ -110,26 +110,26 @@ SCHEMA: Final = (
 (``proactive_async.distributed._store.SCHEMA``), created with these by ``ensure_schema``."""
 _MARK_SQL: Final = """
     INSERT INTO proactive_record (campaign_id, line, state)
-    SELECT %s, line, 'in_flight' FROM (SELECT DISTINCT unnest(%s::bigint[]) AS line) AS m
+    SELECT %s, line, 'in_flight' FROM (SELECT DISTINCT unnest(%b::bigint[]) AS line) AS m
     ON CONFLICT (campaign_id, line) DO UPDATE SET state = 'in_flight', outcome = NULL
 """
 _RELEASE_SQL: Final = (
     "DELETE FROM proactive_record WHERE campaign_id = %s AND state = 'in_flight'"
-    " AND chunk IS NULL AND line = ANY(%s)",
+    " AND chunk IS NULL AND line = ANY(%b::bigint[])",
     "UPDATE proactive_record SET state = 'planned' WHERE campaign_id = %s"
-    " AND state = 'in_flight' AND chunk IS NOT NULL AND line = ANY(%s)",
+    " AND state = 'in_flight' AND chunk IS NOT NULL AND line = ANY(%b::bigint[])",
 )
 # A line's state is its outcome's status, read from the outcome itself.
 _RECORD_SQL: Final = f"""
     INSERT INTO proactive_record (campaign_id, line, state, outcome)
     SELECT %s, line, outcome::json->>'{OUTCOME_WIRE_NAMES["status"]}', outcome
-    FROM unnest(%s::bigint[], %s::text[]) AS r (line, outcome)
+    FROM unnest(%b::bigint[], %b::text[]) AS r (line, outcome)
     ON CONFLICT (campaign_id, line)
     DO UPDATE SET state = EXCLUDED.state, outcome = EXCLUDED.outcome
 """
 _LOOKUP_SQL: Final = (
     "SELECT line, state, outcome FROM proactive_record"
-    " WHERE campaign_id = %s AND line = ANY(%s) AND state <> 'planned'"
+    " WHERE campaign_id = %s AND line = ANY(%b::bigint[]) AND state <> 'planned'"
 )
 
 _ENCODER: Final = msgspec.json.Encoder()
