@@ -44,7 +44,7 @@ from ._models import (
     encode_request,
 )
 from ._retry import RetryPolicy, Sleep, parse_retry_after, retry_call
-from ._secrets import Redactor, check_header_value, check_token, mask_phones_in
+from ._secrets import Redactor, check_headers, mask_phones_in
 from ._telemetry import Telemetry
 from ._transport import (
     DEADLINE_GRACE,
@@ -163,7 +163,7 @@ class AsyncClient:
             raise ClientStateError("no token given and PROACTIVE_TOKEN is not set")
         if not base_url.startswith(("http://", "https://")):
             raise ClientStateError(f"base_url must start with http:// or https://: {base_url!r}")
-        token = _check_headers(token, headers or {})
+        token = check_headers(token, headers or {})
         self.base_url: str = base_url.rstrip("/")
         self.retry: RetryPolicy = retry if retry is not None else RetryPolicy()
         self.mask_phone_numbers = mask_phone_numbers
@@ -573,21 +573,6 @@ def _targets_in(request: ProactiveConversationRequest) -> int:
     recipients = request.recipient if request.recipient is not UNSET else ()
     contacts = request.contact_ids if request.contact_ids is not UNSET else ()
     return len(recipients or ()) + len(contacts or ())
-
-
-def _check_headers(token: str, headers: Mapping[str, str]) -> str:
-    """The token to send (without a pasted ``Bearer ``); refuse, at construction, a token or
-    header that HTTP cannot carry (nothing is sent)."""
-    token, token_problem = check_token(token)
-    problems = [token_problem]
-    for name, value in headers.items():
-        if not name or any(c in name for c in "\r\n\x00: "):
-            problems.append(f"{name!r} is not a valid header name")
-        problems.append(check_header_value(f"header {name!r}", value))
-    problem = next((p for p in problems if p is not None), None)
-    if problem is not None:
-        raise ClientStateError(problem)
-    return token
 
 
 def _ssl_verify(verify: bool | str | os.PathLike[str] | ssl.SSLContext) -> bool | ssl.SSLContext:

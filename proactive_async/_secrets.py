@@ -14,11 +14,14 @@ from collections.abc import Iterable, Mapping
 from typing import Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from ._errors import ClientStateError
+
 __all__ = [
     "MIN_SECRET_LENGTH",
     "REDACTED",
     "Redactor",
     "check_header_value",
+    "check_headers",
     "check_token",
     "display_url",
     "mask_phone",
@@ -136,3 +139,18 @@ def mask_phones_in(text: str) -> str:
 
 
 _PHONE: Final = re.compile(r"\+?\d[\d\s().-]{6,}\d")
+
+
+def check_headers(token: str, headers: Mapping[str, str]) -> str:
+    """The token to send (without a pasted ``Bearer ``); refuse, at construction, a token or
+    header that HTTP cannot carry (nothing is sent)."""
+    token, token_problem = check_token(token)
+    problems = [token_problem]
+    for name, value in headers.items():
+        if not name or any(c in name for c in "\r\n\x00: "):
+            problems.append(f"{name!r} is not a valid header name")
+        problems.append(check_header_value(f"header {name!r}", value))
+    problem = next((p for p in problems if p is not None), None)
+    if problem is not None:
+        raise ClientStateError(problem)
+    return token

@@ -36,7 +36,14 @@ from .._errors import (
     ResponseTooLargeError,
     TLSError,
 )
-from ._base import MAX_ERROR_BODY, RawResponse, Transport, TransportConfig, origin
+from ._base import (
+    CLOSED_BEFORE_SENT,
+    MAX_ERROR_BODY,
+    RawResponse,
+    Transport,
+    TransportConfig,
+    origin,
+)
 
 __all__ = ["AiohttpTransport"]
 
@@ -111,6 +118,9 @@ class AiohttpTransport(Transport):
         else:
             await self._slot_by(slots, deadline, url)
             options = self._options_by(deadline)
+        if self._closed:  # closed while this call waited for its slot
+            slots.release()
+            raise ClientStateError(CLOSED_BEFORE_SENT)
         deadlines = self._deadlines
         watch = deadlines.watch() if deadlines is not None else None
         started = time.perf_counter()

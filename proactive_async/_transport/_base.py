@@ -14,6 +14,7 @@ from .._deadlines import Deadlines, Watch
 from .._errors import ClientStateError, ConnectTimeout, ReadTimeout
 
 __all__ = [
+    "CLOSED_BEFORE_SENT",
     "DEADLINE_GRACE",
     "MAX_ERROR_BODY",
     "RawResponse",
@@ -26,6 +27,9 @@ __all__ = [
 
 MAX_ERROR_BODY = 64 * 1024
 """Bytes of an error answer's body kept (``exc.body``): the status is what matters."""
+
+CLOSED_BEFORE_SENT = "the client was closed before this call was sent; nothing was sent"
+"""A call that waited for a connection slot, or connected, while the client closed."""
 
 DEADLINE_GRACE = 0.05
 """Seconds after a call's deadline at which its caller cuts the whole POST: the slot's and

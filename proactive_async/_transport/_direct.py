@@ -21,13 +21,14 @@ within ``max_response_bytes`` once decoded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
 
+import aiohappyeyeballs
 import yarl
 
 from .._errors import (
@@ -40,7 +41,14 @@ from .._errors import (
     ResponseTooLargeError,
     TLSError,
 )
-from ._base import MAX_ERROR_BODY, RawResponse, Transport, TransportConfig, origin
+from ._base import (
+    CLOSED_BEFORE_SENT,
+    MAX_ERROR_BODY,
+    RawResponse,
+    Transport,
+    TransportConfig,
+    origin,
+)
 from ._http11 import Answer, BadAnswer, Connection, LostConnection, NotSent
 
 __all__ = ["DirectTransport"]
@@ -63,7 +71,7 @@ class _Target:
     host: str
     port: int
     tls: bool
-    prefix: bytes
+    prefix: bytes = field(repr=False)  # holds the token
     name: str
     idle: list[Connection] = field(default_factory=list)
 
@@ -92,6 +100,9 @@ class DirectTransport(Transport):
             await slots.acquire()
         else:
             await self._slot_by(slots, deadline, url)
+        if self._closed:  # closed while this call waited for its slot
+            slots.release()
+            raise ClientStateError(CLOSED_BEFORE_SENT)
         deadlines = self._deadlines
         watch = deadlines.watch() if deadlines is not None else None
         started = time.perf_counter()
@@ -101,10 +112,16 @@ class DirectTransport(Transport):
             connection = self._idle(target, loop) or await self._connect(target, loop, deadline)
             if watch is not None:
                 watch.stream, watch.seen = connection, connection.total_bytes
-            request = b"%b%d\r\n\r\n%b" % (target.prefix, len(body), body)
-            answer = await connection.request(request, self._cap, self._error_cap)
+                # The request is built in the call: no frame's local holds the token.
+            answer = await connection.request(
+                b"%b%d\r\n\r\n%b" % (target.prefix, len(body), body), self._cap, self._error_cap
+            )
         except asyncio.CancelledError:
             if watch is not None and watch.settle():
+                if connection is None:  # still connecting: nothing was sent
+                    raise ConnectTimeout(
+                        f"connecting to {target.name} took the whole timeout; nothing was sent"
+                    ) from None
                 raise self._timed_out(url, watch) from None
             raise
         except ProactiveError:
@@ -144,6 +161,10 @@ class DirectTransport(Transport):
         host = parsed.raw_host
         if parsed.scheme not in ("http", "https") or not host or parsed.port is None:
             raise ClientStateError(f"invalid URL: {origin(url)} (http or https, and a host)")
+        try:
+            host.encode("idna")  # what the resolver will do: a label too long or empty
+        except UnicodeError as exc:
+            raise ClientStateError(f"invalid host name {host!r} in {url!r}: {exc}") from None
         authority = f"[{host}]" if ":" in host else host
         if not parsed.is_default_port():
             authority = f"{authority}:{parsed.port}"
@@ -163,16 +184,18 @@ class DirectTransport(Transport):
         idle = target.idle
         while idle:
             connection = idle.pop()
-            transport = connection.transport
-            if (
-                connection.open
-                and transport is not None
-                and not transport.is_closing()
-                and loop.time() - connection.idle_since < self._keepalive
+            if loop.time() - connection.idle_since < self._keep_for(connection) and (
+                connection.fit()
             ):
                 return connection
             self._drop(connection)
         return None
+
+    def _keep_for(self, connection: Connection) -> float:
+        """Seconds ``connection`` may stay idle: ours, or less if the server said less (a
+        second before its own timeout, so that a close is not met half-way)."""
+        said = connection.keep_for
+        return self._keepalive if said is None else min(self._keepalive, said - 1.0)
 
     async def _connect(
         self, target: _Target, loop: asyncio.AbstractEventLoop, deadline: float | None
@@ -182,16 +205,9 @@ class DirectTransport(Transport):
         if deadline is not None:
             left = max(0.0, deadline - loop.time())
             timeout = left if timeout is None else min(timeout, left)
-        options: dict[str, Any] = {}
-        if target.tls:
-            options["ssl"] = self._ssl or self._ssl_context()
-        if isinstance(loop, asyncio.BaseEventLoop):  # uvloop has no such option
-            options["happy_eyeballs_delay"] = HAPPY_EYEBALLS_DELAY
         try:
             async with asyncio.timeout(timeout):
-                _, connection = await loop.create_connection(
-                    Connection, target.host, target.port, **options
-                )
+                connection = await self._open_connection(target, loop)
         except TimeoutError:
             raise ConnectTimeout(f"connecting to {target.name} timed out") from None
         except ssl.SSLError as exc:
@@ -206,9 +222,41 @@ class DirectTransport(Transport):
                 f"the host name {target.host!r} does not resolve"
                 f" ({exc.strerror or 'no address'}); check the base URL"
             ) from None
+        except UnicodeError as exc:
+            raise ClientStateError(f"invalid host name {target.host!r}: {exc}") from None
         except OSError as exc:
             raise ConnectError(f"could not connect to {target.name}: {exc}") from None
+        if self._closed:  # closed while this call connected
+            connection.abort()
+            raise ClientStateError(CLOSED_BEFORE_SENT)
         self._connections.add(connection)
+        return connection
+
+    async def _open_connection(
+        self, target: _Target, loop: asyncio.AbstractEventLoop
+    ) -> Connection:
+        """Resolve, connect (RFC 8305's happy eyeballs across the addresses, on any loop:
+        aiohappyeyeballs, as aiohttp, which closes a socket won by a cancelled race), then
+        the TLS handshake."""
+        infos = await loop.getaddrinfo(
+            target.host, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+        )
+        sock = await aiohappyeyeballs.start_connection(
+            infos, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY, interleave=1
+        )
+        try:
+            if target.tls:
+                _, connection = await loop.create_connection(
+                    Connection,
+                    sock=sock,
+                    ssl=self._ssl or self._ssl_context(),
+                    server_hostname=target.host,
+                )
+            else:
+                _, connection = await loop.create_connection(Connection, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
         return connection
 
     def _release(
@@ -244,7 +292,7 @@ class DirectTransport(Transport):
         now = loop.time()
         waiting = False
         for target in self._targets.values():
-            kept = [c for c in target.idle if c.open and now - c.idle_since < self._keepalive]
+            kept = [c for c in target.idle if c.open and now - c.idle_since < self._keep_for(c)]
             for connection in target.idle:
                 if connection not in kept:
                     self._drop(connection)
@@ -307,6 +355,11 @@ class DirectTransport(Transport):
             target.idle.clear()
         connections, self._connections = self._connections, set()
         if not connections:
+            return
+        if self._loop is not asyncio.get_running_loop() or self._loop.is_closed():
+            for connection in connections:  # its loop is gone: drop them as they are
+                with contextlib.suppress(RuntimeError):
+                    connection.abort()
             return
         for connection in connections:
             connection.close()

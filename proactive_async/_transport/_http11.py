@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import select
 from typing import Final, cast
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -40,6 +41,7 @@ __all__ = ["MAX_HEAD", "Answer", "BadAnswer", "Connection", "LostConnection", "N
 MAX_HEAD: Final = 64 * 1024
 """Bytes an answer's head may take, status line and fields (aiohttp allows 8 KiB a field)."""
 
+_UNFIT: Final = select.POLLIN | select.POLLPRI | getattr(select, "POLLRDHUP", 0)
 _EMPTY_LINE = re.compile(rb"\r?\n\r?\n")
 """The end of a head: its first empty line (CRLF, or a bare LF as RFC 9112 allows)."""
 _HEX = frozenset(b"0123456789abcdefABCDEF")
@@ -84,12 +86,14 @@ class Connection(asyncio.Protocol):
         "_keep_alive",
         "_left",
         "_lost",
+        "_poller",
         "_since",
         "_state",
         "_status",
         "_truncated",
         "_waiter",
         "idle_since",
+        "keep_for",
         "open",
         "reusable",
         "total_bytes",
@@ -104,6 +108,8 @@ class Connection(asyncio.Protocol):
         self.reusable = False
         """True after a whole answer that leaves the connection fit for the next request."""
         self.idle_since = 0.0
+        self.keep_for: float | None = None
+        """Seconds the server said it keeps the connection idle (``Keep-Alive: timeout=``)."""
         self._buffer = bytearray()
         self._waiter: asyncio.Future[Answer] | None = None
         self._state = _DONE
@@ -118,11 +124,16 @@ class Connection(asyncio.Protocol):
         self._lost: asyncio.Future[None] | None = None
         self._gone = False
         self._since = 0  # total_bytes when the request went out
+        self._poller: select.poll | None = None
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self._poller = select.poll()
+            self._poller.register(sock.fileno(), _UNFIT)
 
     def data_received(self, data: bytes) -> None:
         self.total_bytes += len(data)
@@ -132,12 +143,16 @@ class Connection(asyncio.Protocol):
         self._buffer += data
         try:
             self._parse()
-        except BadAnswer as exc:
+        except (BadAnswer, ResponseTooLargeError) as exc:
             self._fail(exc)
-        except ResponseTooLargeError as exc:
-            self._fail(exc)
+        except Exception as exc:  # a parse this module did not foresee: still a bad answer
+            self._fail(BadAnswer(f"{type(exc).__name__}: {exc}"))
 
     def eof_received(self) -> bool:
+        # Never reused from now on: over TLS the transport is not "closing" until
+        # connection_lost, an iteration later, and a request written between is lost.
+        self.open = False
+        self.reusable = False
         return False  # the transport closes itself; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -185,6 +200,17 @@ class Connection(asyncio.Protocol):
         self.reusable = False
         if self.transport is not None:
             self.transport.close()
+
+    def fit(self) -> bool:
+        """Whether this idle connection can carry a request: open, and nothing readable on
+        its socket. An idle connection has nothing to read; if it has, it is the server's
+        close (or reset, or bytes nobody asked for) that the loop has not run yet, and a
+        request written now would be lost after it may have been read: an ambiguous
+        outcome, where dropping the connection leaves the request certainly unsent."""
+        transport = self.transport
+        if not self.open or transport is None or transport.is_closing():
+            return False
+        return self._poller is None or not self._poller.poll(0)
 
     def wait_lost(self) -> asyncio.Future[None]:
         """Done once the connection is lost (after ``close``, a TLS goodbye may take a
@@ -237,13 +263,14 @@ class Connection(asyncio.Protocol):
                 if self._left:
                     return
                 self._state = _CHUNK_END
-            elif state == _CHUNK_END:
-                if len(buffer) < 2:
+            elif state == _CHUNK_END:  # CRLF, or a bare LF as in the head
+                if buffer[:1] == b"\n" or buffer[:2] == b"\r\n":
+                    del buffer[: 1 if buffer[:1] == b"\n" else 2]
+                    self._state = _CHUNK_SIZE
+                elif buffer[:2] == b"\r" or not buffer:
                     return
-                if buffer[:2] != b"\r\n":
+                else:
                     raise BadAnswer("a chunk does not end with CRLF")
-                del buffer[:2]
-                self._state = _CHUNK_SIZE
             elif state == _TRAILER:
                 if not self._read_trailer():
                     return
@@ -294,6 +321,8 @@ class Connection(asyncio.Protocol):
         self._body = bytearray()
         self._truncated = False
         self._keep_alive = keep_alive and "close" not in _tokens(headers, "Connection")
+        if "Keep-Alive" in headers:
+            self.keep_for = _keep_alive_timeout(headers)
         self._frame(status, headers)
         return True
 
@@ -314,7 +343,7 @@ class Connection(asyncio.Protocol):
         if lengths:
             values = {value.strip() for length in lengths for value in length.split(",")}
             value = next(iter(values))
-            if len(values) != 1 or not (value.isascii() and value.isdigit()):
+            if len(values) != 1 or not (value.isascii() and value.isdigit()) or len(value) > 18:
                 raise BadAnswer(f"invalid Content-Length {', '.join(lengths)!r}")
             length = int(value)
             if length > self._cap and 200 <= status < 300:
@@ -408,6 +437,15 @@ def parse_head(head: bytes) -> tuple[int, bool, list[tuple[str, str]]]:
             raise BadAnswer(f"invalid header line {line[:40]!r}")
         fields.append((name.decode("latin-1"), value.strip(b" \t").decode("latin-1")))
     return status, first[7:8] == b"1", fields
+
+
+def _keep_alive_timeout(headers: CIMultiDictProxy[str]) -> float | None:
+    """The ``timeout=N`` of a ``Keep-Alive`` field (RFC 2068's, still sent), if any."""
+    for token in _tokens(headers, "Keep-Alive"):
+        name, _, value = token.partition("=")
+        if name.strip() == "timeout" and value.strip().isascii() and value.strip().isdigit():
+            return float(value.strip()[:9])
+    return None
 
 
 def _tokens(headers: CIMultiDictProxy[str], name: str) -> list[str]:
