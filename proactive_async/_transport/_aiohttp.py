@@ -30,11 +30,9 @@ from .._errors import (
     ConnectError,
     ConnectionLostError,
     ConnectTimeout,
-    NameResolutionError,
     ProactiveError,
     ReadTimeout,
     ResponseTooLargeError,
-    TLSError,
 )
 from ._base import (
     CLOSED_BEFORE_SENT,
@@ -43,6 +41,8 @@ from ._base import (
     Transport,
     TransportConfig,
     origin,
+    tls_failed,
+    unresolved,
 )
 
 __all__ = ["AiohttpTransport"]
@@ -139,7 +139,8 @@ class AiohttpTransport(Transport):
         except ProactiveError:
             raise
         except (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch) as exc:
-            raise TLSError(f"TLS with {origin(url)} failed: {_tls_reason(exc)}") from None
+            cause = getattr(exc, "certificate_error", None) or getattr(exc, "os_error", None)
+            raise tls_failed(origin(url), cause or exc) from None
         except aiohttp.ClientHttpProxyError as exc:
             # The proxy refused the tunnel: the API never saw the request.
             raise ConnectError(
@@ -148,11 +149,8 @@ class AiohttpTransport(Transport):
         except aiohttp.ConnectionTimeoutError as exc:
             raise ConnectTimeout(f"connecting to {origin(url)} timed out") from exc
         except aiohttp.ClientConnectorError as exc:
-            if _name_does_not_resolve(exc):
-                reason = exc.os_error.strerror or "no address"
-                raise NameResolutionError(
-                    f"the host name {exc.host!r} does not resolve ({reason}); check the base URL"
-                ) from exc
+            if _is_resolution(exc):
+                raise unresolved(exc.host, exc.os_error) from exc
             raise ConnectError(f"could not connect to {origin(url)}: {exc.os_error}") from exc
         except aiohttp.InvalidURL as exc:
             raise ClientStateError(f"invalid URL: {exc}") from None
@@ -240,17 +238,10 @@ async def _read_head(response: aiohttp.ClientResponse, cap: int) -> bytes:
     return b"".join(chunks)
 
 
-def _name_does_not_resolve(exc: aiohttp.ClientConnectorError) -> bool:
-    """A DNS answer that the name does not exist; a resolver that cannot be reached now
-    (``EAI_AGAIN``) is not one: that may pass, like a refused connection."""
-    os_error = exc.os_error
+def _is_resolution(exc: aiohttp.ClientConnectorError) -> bool:
+    """Whether the connection failed at name resolution."""
     # ClientConnectorDNSError since aiohttp 3.10.9; before it, the resolver's gaierror.
     dns_error = getattr(aiohttp, "ClientConnectorDNSError", None)
-    if not (isinstance(os_error, socket.gaierror) or (dns_error and isinstance(exc, dns_error))):
-        return False
-    return os_error.errno != socket.EAI_AGAIN
-
-
-def _tls_reason(exc: Exception) -> str:
-    cause = getattr(exc, "certificate_error", None) or getattr(exc, "os_error", None) or exc
-    return str(getattr(cause, "verify_message", None) or cause)
+    return isinstance(exc.os_error, socket.gaierror) or bool(
+        dns_error and isinstance(exc, dns_error)
+    )

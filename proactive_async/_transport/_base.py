@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import platform
+import socket
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .._config import Limits, Timeout
 from .._deadlines import Deadlines, Watch
-from .._errors import ClientStateError, ConnectTimeout, ReadTimeout
+from .._errors import (
+    ClientStateError,
+    ConnectError,
+    ConnectTimeout,
+    NameResolutionError,
+    ReadTimeout,
+    TLSError,
+)
 
 __all__ = [
     "CLOSED_BEFORE_SENT",
@@ -22,6 +30,8 @@ __all__ = [
     "TransportConfig",
     "origin",
     "split_headers",
+    "tls_failed",
+    "unresolved",
     "user_agent",
 ]
 
@@ -176,6 +186,24 @@ class Transport:
         except asyncio.CancelledError:
             await asyncio.wait([close])
             raise
+
+
+def unresolved(host: str, error: OSError) -> ConnectError:
+    """A name the resolver says does not exist (NameResolutionError: check the base URL); a
+    resolver that cannot be reached now (``EAI_AGAIN``) is a ConnectError: it may pass, like
+    a refused connection. Either way nothing was sent."""
+    if error.errno == socket.EAI_AGAIN:
+        return ConnectError(f"could not resolve {host!r} now ({error.strerror}); nothing was sent")
+    return NameResolutionError(
+        f"the host name {host!r} does not resolve ({error.strerror or 'no address'});"
+        " check the base URL"
+    )
+
+
+def tls_failed(where: str, cause: object) -> TLSError:
+    """The TLS handshake with ``where`` failed; the reason a certificate check gives, if any."""
+    reason = getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or cause
+    return TLSError(f"TLS with {where} failed: {reason}")
 
 
 def origin(url: str) -> str:

@@ -36,10 +36,8 @@ from .._errors import (
     ConnectError,
     ConnectionLostError,
     ConnectTimeout,
-    NameResolutionError,
     ProactiveError,
     ResponseTooLargeError,
-    TLSError,
 )
 from ._base import (
     CLOSED_BEFORE_SENT,
@@ -48,6 +46,8 @@ from ._base import (
     Transport,
     TransportConfig,
     origin,
+    tls_failed,
+    unresolved,
 )
 from ._http11 import Answer, BadAnswer, Connection, LostConnection, NotSent
 
@@ -211,17 +211,9 @@ class DirectTransport(Transport):
         except TimeoutError:
             raise ConnectTimeout(f"connecting to {target.name} timed out") from None
         except ssl.SSLError as exc:
-            reason = getattr(exc, "verify_message", None) or exc.reason or exc
-            raise TLSError(f"TLS with {target.name} failed: {reason}") from None
+            raise tls_failed(target.name, exc) from None
         except socket.gaierror as exc:
-            if exc.errno == socket.EAI_AGAIN:
-                raise ConnectError(
-                    f"could not resolve {target.host!r} now ({exc.strerror}); nothing was sent"
-                ) from None
-            raise NameResolutionError(
-                f"the host name {target.host!r} does not resolve"
-                f" ({exc.strerror or 'no address'}); check the base URL"
-            ) from None
+            raise unresolved(target.host, exc) from None
         except UnicodeError as exc:
             raise ClientStateError(f"invalid host name {target.host!r}: {exc}") from None
         except OSError as exc:
