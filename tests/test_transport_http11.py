@@ -5,13 +5,18 @@ that send exactly the bytes each test names. Every server is closed by its test.
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
+import logging
 import re
 import socket
 import ssl
+import threading
 import time
+import traceback
+import warnings
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -22,8 +27,10 @@ import pytest
 from proactive_async import (
     AsyncClient,
     BadRequestError,
+    ClientStateError,
     ConnectError,
     ConnectionLostError,
+    ConnectTimeout,
     Conversation,
     DecodingError,
     Limits,
@@ -36,6 +43,7 @@ from proactive_async import (
     __version__,
 )
 from proactive_async._transport import MAX_ERROR_BODY, user_agent
+from proactive_async._transport._direct import DirectTransport
 from proactive_async._transport._http11 import Connection
 
 PATH = b"/api/Conversation/proactive-conversation"
@@ -208,6 +216,15 @@ async def call(client: AsyncClient) -> list[Conversation]:
     return await client.create_proactive_conversation(channel_id=1)
 
 
+def run_on(loop: str, scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``scenario()`` in a new event loop: asyncio's, or uvloop's (skipped without it)."""
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        uvloop.run(scenario())
+    else:
+        asyncio.run(scenario())
+
+
 def closed_port() -> int:
     """A port nothing listens on: bound, then released."""
     with socket.socket() as sock:
@@ -360,6 +377,23 @@ async def test_bare_lf_line_endings_are_accepted(answer: bytes) -> None:
     async with serve(answering(answer)) as server, client_for(server.url) as client:
         assert_ok(await call(client))
         assert_ok(await call(client))
+    assert len(server.peers) == 1
+
+
+@pytest.mark.parametrize("piecewise", [False, True], ids=["at-once", "byte-by-byte"])
+async def test_chunks_ended_by_a_bare_lf_are_accepted(piecewise: bool) -> None:
+    answer = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"a\r\n" + OK_BODY[:10] + b"\n"
+        b"%x\r\n" % len(OK_BODY[10:]) + OK_BODY[10:] + b"\n"
+        b"0\r\n\r\n"
+    )
+    async with (
+        serve(answering(answer, piecewise=piecewise)) as server,
+        client_for(server.url) as client,
+    ):
+        assert_ok(await call(client))
+        assert_ok(await call(client))  # and nothing of the first answer was left behind
     assert len(server.peers) == 1
 
 
@@ -540,6 +574,29 @@ async def test_a_content_length_of_non_ascii_digits_is_a_bad_answer() -> None:
             await call(client)
 
 
+@pytest.mark.parametrize(
+    ("status", "digits"),
+    [(b"200 OK", 40), (b"500 Internal Server Error", 40), (b"500 Internal Server Error", 5000)],
+    ids=["200-40-digits", "500-40-digits", "500-5000-digits"],
+)
+async def test_a_content_length_of_too_many_digits_is_a_bad_answer_and_nothing_is_logged(
+    status: bytes, digits: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ASCII digits all, but no real length: refused as a bad answer, not an exception out of
+    the protocol's ``data_received`` (which asyncio logs as a fatal error: ``int()`` refuses
+    over 4300 digits)."""
+    answer = b"HTTP/1.1 %b\r\nContent-Length: %b\r\n\r\n[]" % (status, b"1" * digits)
+    async with (
+        serve(answering_then_holding(answer)) as server,
+        client_for(server.url, timeout=Timeout(read=2.0)) as client,
+    ):
+        with pytest.raises(ConnectionLostError, match="bad answer"):
+            await call(client)
+        await asyncio.wait_for(server.peers[0].closed.wait(), 1.0)
+    errors = [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR]
+    assert errors == []
+
+
 # --- keep-alive -----------------------------------------------------------------------
 
 
@@ -580,6 +637,24 @@ async def test_a_kept_connection_the_server_closed_while_idle_is_replaced() -> N
         await asyncio.sleep(0.05)  # the client's loop sees the close
         assert_ok(await call(client))
     assert len(server.peers) == 2
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_server_closing_right_after_each_answer_costs_no_call(loop: str) -> None:
+    """It answers (Content-Length, no ``Connection: close``) and closes at once: the next call
+    may start before the client's loop has run that close, and the idle connection is
+    polled before reuse, so no request is written to a closed connection."""
+
+    async def scenario() -> None:
+        async with (
+            serve(answering_then_closing(ok())) as server,
+            client_for(server.url) as client,
+        ):
+            for _ in range(20):
+                assert_ok(await call(client))
+        assert len(server.requests) == 20 and len(server.peers) == 20
+
+    run_on(loop, scenario)
 
 
 @pytest.mark.parametrize("when", ["with-the-answer", "while-idle"])
@@ -623,6 +698,30 @@ async def test_an_idle_connection_is_closed_after_the_keepalive_timeout() -> Non
         assert time.monotonic() - started >= 0.05
         assert_ok(await call(client))
     assert len(server.peers) == 2
+
+
+@pytest.mark.parametrize(
+    ("fields", "connections"),
+    [(b"Keep-Alive: timeout=2\r\n", 2), (b"", 1)],
+    ids=["keep-alive-timeout-2", "no-keep-alive-field"],
+)
+async def test_a_keep_alive_timeout_from_the_server_shortens_the_idle_time(
+    fields: bytes, connections: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Keep-Alive: timeout=2`` (our keepalive_timeout is 15 s): reused at once, but not
+    once idle for more than a second (the loop's clock moved 1.5 s on); without the field,
+    still reused then."""
+    loop = asyncio.get_running_loop()
+    clock = SimpleNamespace(shift=0.0)
+    time_of_loop = loop.time
+    monkeypatch.setattr(loop, "time", lambda: time_of_loop() + clock.shift)
+    async with serve(answering(ok(fields=fields))) as server, client_for(server.url) as client:
+        assert_ok(await call(client))
+        assert_ok(await call(client))
+        assert len(server.peers) == 1
+        clock.shift = 1.5
+        assert_ok(await call(client))
+    assert len(server.peers) == connections and len(server.requests) == 3
 
 
 # --- lost connections and connect errors ----------------------------------------------
@@ -681,6 +780,20 @@ async def test_a_refused_connection_is_a_connect_error_nothing_sent() -> None:
 async def test_a_host_name_that_does_not_resolve_is_a_name_resolution_error() -> None:
     async with client_for("http://nonexistent.invalid") as client:
         with pytest.raises(NameResolutionError, match=r"'nonexistent\.invalid'") as info:
+            await call(client)
+    assert info.value.may_have_been_processed is False
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["a" * 64 + ".example.com", "a..b.example.com"],
+    ids=["a-64-character-label", "an-empty-label"],
+)
+async def test_a_host_name_with_an_invalid_label_is_a_client_state_error(host: str) -> None:
+    """yarl accepts them; the resolver's IDNA encoding does not: a ClientStateError naming
+    the host (no UnicodeError from below), nothing sent."""
+    async with client_for(f"http://{host}:8080") as client:
+        with pytest.raises(ClientStateError, match=re.escape(repr(host))) as info:
             await call(client)
     assert info.value.may_have_been_processed is False
 
@@ -769,6 +882,33 @@ async def test_a_caller_header_replaces_a_default_whatever_its_case() -> None:
     ]
 
 
+async def lost_call(client: AsyncClient) -> ConnectionLostError:
+    """The error of a call whose request the server read before it closed (this frame's
+    locals hold nothing of the request: only ``client`` and ``info``)."""
+    with pytest.raises(ConnectionLostError) as info:
+        await call(client)
+    return info.value
+
+
+async def test_the_token_is_in_no_repr_of_the_targets_nor_in_a_tracebacks_locals() -> None:
+    """The request head (with the token) is neither in a target's repr nor a frame's local:
+    a traceback rendered with its locals (as Sentry, rich or ``pytest -l`` do) leaks none."""
+
+    async def read_and_close(peer: Peer) -> None:
+        await peer.request()
+
+    async with serve(read_and_close) as server, client_for(server.url) as client:
+        error = await lost_call(client)
+        transport = client._transport
+        assert isinstance(transport, DirectTransport)
+        targets = repr(transport._targets)
+    assert server.url in targets and TOKEN not in targets
+    rendered = traceback.TracebackException.from_exception(error, capture_locals=True)
+    text = "".join(rendered.format())
+    assert "ConnectionLostError" in text and "target = " in text
+    assert TOKEN not in text
+
+
 # --- TLS ------------------------------------------------------------------------------
 
 
@@ -804,6 +944,63 @@ async def test_tls_with_verification_off_works(tls_ca: SimpleNamespace) -> None:
     ):
         assert_ok(await call(client))
     assert len(server.requests) == 1
+
+
+async def test_tls_a_connection_dropped_while_another_answers_is_not_reused(
+    tls_ca: SimpleNamespace,
+) -> None:
+    """Two idle TLS connections. The server answers call 1 on one (``Connection: close``)
+    and at the same moment drops the other's TCP without a TLS close_notify: the client reads
+    both in one loop iteration, and call 2 must not be written to the dropped one."""
+    both = asyncio.Event()
+
+    async def handle(peer: Peer) -> None:
+        while await peer.request() is not None:
+            count = len(peer.requests)
+            if count <= 2:  # two calls at once: two connections
+                if count == 2:
+                    both.set()
+                await both.wait()
+                await peer.send(ok())
+            elif count == 3:
+                peer.writer.write(ok(fields=b"Connection: close\r\n"))
+                [other] = [p for p in server.peers if p is not peer]
+                # A TCP FIN, no close_notify, sent with the answer before the loop turns.
+                other.writer.get_extra_info("socket").shutdown(socket.SHUT_WR)
+                await peer.writer.drain()
+            else:
+                await peer.send(ok())
+
+    async with (
+        serve(handle, tls=tls_ca.server_context) as server,
+        client_for(server.url, verify=tls_ca.ca_file) as client,
+    ):
+        for conversations in await asyncio.gather(call(client), call(client)):
+            assert_ok(conversations)
+        assert len(server.peers) == 2
+        assert_ok(await call(client))
+        assert_ok(await call(client))
+    assert len(server.peers) == 3 and len(server.requests) == 4
+
+
+@pytest.mark.parametrize(
+    "timeouts",
+    [Timeout(total=0.5), Timeout(connect=None, read=0.5)],
+    ids=["total", "read-with-no-connect-timeout"],
+)
+async def test_a_timeout_passing_in_a_hung_tls_handshake_is_a_connect_timeout(
+    timeouts: Timeout,
+) -> None:
+    """The server accepts TCP and never answers the ClientHello: no connection was ever
+    made, so whichever timeout passes, nothing was sent."""
+    async with serve(Peer.until_closed) as server:
+        url = server.url.replace("http://", "https://")
+        async with client_for(url, timeout=timeouts, verify=False) as client:
+            started = time.monotonic()
+            with pytest.raises(ConnectTimeout, match="nothing was sent") as info:
+                await call(client)
+    assert info.value.may_have_been_processed is False
+    assert time.monotonic() - started < 2.0 and server.requests == []
 
 
 # --- the read timeout -----------------------------------------------------------------
@@ -863,6 +1060,95 @@ async def test_aclose_closes_every_connection() -> None:
         assert not any(peer.closed.is_set() for peer in server.peers)
         await client.aclose()
         await asyncio.wait_for(asyncio.gather(*(peer.closed.wait() for peer in server.peers)), 1.0)
+
+
+async def test_aclose_while_calls_wait_for_the_slot_fails_them_with_nothing_sent() -> None:
+    """``max_connections=1``: one call holds the connection (never answered), two wait for
+    it. After ``aclose`` the waiting ones send nothing: a ClientStateError each."""
+    first = asyncio.Event()
+
+    async def never_answering(peer: Peer) -> None:
+        while await peer.request() is not None:
+            first.set()
+
+    async with serve(never_answering) as server:
+        client = client_for(server.url, limits=Limits(max_connections=1), timeout=Timeout(read=1.0))
+        calls = [asyncio.create_task(call(client)) for _ in range(3)]
+        await asyncio.wait_for(first.wait(), 1.0)
+        await client.aclose()
+        sent = len(server.requests)
+        _, *waiting = await asyncio.gather(*calls, return_exceptions=True)
+    assert sent == 1 and len(server.requests) == 1
+    for outcome in waiting:
+        assert isinstance(outcome, ClientStateError), outcome
+        assert "nothing was sent" in str(outcome)
+
+
+def aclose_in_a_second_event_loop(patience: float) -> bool:
+    """A call in one ``asyncio.run``, ``aclose`` in another (the first loop closed by
+    then): whether the server saw the connection closed within ``patience`` seconds of
+    ``aclose``. A socket left open is then collected here (its ResourceWarning with it), not
+    in a later test."""
+    closed = threading.Event()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def serve_one() -> None:
+            connection, _ = listener.accept()
+            with connection:
+                request = b""
+                while not request.endswith(REQUEST_BODY):
+                    request += connection.recv(65536)
+                connection.sendall(ok())
+                while connection.recv(65536):
+                    pass
+            closed.set()
+
+        server = threading.Thread(target=serve_one, daemon=True)
+        server.start()
+        client = client_for(f"http://127.0.0.1:{listener.getsockname()[1]}")
+        assert_ok(asyncio.run(call(client)))
+        asyncio.run(client.aclose())
+        seen = closed.wait(patience)
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always", ResourceWarning)
+            del client
+            gc.collect()
+        server.join(1.0)
+    return seen
+
+
+def test_aclose_in_a_second_event_loop_raises_nothing() -> None:
+    aclose_in_a_second_event_loop(patience=0.0)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="aclose from another loop only aborts the transports, whose close needs their"
+    " closed loop: the sockets stay open until garbage-collected (with a ResourceWarning)",
+)
+def test_aclose_in_a_second_event_loop_closes_the_connection() -> None:
+    assert aclose_in_a_second_event_loop(patience=1.0)
+
+
+async def test_calls_cancelled_while_connecting_leave_no_unclosed_socket() -> None:
+    """Cancelled at each of its first dozen loop iterations (a whole call takes about 20:
+    resolving, connecting, ...): no socket is left for the garbage collector to close."""
+    cancelled = 0
+    async with serve(answering(ok())) as server:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            for index in range(96):
+                async with client_for(server.url) as client:
+                    task = asyncio.create_task(call(client))
+                    for _ in range(index % 12):
+                        await asyncio.sleep(0)
+                    task.cancel()
+                    with suppress(asyncio.CancelledError):
+                        await task
+                    cancelled += task.cancelled()
+            gc.collect()
+    assert cancelled >= 48, cancelled
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
 def test_a_call_and_aclose_under_uvloop() -> None:
