@@ -1121,11 +1121,6 @@ def test_aclose_in_a_second_event_loop_raises_nothing() -> None:
     aclose_in_a_second_event_loop(patience=0.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aclose from another loop only aborts the transports, whose close needs their"
-    " closed loop: the sockets stay open until garbage-collected (with a ResourceWarning)",
-)
 def test_aclose_in_a_second_event_loop_closes_the_connection() -> None:
     assert aclose_in_a_second_event_loop(patience=1.0)
 

@@ -249,6 +249,7 @@ class DirectTransport(Transport):
         except BaseException:
             sock.close()
             raise
+        connection.sock = sock
         return connection
 
     def _release(
@@ -349,9 +350,11 @@ class DirectTransport(Transport):
         if not connections:
             return
         if self._loop is not asyncio.get_running_loop() or self._loop.is_closed():
-            for connection in connections:  # its loop is gone: drop them as they are
+            for connection in connections:  # its loop is gone: close the sockets themselves
                 with contextlib.suppress(RuntimeError):
                     connection.abort()
+                if connection.sock is not None:
+                    connection.sock.close()
             return
         for connection in connections:
             connection.close()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import re
 import select
+import socket
 from typing import Final, cast
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -96,6 +97,7 @@ class Connection(asyncio.Protocol):
         "keep_for",
         "open",
         "reusable",
+        "sock",
         "total_bytes",
         "transport",
     )
@@ -108,6 +110,8 @@ class Connection(asyncio.Protocol):
         self.reusable = False
         """True after a whole answer that leaves the connection fit for the next request."""
         self.idle_since = 0.0
+        self.sock: socket.socket | None = None
+        """The connected socket, to close when the connection's event loop is gone."""
         self.keep_for: float | None = None
         """Seconds the server said it keeps the connection idle (``Keep-Alive: timeout=``)."""
         self._buffer = bytearray()
