@@ -257,6 +257,21 @@ def test_coalesced_batches_end_as_call_order_would() -> None:
         assert apply_batch(ops) == apply_in_order(ops), ops
 
 
+def test_coalesced_records_and_marks_never_share_a_line() -> None:
+    """PostgreSQL writes both in one statement, which may touch a row once."""
+    rng = random.Random(17)
+    for _ in range(5000):
+        ops = random_ops(rng)
+        batch = coalesce(ops)
+        assert not set(batch.records) & set(batch.marks), ops
+
+
+def test_a_line_marked_after_its_record_is_only_marked() -> None:
+    batch = coalesce([Record([1, 2], [b"sent 1", b"sent 2"]), Mark([1])])
+    assert batch.records == {2: b"sent 2"}
+    assert batch.marks == [1]
+
+
 def test_coalesce_keeps_the_last_outcome_of_a_line_recorded_twice() -> None:
     batch = coalesce([Record([1], [b"unknown"]), Record([1, 2], [b"sent 1", b"sent 2"])])
     assert batch.records == {1: b"sent 1", 2: b"sent 2"}

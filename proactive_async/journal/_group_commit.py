@@ -221,9 +221,11 @@ class Batch(msgspec.Struct, frozen=True):
 def coalesce(ops: Iterable[JournalOp]) -> Batch:
     """``ops`` (in call order) as a ``Batch`` that leaves every line as applying them one
     by one would: a later record of a line replaces an earlier one; a line marked after
-    its outcome was recorded is in flight (it is being sent again); a line recorded after
-    its mark keeps its outcome; a line marked after its release is in flight; a release
-    touches only lines in flight, so it never undoes an outcome."""
+    its outcome was recorded is in flight (it is being sent again: the record is dropped,
+    the mark overwrites it anyway); a line recorded after its mark keeps its outcome; a
+    line marked after its release is in flight; a release touches only lines in flight, so
+    it never undoes an outcome. Records and marks never share a line (PostgreSQL writes
+    both in one statement, which may touch a row once)."""
     records: dict[int, bytes] = {}
     marks: set[int] = set()
     releases: set[int] = set()
@@ -231,6 +233,9 @@ def coalesce(ops: Iterable[JournalOp]) -> Batch:
         if isinstance(op, Mark):
             if releases:
                 releases.difference_update(op.lines)  # applied after marks, it would undo them
+            if records:
+                for line in op.lines:
+                    records.pop(line, None)
             marks.update(op.lines)
         elif isinstance(op, Record):
             if marks and not marks.isdisjoint(op.lines):

@@ -108,24 +108,30 @@ SCHEMA: Final = (
 )
 """The tables every campaign uses; a distributed campaign adds its own
 (``proactive_async.distributed._store.SCHEMA``), created with these by ``ensure_schema``."""
-_MARK_SQL: Final = """
-    INSERT INTO proactive_record (campaign_id, line, state)
-    SELECT %s, line, 'in_flight' FROM (SELECT DISTINCT unnest(%b::bigint[]) AS line) AS m
-    ON CONFLICT (campaign_id, line) DO UPDATE SET state = 'in_flight', outcome = NULL
-"""
 _RELEASE_SQL: Final = (
     "DELETE FROM proactive_record WHERE campaign_id = %s AND state = 'in_flight'"
     " AND chunk IS NULL AND line = ANY(%b::bigint[])",
     "UPDATE proactive_record SET state = 'planned' WHERE campaign_id = %s"
     " AND state = 'in_flight' AND chunk IS NOT NULL AND line = ANY(%b::bigint[])",
 )
-# A line's state is its outcome's status, read from the outcome itself.
-_RECORD_SQL: Final = f"""
-    INSERT INTO proactive_record (campaign_id, line, state, outcome)
-    SELECT %s, line, outcome::json->>'{OUTCOME_WIRE_NAMES["status"]}', outcome
-    FROM unnest(%b::bigint[], %b::text[]) AS r (line, outcome)
-    ON CONFLICT (campaign_id, line)
-    DO UPDATE SET state = EXCLUDED.state, outcome = EXCLUDED.outcome
+# Records and marks in one statement (coalesce keeps their lines apart): autocommit makes
+# it one transaction, without a BEGIN and a COMMIT around it. A line's state is its
+# outcome's status, read from the outcome itself. Data-modifying WITH clauses run once,
+# whatever the SELECT reads.
+_WRITE_SQL: Final = f"""
+    WITH recorded AS (
+        INSERT INTO proactive_record (campaign_id, line, state, outcome)
+        SELECT %(campaign)s, line, outcome::json->>'{OUTCOME_WIRE_NAMES["status"]}', outcome
+        FROM unnest(%(lines)b::bigint[], %(outcomes)b::text[]) AS r (line, outcome)
+        ON CONFLICT (campaign_id, line)
+        DO UPDATE SET state = EXCLUDED.state, outcome = EXCLUDED.outcome
+    ), marked AS (
+        INSERT INTO proactive_record (campaign_id, line, state)
+        SELECT %(campaign)s, line, 'in_flight'
+        FROM (SELECT DISTINCT unnest(%(marks)b::bigint[]) AS line) AS m
+        ON CONFLICT (campaign_id, line) DO UPDATE SET state = 'in_flight', outcome = NULL
+    )
+    SELECT 1
 """
 _LOOKUP_SQL: Final = (
     "SELECT line, state, outcome FROM proactive_record"
@@ -390,20 +396,22 @@ class PostgresJournal:
     async def _write(self, ops: list[JournalOp]) -> None:
         batch = coalesce(ops)
         conn = self._writer_conn
-        campaign = self.campaign
-        # One round trip for the whole commit (BEGIN, the statements, COMMIT), not one
-        # per statement: the pipeline sends them together and reads the answers after.
+        scrub = self._scrubber.scrub
+        params = {
+            "campaign": self.campaign,
+            "lines": list(batch.records),
+            "outcomes": [scrub(encoded).decode() for encoded in batch.records.values()],
+            "marks": batch.marks,
+        }
+        if not batch.releases:  # the usual commit: one statement, its own transaction
+            await conn.execute(_WRITE_SQL, params)
+            return
+        # With releases (applied after the marks): one round trip for the whole commit
+        # (BEGIN, the statements, COMMIT); the pipeline sends them together.
         async with conn.pipeline(), conn.transaction():
-            # One statement per kind, in the order coalesce applies them.
-            if batch.records:
-                scrub = self._scrubber.scrub
-                outcomes = [scrub(encoded).decode() for encoded in batch.records.values()]
-                await conn.execute(_RECORD_SQL, (campaign, list(batch.records), outcomes))
-            if batch.marks:
-                await conn.execute(_MARK_SQL, (campaign, batch.marks))
-            if batch.releases:
-                for statement in _RELEASE_SQL:
-                    await conn.execute(statement, (campaign, batch.releases))
+            await conn.execute(_WRITE_SQL, params)
+            for statement in _RELEASE_SQL:
+                await conn.execute(statement, (self.campaign, batch.releases))
 
     def _check_usable(self) -> None:
         check_usable(self.where, self._group.failure, self._closed)
