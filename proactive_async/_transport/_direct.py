@@ -112,7 +112,7 @@ class DirectTransport(Transport):
             connection = self._idle(target, loop) or await self._connect(target, loop, deadline)
             if watch is not None:
                 watch.stream, watch.seen = connection, connection.total_bytes
-                # The request is built in the call: no frame's local holds the token.
+            # The request is built in the call: no frame's local holds the token.
             answer = await connection.request(
                 b"%b%d\r\n\r\n%b" % (target.prefix, len(body), body), self._cap, self._error_cap
             )
@@ -219,7 +219,7 @@ class DirectTransport(Transport):
         except OSError as exc:
             raise ConnectError(f"could not connect to {target.name}: {exc}") from None
         if self._closed:  # closed while this call connected
-            connection.abort()
+            connection.close(at_once=True)
             raise ClientStateError(CLOSED_BEFORE_SENT)
         self._connections.add(connection)
         return connection
@@ -269,7 +269,7 @@ class DirectTransport(Transport):
                 self._pruner = loop.call_later(self._keepalive, self._prune)
             return
         if not done:
-            connection.abort()
+            connection.close(at_once=True)
         self._drop(connection)
 
     def _drop(self, connection: Connection) -> None:
@@ -352,7 +352,7 @@ class DirectTransport(Transport):
         if self._loop is not asyncio.get_running_loop() or self._loop.is_closed():
             for connection in connections:  # its loop is gone: close the sockets themselves
                 with contextlib.suppress(RuntimeError):
-                    connection.abort()
+                    connection.close(at_once=True)
                 if connection.sock is not None:
                     connection.sock.close()
             return
@@ -362,7 +362,7 @@ class DirectTransport(Transport):
         await asyncio.wait(lost, timeout=CLOSE_WAIT)
         for connection in connections:
             if not connection.wait_lost().done():
-                connection.abort()
+                connection.close(at_once=True)
         await asyncio.sleep(0)  # the aborted ones' connection_lost
 
 

@@ -198,12 +198,16 @@ class Connection(asyncio.Protocol):
         transport.write(data)
         return waiter
 
-    def close(self) -> None:
-        """Close now; an answer still awaited ends as a LostConnection."""
+    def close(self, *, at_once: bool = False) -> None:
+        """Close now; an answer still awaited ends as a LostConnection. ``at_once`` drops it
+        without a graceful end (a request abandoned half-way: no TLS close_notify)."""
         self.open = False
         self.reusable = False
         if self.transport is not None:
-            self.transport.close()
+            if at_once:
+                self.transport.abort()
+            else:
+                self.transport.close()
 
     def fit(self) -> bool:
         """Whether this idle connection can carry a request: open, and nothing readable on
@@ -224,13 +228,6 @@ class Connection(asyncio.Protocol):
             if self.transport is None or self._gone:
                 self._lost.set_result(None)
         return self._lost
-
-    def abort(self) -> None:
-        """Drop the connection at once (an abandoned request: no graceful TLS close)."""
-        self.open = False
-        self.reusable = False
-        if self.transport is not None:
-            self.transport.abort()
 
     # --- parsing --------------------------------------------------------------------------
 
@@ -268,10 +265,11 @@ class Connection(asyncio.Protocol):
                     return
                 self._state = _CHUNK_END
             elif state == _CHUNK_END:  # CRLF, or a bare LF as in the head
-                if buffer[:1] == b"\n" or buffer[:2] == b"\r\n":
-                    del buffer[: 1 if buffer[:1] == b"\n" else 2]
+                end = 1 if buffer[:1] == b"\n" else 2 if buffer[:2] == b"\r\n" else 0
+                if end:
+                    del buffer[:end]
                     self._state = _CHUNK_SIZE
-                elif buffer[:2] == b"\r" or not buffer:
+                elif buffer == b"" or buffer == b"\r":
                     return
                 else:
                     raise BadAnswer("a chunk does not end with CRLF")
