@@ -28,12 +28,12 @@ from ._errors import (
     ProactiveError,
     RateLimitError,
     ReadTimeout,
-    ResponseTooLargeError,
     ServiceUnavailableError,
     body_snippet,
     problem_details,
     status_error_class,
 )
+from ._handoff import Handoff
 from ._models import (
     Conversation,
     ProactiveConversationFields,
@@ -47,9 +47,12 @@ from ._retry import RetryPolicy, Sleep, parse_retry_after, retry_call
 from ._secrets import Redactor, check_headers, mask_phones_in
 from ._telemetry import Telemetry
 from ._transport import (
+    BLOCKED_AFTER,
     DEADLINE_GRACE,
-    MAX_ERROR_BODY,
+    PROBE_AFTER,
     RawResponse,
+    SimulatorBlocked,
+    SyncTransport,
     Transport,
     TransportConfig,
     open_transport,
@@ -57,7 +60,7 @@ from ._transport import (
     split_headers,
     user_agent,
 )
-from ._transport_api import AsyncTransport, TransportRequest, TransportResponse
+from ._transport_api import AsyncTransport
 from ._version import __version__
 from .ratelimit import RateLimitBackend, report_failure
 
@@ -70,10 +73,6 @@ __all__ = ["ApiResponse", "AsyncClient"]
 PATH = API_PATH
 _log = logging.getLogger("proactive_async")
 _SIMULATOR_REGISTRY = "proactive_async.simulator._registry"
-_PROBE_AFTER = 1.0
-"""Seconds an answer from an in-process simulator is awaited before its loop is probed."""
-_BLOCKED_AFTER = 2.0
-"""Seconds without the probe's answer after which the simulator's loop is blocked."""
 T = TypeVar("T")
 
 
@@ -193,29 +192,51 @@ class AsyncClient:
             },
             headers or {},
         )
-        self._transport: Transport | AsyncTransport
+        self._transport: Transport | SyncTransport | AsyncTransport
         self._post: Callable[[str, bytes], Awaitable[RawResponse]]
+        self._own: TransportConfig | None = None  # the settings of the client's own pool
+        self._sleep_given = sleep is not None
         if transport is None:
-            own = open_transport(
-                TransportConfig(
-                    limits=limits,
-                    timeout=timeout if timeout is not None else NO_TIMEOUT,
-                    verify=_ssl_verify(verify),
-                    proxy=proxy,
-                    max_response_bytes=max_response_bytes,
-                    headers=default_headers,
-                    request_headers={**extra_headers, "Authorization": f"Bearer {token}"},
-                )
+            self._own = TransportConfig(
+                limits=limits,
+                timeout=timeout if timeout is not None else NO_TIMEOUT,
+                verify=_ssl_verify(verify),
+                proxy=proxy,
+                max_response_bytes=max_response_bytes,
+                headers=default_headers,
+                request_headers={**extra_headers, "Authorization": f"Bearer {token}"},
             )
+            own = open_transport(self._own)
             self._transport, self._post = own, own.post
         else:
             self._transport = transport
-            self._post = _Handoff(
-                self, transport, {**default_headers, **extra_headers}, max_response_bytes
+            self._post = Handoff(
+                lambda: self._closed,
+                token,
+                transport,
+                {**default_headers, **extra_headers},
+                max_response_bytes,
             ).post
 
     def __repr__(self) -> str:
         return f"AsyncClient(base_url={self.base_url!r})"
+
+    def _blocking_twin(self, sleep: Sleep) -> AsyncClient | None:
+        """This client with a pool of blocking connections of its own (``Client``'s plain
+        calls): its coroutines never suspend, so a caller runs one to its end with a single
+        ``send``, without an event loop; ``sleep`` waits between retries, blocking. None when
+        a call needs the event loop: a transport or a ``sleep`` given, a proxy, a rate limit.
+        """
+        own = self._own
+        if own is None or own.proxy is not None or self.rate_limit is not None:
+            return None
+        if self._sleep_given or self._parent is not None:
+            return None
+        twin = copy.copy(self)
+        transport = SyncTransport(own)
+        twin._transport, twin._post, twin._sleep = transport, transport.post, sleep
+        twin._closed = False
+        return twin
 
     def with_options(
         self,
@@ -441,11 +462,16 @@ class AsyncClient:
         from the rest (ReadTimeout: it may have been sent); another transport cannot, so
         its cut is always a ReadTimeout."""
         transport = self._transport
+        if self._post is _closed_post:
+            await _closed_post(self._url, body)
+        if isinstance(transport, SyncTransport):
+            serving = None if registry is None else registry.SERVING.get(self._origin)
+            return await self._post_blocking(transport, body, within, serving)
         try:
             if registry is not None and registry.SERVING:
                 async with asyncio.timeout(within):
                     return await self._post_watched(body, registry)
-            if isinstance(transport, Transport) and self._post is not _closed_post:
+            if isinstance(transport, Transport):
                 deadline = asyncio.get_running_loop().time() + within
                 async with asyncio.timeout_at(deadline + DEADLINE_GRACE):
                     return await transport.post(self._url, body, deadline=deadline)
@@ -463,6 +489,9 @@ class AsyncClient:
         stops running while it waits (blocked by a synchronous call made from it that waits
         for this very request: a deadlock), a ClientStateError names the fix, at once."""
         serving: asyncio.AbstractEventLoop | None = registry.SERVING.get(self._origin)
+        transport = self._transport
+        if isinstance(transport, SyncTransport) and self._post is not _closed_post:
+            return await self._post_blocking(transport, body, None, serving)
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         if serving is None or serving is loop or task is None:
@@ -477,17 +506,17 @@ class AsyncClient:
                 serving.call_soon_threadsafe(pong.set)
             except RuntimeError:  # that loop is closed: the POST fails on its own
                 return
-            handle = loop.call_later(_BLOCKED_AFTER, verdict, pong)
+            handle = loop.call_later(BLOCKED_AFTER, verdict, pong)
 
         def verdict(pong: threading.Event) -> None:
             nonlocal blocked, handle
             if pong.is_set():
-                handle = loop.call_later(_PROBE_AFTER, probe)
+                handle = loop.call_later(PROBE_AFTER, probe)
                 return
             blocked = True
             task.cancel()
 
-        handle = loop.call_later(_PROBE_AFTER, probe)
+        handle = loop.call_later(PROBE_AFTER, probe)
         try:
             return await self._post(self._url, body)
         except BaseException:
@@ -496,9 +525,26 @@ class AsyncClient:
             task.uncancel()
         finally:
             handle.cancel()
-        raise ClientStateError(
+        raise self._simulator_blocked()
+
+    async def _post_blocking(
+        self,
+        transport: SyncTransport,
+        body: bytes,
+        within: float | None,
+        serving: asyncio.AbstractEventLoop | None,
+    ) -> RawResponse:
+        """The POST of a blocking twin (``_blocking_twin``) with a call's timeout, or to an
+        in-process simulator, whose loop it watches as ``_post_watched`` does."""
+        try:
+            return await transport.post(self._url, body, within=within, serving=serving)
+        except SimulatorBlocked:
+            raise self._simulator_blocked() from None
+
+    def _simulator_blocked(self) -> ClientStateError:
+        return ClientStateError(
             f"the simulator at {self._origin} cannot answer: its event loop has not run for"
-            f" {_BLOCKED_AFTER:g} s, blocked by a synchronous call made from it (a test"
+            f" {BLOCKED_AFTER:g} s, blocked by a synchronous call made from it (a test"
             " client of FastAPI, Flask or Django, a blocking Client) that waits for this"
             " request. Serve the simulator from its own thread:"
             " proactive_async.testing.ThreadedSimulator, or the proactive_simulator_threaded"
@@ -527,40 +573,6 @@ class AsyncClient:
                 message += f" (Retry-After {wait:g}s)"
             return cls(message, retry_after=wait, **common)
         return cls(message, **common)
-
-
-class _Handoff:
-    """Hands each POST to a user's AsyncTransport as a TransportRequest, and its answer back
-    as the RawResponse the client decodes, capped as the default transport caps it."""
-
-    __slots__ = ("_cap", "_client", "_headers", "_token", "_transport")
-
-    def __init__(
-        self, client: AsyncClient, transport: AsyncTransport, headers: Mapping[str, str], cap: int
-    ) -> None:
-        self._client = client
-        self._transport = transport
-        self._headers = headers
-        self._token = client._token
-        self._cap = cap
-
-    async def post(self, url: str, body: bytes) -> RawResponse:
-        if self._client._closed:
-            raise ClientStateError("the client is closed; create a new AsyncClient")
-        request = TransportRequest("POST", url, dict(self._headers), body, self._token)
-        started = time.perf_counter()
-        answer = await self._transport.handle_request(request)
-        if not isinstance(answer, TransportResponse):
-            raise TypeError(f"a transport returned {answer!r}, not a TransportResponse")
-        payload = answer.body
-        if not 200 <= answer.status < 300:
-            payload = payload[:MAX_ERROR_BODY]
-        elif len(payload) > self._cap:
-            raise ResponseTooLargeError(
-                f"response of {len(payload)} bytes passes max_response_bytes={self._cap}",
-                status=answer.status,
-            )
-        return RawResponse(answer.status, answer.headers, payload, time.perf_counter() - started)
 
 
 async def _closed_post(url: str, body: bytes) -> RawResponse:

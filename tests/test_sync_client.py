@@ -161,6 +161,11 @@ def send(client: Client, i: int = 0) -> list[Conversation]:
     return client.create_proactive_conversation(channel_id=1, bot_id=2, recipient=[phone(i)])
 
 
+async def send_async(client: AsyncClient, i: int) -> list[Conversation]:
+    """``send`` on the event loop's pool (``Client.run``)."""
+    return await client.create_proactive_conversation(channel_id=1, bot_id=2, recipient=[phone(i)])
+
+
 def run_script(source: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run ``source`` with ``python -W error``, as a user's script would be run."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -493,26 +498,32 @@ def test_fork_child_makes_its_own_pool_and_the_parent_keeps_its_own(
     client = Client(base_url=sim.url, token=TOKEN, timeout=Timeout(read=5.0))
     try:
         for i in range(3):
-            send(client, i)
+            send(client, i)  # the blocking pool, in this thread
+            client.run(send_async, 10 + i)  # the event loop's pool
         parent_connections = sim.connections
         assert _RUNTIME._shared is not None
         parent_loop = _RUNTIME._shared.loop
+        assert client._direct is not None
+        parent_pool = client._direct._transport
 
         def child() -> int:
-            # The inherited Client, used as is: a new loop and a new connection.
-            if len(send(client, 100)) != 1:
+            # The inherited Client, used as is: new pools, a new loop, new connections.
+            if len(send(client, 100)) != 1 or len(client.run(send_async, 101)) != 1:
                 return 3
             if _RUNTIME._shared is None or _RUNTIME._shared.loop is parent_loop:
                 return 4
+            if client._direct is None or client._direct._transport is parent_pool:
+                return 5
             client.close()
             return 0
 
         assert run_child(child) == 0
-        assert sim.connections == parent_connections + 1, "the child used a connection of its own"
+        assert sim.connections == parent_connections + 2, "the child used connections of its own"
         for i in range(3):
             send(client, 200 + i)  # the parent's pooled connections, untouched by the child
-        assert sim.connections == parent_connections + 1
-        assert sim.simulator.audit.total_processed == 7
+            client.run(send_async, 210 + i)
+        assert sim.connections == parent_connections + 2
+        assert sim.simulator.audit.total_processed == 14
     finally:
         client.close()
 

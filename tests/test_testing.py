@@ -12,6 +12,7 @@ import pytest
 from conftest import FakeTime
 
 import proactive_async._client as client_module
+import proactive_async._transport._blocking as blocking_module
 from proactive_async import (
     AsyncClient,
     AsyncTransport,
@@ -183,8 +184,9 @@ def test_the_test_helper_is_the_package_s_threaded_simulator() -> None:
 
 @pytest.fixture
 def quick_probe(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(client_module, "_PROBE_AFTER", 0.1)
-    monkeypatch.setattr(client_module, "_BLOCKED_AFTER", 0.3)
+    for module in (client_module, blocking_module):
+        monkeypatch.setattr(module, "PROBE_AFTER", 0.1)
+        monkeypatch.setattr(module, "BLOCKED_AFTER", 0.3)
 
 
 async def test_a_simulator_on_the_loop_that_blocks_for_the_call_is_a_clear_error(
@@ -216,6 +218,44 @@ async def test_a_simulator_on_the_loop_that_blocks_for_the_call_is_a_clear_error
     assert isinstance(error, ClientStateError), error
     assert "ThreadedSimulator" in str(error) and not error.may_have_been_processed
     assert elapsed < 5
+
+
+async def test_a_blocking_client_waiting_for_a_simulator_on_a_blocked_loop_is_told_why(
+    quick_probe: None,
+) -> None:
+    """As above, with the blocking Client in the app's thread (a Flask or Django view under
+    a synchronous test client): its call, made in that thread without an event loop,
+    watches the simulator's loop too."""
+    outcome: list[BaseException | int] = []
+
+    def app_thread(url: str) -> None:
+        try:
+            with Client(url, TOKEN) as client:
+                client.create_proactive_conversation(**FIELDS, recipient=[PHONE])
+            outcome.append(200)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    async with Simulator(SimulatorConfig(token=TOKEN)) as sim:
+        started = time.monotonic()
+        thread = threading.Thread(target=app_thread, args=(sim.url,))
+        thread.start()
+        thread.join(20)  # blocks this loop
+        elapsed = time.monotonic() - started
+        assert sim.audit.snapshot() == {}
+    [error] = outcome
+    assert isinstance(error, ClientStateError), error
+    assert "ThreadedSimulator" in str(error) and not error.may_have_been_processed
+    assert elapsed < 5
+
+
+def test_a_blocking_client_waits_for_a_slow_simulator_on_a_live_loop(quick_probe: None) -> None:
+    from proactive_async.simulator import Faults
+
+    config = SimulatorConfig(token=TOKEN, faults=Faults(latency=0.6))
+    with ThreadedSimulator(config) as sim, Client(sim.url, TOKEN) as client:
+        conversations = client.create_proactive_conversation(**FIELDS, recipient=[PHONE])
+    assert len(conversations) == 1
 
 
 async def test_a_simulator_on_a_live_loop_elsewhere_is_waited_for(quick_probe: None) -> None:

@@ -9,6 +9,10 @@ Two make the POSTs of an ``AsyncClient`` built without ``transport=`` (which one
 - ``AiohttpTransport`` (``_aiohttp.py``) when the client goes through a proxy:
   aiohttp's CONNECT tunnels and proxy authentication are not written again here.
 
+A third, ``SyncTransport`` (``_blocking.py``), carries the plain calls of the sync
+``Client`` in its calling threads: the same connections and parser, read with blocking
+sockets. What the two HTTP/1.1 transports write and how failures read: ``_wire.py``.
+
 Both take a connection slot before a call's clocks start, keep read and total timeouts with
 one shared timer (``_deadlines.py``), map what went wrong onto the SDK's transport errors,
 and tell certainly-not-sent (nothing connected) from may-have-been-processed (the rest).
@@ -26,12 +30,17 @@ from ._base import (
     split_headers,
     user_agent,
 )
+from ._blocking import BLOCKED_AFTER, PROBE_AFTER, SimulatorBlocked, SyncTransport
 from ._direct import DirectTransport
 
 __all__ = [
+    "BLOCKED_AFTER",
     "DEADLINE_GRACE",
     "MAX_ERROR_BODY",
+    "PROBE_AFTER",
     "RawResponse",
+    "SimulatorBlocked",
+    "SyncTransport",
     "Transport",
     "TransportConfig",
     "open_transport",

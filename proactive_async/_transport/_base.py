@@ -28,8 +28,10 @@ __all__ = [
     "RawResponse",
     "Transport",
     "TransportConfig",
+    "call_timed_out",
     "origin",
     "split_headers",
+    "timed_out",
     "tls_failed",
     "unresolved",
     "user_agent",
@@ -168,12 +170,7 @@ class Transport:
             ) from None
 
     def _timed_out(self, url: str, watch: Watch) -> ReadTimeout:
-        timeout = self._config.timeout
-        if watch.expired == "total":
-            what = f"no complete answer from {origin(url)} in {timeout.total:g} s"
-        else:
-            what = f"nothing from {origin(url)} for {timeout.read:g} s"
-        return ReadTimeout(f"{what} (timeout); the request may have been processed")
+        return timed_out(origin(url), self._config.timeout, watch.expired == "total")
 
     async def aclose(self) -> None:
         """Close the pool; idempotent, and completes even if the caller is cancelled."""
@@ -186,6 +183,23 @@ class Transport:
         except asyncio.CancelledError:
             await asyncio.wait([close])
             raise
+
+
+def timed_out(where: str, timeout: Timeout, total: bool) -> ReadTimeout:
+    """A read (``total`` False) or total timeout after the request went out to ``where``."""
+    if total:
+        what = f"no complete answer from {where} in {timeout.total:g} s"
+    else:
+        what = f"nothing from {where} for {timeout.read:g} s"
+    return ReadTimeout(f"{what} (timeout); the request may have been processed")
+
+
+def call_timed_out(where: str, within: float) -> ReadTimeout:
+    """A call's own timeout (``timeout=``) passed after its request may have gone out."""
+    return ReadTimeout(
+        f"no complete answer from {where} in {within:g} s (the call's timeout);"
+        " the request may have been processed"
+    )
 
 
 def unresolved(host: str, error: OSError) -> ConnectError:

@@ -25,31 +25,21 @@ import contextlib
 import socket
 import ssl
 import time
-import zlib
-from dataclasses import dataclass, field
 
 import aiohappyeyeballs
-import yarl
 
-from .._errors import (
-    ClientStateError,
-    ConnectError,
-    ConnectionLostError,
-    ConnectTimeout,
-    ProactiveError,
-    ResponseTooLargeError,
-)
-from ._base import (
-    CLOSED_BEFORE_SENT,
-    MAX_ERROR_BODY,
-    RawResponse,
-    Transport,
-    TransportConfig,
-    origin,
-    tls_failed,
-    unresolved,
-)
+from .._errors import ClientStateError, ConnectTimeout, ProactiveError
+from ._base import CLOSED_BEFORE_SENT, MAX_ERROR_BODY, RawResponse, Transport, TransportConfig
 from ._http11 import Answer, BadAnswer, Connection, LostConnection, NotSent
+from ._wire import (
+    Target,
+    connect_failed,
+    decoded,
+    exchange_failed,
+    header_fields,
+    parse_target,
+    ssl_context,
+)
 
 __all__ = ["DirectTransport"]
 
@@ -60,20 +50,7 @@ CLOSE_WAIT = 0.25
 """Seconds ``aclose`` waits for the connections to end gracefully (a TLS close_notify
 answered) before it drops the rest."""
 
-_ACCEPT_ENCODING = "gzip, deflate"
-_FRAMING = frozenset({"host", "content-length", "transfer-encoding", "connection"})
-
-
-@dataclass(slots=True, eq=False)
-class _Target:
-    """One URL's origin and the fixed part of every request's head to it."""
-
-    host: str
-    port: int
-    tls: bool
-    prefix: bytes = field(repr=False)  # holds the token
-    name: str
-    idle: list[Connection] = field(default_factory=list)
+_Target = Target[Connection]
 
 
 class DirectTransport(Transport):
@@ -81,7 +58,7 @@ class DirectTransport(Transport):
 
     def __init__(self, config: TransportConfig) -> None:
         super().__init__(config)
-        self._fields = _fields({**config.headers, **config.request_headers})
+        self._fields = header_fields({**config.headers, **config.request_headers})
         self._targets: dict[str, _Target] = {}
         self._connections: set[Connection] = set()
         self._ssl: ssl.SSLContext | None = None
@@ -113,9 +90,7 @@ class DirectTransport(Transport):
             if watch is not None:
                 watch.stream, watch.seen = connection, connection.total_bytes
             # The request is built in the call: no frame's local holds the token.
-            answer = await connection.request(
-                b"%b%d\r\n\r\n%b" % (target.prefix, len(body), body), self._cap, self._error_cap
-            )
+            answer = await connection.request(target.request(body), self._cap, self._error_cap)
         except asyncio.CancelledError:
             if watch is not None and watch.settle():
                 if connection is None:  # still connecting: nothing was sent
@@ -126,16 +101,8 @@ class DirectTransport(Transport):
             raise
         except ProactiveError:
             raise
-        except NotSent as exc:
-            raise ConnectError(f"{exc} to {target.name}; nothing was sent") from None
-        except BadAnswer as exc:
-            raise ConnectionLostError(
-                f"bad answer from {target.name} ({exc}); the request may have been processed"
-            ) from None
-        except (LostConnection, OSError) as exc:
-            raise ConnectionLostError(
-                f"connection to {target.name} lost ({exc}); the request may have been processed"
-            ) from None
+        except (NotSent, BadAnswer, LostConnection, OSError) as exc:
+            raise exchange_failed(target, exc) from None
         finally:
             slots.release()
             if deadlines is not None and watch is not None:
@@ -147,37 +114,16 @@ class DirectTransport(Transport):
         payload = answer.body
         encoding = answer.headers.get("Content-Encoding")
         if encoding is not None:
-            payload = self._decoded(target, status, encoding, payload)
+            payload = decoded(target, status, encoding, payload, self._cap, self._error_cap)
         return RawResponse(status, answer.headers, payload, time.perf_counter() - started)
 
     # --- the pool -------------------------------------------------------------------------
 
     def _target(self, url: str) -> _Target:
         """Parse ``url`` once: where to connect, and its requests' fixed head."""
-        try:
-            parsed = yarl.URL(url)
-        except (TypeError, ValueError) as exc:
-            raise ClientStateError(f"invalid URL: {exc}") from None
-        host = parsed.raw_host
-        if parsed.scheme not in ("http", "https") or not host or parsed.port is None:
-            raise ClientStateError(f"invalid URL: {origin(url)} (http or https, and a host)")
-        try:
-            host.encode("idna")  # what the resolver will do: a label too long or empty
-        except UnicodeError as exc:
-            raise ClientStateError(f"invalid host name {host!r} in {url!r}: {exc}") from None
-        authority = f"[{host}]" if ":" in host else host
-        if not parsed.is_default_port():
-            authority = f"{authority}:{parsed.port}"
-        head = f"POST {parsed.raw_path_qs or '/'} HTTP/1.1\r\nHost: {authority}\r\n"
-        target = _Target(
-            host=host,
-            port=parsed.port,
-            tls=parsed.scheme == "https",
-            prefix=head.encode("ascii") + self._fields + b"Content-Length: ",
-            name=origin(url),
-        )
-        self._targets[url] = target
-        return target
+        found: _Target = parse_target(url, self._fields)
+        self._targets[url] = found
+        return found
 
     def _idle(self, target: _Target, loop: asyncio.AbstractEventLoop) -> Connection | None:
         """The connection used last that is still fit for a request, if any."""
@@ -210,14 +156,10 @@ class DirectTransport(Transport):
                 connection = await self._open_connection(target, loop)
         except TimeoutError:
             raise ConnectTimeout(f"connecting to {target.name} timed out") from None
-        except ssl.SSLError as exc:
-            raise tls_failed(target.name, exc) from None
-        except socket.gaierror as exc:
-            raise unresolved(target.host, exc) from None
-        except UnicodeError as exc:
-            raise ClientStateError(f"invalid host name {target.host!r}: {exc}") from None
-        except OSError as exc:
-            raise ConnectError(f"could not connect to {target.name}: {exc}") from None
+        except (OSError, UnicodeError) as exc:  # ssl.SSLError and socket.gaierror are OSErrors
+            error = connect_failed(target, exc)
+            assert error is not None
+            raise error from None
         if self._closed:  # closed while this call connected
             connection.close(at_once=True)
             raise ClientStateError(CLOSED_BEFORE_SENT)
@@ -241,7 +183,7 @@ class DirectTransport(Transport):
                 _, connection = await loop.create_connection(
                     Connection,
                     sock=sock,
-                    ssl=self._ssl or self._ssl_context(),
+                    ssl=self._ssl or self._tls(),
                     server_hostname=target.host,
                 )
             else:
@@ -294,51 +236,9 @@ class DirectTransport(Transport):
         if waiting and not self._closed:
             self._pruner = loop.call_later(self._keepalive / 2, self._prune)
 
-    def _ssl_context(self) -> ssl.SSLContext:
-        verify = self._config.verify
-        if isinstance(verify, ssl.SSLContext):
-            context = verify
-        elif verify:
-            context = ssl.create_default_context()
-        else:
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        self._ssl = context
-        return context
-
-    def _decoded(self, target: _Target, status: int, encoding: str, body: bytes) -> bytes:
-        """The body decoded from its ``Content-Encoding``, within the caps. An error answer
-        that cannot be decoded keeps its bytes: its status is what matters."""
-        coding = encoding.strip().lower()
-        if coding in ("", "identity"):
-            return body
-        ok = 200 <= status < 300
-        cap = self._cap if ok else self._error_cap
-        try:
-            if coding in ("gzip", "x-gzip"):
-                decoded = _inflate(body, 16 + zlib.MAX_WBITS, cap)
-            elif coding == "deflate":
-                try:
-                    decoded = _inflate(body, zlib.MAX_WBITS, cap)
-                except zlib.error:  # a raw deflate stream, as some servers send
-                    decoded = _inflate(body, -zlib.MAX_WBITS, cap)
-            else:
-                raise BadAnswer(f"Content-Encoding {encoding!r}, which was not asked for")
-        except (zlib.error, BadAnswer) as exc:
-            if not ok:
-                return body[:cap]
-            raise ConnectionLostError(
-                f"bad answer from {target.name} (undecodable body: {exc}); the request may"
-                " have been processed"
-            ) from None
-        if len(decoded) > cap:
-            if ok:
-                raise ResponseTooLargeError(
-                    f"response passes max_response_bytes={cap} once decoded", status=status
-                )
-            return decoded[:cap]
-        return decoded
+    def _tls(self) -> ssl.SSLContext:
+        self._ssl = ssl_context(self._config.verify)
+        return self._ssl
 
     async def _close(self) -> None:
         if self._pruner is not None:
@@ -364,23 +264,3 @@ class DirectTransport(Transport):
             if not connection.wait_lost().done():
                 connection.close(at_once=True)
         await asyncio.sleep(0)  # the aborted ones' connection_lost
-
-
-def _inflate(body: bytes, wbits: int, cap: int) -> bytes:
-    """``body`` decompressed, at most ``cap + 1`` bytes of it (one more tells it is over)."""
-    inflater = zlib.decompressobj(wbits)
-    decoded = inflater.decompress(body, cap + 1)
-    if len(decoded) <= cap and not inflater.eof and not inflater.unconsumed_tail:
-        decoded += inflater.flush()
-    return decoded
-
-
-def _fields(headers: dict[str, str]) -> bytes:
-    """The header fields every request carries, in wire form (UTF-8, as aiohttp writes
-    them): ``Accept-Encoding`` added unless given; the framing's own fields (``Host``,
-    ``Content-Length``, ...) are the transport's to write, never a second time."""
-    if not any(name.lower() == "accept-encoding" for name in headers):
-        headers = {**headers, "Accept-Encoding": _ACCEPT_ENCODING}
-    return "".join(
-        f"{name}: {value}\r\n" for name, value in headers.items() if name.lower() not in _FRAMING
-    ).encode("utf-8")

@@ -31,13 +31,21 @@ import asyncio
 import re
 import select
 import socket
-from typing import Final, cast
+from typing import Final, Protocol, cast
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .._errors import ResponseTooLargeError
 
-__all__ = ["MAX_HEAD", "Answer", "BadAnswer", "Connection", "LostConnection", "NotSent"]
+__all__ = [
+    "MAX_HEAD",
+    "Answer",
+    "BadAnswer",
+    "Connection",
+    "LostConnection",
+    "NotSent",
+    "Waiter",
+]
 
 MAX_HEAD: Final = 64 * 1024
 """Bytes an answer's head may take, status line and fields (aiohttp allows 8 KiB a field)."""
@@ -71,6 +79,15 @@ class Answer:
         self.status = status
         self.headers = headers
         self.body = body
+
+
+class Waiter(Protocol):
+    """Where an answer (or why none came) goes: an ``asyncio.Future``, or the blocking
+    transport's plain holder (``_blocking.py``)."""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: Answer, /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
 
 
 class Connection(asyncio.Protocol):
@@ -115,7 +132,7 @@ class Connection(asyncio.Protocol):
         self.keep_for: float | None = None
         """Seconds the server said it keeps the connection idle (``Keep-Alive: timeout=``)."""
         self._buffer = bytearray()
-        self._waiter: asyncio.Future[Answer] | None = None
+        self._waiter: Waiter | None = None
         self._state = _DONE
         self._cap = 0
         self._error_cap = 0
@@ -185,10 +202,16 @@ class Connection(asyncio.Protocol):
         """Write ``data`` (a whole request) and return the future of its answer: a body over
         ``cap`` bytes is a ResponseTooLargeError for a 2xx answer; another status's body is
         cut to ``error_cap`` bytes (the connection then closes)."""
+        waiter: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self.begin(data, cap, error_cap, waiter)
+        return waiter
+
+    def begin(self, data: bytes, cap: int, error_cap: int, waiter: Waiter) -> None:
+        """Write ``data`` (a whole request); its answer, or why none came, goes to
+        ``waiter`` (the caps as in ``request``)."""
         transport = self.transport
         if transport is None or not self.open or transport.is_closing():
             raise NotSent("the connection closed before the request was written")
-        waiter: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._waiter = waiter
         self._state = _HEAD
         self._cap, self._error_cap = cap, error_cap
@@ -196,7 +219,6 @@ class Connection(asyncio.Protocol):
         self._truncated = False
         self._since = self.total_bytes
         transport.write(data)
-        return waiter
 
     def close(self, *, at_once: bool = False) -> None:
         """Close now; an answer still awaited ends as a LostConnection. ``at_once`` drops it

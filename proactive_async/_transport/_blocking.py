@@ -1,0 +1,470 @@
+"""The blocking transport: the same HTTP/1.1 connections, driven by the calling thread.
+
+``Client`` (the sync client) makes its plain calls here, in the thread that calls, with no
+event loop and no hand-off between threads: the request is written with ``sendall`` and the
+answer read with ``recv`` into the very parser the event loop's connections use
+(``_http11.Connection``, given a socket in place of an asyncio transport). ``post`` is a
+coroutine only in form: it never suspends, so the ``AsyncClient`` coroutine above it runs
+to its end at its first ``send`` (``_sync.py``: retries, decoding and errors are the async
+client's own code, not a copy).
+
+Why (bench 11, one process, the fast local server): driving the shared event loop cost a
+sync call 1.26x AsyncClient's time, and 8 threads made 0.50x of 8 tasks' calls/s, the
+threads taking turns at one loop; here each thread does its own I/O and the GIL is free
+while it waits.
+
+The pool is the event loop's in miniature: idle connections kept per URL (LIFO), each
+polled before reuse (a server's close seen then leaves the request certainly unsent), one
+request at a time on a connection, ``Limits.max_connections`` calls at once (the rest
+wait for a slot). The clocks are ``Timeout``'s: connect; read from the attempt's start
+to the head, then between pieces; total; and a call's own ``timeout=`` (``within``).
+What each failure means is ``_wire``'s, the same as the event loop's transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import struct
+import threading
+import time
+from typing import Any, Final
+
+from .._errors import ClientStateError, ConnectTimeout
+from ._base import (
+    CLOSED_BEFORE_SENT,
+    MAX_ERROR_BODY,
+    RawResponse,
+    TransportConfig,
+    call_timed_out,
+    timed_out,
+)
+from ._http11 import Answer, BadAnswer, Connection, LostConnection, NotSent
+from ._wire import (
+    Target,
+    connect_failed,
+    decoded,
+    exchange_failed,
+    header_fields,
+    parse_target,
+    ssl_context,
+)
+
+__all__ = ["BLOCKED_AFTER", "PROBE_AFTER", "SimulatorBlocked", "SyncTransport"]
+
+PROBE_AFTER: Final = 1.0
+"""Seconds an answer from an in-process simulator is awaited before its loop is probed."""
+BLOCKED_AFTER: Final = 2.0
+"""Seconds without the probe's answer after which the simulator's loop is blocked."""
+_READ_SIZE: Final = 64 * 1024
+"""Bytes a read asks for: under glibc's mmap threshold (128 KiB), so that a thread's read
+allocates from its arena. 256 KiB (asyncio's) made each read an mmap and a munmap in the
+threads' arenas: 8 threads went from 9.4k to 20k calls/s with 64 KiB (bench 11, perf)."""
+_LINGER_NOW: Final = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close with a reset
+
+_Target = Target[Connection]
+
+
+class SimulatorBlocked(Exception):
+    """The in-process simulator's event loop did not run for ``BLOCKED_AFTER`` seconds."""
+
+
+class _Expired(Exception):
+    """One of the attempt's clocks ran out: ``kind`` is "connect", "read", "total" or
+    "call" (the call's own ``timeout=``)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+class _Held:
+    """The parser's waiter when nothing awaits: the answer, or why none came."""
+
+    __slots__ = ("answer", "error")
+
+    def __init__(self) -> None:
+        self.answer: Answer | None = None
+        self.error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self.answer is not None or self.error is not None
+
+    def set_result(self, result: Answer, /) -> None:
+        self.answer = result
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        self.error = exception
+
+
+class _Socket(asyncio.Transport):
+    """A connected socket as the parser's transport: a write goes out at once, blocking."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+        self._closing = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.sock.sendall(data)
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        self._closing = True
+        self.sock.close()
+
+    def abort(self) -> None:
+        """Close with a reset: a request abandoned half-way leaves nothing to end well."""
+        self._closing = True
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_NOW)
+        self.sock.close()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.sock if name == "socket" else default
+
+
+class _Clock:
+    """An attempt's deadlines on the monotonic clock: the read deadline moves with each
+    piece of the answer; ``total`` and the call's own stay."""
+
+    __slots__ = ("_read", "fixed", "fixed_kind", "read_at")
+
+    def __init__(
+        self, timeout_read: float | None, total: float | None, call_at: float | None
+    ) -> None:
+        now = time.monotonic()
+        self._read = timeout_read
+        self.fixed: float | None
+        self.fixed_kind: str
+        self.read_at = None if timeout_read is None else now + timeout_read
+        total_at = None if total is None else now + total
+        if call_at is not None and (total_at is None or call_at <= total_at):
+            self.fixed, self.fixed_kind = call_at, "call"
+        else:
+            self.fixed, self.fixed_kind = total_at, "total"
+
+    def progress(self) -> None:
+        if self._read is not None:
+            self.read_at = time.monotonic() + self._read
+
+    def left(self) -> float | None:
+        """Seconds until the nearest deadline (None: none), or _Expired if one passed."""
+        read_at, fixed = self.read_at, self.fixed
+        if read_at is None and fixed is None:
+            return None
+        now = time.monotonic()
+        if fixed is not None and (read_at is None or fixed <= read_at):
+            if fixed <= now:
+                raise _Expired(self.fixed_kind)
+            return fixed - now
+        assert read_at is not None
+        if read_at <= now:
+            raise _Expired("read")
+        return read_at - now
+
+
+class SyncTransport:
+    """The client's own connections, used from the calling threads; see the module's
+    docstring. Safe to share between threads; ``post`` never suspends."""
+
+    def __init__(self, config: TransportConfig) -> None:
+        self._config = config
+        self._fields = header_fields({**config.headers, **config.request_headers})
+        self._targets: dict[str, _Target] = {}
+        self._lock = threading.Lock()
+        self._in_use: set[Connection] = set()
+        limits = config.limits
+        per_host = limits.max_connections_per_host
+        size = min(limits.max_connections, per_host) if per_host else limits.max_connections
+        self._slots = threading.BoundedSemaphore(size)
+        self._keepalive = limits.keepalive_timeout
+        self._cap = config.max_response_bytes
+        self._error_cap = min(self._cap, MAX_ERROR_BODY)
+        self._ssl: ssl.SSLContext | None = None
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def post(
+        self,
+        url: str,
+        body: bytes,
+        *,
+        within: float | None = None,
+        serving: asyncio.AbstractEventLoop | None = None,
+    ) -> RawResponse:
+        """POST ``body`` once, blocking (a coroutine that never suspends).
+
+        ``within``: the call's own timeout, from now (a slot or a connection not had by
+        then is a ConnectTimeout: nothing was sent). ``serving``: the loop of an in-process
+        simulator answering this URL, watched while its answer is awaited.
+        """
+        return self.send(url, body, within=within, serving=serving)
+
+    def send(
+        self,
+        url: str,
+        body: bytes,
+        *,
+        within: float | None = None,
+        serving: asyncio.AbstractEventLoop | None = None,
+    ) -> RawResponse:
+        """``post``, as a plain function."""
+        target = self._targets.get(url) or self._target(url)
+        call_at = None if within is None else time.monotonic() + within
+        self._take_slot(target, call_at)
+        try:
+            if self._closed:  # closed while this call waited for its slot
+                raise ClientStateError(CLOSED_BEFORE_SENT)
+            started = time.perf_counter()
+            timeout = self._config.timeout
+            clock = _Clock(timeout.read, timeout.total, call_at)
+            answer = self._attempt(target, body, clock, within, serving)
+        finally:
+            self._slots.release()
+        status, payload = answer.status, answer.body
+        encoding = answer.headers.get("Content-Encoding")
+        if encoding is not None:
+            payload = decoded(target, status, encoding, payload, self._cap, self._error_cap)
+        return RawResponse(status, answer.headers, payload, time.perf_counter() - started)
+
+    def _attempt(
+        self,
+        target: _Target,
+        body: bytes,
+        clock: _Clock,
+        within: float | None,
+        serving: asyncio.AbstractEventLoop | None,
+    ) -> Answer:
+        connection = self._idle(target) or self._connect(target, clock)
+        answer: Answer | None = None
+        try:
+            answer = _exchange(
+                connection, target.request(body), self._cap, self._error_cap, clock, serving
+            )
+        except _Expired as expired:
+            if expired.kind == "call":
+                assert within is not None
+                raise call_timed_out(target.name, within) from None
+            raise timed_out(target.name, self._config.timeout, expired.kind == "total") from None
+        except (NotSent, BadAnswer, LostConnection, OSError) as exc:
+            raise exchange_failed(target, exc) from None
+        finally:
+            self._release(target, connection, done=answer is not None)
+        return answer
+
+    def _take_slot(self, target: _Target, call_at: float | None) -> None:
+        if call_at is None:
+            self._slots.acquire()
+        elif not self._slots.acquire(timeout=max(0.0, call_at - time.monotonic())):
+            raise ConnectTimeout(
+                f"no connection to {target.name} free within the call's timeout; nothing was sent"
+            )
+
+    # --- the pool -------------------------------------------------------------------------
+
+    def _target(self, url: str) -> _Target:
+        """``url``'s target, the same one for every thread (its idle list is the pool)."""
+        parsed: _Target = parse_target(url, self._fields)
+        with self._lock:
+            return self._targets.setdefault(url, parsed)
+
+    def _idle(self, target: _Target) -> Connection | None:
+        """The connection used last that is still fit for a request, if any."""
+        idle = target.idle
+        while True:
+            with self._lock:
+                if not idle:
+                    return None
+                connection = idle.pop()
+                self._in_use.add(connection)
+            if time.monotonic() - connection.idle_since < self._keep_for(connection) and _fit(
+                connection
+            ):
+                return connection
+            self._drop(connection)
+
+    def _keep_for(self, connection: Connection) -> float:
+        said = connection.keep_for
+        return self._keepalive if said is None else min(self._keepalive, said - 1.0)
+
+    def _connect(self, target: _Target, clock: _Clock) -> Connection:
+        """A new connection, or the reason none was made: nothing was sent."""
+        limit = self._config.timeout.connect
+        try:
+            left = clock.left()
+        except _Expired:
+            left = 0.0
+        budget = left if limit is None else limit if left is None else min(limit, left)
+        try:
+            sock = self._open(target, budget)
+        except TimeoutError:
+            if budget == limit:
+                raise ConnectTimeout(f"connecting to {target.name} timed out") from None
+            raise ConnectTimeout(
+                f"connecting to {target.name} took the whole timeout; nothing was sent"
+            ) from None
+        except (OSError, UnicodeError) as exc:  # ssl.SSLError and socket.gaierror are OSErrors
+            raise connect_failed(target, exc) from None
+        connection = Connection()
+        connection.sock = sock
+        connection.connection_made(_Socket(sock))
+        with self._lock:
+            if self._closed:  # closed while this call connected
+                sock.close()
+                raise ClientStateError(CLOSED_BEFORE_SENT)
+            self._in_use.add(connection)
+        return connection
+
+    def _open(self, target: _Target, budget: float | None) -> socket.socket:
+        """Resolve, connect to each address in turn within ``budget``, then TLS."""
+        if budget is not None and budget <= 0:
+            raise TimeoutError
+        ends = None if budget is None else time.monotonic() + budget
+        infos = socket.getaddrinfo(
+            target.host, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+        )
+        errors: list[OSError] = []
+        for family, kind, proto, _, address in infos:
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(None if ends is None else max(1e-3, ends - time.monotonic()))
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.connect(address)
+                if target.tls:
+                    if ends is not None:
+                        sock.settimeout(max(1e-3, ends - time.monotonic()))
+                    sock = (self._ssl or self._tls()).wrap_socket(sock, server_hostname=target.host)
+                return sock
+            except (TimeoutError, ssl.SSLError):  # the time is spent; TLS said no: no other
+                sock.close()
+                raise
+            except OSError as exc:
+                sock.close()
+                errors.append(exc)
+            except BaseException:
+                sock.close()
+                raise
+        if not errors:
+            raise OSError(f"no address for {target.host!r}")
+        raise (
+            errors[0]
+            if len(errors) == 1
+            else OSError(f"every address failed: {'; '.join(str(error) for error in errors)}")
+        )
+
+    def _tls(self) -> ssl.SSLContext:
+        self._ssl = ssl_context(self._config.verify)
+        return self._ssl
+
+    def _release(self, target: _Target, connection: Connection, *, done: bool) -> None:
+        """Back to the idle pool after a whole answer that leaves it reusable; else closed
+        (a request abandoned half-way leaves the connection's state unknown)."""
+        with self._lock:
+            self._in_use.discard(connection)
+            if done and connection.reusable and not self._closed:
+                connection.idle_since = time.monotonic()
+                target.idle.append(connection)
+                return
+        connection.close(at_once=not done)
+
+    def _drop(self, connection: Connection) -> None:
+        with self._lock:
+            self._in_use.discard(connection)
+        connection.close()
+
+    async def aclose(self) -> None:
+        """``close``, as a coroutine that never suspends."""
+        self.close()
+
+    def close(self) -> None:
+        """Close the pool: idle connections now; the calls in flight end as their
+        connection is shut (ConnectionLostError: they were sent), and calls waiting for a
+        slot send nothing (ClientStateError). Idempotent; takes no lock for long, and
+        none at all if another thread holds it (a finalizer may run anywhere)."""
+        self._closed = True
+        taken = self._lock.acquire(blocking=False)
+        try:
+            idle = [c for target in list(self._targets.values()) for c in target.idle]
+            for target in list(self._targets.values()):
+                target.idle.clear()
+            busy = list(self._in_use)
+        finally:
+            if taken:
+                self._lock.release()
+        for connection in idle:
+            connection.close()
+        for connection in busy:
+            if connection.sock is not None:  # wakes the thread blocked reading it
+                with contextlib.suppress(OSError):
+                    connection.sock.shutdown(socket.SHUT_RDWR)
+
+
+def _fit(connection: Connection) -> bool:
+    """``Connection.fit``, and no decrypted bytes waiting inside the TLS layer."""
+    sock = connection.sock
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return False
+    return connection.fit()
+
+
+def _exchange(
+    connection: Connection,
+    request: bytes,
+    cap: int,
+    error_cap: int,
+    clock: _Clock,
+    serving: asyncio.AbstractEventLoop | None,
+) -> Answer:
+    """Write ``request`` and read its answer into the parser, within the clock."""
+    sock = connection.sock
+    assert sock is not None
+    held = _Held()
+    sock.settimeout(clock.left())
+    try:
+        connection.begin(request, cap, error_cap, held)
+    except TimeoutError:  # part of the request may be out: ambiguous, as a read timeout
+        raise _Expired(clock.fixed_kind if clock.fixed is not None else "read") from None
+    while not held.done():
+        wait = clock.left()
+        if serving is not None:
+            wait = PROBE_AFTER if wait is None else min(wait, PROBE_AFTER)
+        sock.settimeout(wait)
+        try:
+            data = sock.recv(_READ_SIZE)
+        except TimeoutError:
+            if serving is not None:
+                _probe(serving)
+            continue  # the clock tells which deadline passed, if one did
+        except OSError as exc:
+            connection.connection_lost(exc)
+            break
+        if data:
+            clock.progress()
+            connection.data_received(data)
+        else:
+            connection.eof_received()
+            connection.connection_lost(None)
+    if held.error is not None:
+        raise held.error
+    assert held.answer is not None
+    return held.answer
+
+
+def _probe(serving: asyncio.AbstractEventLoop) -> None:
+    """SimulatorBlocked if ``serving`` (another thread's loop) does not run a callback
+    within ``BLOCKED_AFTER`` seconds; a closed loop fails the call on its own."""
+    pong = threading.Event()
+    try:
+        serving.call_soon_threadsafe(pong.set)
+    except RuntimeError:
+        return
+    if not pong.wait(BLOCKED_AFTER):
+        raise SimulatorBlocked
