@@ -21,7 +21,12 @@ from proactive_async import (
 )
 from proactive_async._records import Outcome, OutcomeError, OutcomeStatus
 from proactive_async.journal import CampaignIdentity
-from proactive_async.journal._postgres import display_dsn, outcome_json_sql, split_location
+from proactive_async.journal._postgres import (
+    RECORD_FILLFACTOR,
+    display_dsn,
+    outcome_json_sql,
+    split_location,
+)
 from proactive_async.simulator import Simulator, SimulatorConfig
 
 IDENTITY = CampaignIdentity.build({"channelId": 1}, input_fingerprint="x")
@@ -135,3 +140,28 @@ def test_outcome_sql_refuses_a_field_outcome_lacks_or_one_without_a_default() ->
         outcome_json_sql(line="1", status="'sent'", contactid="2")
     with pytest.raises(ValueError, match=r"Outcome\.status has no default"):
         outcome_json_sql(line="1")
+
+
+def _fillfactor(dsn: str) -> list[str] | None:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT reloptions FROM pg_class WHERE oid = 'proactive_record'::regclass"
+        ).fetchone()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
+
+
+async def test_records_leave_room_on_their_pages_for_their_updates(dsn: str) -> None:
+    """A new table is made with the fill factor; one made before it gets it once (for its
+    new pages), and opening again changes nothing more."""
+    journal = await open_journal(dsn, IDENTITY)
+    await journal.aclose()
+    assert _fillfactor(dsn) == [f"fillfactor={RECORD_FILLFACTOR}"]
+
+    with psycopg.connect(dsn, autocommit=True) as conn:  # as a table of an older version
+        conn.execute("ALTER TABLE proactive_record RESET (fillfactor)")
+    assert _fillfactor(dsn) is None
+    journal = await open_journal(dsn, IDENTITY)
+    await journal.mark_in_flight([1, 2])
+    await journal.aclose()
+    assert _fillfactor(dsn) == [f"fillfactor={RECORD_FILLFACTOR}"]

@@ -71,6 +71,15 @@ __all__ = [
 DEFAULT_CAMPAIGN: Final = "default"
 _LOCK_NAMESPACE: Final = "proactive-async:"
 
+RECORD_FILLFACTOR: Final = 50
+"""Percent of a ``proactive_record`` page filled by inserts: the rest keeps the versions
+its rows' updates (``mark``, ``record``) write on the same page, as HOT updates (no index
+entry, pruned in place). Full pages (the default, 100) made most updates write a new
+version elsewhere, with an entry in each of the table's three indexes, and every later
+lookup by line wade through them. Measured (20k records, in batches of 8 a mark then a
+record of ~200-byte outcomes, the backend's CPU from /proc): 378-502 us a record at 100,
+47-53 at 50, 50 at 70; the table and its indexes 11.2 MB -> 13.1 MB."""
+
 SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS proactive_campaign (
         id text PRIMARY KEY,
@@ -86,7 +95,7 @@ SCHEMA: Final = (
         chunks_done bigint NOT NULL DEFAULT 0,
         records bigint NOT NULL DEFAULT 0
     )""",
-    """CREATE TABLE IF NOT EXISTS proactive_record (
+    f"""CREATE TABLE IF NOT EXISTS proactive_record (
         campaign_id text NOT NULL REFERENCES proactive_campaign (id) ON DELETE CASCADE,
         line bigint NOT NULL,
         state text NOT NULL,
@@ -95,7 +104,14 @@ SCHEMA: Final = (
         recipient text,
         contact_id bigint,
         PRIMARY KEY (campaign_id, line)
-    )""",
+    ) WITH (fillfactor = {RECORD_FILLFACTOR})""",
+    # Tables made before the fill factor was set get it for their new pages.
+    f"""DO $$ BEGIN
+        IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = 'proactive_record'::regclass
+                       AND reloptions @> ARRAY['fillfactor={RECORD_FILLFACTOR}']) THEN
+            ALTER TABLE proactive_record SET (fillfactor = {RECORD_FILLFACTOR});
+        END IF;
+    END $$""",
     """CREATE INDEX IF NOT EXISTS proactive_record_chunk
         ON proactive_record (campaign_id, chunk) WHERE chunk IS NOT NULL""",
     """CREATE TABLE IF NOT EXISTS proactive_chunk (
