@@ -58,6 +58,7 @@ from ._transport import (
     open_transport,
     origin,
     split_headers,
+    tls_verify,
     user_agent,
 )
 from ._transport_api import AsyncTransport
@@ -200,7 +201,7 @@ class AsyncClient:
             self._own = TransportConfig(
                 limits=limits,
                 timeout=timeout if timeout is not None else NO_TIMEOUT,
-                verify=_ssl_verify(verify),
+                verify=tls_verify(verify),
                 proxy=proxy,
                 max_response_bytes=max_response_bytes,
                 headers=default_headers,
@@ -454,7 +455,9 @@ class AsyncClient:
                 exc.args = (exc.message,)
                 raise
             return ApiResponse(value, raw.status, raw.headers, raw.elapsed, attempt)
-        raise self._status_error(raw, attempt)
+        error = self._status_error(raw, attempt)
+        del raw  # an echoing gateway's copy of the token: out of the traceback's locals
+        raise error
 
     async def _post_within(self, body: bytes, registry: Any, within: float) -> RawResponse:
         """The POST, cut after ``within`` seconds. Our own transport tells the time spent
@@ -585,15 +588,3 @@ def _targets_in(request: ProactiveConversationRequest) -> int:
     recipients = request.recipient if request.recipient is not UNSET else ()
     contacts = request.contact_ids if request.contact_ids is not UNSET else ()
     return len(recipients or ()) + len(contacts or ())
-
-
-def _ssl_verify(verify: bool | str | os.PathLike[str] | ssl.SSLContext) -> bool | ssl.SSLContext:
-    """A CA bundle's path becomes a verifying context that trusts it (and nothing weaker)."""
-    if isinstance(verify, bool | ssl.SSLContext):
-        return verify
-    try:
-        return ssl.create_default_context(cafile=os.fspath(verify))
-    except (OSError, ssl.SSLError) as exc:
-        reason = getattr(exc, "strerror", None) or exc
-        path = os.fspath(verify)
-        raise ClientStateError(f"cannot use {path!r} as a CA bundle: {reason}") from None

@@ -28,6 +28,7 @@ from ._base import (
     TransportConfig,
     origin,
     split_headers,
+    tls_verify,
     user_agent,
 )
 from ._blocking import BLOCKED_AFTER, PROBE_AFTER, SimulatorBlocked, SyncTransport
@@ -46,6 +47,7 @@ __all__ = [
     "open_transport",
     "origin",
     "split_headers",
+    "tls_verify",
     "user_agent",
 ]
 

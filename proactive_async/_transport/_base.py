@@ -4,6 +4,7 @@ connection slots and timeouts (see the package's docstring)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import platform
 import socket
 import ssl
@@ -33,6 +34,7 @@ __all__ = [
     "split_headers",
     "timed_out",
     "tls_failed",
+    "tls_verify",
     "unresolved",
     "user_agent",
 ]
@@ -224,3 +226,15 @@ def origin(url: str) -> str:
     """``scheme://host[:port]`` of ``url`` for messages: never a user or password in it."""
     scheme, _, rest = url.partition("://")
     return f"{scheme}://{rest.split('/', 1)[0].rpartition('@')[2]}"
+
+
+def tls_verify(verify: bool | str | os.PathLike[str] | ssl.SSLContext) -> bool | ssl.SSLContext:
+    """A CA bundle's path becomes a verifying context that trusts it (and nothing weaker)."""
+    if isinstance(verify, bool | ssl.SSLContext):
+        return verify
+    try:
+        return ssl.create_default_context(cafile=os.fspath(verify))
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        path = os.fspath(verify)
+        raise ClientStateError(f"cannot use {path!r} as a CA bundle: {reason}") from None

@@ -75,9 +75,11 @@ class _Expired(Exception):
     """One of the attempt's clocks ran out: ``kind`` is "connect", "read", "total" or
     "call" (the call's own ``timeout=``)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, sent: bool = True) -> None:
         super().__init__(kind)
         self.kind = kind
+        self.sent = sent
+        """False when it ran out before the request was written: nothing was sent."""
 
 
 class _Held:
@@ -245,11 +247,15 @@ class SyncTransport:
     ) -> Answer:
         connection = self._idle(target) or self._connect(target, clock)
         answer: Answer | None = None
+        unused = False
         try:
-            answer = _exchange(
-                connection, target.request(body), self._cap, self._error_cap, clock, serving
-            )
+            answer = _exchange(connection, target, body, self._cap, self._error_cap, clock, serving)
         except _Expired as expired:
+            if not expired.sent:  # the time ran out before the request was written
+                unused = True
+                raise ConnectTimeout(
+                    f"no time left to send to {target.name} within the timeout; nothing was sent"
+                ) from None
             if expired.kind == "call":
                 assert within is not None
                 raise call_timed_out(target.name, within) from None
@@ -257,7 +263,7 @@ class SyncTransport:
         except (NotSent, BadAnswer, LostConnection, OSError) as exc:
             raise exchange_failed(target, exc) from None
         finally:
-            self._release(target, connection, done=answer is not None)
+            self._release(target, connection, done=answer is not None or unused)
         return answer
 
     def _take_slot(self, target: _Target, call_at: float | None) -> None:
@@ -302,11 +308,12 @@ class SyncTransport:
             left = clock.left()
         except _Expired:
             left = 0.0
-        budget = left if limit is None else limit if left is None else min(limit, left)
+        own = limit is not None and (left is None or limit <= left)  # the connect timeout's
+        budget = limit if own else left
         try:
             sock = self._open(target, budget)
         except TimeoutError:
-            if budget == limit:
+            if own:
                 raise ConnectTimeout(f"connecting to {target.name} timed out") from None
             raise ConnectTimeout(
                 f"connecting to {target.name} took the whole timeout; nothing was sent"
@@ -367,13 +374,22 @@ class SyncTransport:
     def _release(self, target: _Target, connection: Connection, *, done: bool) -> None:
         """Back to the idle pool after a whole answer that leaves it reusable; else closed
         (a request abandoned half-way leaves the connection's state unknown)."""
+        stale: list[Connection] = []
         with self._lock:
             self._in_use.discard(connection)
-            if done and connection.reusable and not self._closed:
-                connection.idle_since = time.monotonic()
-                target.idle.append(connection)
-                return
-        connection.close(at_once=not done)
+            kept = done and connection.reusable and not self._closed
+            if kept:
+                now = connection.idle_since = time.monotonic()
+                idle = target.idle
+                idle.append(connection)
+                # No timer thread: the connections idle longest (the list's start) past
+                # their time are closed as others come back.
+                while idle and now - idle[0].idle_since >= self._keep_for(idle[0]):
+                    stale.append(idle.pop(0))
+        if not kept:
+            connection.close(at_once=not done)
+        for old in stale:
+            old.close()
 
     def _drop(self, connection: Connection) -> None:
         with self._lock:
@@ -387,18 +403,15 @@ class SyncTransport:
     def close(self) -> None:
         """Close the pool: idle connections now; the calls in flight end as their
         connection is shut (ConnectionLostError: they were sent), and calls waiting for a
-        slot send nothing (ClientStateError). Idempotent; takes no lock for long, and
-        none at all if another thread holds it (a finalizer may run anywhere)."""
-        self._closed = True
-        taken = self._lock.acquire(blocking=False)
-        try:
-            idle = [c for target in list(self._targets.values()) for c in target.idle]
-            for target in list(self._targets.values()):
+        slot send nothing (ClientStateError). Idempotent; holds its lock briefly, and
+        none while a socket is closed. (A collected client's finalizer calls it too: nothing
+        can hold the lock then, as no thread can still use an unreachable client.)"""
+        with self._lock:
+            self._closed = True
+            idle = [c for target in self._targets.values() for c in target.idle]
+            for target in self._targets.values():
                 target.idle.clear()
             busy = list(self._in_use)
-        finally:
-            if taken:
-                self._lock.release()
         for connection in idle:
             connection.close()
         for connection in busy:
@@ -417,19 +430,24 @@ def _fit(connection: Connection) -> bool:
 
 def _exchange(
     connection: Connection,
-    request: bytes,
+    target: _Target,
+    body: bytes,
     cap: int,
     error_cap: int,
     clock: _Clock,
     serving: asyncio.AbstractEventLoop | None,
 ) -> Answer:
-    """Write ``request`` and read its answer into the parser, within the clock."""
+    """Write the request of ``body`` and read its answer into the parser, within the
+    clock. The request is built in the call that writes it: no local holds the token."""
     sock = connection.sock
     assert sock is not None
     held = _Held()
-    sock.settimeout(clock.left())
     try:
-        connection.begin(request, cap, error_cap, held)
+        sock.settimeout(clock.left())
+    except _Expired as expired:
+        raise _Expired(expired.kind, sent=False) from None
+    try:
+        connection.begin(target.request(body), cap, error_cap, held)
     except TimeoutError:  # part of the request may be out: ambiguous, as a read timeout
         raise _Expired(clock.fixed_kind if clock.fixed is not None else "read") from None
     while not held.done():

@@ -184,7 +184,7 @@ class Connection(asyncio.Protocol):
             self._lost.set_result(None)
         if self._waiter is None or self._waiter.done():
             return
-        if self._state == _UNTIL_CLOSE:
+        if self._state == _UNTIL_CLOSE and exc is None:  # a reset is no end of the body
             self._finish(bytes(self._body))
             return
         if self._state == _HEAD and self.total_bytes == self._since:
