@@ -65,12 +65,14 @@ def mock_transport() -> MockTransport:
 def mock_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[aioresponses]:
     """An ``aioresponses`` mock that works with the installed aiohttp (see above). It
     mocks aiohttp's session, so the clients made under it get the aiohttp transport (the
-    one a proxy gets) in place of the direct one."""
+    one a proxy gets) in place of the direct one, and a sync ``Client`` makes its calls
+    through its event loop, over that transport, not in the calling thread."""
     from proactive_async import _client
     from proactive_async._transport._aiohttp import AiohttpTransport
 
     monkeypatch.setattr(aioresponses_core, "ClientResponse", _AiohttpCompatResponse)
     monkeypatch.setattr(_client, "open_transport", AiohttpTransport)
+    monkeypatch.setattr(_client.AsyncClient, "_blocking_twin", lambda self, sleep: None)
     with aioresponses() as mocked:
         yield mocked
 
