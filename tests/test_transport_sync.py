@@ -975,12 +975,12 @@ class LateSlots:
     """The pool's connection slots, handing each slot out only once the caller's wait for
     it has run out (a slot freed at the very end of a call's timeout)."""
 
-    def __init__(self, inner: threading.BoundedSemaphore) -> None:
+    def __init__(self, inner: Any) -> None:
         self.inner = inner
 
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+    def acquire(self, timeout: float | None = None) -> bool:
         self.inner.acquire()
-        if timeout > 0:
+        if timeout is not None and timeout > 0:
             time.sleep(timeout + 0.001)
         return True
 
@@ -1174,9 +1174,9 @@ def test_close_fails_the_calls_waiting_for_a_slot_and_they_send_nothing() -> Non
         holder = in_thread(lambda: call(client))
         server.wait_requests(1)
         waiters = [in_thread(lambda: call(client)) for _ in range(2)]
-        condition = pool(client)._slots._cond  # type: ignore[attr-defined]
+        slots = pool(client)._slots
         deadline = time.monotonic() + 5.0
-        while len(condition._waiters) < 2:
+        while slots._waiting < 2:
             assert time.monotonic() < deadline, "the calls never waited for the slot"
             time.sleep(0.005)
         closing = time.monotonic()
