@@ -165,3 +165,16 @@ async def test_records_leave_room_on_their_pages_for_their_updates(dsn: str) -> 
     await journal.mark_in_flight([1, 2])
     await journal.aclose()
     assert _fillfactor(dsn) == [f"fillfactor={RECORD_FILLFACTOR}"]
+
+
+async def test_journal_connections_plan_a_statement_once(dsn: str) -> None:
+    """The journal's hot statements (prepared by psycopg at their fifth run) keep one
+    generic plan instead of being planned again at every run."""
+    from proactive_async.journal._postgres import connect
+
+    conn = await connect(dsn)
+    try:
+        cursor = await conn.execute("SHOW plan_cache_mode")
+        assert await cursor.fetchone() == ("force_generic_plan",)
+    finally:
+        await conn.close()

@@ -215,6 +215,15 @@ def check_stored_identity(where: str, row: Sequence[Any], identity: CampaignIden
     check_identity(where, stored, identity)
 
 
+_GENERIC_PLANS: Final = "SET plan_cache_mode = force_generic_plan"
+"""A statement the connection runs again and again (psycopg prepares it at its fifth run)
+is planned once, not at each run. PostgreSQL kept custom plans for the journal's writes
+(records, releases and marks in one statement, its fence's conditions): 267 us of planning
+a run against 105 us executing (pg_stat_statements with track_planning, bench 10: 2,310 ms
+planning for 8,639 runs); with the generic plan, 20 ms in all, and the run as fast. Bench
+10's workers 3.6k-3.9k -> 4.5k-5.3k calls/s."""
+
+
 async def connect(dsn: str, **options: str) -> psycopg.AsyncConnection[Any]:
     """An autocommit connection; JournalError (never the password) when it cannot be had.
     ``options``: more libpq parameters (``keepalives=1``...), the DSN's own win."""
@@ -226,7 +235,9 @@ async def connect(dsn: str, **options: str) -> psycopg.AsyncConnection[Any]:
         ) from exc
     try:
         conninfo = psycopg.conninfo.make_conninfo(dsn, **options) if options else dsn
-        return await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+        conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+        await conn.execute(_GENERIC_PLANS)
+        return conn
     except psycopg.Error as exc:
         raise JournalError(
             f"cannot open the journal database {display_dsn(dsn)}: "
