@@ -137,3 +137,20 @@ def postgres_server() -> Iterator[Any]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every piece of data the HTTP/1.1 connections receive, in order (both
+    transports feed ``_http11.Connection.data_received``)."""
+    from proactive_async._transport._http11 import Connection
+
+    sizes: list[int] = []
+    original = Connection.data_received
+
+    def spy(self: Connection, data: bytes) -> None:
+        sizes.append(len(data))
+        original(self, data)
+
+    monkeypatch.setattr(Connection, "data_received", spy)
+    return sizes

@@ -45,7 +45,6 @@ from proactive_async import (
 )
 from proactive_async._transport import MAX_ERROR_BODY, user_agent
 from proactive_async._transport._direct import DirectTransport
-from proactive_async._transport._http11 import Connection
 
 PATH = b"/api/Conversation/proactive-conversation"
 TOKEN = "tok-HTTP11-5eed"
@@ -254,20 +253,6 @@ def ipv6_unavailable() -> bool:
 def assert_ok(conversations: list[Conversation]) -> None:
     [conversation] = conversations
     assert conversation.id == 7 and conversation.conversation_id == "c-7"
-
-
-@pytest.fixture
-def reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The size of every piece of data the client's connections receive, in order."""
-    sizes: list[int] = []
-    original = Connection.data_received
-
-    def spy(self: Connection, data: bytes) -> None:
-        sizes.append(len(data))
-        original(self, data)
-
-    monkeypatch.setattr(Connection, "data_received", spy)
-    return sizes
 
 
 # --- framing --------------------------------------------------------------------------

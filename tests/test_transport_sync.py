@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 from _requires import unavailable
+from test_sync_client import run_script
 
 from proactive_async import (
     ApiResponse,
@@ -400,20 +401,6 @@ def closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
-
-
-@pytest.fixture
-def reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The size of every piece of data the client's connections receive, in order."""
-    sizes: list[int] = []
-    original = Connection.data_received
-
-    def spy(self: Connection, data: bytes) -> None:
-        sizes.append(len(data))
-        original(self, data)
-
-    monkeypatch.setattr(Connection, "data_received", spy)
-    return sizes
 
 
 # --- framing --------------------------------------------------------------------------
@@ -1433,21 +1420,6 @@ def test_a_503_then_200_is_retried_by_the_default_policy_sleeping_in_the_thread(
     assert_ok(response.value)
     assert sleeps == [0.05]
     assert len(server.requests) == 2 and server.accepted == 1
-
-
-def run_script(source: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run ``source`` with ``python -W error``, as a user's script would be run."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("PYTHONWARNINGS", None)
-    return subprocess.run(
-        [sys.executable, "-W", "error", "-c", source, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=ROOT,
-        check=False,
-    )
 
 
 RETRY_SCRIPT = """
