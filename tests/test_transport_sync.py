@@ -41,6 +41,7 @@ from proactive_async import (
     ConnectTimeout,
     Conversation,
     Limits,
+    NameResolutionError,
     ProactiveError,
     ReadTimeout,
     ResponseTooLargeError,
@@ -999,6 +1000,60 @@ def test_a_refused_connection_is_a_connect_error_nothing_sent() -> None:
     ):
         call(client)
     assert type(info.value) is ConnectError
+    assert info.value.may_have_been_processed is False
+
+
+@pytest.fixture
+def slow_resolver(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names under ``.slow.test`` take 3 s to resolve (to 127.0.0.1); ``missing.test`` does
+    not exist; the rest resolve as usual. The names asked for are recorded."""
+    asked: list[str] = []
+    original = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        asked.append(str(host))
+        if str(host).endswith(".slow.test"):
+            time.sleep(3.0)
+            return original("127.0.0.1", port, *args, **kwargs)
+        if host == "missing.test":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return original(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return asked
+
+
+def test_a_resolver_slower_than_the_connect_timeout_is_a_connect_timeout(
+    slow_resolver: list[str],
+) -> None:
+    """``getaddrinfo`` has no timeout: the connect timeout still bounds it (nothing sent)."""
+    started = time.monotonic()
+    with (
+        client_for(f"http://api.slow.test:{closed_port()}", timeout=Timeout(connect=0.2)) as client,
+        pytest.raises(ConnectTimeout) as info,
+    ):
+        call(client)
+    assert time.monotonic() - started < 1.5
+    assert info.value.may_have_been_processed is False
+    assert slow_resolver == ["api.slow.test"]
+
+
+def test_a_calls_own_timeout_bounds_resolving_too(slow_resolver: list[str]) -> None:
+    started = time.monotonic()
+    with (
+        client_for(f"http://api.slow.test:{closed_port()}", timeout=Timeout(connect=None)) as c,
+        pytest.raises(ConnectTimeout),
+    ):
+        call(c, timeout=0.2)
+    assert time.monotonic() - started < 1.5
+
+
+def test_a_name_that_does_not_resolve_is_a_name_resolution_error(slow_resolver: list[str]) -> None:
+    with (
+        client_for("http://missing.test:8080") as client,
+        pytest.raises(NameResolutionError, match=r"missing\.test") as info,
+    ):
+        call(client)
     assert info.value.may_have_been_processed is False
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import socket
 import ssl
 import struct
@@ -373,9 +374,7 @@ class SyncTransport:
         if budget is not None and budget <= 0:
             raise TimeoutError
         ends = None if budget is None else time.monotonic() + budget
-        infos = socket.getaddrinfo(
-            target.host, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-        )
+        infos = _resolve(target.host, target.port, budget)
         errors: list[OSError] = []
         for family, kind, proto, _, address in infos:
             sock = socket.socket(family, kind, proto)
@@ -456,6 +455,48 @@ class SyncTransport:
             if connection.sock is not None:  # wakes the thread blocked reading it
                 with contextlib.suppress(OSError):
                     connection.sock.shutdown(socket.SHUT_RDWR)
+
+
+_Address = tuple[Any, ...]  # getaddrinfo's (family, type, proto, canonname, sockaddr)
+
+
+def _resolve(host: str, port: int, budget: float | None) -> list[_Address]:
+    """``host``'s addresses, within ``budget`` seconds: ``getaddrinfo`` has no timeout of its
+    own, so a name is resolved in a daemon thread of its own (one a new connection, never
+    joined: exit does not wait for a resolver that hangs) while the call waits at most
+    ``budget``; then TimeoutError (nothing was sent). The event loop's transport bounds its
+    resolution the same way (its executor, within the connect timeout). An address given
+    as such needs no resolver: resolved here, at once."""
+    if budget is None or _is_address(host):
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    done = threading.Event()
+    box: list[list[_Address] | BaseException] = []
+
+    def resolve() -> None:
+        try:
+            box.append(
+                socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+            )
+        except BaseException as exc:  # handed to the caller, raised there
+            box.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=resolve, name="proactive-async-resolve", daemon=True).start()
+    if not done.wait(budget):
+        raise TimeoutError(f"resolving {host!r} took the whole connect timeout")
+    found = box[0]
+    if isinstance(found, BaseException):
+        raise found
+    return found
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _fit(connection: Connection) -> bool:
