@@ -236,7 +236,8 @@ async def connect(dsn: str, **options: str) -> psycopg.AsyncConnection[Any]:
     try:
         conninfo = psycopg.conninfo.make_conninfo(dsn, **options) if options else dsn
         conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
-        await conn.execute(_GENERIC_PLANS)
+        if conn.info.server_version >= 120000:  # plan_cache_mode came with PostgreSQL 12
+            await conn.execute(_GENERIC_PLANS)
         return conn
     except psycopg.Error as exc:
         raise JournalError(
