@@ -20,7 +20,7 @@ from typing import Final
 import msgspec
 
 from .._records import OutcomeError
-from ..journal._postgres import outcome_json_sql
+from ..journal._postgres import index_sql, outcome_json_sql
 
 __all__ = [
     "ABORT",
@@ -77,10 +77,11 @@ SCHEMA: Final = (
         lease_until timestamptz,
         PRIMARY KEY (campaign_id, slice)
     )""",
-    """CREATE INDEX IF NOT EXISTS proactive_slice_open
-        ON proactive_slice (campaign_id, slice) WHERE state = 'open'""",
-    """CREATE INDEX IF NOT EXISTS proactive_record_slice
-        ON proactive_record (campaign_id, slice, line) WHERE slice IS NOT NULL""",
+    index_sql("proactive_slice_open", "proactive_slice (campaign_id, slice) WHERE state = 'open'"),
+    index_sql(
+        "proactive_record_slice",
+        "proactive_record (campaign_id, slice, line) WHERE slice IS NOT NULL",
+    ),
 )
 
 CANCELLED: Final = "cancelled"
