@@ -23,6 +23,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from _redis import free_port as closed_port  # bound, then released: nothing listens
 from _requires import unavailable
 
 from proactive_async import (
@@ -231,14 +232,6 @@ def run_on(loop: str, scenario: Callable[[], Coroutine[Any, Any, None]]) -> None
         uvloop_module().run(scenario())
     else:
         asyncio.run(scenario())
-
-
-def closed_port() -> int:
-    """A port nothing listens on: bound, then released."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def ipv6_unavailable() -> bool:

@@ -29,6 +29,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from _redis import free_port as closed_port  # bound, then released: nothing listens
 from _requires import unavailable
 from test_sync_client import run_script
 
@@ -394,14 +395,6 @@ def in_thread(function: Callable[[], Any]) -> tuple[threading.Thread, dict[str, 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread, outcome
-
-
-def closed_port() -> int:
-    """A port nothing listens on: bound, then released."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 # --- framing --------------------------------------------------------------------------
