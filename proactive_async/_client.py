@@ -196,7 +196,6 @@ class AsyncClient:
         self._transport: Transport | SyncTransport | AsyncTransport
         self._post: Callable[[str, bytes], Awaitable[RawResponse]]
         self._own: TransportConfig | None = None  # the settings of the client's own pool
-        self._sleep_given = sleep is not None
         if transport is None:
             self._own = TransportConfig(
                 limits=limits,
@@ -231,7 +230,7 @@ class AsyncClient:
         own = self._own
         if own is None or own.proxy is not None or self.rate_limit is not None:
             return None
-        if self._sleep_given or self._parent is not None:
+        if self._sleep is not asyncio.sleep or self._parent is not None:
             return None
         twin = copy.copy(self)
         transport = SyncTransport(own)

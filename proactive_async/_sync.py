@@ -146,9 +146,10 @@ class _Runtime:
         self, async_client: AsyncClient, direct: AsyncClient | None, generation: int
     ) -> None:
         """A client was collected without ``close()``: close its blocking pool now and its
-        loop's pool at the loop's next drive (or at exit), from any thread, never blocking
-        and taking no lock (a collection may happen anywhere, inside our own critical
-        sections too)."""
+        loop's pool at the loop's next drive (or at exit), from any thread, never waiting
+        for the loop, and taking no lock of this runtime (a collection may happen
+        anywhere, inside our own critical sections too). The blocking pool's own lock is
+        free then: no thread can be using the pool of a client nothing refers to."""
         if generation != self.generation:
             self.keep((async_client, direct))
             return
@@ -417,16 +418,11 @@ class Client:
         fields, or both (the keywords override); ``retry=`` and ``timeout=`` for this call;
         raises the same ProactiveErrors.
         """
-        direct = self._direct_ready()
-        if direct is not None:
-            return drive(
-                direct.create_proactive_conversation(
-                    request, retry=retry, timeout=timeout, **fields
-                )
+        return self._perform(
+            lambda client: client.create_proactive_conversation(
+                request, retry=retry, timeout=timeout, **fields
             )
-        client, shared = self._ready()
-        coro = client.create_proactive_conversation(request, retry=retry, timeout=timeout, **fields)
-        return shared.run(coro)
+        )
 
     def create_proactive_conversation_with_response(
         self,
@@ -438,18 +434,11 @@ class Client:
         **fields: Unpack[ProactiveConversationFields],
     ) -> ApiResponse[list[Conversation]]:
         """As ``create_proactive_conversation``, with status, headers, elapsed and attempts."""
-        direct = self._direct_ready()
-        if direct is not None:
-            return drive(
-                direct.create_proactive_conversation_with_response(
-                    request, retry=retry, timeout=timeout, **fields
-                )
+        return self._perform(
+            lambda client: client.create_proactive_conversation_with_response(
+                request, retry=retry, timeout=timeout, **fields
             )
-        client, shared = self._ready()
-        coro = client.create_proactive_conversation_with_response(
-            request, retry=retry, timeout=timeout, **fields
         )
-        return shared.run(coro)
 
     def run_campaign(
         self,
@@ -489,6 +478,15 @@ class Client:
         client, shared = self._ready()
         return shared.run(_call(function, client, args))
 
+    def _perform(self, call: Callable[[AsyncClient], Coroutine[Any, Any, T]]) -> T:
+        """``call(client)`` run to its end: on the blocking twin in this thread when plain
+        calls go there, else on the event loop."""
+        direct = self._direct_ready()
+        if direct is not None:
+            return drive(call(direct))
+        client, shared = self._ready()
+        return shared.run(call(client))
+
     def _direct_ready(self) -> AsyncClient | None:
         """This process's blocking twin, if calls go there, or why a call cannot be made."""
         if self.closed:
@@ -500,11 +498,7 @@ class Client:
 
     def _ready(self) -> tuple[AsyncClient, _SharedLoop]:
         """This process's AsyncClient and its loop, or why a call cannot be made."""
-        if self.closed:
-            raise ClientStateError(_CLOSED)
-        refuse_inside_event_loop()
-        if self._generation != _RUNTIME.generation:
-            self._renew()
+        self._direct_ready()  # the same checks
         shared = _RUNTIME.shared()
         # Closed while the loop was being made: close() saw no loop and so no pool to close.
         if self.closed:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from conftest import FakeTime
@@ -189,20 +189,35 @@ def quick_probe(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(module, "BLOCKED_AFTER", 0.3)
 
 
+def _call_awaited(url: str) -> None:
+    """What FastAPI's TestClient runs: an AsyncClient, in a thread and loop of its own."""
+
+    async def send() -> None:
+        async with AsyncClient(url, TOKEN) as client:
+            await client.create_proactive_conversation(**FIELDS, recipient=[PHONE])
+
+    asyncio.run(send())
+
+
+def _call_blocking(url: str) -> None:
+    """A Flask or Django view under a synchronous test client: the blocking Client, its
+    call made in this thread without an event loop."""
+    with Client(url, TOKEN) as client:
+        client.create_proactive_conversation(**FIELDS, recipient=[PHONE])
+
+
+@pytest.mark.parametrize("app", [_call_awaited, _call_blocking], ids=["async", "blocking"])
 async def test_a_simulator_on_the_loop_that_blocks_for_the_call_is_a_clear_error(
-    quick_probe: None,
+    quick_probe: None, app: Callable[[str], None]
 ) -> None:
-    """As an async fixture's simulator with FastAPI's TestClient: the test's loop blocks in
-    a synchronous call whose app waits for the simulator that loop serves."""
+    """As an async fixture's simulator with a synchronous test client: the test's loop
+    blocks in a synchronous call whose app waits for the simulator that loop serves; both
+    clients watch the simulator's loop."""
     outcome: list[BaseException | int] = []
 
-    def app_thread(url: str) -> None:  # what TestClient runs, in a thread and loop of its own
-        async def send() -> None:
-            async with AsyncClient(url, TOKEN) as client:
-                await client.create_proactive_conversation(**FIELDS, recipient=[PHONE])
-
+    def app_thread(url: str) -> None:
         try:
-            asyncio.run(send())
+            app(url)
             outcome.append(200)
         except BaseException as exc:
             outcome.append(exc)
@@ -214,35 +229,6 @@ async def test_a_simulator_on_the_loop_that_blocks_for_the_call_is_a_clear_error
         thread.join(20)  # blocks this loop, as a synchronous test client does
         elapsed = time.monotonic() - started
         assert sim.audit.snapshot() == {}  # never processed: the loop never ran
-    [error] = outcome
-    assert isinstance(error, ClientStateError), error
-    assert "ThreadedSimulator" in str(error) and not error.may_have_been_processed
-    assert elapsed < 5
-
-
-async def test_a_blocking_client_waiting_for_a_simulator_on_a_blocked_loop_is_told_why(
-    quick_probe: None,
-) -> None:
-    """As above, with the blocking Client in the app's thread (a Flask or Django view under
-    a synchronous test client): its call, made in that thread without an event loop,
-    watches the simulator's loop too."""
-    outcome: list[BaseException | int] = []
-
-    def app_thread(url: str) -> None:
-        try:
-            with Client(url, TOKEN) as client:
-                client.create_proactive_conversation(**FIELDS, recipient=[PHONE])
-            outcome.append(200)
-        except BaseException as exc:
-            outcome.append(exc)
-
-    async with Simulator(SimulatorConfig(token=TOKEN)) as sim:
-        started = time.monotonic()
-        thread = threading.Thread(target=app_thread, args=(sim.url,))
-        thread.start()
-        thread.join(20)  # blocks this loop
-        elapsed = time.monotonic() - started
-        assert sim.audit.snapshot() == {}
     [error] = outcome
     assert isinstance(error, ClientStateError), error
     assert "ThreadedSimulator" in str(error) and not error.may_have_been_processed

@@ -229,10 +229,6 @@ class SyncTransport:
         self._ssl: ssl.SSLContext | None = None
         self._closed = False
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     async def post(
         self,
         url: str,
@@ -247,17 +243,6 @@ class SyncTransport:
         then is a ConnectTimeout: nothing was sent). ``serving``: the loop of an in-process
         simulator answering this URL, watched while its answer is awaited.
         """
-        return self.send(url, body, within=within, serving=serving)
-
-    def send(
-        self,
-        url: str,
-        body: bytes,
-        *,
-        within: float | None = None,
-        serving: asyncio.AbstractEventLoop | None = None,
-    ) -> RawResponse:
-        """``post``, as a plain function."""
         target = self._targets.get(url) or self._target(url)
         call_at = None if within is None else time.monotonic() + within
         self._take_slot(target, call_at)
@@ -330,15 +315,9 @@ class SyncTransport:
                     return None
                 connection = idle.pop()
                 self._in_use.add(connection)
-            if time.monotonic() - connection.idle_since < self._keep_for(connection) and _fit(
-                connection
-            ):
+            if connection.fresh(time.monotonic(), self._keepalive) and _fit(connection):
                 return connection
             self._drop(connection)
-
-    def _keep_for(self, connection: Connection) -> float:
-        said = connection.keep_for
-        return self._keepalive if said is None else min(self._keepalive, said - 1.0)
 
     def _connect(self, target: _Target, clock: _Clock) -> Connection:
         """A new connection, or the reason none was made: nothing was sent."""
@@ -421,7 +400,7 @@ class SyncTransport:
                 idle.append(connection)
                 # No timer thread: the connections idle longest (the list's start) past
                 # their time are closed as others come back.
-                while idle and now - idle[0].idle_since >= self._keep_for(idle[0]):
+                while idle and not idle[0].fresh(now, self._keepalive):
                     stale.append(idle.pop(0))
         if not kept:
             connection.close(at_once=not done)

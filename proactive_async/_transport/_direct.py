@@ -130,18 +130,10 @@ class DirectTransport(Transport):
         idle = target.idle
         while idle:
             connection = idle.pop()
-            if loop.time() - connection.idle_since < self._keep_for(connection) and (
-                connection.fit()
-            ):
+            if connection.fresh(loop.time(), self._keepalive) and connection.fit():
                 return connection
             self._drop(connection)
         return None
-
-    def _keep_for(self, connection: Connection) -> float:
-        """Seconds ``connection`` may stay idle: ours, or less if the server said less (a
-        second before its own timeout, so that a close is not met half-way)."""
-        said = connection.keep_for
-        return self._keepalive if said is None else min(self._keepalive, said - 1.0)
 
     async def _connect(
         self, target: _Target, loop: asyncio.AbstractEventLoop, deadline: float | None
@@ -227,7 +219,7 @@ class DirectTransport(Transport):
         now = loop.time()
         waiting = False
         for target in self._targets.values():
-            kept = [c for c in target.idle if c.open and now - c.idle_since < self._keep_for(c)]
+            kept = [c for c in target.idle if c.open and c.fresh(now, self._keepalive)]
             for connection in target.idle:
                 if connection not in kept:
                     self._drop(connection)

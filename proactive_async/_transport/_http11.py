@@ -242,6 +242,13 @@ class Connection(asyncio.Protocol):
             return False
         return self._poller is None or not self._poller.poll(0)
 
+    def fresh(self, now: float, ours: float) -> bool:
+        """Whether this idle connection may still be used at ``now``: idle less than
+        ``ours`` (``Limits.keepalive_timeout``), or less if the server said less (a second
+        before its own ``Keep-Alive: timeout=``, so that its close is not met half-way)."""
+        said = self.keep_for
+        return now - self.idle_since < (ours if said is None else min(ours, said - 1.0))
+
     def wait_lost(self) -> asyncio.Future[None]:
         """Done once the connection is lost (after ``close``, a TLS goodbye may take a
         while)."""
