@@ -16,9 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import secrets
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -32,6 +30,7 @@ from .._planner import Chunk, PlannedTarget
 from .._records import Outcome, OutcomeStatus
 from .._sender import ChunkSender, make_outcome
 from ..journal import INTERRUPTED, SecretScrubber, kept_secrets
+from ..journal._base import process_name
 from ..journal._postgres import display_dsn, split_location
 from ..ratelimit import RateLimitBackend
 from ._connect import Database
@@ -152,7 +151,7 @@ class SliceRunner:
         self._opening = asyncio.Lock()
         self._senders: set[ChunkSender] = set()
         self._stopping = False
-        self._name = f"{socket.gethostname()}/{os.getpid()}"
+        self._name = process_name()
 
     @property
     def where(self) -> str:

@@ -3,6 +3,8 @@ campaign identity and its check, keeping secrets out, and ``Outcome``'s wire nam
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Collection, Mapping
 from typing import Any, Final
 
@@ -22,6 +24,7 @@ __all__ = [
     "check_identity",
     "interrupted_outcome",
     "kept_secrets",
+    "process_name",
     "refuse_secrets",
 ]
 
@@ -38,6 +41,11 @@ OUTCOME_WIRE_NAMES: Final = {
     field.name: field.encode_name for field in msgspec.structs.fields(Outcome)
 }
 """``Outcome``'s field names (Python) -> its JSON names, for SQL that reads or builds one."""
+
+
+def process_name() -> str:
+    """This process as the owners it writes into a journal name it: ``host/pid``."""
+    return f"{socket.gethostname()}/{os.getpid()}"
 
 
 class CampaignIdentity(msgspec.Struct, frozen=True):

@@ -25,21 +25,28 @@ asked. Commits go through ``GroupCommit`` on one writer connection: callers arri
 during a commit share the next one. Reads use a second connection.
 
 A single-process campaign holds a session advisory lock on its campaign while the journal
-is open, so a second process opening the same campaign is refused.
+is open, so a second process opening the same campaign is refused. The lock is only a
+hint (a transaction-mode pooler shares one server session among clients; a session can
+be lost unnoticed): the fence is in the data. Opening makes the run the campaign's
+``owner`` (a token of its own), and every mark checks, in the statement that makes it,
+that the run is still the owner, that the campaign is not cancelled and that the line is
+not final. A run whose mark is refused stops with a ``JournalError`` saying why; what it
+marked before stays in flight (``unknown`` on resume), never sent twice.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Collection, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Awaitable, Collection, Sequence
+from secrets import token_hex
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
 from .._errors import JournalError
-from .._records import Outcome
+from .._records import Outcome, OutcomeStatus
 from .._secrets import display_url as display_dsn  # the one rule for hiding a password
 from ._base import (
     IN_FLIGHT,
@@ -49,6 +56,7 @@ from ._base import (
     SecretScrubber,
     check_identity,
     kept_secrets,
+    process_name,
     refuse_secrets,
 )
 from ._group_commit import GroupCommit, JournalOp, Mark, Record, Release, check_usable, coalesce
@@ -68,6 +76,8 @@ __all__ = [
     "outcome_json_sql",
     "split_location",
 ]
+
+T = TypeVar("T")
 
 DEFAULT_CAMPAIGN: Final = "default"
 _LOCK_NAMESPACE: Final = "proactive-async:"
@@ -106,8 +116,20 @@ SCHEMA: Final = (
         settings text NOT NULL DEFAULT '{}',
         chunks bigint NOT NULL DEFAULT 0,
         chunks_done bigint NOT NULL DEFAULT 0,
-        records bigint NOT NULL DEFAULT 0
+        records bigint NOT NULL DEFAULT 0,
+        owner text
     )""",
+    # Tables made before the owner fence get its column once (only their owner can).
+    """DO $$ BEGIN
+        IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                       WHERE table_schema = current_schema()
+                       AND table_name = 'proactive_campaign' AND column_name = 'owner') THEN
+            ALTER TABLE proactive_campaign ADD COLUMN owner text;
+        END IF;
+    EXCEPTION WHEN insufficient_privilege THEN
+        RAISE EXCEPTION 'proactive_campaign has no column owner (an older version made it)'
+            ' and this role cannot add it: open the journal once as the tables'' owner';
+    END $$""",
     f"""CREATE TABLE IF NOT EXISTS proactive_record (
         campaign_id text NOT NULL REFERENCES proactive_campaign (id) ON DELETE CASCADE,
         line bigint NOT NULL,
@@ -146,12 +168,28 @@ _RELEASE_SQL: Final = (
     "UPDATE proactive_record SET state = 'planned' WHERE campaign_id = %s"
     " AND state = 'in_flight' AND chunk IS NOT NULL AND line = ANY(%b::bigint[])",
 )
+RESENDABLE_STATES: Final = (IN_FLIGHT, OutcomeStatus.UNKNOWN.value, OutcomeStatus.FAILED.value)
+"""States a line's row may be in when it is marked in flight again: a resume sending it
+again as asked (``resend_unknown``, ``resend_failed``). ``sent``, ``rejected`` and
+``duplicate`` are final: a mark of such a line is refused, whatever asked for it."""
+_RESENDABLE: Final = ", ".join(f"'{state}'" for state in RESENDABLE_STATES)
+
 # Records and marks in one statement (coalesce keeps their lines apart): autocommit makes
 # it one transaction, without a BEGIN and a COMMIT around it. A line's state is its
 # outcome's status, read from the outcome itself. Data-modifying WITH clauses run once,
 # whatever the SELECT reads.
+#
+# The fence: ``holder`` locks the campaign's row (FOR SHARE) and reads its latest version.
+# Marks are made only while this run is its owner, it is not cancelled and no line of
+# theirs is final: all of them or none. A run taking the
+# campaign over (its UPDATE of ``owner``) waits for a mark being made, then every later mark
+# of the old owner finds another owner. The row lock is what makes that order certain: a
+# plain read could see the owner as it was when the statement began.
 _WRITE_SQL: Final = f"""
-    WITH recorded AS (
+    WITH holder AS (
+        SELECT owner = %(owner)s AS ours, cancelled_at IS NOT NULL AS cancelled
+        FROM proactive_campaign WHERE id = %(campaign)s FOR SHARE
+    ), recorded AS (
         INSERT INTO proactive_record (campaign_id, line, state, outcome)
         SELECT %(campaign)s, line, outcome::json->>'{OUTCOME_WIRE_NAMES["status"]}', outcome
         FROM unnest(%(lines)b::bigint[], %(outcomes)b::text[]) AS r (line, outcome)
@@ -161,9 +199,14 @@ _WRITE_SQL: Final = f"""
         INSERT INTO proactive_record (campaign_id, line, state)
         SELECT %(campaign)s, line, 'in_flight'
         FROM (SELECT DISTINCT unnest(%(marks)b::bigint[]) AS line) AS m
+        WHERE EXISTS (SELECT 1 FROM holder WHERE ours AND NOT cancelled)
+        AND NOT EXISTS (SELECT 1 FROM proactive_record f WHERE f.campaign_id = %(campaign)s
+            AND f.line = ANY(%(marks)b::bigint[]) AND f.state NOT IN ({_RESENDABLE}))
         ON CONFLICT (campaign_id, line) DO UPDATE SET state = 'in_flight', outcome = NULL
+        WHERE proactive_record.state IN ({_RESENDABLE})
+        RETURNING 1
     )
-    SELECT 1
+    SELECT (SELECT count(*) FROM marked), ours, cancelled FROM holder
 """
 _LOOKUP_SQL: Final = (
     "SELECT line, state, outcome FROM proactive_record"
@@ -272,13 +315,18 @@ async def ensure_schema(conn: psycopg.AsyncConnection[Any], extra: Sequence[str]
 
 
 async def open_campaign(
-    conn: psycopg.AsyncConnection[Any], campaign: str, identity: CampaignIdentity, where: str
+    conn: psycopg.AsyncConnection[Any],
+    campaign: str,
+    identity: CampaignIdentity,
+    where: str,
+    owner: str,
 ) -> bool:
-    """Create the campaign's row, or check it is this campaign; True when it has lines."""
+    """Create the campaign's row, or check it is this campaign, and make ``owner`` (this
+    run's token) its owner; True when it has lines. A cancelled campaign is refused."""
     async with conn.transaction():
         cursor = await conn.execute(
-            "SELECT template, input_fingerprint, options, planned_at IS NOT NULL"
-            " FROM proactive_campaign WHERE id = %s FOR UPDATE",
+            "SELECT template, input_fingerprint, options, planned_at IS NOT NULL,"
+            " cancelled_at IS NOT NULL FROM proactive_campaign WHERE id = %s FOR UPDATE",
             (campaign,),
         )
         row = await cursor.fetchone()
@@ -290,12 +338,18 @@ async def open_campaign(
             )
         if row is None:
             await conn.execute(
-                "INSERT INTO proactive_campaign (id, template, input_fingerprint, options)"
-                " VALUES (%s, %s, %s, %s)",
-                (campaign, identity.template, identity.input_fingerprint, identity.options),
+                "INSERT INTO proactive_campaign"
+                " (id, template, input_fingerprint, options, owner) VALUES (%s, %s, %s, %s, %s)",
+                (campaign, identity.template, identity.input_fingerprint, identity.options, owner),
             )
             return False
         check_stored_identity(where, row, identity)
+        if row[4]:
+            raise JournalError(f"{where} was cancelled (proactive-async cancel): not resumed")
+        # Taken over: a run still marking under the old owner is refused from now on.
+        await conn.execute(
+            "UPDATE proactive_campaign SET owner = %s WHERE id = %s", (owner, campaign)
+        )
         cursor = await conn.execute(
             "SELECT EXISTS (SELECT 1 FROM proactive_record WHERE campaign_id = %s"
             " AND state <> 'planned')",
@@ -320,8 +374,9 @@ class PostgresJournal:
             database (default ``default``), the rest is libpq's.
         identity: the campaign's identity; another campaign's is refused.
         secrets: strings never to be stored (the token).
-        exclusive: hold the campaign's advisory lock while open (a single-process
-            campaign); a distributed worker opens without it.
+        exclusive: hold the campaign's advisory lock while open, so that a second run is
+            refused at once. Without it, a second run opening the campaign takes it over
+            (the fence in the data): this one's next mark stops it.
     """
 
     resumed: bool
@@ -336,9 +391,11 @@ class PostgresJournal:
         resumed: bool,
         secrets: tuple[str, ...],
         locked: bool = False,
+        owner: str = "",
     ) -> None:
         self.resumed = resumed
         self.campaign = campaign
+        self._owner = owner
         self._locked = locked
         self.where = where
         self._writer_conn = writer
@@ -363,14 +420,15 @@ class PostgresJournal:
         writer = await connect(dsn)
         reader: psycopg.AsyncConnection[Any] | None = None
         locked = False
+        owner = f"{process_name()}/{token_hex(8)}"  # a run's own: no other has it
         try:
             if exclusive and not await _try_lock(writer, campaign):
                 raise JournalError(
                     f"the journal {where} is in use by another run; wait for it to end"
                 )
             locked = exclusive
-            await ensure_schema(writer)
-            resumed = await open_campaign(writer, campaign, identity, where)
+            await _opening(where, ensure_schema(writer))
+            resumed = await _opening(where, open_campaign(writer, campaign, identity, where, owner))
             reader = await connect(dsn)
         except BaseException:
             await _close_unlocked(writer, campaign if locked else None)
@@ -383,6 +441,7 @@ class PostgresJournal:
             resumed=resumed,
             secrets=kept,
             locked=locked,
+            owner=owner,
         )
 
     async def __aenter__(self) -> PostgresJournal:
@@ -443,30 +502,63 @@ class PostgresJournal:
         scrub = self._scrubber.scrub
         params = {
             "campaign": self.campaign,
+            "owner": self._owner,
             "lines": list(batch.records),
             "outcomes": [scrub(encoded).decode() for encoded in batch.records.values()],
             "marks": batch.marks,
         }
         if not batch.releases:  # the usual commit: one statement, its own transaction
-            await conn.execute(_WRITE_SQL, params)
-            return
-        # With releases (applied after the marks): one round trip for the whole commit
-        # (BEGIN, the statements, COMMIT); the pipeline sends them together.
-        async with conn.pipeline(), conn.transaction():
-            await conn.execute(_WRITE_SQL, params)
-            for statement in _RELEASE_SQL:
-                await conn.execute(statement, (self.campaign, batch.releases))
+            cursor = await conn.execute(_WRITE_SQL, params)
+            fence = await cursor.fetchone()
+        else:
+            # With releases (applied after the marks): one round trip for the whole commit
+            # (BEGIN, the statements, COMMIT); the pipeline sends them together.
+            async with conn.pipeline(), conn.transaction():
+                cursor = await conn.execute(_WRITE_SQL, params)
+                for statement in _RELEASE_SQL:
+                    await conn.execute(statement, (self.campaign, batch.releases))
+                fence = await cursor.fetchone()
+        if batch.marks and (fence is None or fence[0] < len(batch.marks)):
+            # What was recorded is kept (the same statement); nothing more is sent.
+            raise JournalError(self._refusal(fence))
+
+    def _refusal(self, fence: tuple[Any, ...] | None) -> str:
+        """Why a mark was refused, from the campaign row the write statement read."""
+        if fence is None:
+            reason = "its campaign is gone from the database"
+        elif fence[2]:
+            reason = "the campaign was cancelled (proactive-async cancel)"
+        elif not fence[1]:
+            reason = "another run took the campaign over"
+        else:
+            reason = "a line to send has already ended (sent, rejected or duplicate)"
+        return (
+            f"the journal {self.where} refused to mark lines in flight: {reason};"
+            " nothing more is sent"
+        )
 
     def _check_usable(self) -> None:
         check_usable(self.where, self._group.failure, self._closed)
 
     def _write_error(self, exc: Exception) -> Exception:
-        return self._error("write", exc)
+        return exc if isinstance(exc, JournalError) else self._error("write", exc)
 
     def _error(self, what: str, exc: Exception) -> JournalError:
         return JournalError(
             f"cannot {what} the journal {self.where}: {type(exc).__name__}: {_first_line(exc)}"
         )
+
+
+async def _opening(where: str, step: Awaitable[T]) -> T:
+    """``step`` of opening; a database error is a JournalError naming the journal."""
+    import psycopg
+
+    try:
+        return await step
+    except psycopg.Error as exc:
+        raise JournalError(
+            f"cannot open the journal {where}: {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
 
 
 async def _close_unlocked(conn: psycopg.AsyncConnection[Any], campaign: str | None) -> None:

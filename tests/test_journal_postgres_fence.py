@@ -1,0 +1,173 @@
+"""The single-process PostgreSQL journal's fence in the data: a run marks lines in flight
+only while it owns the campaign, the campaign is not cancelled and the line is not final,
+checked in the statement that marks them. The advisory lock is only a hint: these tests
+open journals without it (``exclusive=False``), as a transaction-mode pooler would let a
+second run through."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+
+from proactive_async import (
+    AsyncClient,
+    Campaign,
+    JournalError,
+    ProactiveConversationRequest,
+    open_journal,
+)
+from proactive_async._records import Outcome, OutcomeStatus
+from proactive_async.journal import CampaignIdentity
+from proactive_async.journal._postgres import PostgresJournal
+from proactive_async.simulator import Faults, Simulator, SimulatorConfig
+
+IDENTITY = CampaignIdentity.build({"channelId": 1}, input_fingerprint="x")
+TEMPLATE = ProactiveConversationRequest(channel_id=1, bot_id=2, conversation_template_id=3)
+
+
+@pytest.fixture
+def dsn(postgres_server: Any) -> str:
+    return str(postgres_server.create_database(f"pg_{uuid.uuid4().hex[:10]}"))
+
+
+def _states(dsn: str, campaign: str = "default") -> dict[int, str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT line, state FROM proactive_record WHERE campaign_id = %s", (campaign,)
+        ).fetchall()
+    return dict(rows)
+
+
+async def test_a_run_taken_over_is_refused_its_next_mark_and_stops(dsn: str) -> None:
+    first = await PostgresJournal.open(dsn, IDENTITY, exclusive=False)
+    await first.mark_in_flight([1, 2])
+    second = await PostgresJournal.open(dsn, IDENTITY, exclusive=False)
+    with pytest.raises(JournalError, match="another run took the campaign over"):
+        await first.mark_in_flight([3])
+    # What the first run marked before stays in flight for the second to see (unknown,
+    # never resent); the refused line was not marked.
+    assert set(await second.lookup([1, 2, 3])) == {1, 2}
+    with pytest.raises(JournalError, match="failed earlier"):  # latched: nothing more
+        await first.mark_in_flight([4])
+    await second.mark_in_flight([3])
+    assert _states(dsn) == {1: "in_flight", 2: "in_flight", 3: "in_flight"}
+    await first.aclose()  # closes; what failed stays failed
+    await second.aclose()
+
+
+async def test_outcomes_of_calls_made_before_a_take_over_are_still_recorded(dsn: str) -> None:
+    """An answer is the truth of a call already made: only marks are fenced."""
+    first = await PostgresJournal.open(dsn, IDENTITY, exclusive=False)
+    await first.mark_in_flight([1])
+    second = await PostgresJournal.open(dsn, IDENTITY, exclusive=False)
+    await first.record([Outcome(line=1, status=OutcomeStatus.SENT)])
+    await first.flush()
+    assert _states(dsn) == {1: "sent"}
+    await first.aclose()
+    await second.aclose()
+
+
+async def test_a_cancelled_campaign_refuses_marks_and_a_resume(dsn: str) -> None:
+    journal = await open_journal(dsn, IDENTITY)
+    await journal.mark_in_flight([1])
+    with psycopg.connect(dsn, autocommit=True) as conn:  # what `proactive-async cancel` sets
+        conn.execute("UPDATE proactive_campaign SET cancelled_at = now()")
+    with pytest.raises(JournalError, match="cancelled"):
+        await journal.mark_in_flight([2])
+    assert _states(dsn) == {1: "in_flight"}
+    await journal.aclose()
+    with pytest.raises(JournalError, match="was cancelled"):
+        await open_journal(dsn, IDENTITY)
+
+
+async def test_a_line_that_ended_sent_is_never_marked_again(dsn: str) -> None:
+    journal = await open_journal(dsn, IDENTITY)
+    await journal.mark_in_flight([1, 2, 3])
+    await journal.record(
+        [
+            Outcome(line=1, status=OutcomeStatus.SENT),
+            Outcome(line=2, status=OutcomeStatus.UNKNOWN),
+            Outcome(line=3, status=OutcomeStatus.FAILED),
+        ]
+    )
+    await journal.flush()
+    await journal.mark_in_flight([2, 3])  # a resume resending them, as asked
+    assert _states(dsn) == {1: "sent", 2: "in_flight", 3: "in_flight"}
+    with pytest.raises(JournalError, match="already ended"):
+        await journal.mark_in_flight([1, 4])  # all or none: 4 is not marked either
+    assert _states(dsn) == {1: "sent", 2: "in_flight", 3: "in_flight"}
+    await journal.aclose()
+
+
+async def test_a_take_over_waits_for_a_mark_being_made_and_a_mark_reads_the_newest_owner(
+    dsn: str,
+) -> None:
+    """The order is certain: an owner changed (not yet committed) while a mark is made
+    holds the mark until it commits, and the mark then finds the new owner. A plain read
+    of the owner would see the old one and mark."""
+    journal = await PostgresJournal.open(dsn, IDENTITY, exclusive=False)
+    with psycopg.connect(dsn) as other:  # a transaction: the update is not committed yet
+        other.execute("UPDATE proactive_campaign SET owner = 'someone-else'")
+        mark = asyncio.ensure_future(journal.mark_in_flight([1]))
+        await asyncio.sleep(0.3)
+        assert not mark.done()  # waiting on the row's lock
+        other.commit()
+    with pytest.raises(JournalError, match="another run"):
+        await mark
+    assert _states(dsn) == {}
+    await journal.aclose()
+
+
+async def test_tables_of_an_older_version_get_the_owner_column(dsn: str) -> None:
+    journal = await open_journal(dsn, IDENTITY)
+    await journal.aclose()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE proactive_campaign DROP COLUMN owner")
+    journal = await open_journal(dsn, IDENTITY)
+    await journal.mark_in_flight([1])
+    await journal.aclose()
+    assert _states(dsn) == {1: "in_flight"}
+
+
+async def test_a_role_that_cannot_add_the_owner_column_is_told_who_can(dsn: str) -> None:
+    journal = await open_journal(dsn, IDENTITY)
+    await journal.aclose()
+    role = f"journal_app_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE proactive_campaign DROP COLUMN owner")
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT ALL ON SCHEMA public TO {role}")
+        conn.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+    app = dsn.replace("postgresql://postgres@", f"postgresql://{role}@")
+    with pytest.raises(JournalError, match="no column owner.*tables' owner") as caught:
+        await open_journal(app, IDENTITY)
+    assert caught.value.__suppress_context__  # one line, not the driver's traceback
+
+
+async def test_a_campaign_taken_over_mid_run_stops_and_sends_nothing_twice(dsn: str) -> None:
+    """A run (its lock held) whose campaign a second opener takes over, as a pooler sharing
+    one session would allow: the run stops at its next mark, saying why; every call made
+    is in the journal (in flight or with its outcome), none twice."""
+    numbers = [f"+55119{index:08d}" for index in range(400)]
+    config = SimulatorConfig(token="t" * 16, faults=Faults(latency=0.005))
+    async with Simulator(config) as sim, AsyncClient(sim.url, "t" * 16) as client:
+        run = Campaign(
+            client, template=TEMPLATE, targets=numbers, chunk_size=5, concurrency=4, journal=dsn
+        )
+        taker: PostgresJournal | None = None
+        with pytest.raises(JournalError, match="another run took the campaign over"):
+            async for outcome in run:
+                if outcome.line == 40 and taker is None:
+                    taker = await PostgresJournal.open(dsn, run.identity(), exclusive=False)
+        processed = sim.audit.snapshot()
+    assert taker is not None
+    await taker.aclose()
+    assert 40 <= len(processed) < 400
+    assert all(count == 1 for count in processed.values())
+    states = _states(dsn)
+    assert len(states) == len(processed)
+    assert set(states.values()) <= {"sent", "in_flight"}
