@@ -47,7 +47,11 @@ def test_importing_the_package_imports_no_backend() -> None:
     found = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
-    backends = {"proactive_async.journal._sqlite", "proactive_async.journal._postgres"}
+    backends = {
+        "proactive_async.journal._sqlite",
+        "proactive_async.journal._postgres",
+        "proactive_async.journal._pg_database",
+    }
     assert backends.isdisjoint(eval(found)), found
 
 

@@ -21,7 +21,7 @@ from proactive_async import (
 )
 from proactive_async._records import Outcome, OutcomeError, OutcomeStatus
 from proactive_async.journal import CampaignIdentity
-from proactive_async.journal._postgres import (
+from proactive_async.journal._pg_database import (
     RECORD_FILLFACTOR,
     display_dsn,
     outcome_json_sql,
@@ -170,7 +170,7 @@ async def test_records_leave_room_on_their_pages_for_their_updates(dsn: str) -> 
 async def test_journal_connections_plan_a_statement_once(dsn: str) -> None:
     """The journal's hot statements (prepared by psycopg at their fifth run) keep one
     generic plan instead of being planned again at every run."""
-    from proactive_async.journal._postgres import connect
+    from proactive_async.journal._pg_database import connect
 
     conn = await connect(dsn)
     try:

@@ -143,7 +143,7 @@ async def test_a_role_that_cannot_add_the_owner_column_is_told_who_can(dsn: str)
         conn.execute(f"GRANT ALL ON SCHEMA public TO {role}")
         conn.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
     app = dsn.replace("postgresql://postgres@", f"postgresql://{role}@")
-    with pytest.raises(JournalError, match="no column owner.*tables' owner") as caught:
+    with pytest.raises(JournalError, match=r"no column owner.*tables' owner") as caught:
         await open_journal(app, IDENTITY)
     assert caught.value.__suppress_context__  # one line, not the driver's traceback
 

@@ -147,7 +147,7 @@ def test_no_proactive_env_clears_every_variable_the_settings_read(
     ],
 )
 def test_display_url_is_the_one_rule_for_hiding_a_password(url: str, shown: str) -> None:
-    from proactive_async.journal._postgres import display_dsn
+    from proactive_async.journal._pg_database import display_dsn
 
     assert settings_module.display_url(url) == shown
     assert display_dsn is settings_module.display_url  # the journal's messages use it too

@@ -175,7 +175,7 @@ def _need(extra: str, *modules: str) -> None:
 
 
 def _location(dsn: str, campaign: str) -> str:
-    from ..journal._postgres import campaign_location
+    from ..journal._pg_database import campaign_location
 
     return campaign_location(dsn, campaign)
 

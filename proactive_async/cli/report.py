@@ -186,7 +186,7 @@ def _distributed(args: argparse.Namespace, dsn: str) -> int:
     unfinished = sum(status.counts.get(state, 0) for state in ("planned", "in_flight"))
     if unfinished:
         notes.append(f"{unfinished:,} record(s) not finished yet are not in this report")
-    from ..journal._postgres import display_dsn
+    from ..journal._pg_database import display_dsn
 
     source = f"distributed campaign {args.campaign} ({display_dsn(dsn)})"
     command = (

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from .._errors import JournalError
-from ..journal._postgres import connect, display_dsn, ensure_schema
+from ..journal._pg_database import connect, display_dsn, ensure_schema
 from ._store import SCHEMA
 
 if TYPE_CHECKING:

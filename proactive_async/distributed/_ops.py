@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import IO, TYPE_CHECKING, Any, Final, TypeVar
 
 from .._errors import JournalError
-from ..journal._postgres import display_dsn, split_location
+from ..journal._pg_database import display_dsn, split_location
 from ._connect import Database
 from ._store import (
     CANCEL_CAMPAIGN,

@@ -27,7 +27,7 @@ from .._planner import Chunk, Planner
 from .._records import Outcome, OutcomeStatus
 from .._retry import RetryPolicy
 from ..journal import CampaignIdentity, SecretScrubber, kept_secrets, refuse_secrets
-from ..journal._postgres import check_stored_identity, connect, display_dsn, split_location
+from ..journal._pg_database import check_stored_identity, connect, display_dsn, split_location
 from ._connect import ensure_distributed_schema
 from ._store import ANALYZE
 

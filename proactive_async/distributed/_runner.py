@@ -31,7 +31,7 @@ from .._records import Outcome, OutcomeStatus
 from .._sender import ChunkSender, make_outcome
 from ..journal import INTERRUPTED, SecretScrubber, kept_secrets
 from ..journal._base import process_name
-from ..journal._postgres import display_dsn, split_location
+from ..journal._pg_database import display_dsn, split_location
 from ..ratelimit import RateLimitBackend
 from ._connect import Database
 from ._journal import Lease, SliceJournal, lease_clock

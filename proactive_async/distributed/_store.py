@@ -20,7 +20,7 @@ from typing import Final
 import msgspec
 
 from .._records import OutcomeError
-from ..journal._postgres import index_sql, outcome_json_sql
+from ..journal._pg_database import index_sql, outcome_json_sql
 
 __all__ = [
     "ABORT",

@@ -13,8 +13,9 @@ What lives where:
 * ``_group_commit``: ``GroupCommit``, the one writer that batches every caller's writes
   (both backends and the distributed slice journal use it), and the journal operations;
 * ``_sqlite``: ``SQLiteJournal``, one local file (its ``-wal`` side file included);
-* ``_postgres``: ``PostgresJournal`` and the connection helpers the distributed campaign
-  builds on (psycopg is imported only when one connects).
+* ``_postgres``: ``PostgresJournal``, a one-process campaign's journal and its fence;
+* ``_pg_database``: the PostgreSQL tables, the connection and the helpers the distributed
+  campaign builds on too (psycopg is imported only when one connects).
 
 Every backend passes one conformance suite (``tests/test_journal_conformance.py``).
 """
