@@ -627,6 +627,35 @@ async def test_a_kept_connection_the_server_closed_while_idle_is_replaced() -> N
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_loop_reads_into_the_connection_s_own_buffer(
+    loop: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A buffered protocol: each read fills the connection's buffer (no 256 KiB allocated
+    by the loop for every read), and an answer written a byte at a time is still whole."""
+    from proactive_async._transport._http11 import Connection
+
+    filled: list[int] = []
+    original = Connection.buffer_updated
+
+    def spy(self: Connection, nbytes: int) -> None:
+        filled.append(nbytes)
+        original(self, nbytes)
+
+    monkeypatch.setattr(Connection, "buffer_updated", spy)
+
+    async def scenario() -> None:
+        async with (
+            serve(answering(ok(), piecewise=True)) as server,
+            client_for(server.url) as client,
+        ):
+            assert_ok(await call(client))
+            assert_ok(await call(client))
+
+    run_on(loop, scenario)
+    assert len(filled) > 2 and sum(filled) == 2 * len(ok())
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_a_server_closing_right_after_each_answer_costs_no_call(loop: str) -> None:
     """It answers (Content-Length, no ``Connection: close``) and closes at once: the next call
     may start before the client's loop has run that close, and the idle connection is

@@ -90,9 +90,23 @@ class Waiter(Protocol):
     def set_exception(self, exception: BaseException, /) -> None: ...
 
 
-class Connection(asyncio.Protocol):
+READ_SIZE: Final = 64 * 1024
+"""Bytes a read may take: the size of each connection's read buffer."""
+
+
+class Connection(asyncio.BufferedProtocol):
     """One connection's protocol: ``request`` writes a request and returns its answer's
-    future. ``total_bytes`` (bytes received) is what a read timeout watches for progress."""
+    future. ``total_bytes`` (bytes received) is what a read timeout watches for progress.
+
+    A buffered protocol: the loop reads into the connection's own buffer (``get_buffer``,
+    ``buffer_updated``), and only the bytes that came are copied out. With a plain
+    protocol, asyncio's loop allocates 256 KiB for every read: past glibc's mmap threshold,
+    so each read cost an mmap, an mremap to the size read and a munmap, with their page
+    faults, unless something earlier in the process happened to raise the threshold.
+    Measured (8 tasks on one AsyncClient, the fast local server, bench 11's rate): 17k
+    calls/s in a bare process against 28k in one whose imports had raised it; strace: 1.3
+    mmap, munmap and mremap a call.
+    """
 
     __slots__ = (
         "_body",
@@ -105,6 +119,7 @@ class Connection(asyncio.Protocol):
         "_left",
         "_lost",
         "_poller",
+        "_read",
         "_since",
         "_state",
         "_status",
@@ -146,8 +161,9 @@ class Connection(asyncio.Protocol):
         self._gone = False
         self._since = 0  # total_bytes when the request went out
         self._poller: select.poll | None = None
+        self._read = memoryview(bytearray(READ_SIZE))
 
-    # --- asyncio.Protocol ---------------------------------------------------------------
+    # --- asyncio.BufferedProtocol -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -156,7 +172,14 @@ class Connection(asyncio.Protocol):
             self._poller = select.poll()
             self._poller.register(sock.fileno(), _UNFIT)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._read
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._read[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        """``data`` came (the bytes of ``buffer_updated``, or of a blocking read)."""
         self.total_bytes += len(data)
         if self._waiter is None or self._state == _DONE:
             self.close()  # nothing asked for it: the connection's state is unknown
