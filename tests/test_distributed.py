@@ -386,6 +386,22 @@ async def test_a_distributed_campaign_is_refused_to_a_one_process_run(
         await open_journal(f"{dsn}?campaign=l", identity)
 
 
+async def test_a_one_process_campaign_is_refused_to_enqueue(dsn: str, tmp_path: Path) -> None:
+    """Its lines are journaled by the run that owns it: workers given the same campaign
+    would not be fenced by that run (and planning nothing would look like success)."""
+    from proactive_async import JournalError, open_journal
+    from proactive_async._campaign import campaign_identity
+
+    targets = write_targets(tmp_path / "t.csv", 5)
+    identity = campaign_identity(TEMPLATE, targets, CampaignOptions())
+    journal = await open_journal(f"{dsn}?campaign=solo", identity)
+    await journal.mark_in_flight([1])
+    await journal.aclose()
+    with pytest.raises(JournalError, match="one-process campaign"):
+        await plan(dsn, "solo", targets)
+    assert rows(dsn, "SELECT count(*) FROM proactive_slice") == [(0,)]
+
+
 async def test_no_connection_is_left_open_after_aclose(
     dsn: str, tmp_path: Path, sim: Simulator
 ) -> None:

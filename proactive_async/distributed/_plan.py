@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 
 from .._campaign import campaign_identity, file_records
+from .._errors import JournalError
 from .._input import count_records
 from .._models import ProactiveConversationRequest
 from .._options import CAMPAIGN_RETRY, CampaignOptions
@@ -145,16 +146,23 @@ async def plan_campaign(
 async def reopen_campaign(
     conn: psycopg.AsyncConnection[Any], campaign: str, identity: CampaignIdentity, where: str
 ) -> PlanResult | None:
-    """The stored campaign (checked to be this one) with its abort cleared; None: none."""
+    """The stored campaign (checked to be this one) with its abort cleared; None: none.
+    A one-process campaign's row (never planned: planning is one transaction) is refused:
+    its lines belong to the run that journals them, which workers would not be fenced by."""
     async with conn.transaction():
         cursor = await conn.execute(
-            "SELECT template, input_fingerprint, options, records, chunks, slices"
-            " FROM proactive_campaign WHERE id = %s FOR UPDATE",
+            "SELECT template, input_fingerprint, options, records, chunks, slices,"
+            " planned_at IS NULL FROM proactive_campaign WHERE id = %s FOR UPDATE",
             (campaign,),
         )
         row = await cursor.fetchone()
         if row is None:
             return None
+        if row[6]:
+            raise JournalError(
+                f"{where} is a one-process campaign (`proactive-async campaign --journal`): "
+                "resume it that way, or enqueue it under another campaign name"
+            )
         check_stored_identity(where, row, identity)
         await conn.execute(
             "UPDATE proactive_campaign SET aborted_at = NULL, abort_reason = NULL WHERE id = %s",
