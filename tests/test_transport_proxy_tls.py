@@ -139,6 +139,26 @@ async def test_a_private_ca_is_trusted_through_verify_with_its_pem_path(
     assert conversation.recipients == ["+5511999990000"]
 
 
+def test_tls_answers_are_read_whole_under_uvloop(tls_ca: SimpleNamespace) -> None:
+    """uvloop's TLS layer hands decrypted bytes to the connection's buffer (a buffered
+    protocol) as asyncio's does: answers whole, the connection reused."""
+    from test_transport_http11 import uvloop_module
+
+    uvloop = uvloop_module()
+
+    async def scenario() -> None:
+        server = Simulator(SimulatorConfig(token=TOKEN), ssl_context=tls_ca.server_context)
+        async with server as sim, AsyncClient(sim.url, TOKEN, verify=tls_ca.ca_file) as client:
+            for n in range(5):
+                [conversation] = await client.create_proactive_conversation(
+                    **SEND, recipient=[f"+551199999000{n}"]
+                )
+                assert conversation.recipients == [f"+551199999000{n}"]
+            assert sim.audit.total_processed == 5
+
+    uvloop.run(scenario())
+
+
 def test_a_ca_bundle_that_cannot_be_read_is_refused_when_the_client_is_built(
     tmp_path: pytest.TempPathFactory,
 ) -> None:

@@ -90,8 +90,10 @@ class Waiter(Protocol):
     def set_exception(self, exception: BaseException, /) -> None: ...
 
 
-READ_SIZE: Final = 64 * 1024
-"""Bytes a read may take: the size of each connection's read buffer."""
+READ_SIZE: Final = 16 * 1024
+"""Bytes a read may take: the size of each connection's read buffer. An answer is a few
+hundred bytes; a larger body takes more reads. Each connection holds one (64 connections:
+1 MiB)."""
 
 
 class Connection(asyncio.BufferedProtocol):
