@@ -180,19 +180,25 @@ async def test_journal_connections_plan_a_statement_once(dsn: str) -> None:
         await conn.close()
 
 
-async def test_a_role_that_does_not_own_the_table_opens_the_journal_as_it_is(dsn: str) -> None:
-    """Tables made by another role (an older version's, without the fill factor): the
-    journal opens and works (its indexes exist: not made again, which needs the owner);
-    the fill factor, only an optimisation, is left unset."""
+async def tables_of_an_older_version(dsn: str, change: str) -> str:
+    """The journal's tables made (by their owner), then ``change`` (SQL: what an older
+    version's tables lacked); the URL of a new role given them, not their owner."""
     journal = await open_journal(dsn, IDENTITY)
     await journal.aclose()
     role = f"journal_app_{uuid.uuid4().hex[:8]}"  # roles are the cluster's: one per test
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("ALTER TABLE proactive_record RESET (fillfactor)")
+        conn.execute(change)
         conn.execute(f"CREATE ROLE {role} LOGIN")
         conn.execute(f"GRANT ALL ON SCHEMA public TO {role}")
         conn.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
-    app = dsn.replace("postgresql://postgres@", f"postgresql://{role}@")
+    return dsn.replace("postgresql://postgres@", f"postgresql://{role}@")
+
+
+async def test_a_role_that_does_not_own_the_table_opens_the_journal_as_it_is(dsn: str) -> None:
+    """Tables made by another role (an older version's, without the fill factor): the
+    journal opens and works (its indexes exist: not made again, which needs the owner);
+    the fill factor, only an optimisation, is left unset."""
+    app = await tables_of_an_older_version(dsn, "ALTER TABLE proactive_record RESET (fillfactor)")
     journal = await open_journal(app, IDENTITY)
     await journal.mark_in_flight([5])
     assert list(await journal.lookup([5])) == [5]

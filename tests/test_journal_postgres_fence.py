@@ -12,21 +12,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from test_journal_postgres import IDENTITY, TEMPLATE, tables_of_an_older_version
 
-from proactive_async import (
-    AsyncClient,
-    Campaign,
-    JournalError,
-    ProactiveConversationRequest,
-    open_journal,
-)
+from proactive_async import AsyncClient, Campaign, JournalError, open_journal
 from proactive_async._records import Outcome, OutcomeStatus
-from proactive_async.journal import CampaignIdentity
 from proactive_async.journal._postgres import PostgresJournal
 from proactive_async.simulator import Faults, Simulator, SimulatorConfig
-
-IDENTITY = CampaignIdentity.build({"channelId": 1}, input_fingerprint="x")
-TEMPLATE = ProactiveConversationRequest(channel_id=1, bot_id=2, conversation_template_id=3)
 
 
 @pytest.fixture
@@ -136,15 +127,7 @@ async def test_tables_of_an_older_version_get_the_owner_column(dsn: str) -> None
 
 
 async def test_a_role_that_cannot_add_the_owner_column_is_told_who_can(dsn: str) -> None:
-    journal = await open_journal(dsn, IDENTITY)
-    await journal.aclose()
-    role = f"journal_app_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("ALTER TABLE proactive_campaign DROP COLUMN owner")
-        conn.execute(f"CREATE ROLE {role} LOGIN")
-        conn.execute(f"GRANT ALL ON SCHEMA public TO {role}")
-        conn.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
-    app = dsn.replace("postgresql://postgres@", f"postgresql://{role}@")
+    app = await tables_of_an_older_version(dsn, "ALTER TABLE proactive_campaign DROP COLUMN owner")
     with pytest.raises(JournalError, match=r"no column owner.*tables' owner") as caught:
         await open_journal(app, IDENTITY)
     assert caught.value.__suppress_context__  # one line, not the driver's traceback
