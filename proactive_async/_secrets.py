@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from typing import Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from ._errors import ClientStateError
 
@@ -24,6 +24,7 @@ __all__ = [
     "check_headers",
     "check_token",
     "display_url",
+    "hide_url_secrets",
     "mask_phone",
     "mask_phones_in",
 ]
@@ -121,6 +122,25 @@ def display_url(url: str) -> str:
 
 _SECRET_PARAMETER: Final = re.compile(r"pass|secret|token", re.IGNORECASE)
 """URL parameters whose value is hidden (``password``, ``sslpassword``, ``passwd``)."""
+
+
+def hide_url_secrets(text: str, url: str) -> str:
+    """``text`` (a driver's error message, say) with every secret of ``url`` shown as
+    ``***``: its password as written and percent-decoded, and the values of its secret
+    parameters. libpq repeats a password it cannot decode (``invalid percent-encoded
+    token: "se%zzcret"``), so a message about a URL may hold what ``display_url`` hides."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return text
+    found = [password, unquote(password)] if password else []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if _SECRET_PARAMETER.search(name):
+            found.append(value)
+    for secret in sorted({s for s in found if s}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def mask_phone(number: str) -> str:

@@ -58,6 +58,13 @@ async def test_a_refused_connection_names_the_database_but_not_its_password() ->
     assert "127.0.0.1:1" in str(caught.value) and "hunter2-pw" not in str(caught.value)
 
 
+async def test_a_password_libpq_cannot_decode_is_not_repeated_in_the_error() -> None:
+    """libpq quotes the token it cannot percent-decode: the message hides it too."""
+    with pytest.raises(JournalError) as caught:
+        await open_journal("postgresql://app:se%zzcret-pw@127.0.0.1:1/none", IDENTITY)
+    assert "zzcret" not in str(caught.value) and "percent" in str(caught.value)
+
+
 async def test_two_campaigns_live_side_by_side_in_one_database(dsn: str) -> None:
     other = CampaignIdentity.build({"channelId": 2}, input_fingerprint="y")
     first = await open_journal(f"{dsn}?campaign=a", IDENTITY)

@@ -189,3 +189,76 @@ async def test_marks_never_scan_the_record_table(dsn: str) -> None:
             break
         await asyncio.sleep(0.02)
     assert _record_scans(dsn) - before <= 2  # opening's own check, not one a mark
+
+
+async def test_a_release_after_a_take_over_leaves_the_new_owner_s_mark(dsn: str) -> None:
+    """The old owner gives up a line it never sent; the new owner has marked it again (a
+    resume resending what was in flight) and may be sending it: the mark stays."""
+    first = await PostgresJournal.open(dsn, IDENTITY, exclusive=False)
+    await first.mark_in_flight([7, 8])
+    second = await PostgresJournal.open(dsn, IDENTITY, exclusive=False)
+    await second.mark_in_flight([7])
+    await first.release([7, 8])
+    await first.flush()
+    assert _states(dsn) == {7: "in_flight", 8: "in_flight"}
+    await second.release([7])  # the owner's own release still withdraws its mark
+    await second.flush()
+    assert _states(dsn) == {8: "in_flight"}
+    await first.aclose()
+    await second.aclose()
+
+
+async def test_before_a_retry_the_fence_is_read_again(dsn: str) -> None:
+    journal = await PostgresJournal.open(dsn, IDENTITY, exclusive=False)
+    assert await journal.mark_in_flight([1, 2]) == [1, 2]  # fenced: the sender reads it
+    assert await journal.still_in_flight([1, 2]) == [1, 2]
+    other = await PostgresJournal.open(dsn, IDENTITY, exclusive=False)
+    assert await journal.still_in_flight([1, 2]) == []  # taken over: no new call
+    assert await other.still_in_flight([1, 2]) == [1, 2]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE proactive_campaign SET cancelled_at = now()")
+    assert await other.still_in_flight([1, 2]) == []  # cancelled: no new call
+    await journal.aclose()
+    await other.aclose()
+
+
+async def test_a_final_outcome_is_never_written_over(dsn: str) -> None:
+    """A resumed run that read a line in flight records it "interrupted" while the old
+    owner records the answer it got: whichever comes second, ``sent`` stays."""
+    journal = await open_journal(dsn, IDENTITY)
+    await journal.mark_in_flight([5, 6])
+    await journal.record(
+        [Outcome(line=5, status=OutcomeStatus.SENT), Outcome(line=6, status=OutcomeStatus.UNKNOWN)]
+    )
+    await journal.flush()
+    await journal.record(
+        [Outcome(line=5, status=OutcomeStatus.UNKNOWN), Outcome(line=6, status=OutcomeStatus.SENT)]
+    )
+    await journal.flush()
+    assert _states(dsn) == {5: "sent", 6: "sent"}
+    await journal.aclose()
+
+
+async def test_an_open_that_fails_takes_nothing_over(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its second connection refused (the server's connection limit, say): the run that
+    holds the campaign goes on marking."""
+    from proactive_async.journal import _postgres
+
+    first = await PostgresJournal.open(dsn, IDENTITY, exclusive=False)
+    real_connect = _postgres.connect
+    opened: list[str] = []
+
+    async def refuse_the_second(location: str) -> Any:
+        opened.append(location)
+        if len(opened) == 2:
+            raise JournalError("cannot open the journal database: too many connections")
+        return await real_connect(location)
+
+    monkeypatch.setattr(_postgres, "connect", refuse_the_second)
+    with pytest.raises(JournalError, match="too many connections"):
+        await PostgresJournal.open(dsn, IDENTITY, exclusive=False)
+    await first.mark_in_flight([1])
+    assert _states(dsn) == {1: "in_flight"}
+    await first.aclose()

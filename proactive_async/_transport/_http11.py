@@ -1,6 +1,6 @@
 """One HTTP/1.1 connection: a request written whole, its answer read by RFC 9112's rules.
 
-The direct transport's wire (``_direct.py``): one ``asyncio.Protocol`` per
+The direct transport's wire (``_direct.py``): one ``asyncio.BufferedProtocol`` per
 connection, one request at a time on it (no pipelining). Why not aiohttp here: a call
 through aiohttp's ``ClientSession.post`` costs about 100 us of CPU (a ClientRequest and a
 ClientResponse, a multidict per side, its timers, its tracing hooks, a StreamReader and

@@ -27,6 +27,7 @@ import msgspec
 from .._errors import JournalError
 from .._records import Outcome
 from .._secrets import display_url as display_dsn  # the one rule for hiding a password
+from .._secrets import hide_url_secrets
 from ._base import CampaignIdentity, check_identity
 
 if TYPE_CHECKING:
@@ -217,7 +218,7 @@ async def connect(dsn: str, **options: str) -> psycopg.AsyncConnection[Any]:
     except psycopg.Error as exc:
         raise JournalError(
             f"cannot open the journal database {display_dsn(dsn)}: "
-            f"{type(exc).__name__}: {first_line(exc)}"
+            f"{type(exc).__name__}: {hide_url_secrets(first_line(exc), dsn)}"
         ) from None
 
 

@@ -25,7 +25,9 @@ be lost unnoticed): the fence is in the data. Opening makes the run the campaign
 ``owner`` (a token of its own), and every mark checks, in the statement that makes it,
 that the run is still the owner, that the campaign is not cancelled and that the line is
 not final. A run whose mark is refused stops with a ``JournalError`` saying why; what it
-marked before stays in flight (``unknown`` on resume), never sent twice.
+marked before stays in flight (``unknown`` on resume), never sent twice. Before a retry
+the fence is read again (``still_in_flight``); a release is made only by the owner; an
+outcome never replaces a final one.
 """
 
 from __future__ import annotations
@@ -69,17 +71,33 @@ T = TypeVar("T")
 
 _LOCK_NAMESPACE: Final = "proactive-async:"
 
+_OWNED: Final = (
+    "EXISTS (SELECT 1 FROM proactive_campaign WHERE id = %(campaign)s AND owner = %(owner)s)"
+)
 _RELEASE_SQL: Final = (
-    "DELETE FROM proactive_record WHERE campaign_id = %s AND state = 'in_flight'"
-    " AND chunk IS NULL AND line = ANY(%b::bigint[])",
-    "UPDATE proactive_record SET state = 'planned' WHERE campaign_id = %s"
-    " AND state = 'in_flight' AND chunk IS NOT NULL AND line = ANY(%b::bigint[])",
+    "DELETE FROM proactive_record WHERE campaign_id = %(campaign)s AND state = 'in_flight'"
+    f" AND chunk IS NULL AND line = ANY(%(releases)b::bigint[]) AND {_OWNED}",
+    "UPDATE proactive_record SET state = 'planned' WHERE campaign_id = %(campaign)s"
+    " AND state = 'in_flight' AND chunk IS NOT NULL AND line = ANY(%(releases)b::bigint[])"
+    f" AND {_OWNED}",
+)
+"""Releases, run in the transaction of a write (its ``holder`` has the campaign's row
+locked): only while this run owns the campaign. Taken over, a line stays in flight: it
+may be the new owner's mark now, and deleting it would let a later run send it again."""
+_HELD_SQL: Final = (
+    "SELECT owner = %(owner)s AND cancelled_at IS NULL FROM proactive_campaign"
+    " WHERE id = %(campaign)s"
 )
 RESENDABLE_STATES: Final = (IN_FLIGHT, OutcomeStatus.UNKNOWN.value, OutcomeStatus.FAILED.value)
 """States a line's row may be in when it is marked in flight again: a resume sending it
 again as asked (``resend_unknown``, ``resend_failed``). ``sent``, ``rejected`` and
 ``duplicate`` are final: a mark of such a line is refused, whatever asked for it."""
 _RESENDABLE: Final = ", ".join(f"'{state}'" for state in RESENDABLE_STATES)
+_FINAL: Final = ", ".join(
+    f"'{status.value}'" for status in OutcomeStatus if status.value not in RESENDABLE_STATES
+)
+"""``sent``, ``rejected``, ``duplicate``: an outcome recorded later never replaces them
+(a resumed run's "interrupted" written over the old owner's ``sent``, say)."""
 
 # Records and marks in one statement (coalesce keeps their lines apart): autocommit makes
 # it one transaction, without a BEGIN and a COMMIT around it. A line's state is its
@@ -104,6 +122,7 @@ _WRITE_SQL: Final = f"""
         FROM unnest(%(lines)b::bigint[], %(outcomes)b::text[]) AS r (line, outcome)
         ON CONFLICT (campaign_id, line)
         DO UPDATE SET state = EXCLUDED.state, outcome = EXCLUDED.outcome
+        WHERE proactive_record.state NOT IN ({_FINAL})
     ), marked AS (
         INSERT INTO proactive_record (campaign_id, line, state)
         SELECT %(campaign)s, line, 'in_flight'
@@ -238,9 +257,13 @@ class PostgresJournal:
                 )
             locked = exclusive
             await _opening(where, ensure_schema(writer))
-            resumed = await _opening(where, open_campaign(writer, campaign, identity, where, owner))
+            # The reader first: an open that fails must not have taken the campaign over
+            # (the run it took it from would stop, and this one would not start).
             reader = await connect(dsn)
+            resumed = await _opening(where, open_campaign(writer, campaign, identity, where, owner))
         except BaseException:
+            if reader is not None:
+                await reader.close()
             await _close_unlocked(writer, campaign if locked else None)
             raise
         return cls(
@@ -271,14 +294,28 @@ class PostgresJournal:
             raise self._error("read", exc) from None
         return {row[0]: _entry(row) for row in rows}
 
-    async def mark_in_flight(self, lines: Sequence[int]) -> None:
+    async def mark_in_flight(self, lines: Sequence[int]) -> list[int]:
+        """Every line, once committed (a mark refused raises): a fenced journal, so the
+        sender checks ``still_in_flight`` before each retry."""
         self._check_usable()
         if lines:
             await self._group.commit(Mark(list(lines)))
+        return list(lines)
 
-    async def still_in_flight(self, lines: Sequence[int]) -> None:
-        """None (every line), as ``mark_in_flight`` marks every line: no fence to lose."""
+    async def still_in_flight(self, lines: Sequence[int]) -> list[int]:
+        """``lines`` while this run still owns the campaign and it is not cancelled, else
+        none: read before a retry, so that a run taken over or cancelled makes no new call."""
         self._check_usable()
+        if not lines:
+            return []
+        try:
+            cursor = await self._reader.execute(
+                _HELD_SQL, {"campaign": self.campaign, "owner": self._owner}
+            )
+            row = await cursor.fetchone()
+        except Exception as exc:
+            raise self._error("read", exc) from None
+        return list(lines) if row is not None and row[0] else []
 
     async def release(self, lines: Sequence[int]) -> None:
         self._check_usable()
@@ -326,7 +363,7 @@ class PostgresJournal:
             async with conn.pipeline(), conn.transaction():
                 cursor = await conn.execute(_WRITE_SQL, params)
                 for statement in _RELEASE_SQL:
-                    await conn.execute(statement, (self.campaign, batch.releases))
+                    await conn.execute(statement, params | {"releases": batch.releases})
                 fence = await cursor.fetchone()
         if batch.marks and (fence is None or fence[0] < len(batch.marks)):
             # What was recorded is kept (the same statement); nothing more is sent.
