@@ -262,3 +262,37 @@ async def test_an_open_that_fails_takes_nothing_over(
     await first.mark_in_flight([1])
     assert _states(dsn) == {1: "in_flight"}
     await first.aclose()
+
+
+@pytest.mark.parametrize("distributed_tables", [False, True], ids=["alone", "beside-workers"])
+async def test_cancel_stops_a_one_process_run_at_its_next_mark(
+    dsn: str, distributed_tables: bool
+) -> None:
+    """``proactive-async cancel`` on a one-process campaign, in a database only such
+    campaigns used (no distributed tables) or beside distributed ones."""
+    from proactive_async.distributed import campaign_status, cancel_campaign
+    from proactive_async.distributed._connect import ensure_distributed_schema
+    from proactive_async.journal._pg_database import connect
+
+    location = f"{dsn}?campaign=solo"
+    journal = await open_journal(location, IDENTITY)
+    await journal.mark_in_flight([1, 2])
+    if distributed_tables:
+        conn = await connect(dsn)
+        await ensure_distributed_schema(conn)
+        await conn.close()
+    cancelled = await cancel_campaign(location)
+    assert (cancelled, cancelled.in_flight) == (0, 2)
+    status = await campaign_status(location)
+    assert status.cancelled and status.counts == {"in_flight": 2}
+    assert not status.distributed and not status.finished
+    from proactive_async.cli.distributed import describe
+
+    assert describe(status) == (
+        "campaign solo: a one-process campaign (cancelled), sent by its `campaign` run"
+        " (how many records it has, only that run knows); in_flight 2"
+    )
+    assert await journal.still_in_flight([1, 2]) == []  # no retry
+    with pytest.raises(JournalError, match="cancelled"):
+        await journal.mark_in_flight([3])  # no new call
+    await journal.aclose()

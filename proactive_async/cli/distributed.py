@@ -116,7 +116,12 @@ def add_parsers(commands: Any) -> None:
     s.add_argument("--json", action="store_true", help="print the status as JSON")
     s.set_defaults(handler=_status)
 
-    c = commands.add_parser("cancel", help="cancel a distributed campaign", allow_abbrev=False)
+    c = commands.add_parser(
+        "cancel",
+        help="cancel a campaign journaled in PostgreSQL (distributed, or a one-process run's: "
+        "it stops at its next call)",
+        allow_abbrev=False,
+    )
     _add_journal(c, campaign=True)
     c.set_defaults(handler=_cancel)
 
@@ -394,6 +399,12 @@ def _status(args: argparse.Namespace) -> int:
 def describe(status: CampaignStatus) -> str:
     """One line: the state, slices done, live workers and the counts per record state."""
     counts = ", ".join(f"{state} {count:,}" for state, count in sorted(status.counts.items()))
+    if not status.distributed:
+        cancelled = " (cancelled)" if status.cancelled else ""
+        return (
+            f"campaign {status.campaign}: a one-process campaign{cancelled}, sent by its "
+            f"`campaign` run (how many records it has, only that run knows); {counts}"
+        )
     if status.finished:
         state = "finished"
     elif status.aborted:
@@ -425,8 +436,8 @@ async def _wait_until_finished(location: str, *, progress: bool) -> CampaignStat
     try:
         while True:
             display.show(watch.snapshot(status, time.monotonic()))
-            if status.finished or status.aborted:
-                return status
+            if status.finished or status.aborted or not status.distributed:
+                return status  # a one-process campaign's end is its run's to tell
             await asyncio.sleep(STATUS_POLL)
             status = await campaign_status(location)
     finally:

@@ -20,6 +20,7 @@ from ._store import (
     CLOSE_SETTLED_SLICES,
     FINISH_CAMPAIGN,
     IN_FLIGHT_COUNT,
+    ONE_PROCESS_HEAD,
     REPORT,
     STATUS_COUNTS,
     STATUS_HEAD,
@@ -46,7 +47,8 @@ _PATIENCE: Final = 20.0
 
 @dataclasses.dataclass(frozen=True)
 class CampaignStatus:
-    """Counts per record state, and whether every record has its outcome.
+    """Counts per record state, and whether every record has its outcome (a distributed
+    campaign's; a one-process campaign's records so far).
 
     ``aborted`` is the fatal answer that stopped the workers (a 401, a 403, a TLS
     failure), None while none did; ``owners`` counts the worker processes holding a live
@@ -61,6 +63,9 @@ class CampaignStatus:
     finished: bool
     aborted: str | None = None
     owners: int = 0
+    distributed: bool = True
+    """False for a one-process campaign (``campaign --journal postgresql://...``): its run
+    sends it, and only that run knows how many records it has (``finished`` stays False)."""
 
     @property
     def unfinished(self) -> int:
@@ -95,8 +100,10 @@ async def _status(conn: psycopg.AsyncConnection[Any], campaign: str, dsn: str) -
     cancelled, planned, slices, aborted = await _head(conn, campaign, dsn)
     cursor = await conn.execute(STATUS_COUNTS, params)
     counts = {state: count for state, count in await cursor.fetchall()}
-    cursor = await conn.execute(STATUS_SLICES, params)
-    slices_done, owners = await cursor.fetchone() or (0, 0)
+    slices_done, owners = 0, 0
+    if await _has_slices(conn):
+        cursor = await conn.execute(STATUS_SLICES, params)
+        slices_done, owners = await cursor.fetchone() or (0, 0)
     unfinished = sum(counts.get(state, 0) for state in _UNFINISHED)
     return CampaignStatus(
         campaign=campaign,
@@ -107,17 +114,27 @@ async def _status(conn: psycopg.AsyncConnection[Any], campaign: str, dsn: str) -
         finished=planned and unfinished == 0,
         aborted=aborted,
         owners=owners,
+        distributed=planned,
     )
+
+
+async def _has_slices(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """Are the distributed tables there? A database only one-process campaigns have used
+    has the campaign and record tables alone."""
+    cursor = await conn.execute("SELECT to_regclass('proactive_slice') IS NOT NULL")
+    found = await cursor.fetchone()
+    return bool(found and found[0])
 
 
 async def _head(
     conn: psycopg.AsyncConnection[Any], campaign: str, dsn: str
 ) -> tuple[bool, bool, int, str | None]:
-    cursor = await conn.execute("SELECT to_regclass('proactive_slice') IS NOT NULL")
+    cursor = await conn.execute("SELECT to_regclass('proactive_campaign') IS NOT NULL")
     exists = await cursor.fetchone()
     if not (exists and exists[0]):
         raise JournalError(f"no campaign {campaign!r} in {display_dsn(dsn)} (no campaign tables)")
-    cursor = await conn.execute(STATUS_HEAD, {"campaign": campaign})
+    query = STATUS_HEAD if await _has_slices(conn) else ONE_PROCESS_HEAD
+    cursor = await conn.execute(query, {"campaign": campaign})
     head = await cursor.fetchone()
     if head is None:
         raise JournalError(f"no campaign {campaign!r} in {display_dsn(dsn)}")
@@ -126,7 +143,9 @@ async def _head(
 
 async def cancel_campaign(location: str) -> Cancelled:
     """Cancel: every record still ``planned`` ends ``failed`` (``cancelled``); how many,
-    and how many were in flight then.
+    and how many were in flight then. A one-process campaign (``campaign --journal
+    postgresql://...``) stops at its next mark or retry: its journal checks the same
+    ``cancelled_at`` (its lines not yet reached have no record to end).
 
     Once this returns, no record of the campaign is marked in flight any more (every mark
     checks the campaign in the same statement), so what is sent afterwards is at most the
@@ -145,8 +164,9 @@ async def _cancel(conn: psycopg.AsyncConnection[Any], campaign: str, dsn: str) -
         raise JournalError(f"no campaign {campaign!r} in {display_dsn(dsn)}")
     cursor = await conn.execute(CANCEL_PLANNED, params)
     cancelled = cursor.rowcount
-    await conn.execute(CLOSE_SETTLED_SLICES, params)
-    await conn.execute(FINISH_CAMPAIGN, params)
+    if await _has_slices(conn):
+        await conn.execute(CLOSE_SETTLED_SLICES, params)
+        await conn.execute(FINISH_CAMPAIGN, params)
     cursor = await conn.execute(IN_FLIGHT_COUNT, params)
     in_flight = await cursor.fetchone()
     return Cancelled(cancelled, int(in_flight[0]) if in_flight else 0)

@@ -40,6 +40,7 @@ __all__ = [
     "LOAD_CHUNKS",
     "LOAD_RECORDS",
     "MARK",
+    "ONE_PROCESS_HEAD",
     "RECORD",
     "RELEASE",
     "RENEW",
@@ -263,6 +264,11 @@ STATUS_HEAD: Final = """
         CASE WHEN aborted_at IS NOT NULL THEN coalesce(abort_reason, 'aborted') END
     FROM proactive_campaign WHERE id = %(campaign)s
 """
+ONE_PROCESS_HEAD: Final = """
+    SELECT cancelled_at IS NOT NULL, planned_at IS NOT NULL, 0, NULL::text
+    FROM proactive_campaign WHERE id = %(campaign)s
+"""
+"""``STATUS_HEAD`` where the distributed tables were never made (one-process campaigns)."""
 STATUS_COUNTS: Final = """
     SELECT state, count(*) FROM proactive_record WHERE campaign_id = %(campaign)s
     GROUP BY state
