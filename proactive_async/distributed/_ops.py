@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Awaitable, Callable
-from typing import IO, TYPE_CHECKING, Any, Final, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Final, NamedTuple, TypeVar
 
 from .._errors import JournalError
 from ..journal._pg_database import display_dsn, split_location
@@ -97,11 +97,11 @@ async def campaign_status(location: str) -> CampaignStatus:
 
 async def _status(conn: psycopg.AsyncConnection[Any], campaign: str, dsn: str) -> CampaignStatus:
     params = {"campaign": campaign}
-    cancelled, planned, slices, aborted = await _head(conn, campaign, dsn)
+    cancelled, planned, slices, aborted, has_slices = await _head(conn, campaign, dsn)
     cursor = await conn.execute(STATUS_COUNTS, params)
     counts = {state: count for state, count in await cursor.fetchall()}
     slices_done, owners = 0, 0
-    if await _has_slices(conn):
+    if has_slices:
         cursor = await conn.execute(STATUS_SLICES, params)
         slices_done, owners = await cursor.fetchone() or (0, 0)
     unfinished = sum(counts.get(state, 0) for state in _UNFINISHED)
@@ -126,19 +126,28 @@ async def _has_slices(conn: psycopg.AsyncConnection[Any]) -> bool:
     return bool(found and found[0])
 
 
-async def _head(
-    conn: psycopg.AsyncConnection[Any], campaign: str, dsn: str
-) -> tuple[bool, bool, int, str | None]:
+class _Head(NamedTuple):
+    cancelled: bool
+    planned: bool
+    slices: int
+    aborted: str | None
+    has_slices: bool
+    """The distributed tables are there (``_has_slices``)."""
+
+
+async def _head(conn: psycopg.AsyncConnection[Any], campaign: str, dsn: str) -> _Head:
     cursor = await conn.execute("SELECT to_regclass('proactive_campaign') IS NOT NULL")
     exists = await cursor.fetchone()
     if not (exists and exists[0]):
         raise JournalError(f"no campaign {campaign!r} in {display_dsn(dsn)} (no campaign tables)")
-    query = STATUS_HEAD if await _has_slices(conn) else ONE_PROCESS_HEAD
-    cursor = await conn.execute(query, {"campaign": campaign})
+    has_slices = await _has_slices(conn)
+    cursor = await conn.execute(
+        STATUS_HEAD if has_slices else ONE_PROCESS_HEAD, {"campaign": campaign}
+    )
     head = await cursor.fetchone()
     if head is None:
         raise JournalError(f"no campaign {campaign!r} in {display_dsn(dsn)}")
-    return bool(head[0]), bool(head[1]), int(head[2] or 0), head[3]
+    return _Head(bool(head[0]), bool(head[1]), int(head[2] or 0), head[3], has_slices)
 
 
 async def cancel_campaign(location: str) -> Cancelled:
@@ -158,13 +167,13 @@ async def cancel_campaign(location: str) -> Cancelled:
 
 async def _cancel(conn: psycopg.AsyncConnection[Any], campaign: str, dsn: str) -> Cancelled:
     params = {"campaign": campaign}
-    await _head(conn, campaign, dsn)
+    head = await _head(conn, campaign, dsn)
     cursor = await conn.execute(CANCEL_CAMPAIGN, params)
     if await cursor.fetchone() is None:
         raise JournalError(f"no campaign {campaign!r} in {display_dsn(dsn)}")
     cursor = await conn.execute(CANCEL_PLANNED, params)
     cancelled = cursor.rowcount
-    if await _has_slices(conn):
+    if head.has_slices:
         await conn.execute(CLOSE_SETTLED_SLICES, params)
         await conn.execute(FINISH_CAMPAIGN, params)
     cursor = await conn.execute(IN_FLIGHT_COUNT, params)

@@ -391,9 +391,14 @@ class PostgresJournal:
         return exc if isinstance(exc, JournalError) else self._error("write", exc)
 
     def _error(self, what: str, exc: Exception) -> JournalError:
-        return JournalError(
-            f"cannot {what} the journal {self.where}: {type(exc).__name__}: {first_line(exc)}"
-        )
+        return _journal_error(what, self.where, exc)
+
+
+def _journal_error(what: str, where: str, exc: Exception) -> JournalError:
+    """``cannot <what> the journal <where>: <error's type>: <its first line>``."""
+    return JournalError(
+        f"cannot {what} the journal {where}: {type(exc).__name__}: {first_line(exc)}"
+    )
 
 
 async def _opening(where: str, step: Awaitable[T]) -> T:
@@ -403,9 +408,7 @@ async def _opening(where: str, step: Awaitable[T]) -> T:
     try:
         return await step
     except psycopg.Error as exc:
-        raise JournalError(
-            f"cannot open the journal {where}: {type(exc).__name__}: {first_line(exc)}"
-        ) from None
+        raise _journal_error("open", where, exc) from None
 
 
 async def _close_unlocked(conn: psycopg.AsyncConnection[Any], campaign: str | None) -> None:
